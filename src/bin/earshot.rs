@@ -1,0 +1,2 @@
+//! The `earshot` command line: a thin layer over the library.
+fn main() {}

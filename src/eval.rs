@@ -1,0 +1,1 @@
+//! WER/CER (being written)

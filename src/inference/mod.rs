@@ -1,0 +1,13 @@
+//! Speech to text: a bounded pool of Whisper workers and the logic that feeds it.
+//!
+//! - [`engine`]: one Whisper state running one job, with segments reported as they appear.
+//! - [`pool`]: the shared model, worker threads, the bounded job queue.
+//! - [`vad`]: where speech is (Silero VAD, or an energy fallback), to cut windows at pauses.
+//! - [`long`]: a stream of 16 kHz audio of any length → windows → jobs → one continuous timeline.
+//!
+//! This module must not know about sockets or file formats; it takes 16 kHz mono `f32`.
+
+pub mod engine;
+pub mod long;
+pub mod pool;
+pub mod vad;

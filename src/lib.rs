@@ -1,0 +1,18 @@
+//! Earshot: a self-hosted speech transcription server.
+//!
+//! The crate is laid out the way audio flows through it:
+//!
+//! - [`audio`]: bytes in any container/codec → 16 kHz mono `f32` (decode, then resample).
+//! - [`inference`]: a bounded pool of Whisper workers, voice-activity windows, long-audio driving.
+//! - [`transcript`]: the segments and transcripts every other module speaks in.
+//! - [`format`]: transcripts rendered as txt, srt, vtt, json.
+//! - [`models`]: model names, where they live, fetching and verifying them.
+//!
+//! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
+
+pub mod audio;
+pub mod eval;
+pub mod format;
+pub mod inference;
+pub mod models;
+pub mod transcript;

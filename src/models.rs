@@ -1,0 +1,1 @@
+//! Model names and fetching (being written)

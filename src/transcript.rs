@@ -1,0 +1,65 @@
+//! The vocabulary of results: segments, tokens and whole transcripts.
+//!
+//! Plain data shared by the inference pool, the output formats and (later) the wire protocol.
+//! Nothing here knows about Whisper, sockets or files.
+
+use serde::{Deserialize, Serialize};
+
+/// One piece of recognised text with its place on the audio's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Seconds from the start of the whole input (not of the window it was decoded in),
+    /// so segments from successive windows line up on one timeline.
+    pub start: f64,
+    /// Seconds from the start of the whole input; `end >= start`.
+    pub end: f64,
+    /// The text, trimmed of the leading space Whisper puts before every segment.
+    pub text: String,
+    /// Whisper's probability that this window held no speech; kept so callers can
+    /// apply a stricter filter than the pool's own.
+    pub no_speech_prob: f32,
+    /// Per-token timing, present only when the job asked for it (it costs decode time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<Token>>,
+}
+
+/// A single decoded token with its timing, for word-level timestamps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    /// The token's text as Whisper spells it (often with a leading space for a new word).
+    pub text: String,
+    /// Seconds from the start of the whole input.
+    pub start: f64,
+    /// Seconds from the start of the whole input.
+    pub end: f64,
+    /// The decoder's probability for this token, for confidence display.
+    pub probability: f32,
+}
+
+/// A finished transcription of one input.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// Language code Whisper used (given by the caller or detected), e.g. `"en"`.
+    pub language: String,
+    /// Length of the input audio in seconds.
+    pub duration: f64,
+    /// Segments in time order.
+    pub segments: Vec<Segment>,
+}
+
+impl Transcript {
+    /// The whole text: segments joined by single spaces.
+    pub fn text(&self) -> String {
+        join_text(&self.segments)
+    }
+}
+
+/// Joins segment texts with single spaces, skipping empty ones.
+pub fn join_text(segments: &[Segment]) -> String {
+    let parts: Vec<&str> = segments
+        .iter()
+        .map(|s| s.text.trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    parts.join(" ")
+}
