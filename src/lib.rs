@@ -14,5 +14,6 @@ pub mod audio;
 pub mod eval;
 pub mod format;
 pub mod inference;
+pub mod live;
 pub mod models;
 pub mod transcript;

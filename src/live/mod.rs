@@ -1,0 +1,10 @@
+//! Live transcription: turning a growing stream of 16 kHz audio into revisable partial text and
+//! committed segments.
+//!
+//! [`policy`] is the pure state machine (no threads, no Whisper, no sockets): it decides when a
+//! stream needs a new hypothesis, which text is final, and how far behind the stream is. The
+//! session layer feeds it audio and Whisper results and sends what it returns.
+
+pub mod policy;
+
+pub use policy::{LiveConfig, LiveJob, LiveOutput, LivePolicy};
