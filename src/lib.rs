@@ -17,3 +17,4 @@ pub mod inference;
 pub mod live;
 pub mod models;
 pub mod transcript;
+pub mod tasks;

@@ -1,0 +1,105 @@
+//! The server's settings: one struct that is both the `earshot serve` flags and what the running
+//! server reads. Every limit the seed document asks for lives here with its default.
+//!
+//! Parsing only; this module must not open sockets or files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::Args;
+
+/// `earshot serve` settings. Each flag can also be set by an `EARSHOT_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address to listen on. Use 0.0.0.0:8767 to accept other machines (put TLS in front).
+    #[arg(long, env = "EARSHOT_LISTEN", default_value = "127.0.0.1:8767")]
+    pub listen: SocketAddr,
+
+    /// Whisper model: a name (tiny.en, base, small-q5_1, …) fetched into --models-dir, or a path.
+    #[arg(long, env = "EARSHOT_MODEL", default_value = crate::models::DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Where model files are kept and fetched to.
+    #[arg(long, env = "EARSHOT_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Whisper worker threads, each with its own decoder state (memory grows with each).
+    #[arg(long, env = "EARSHOT_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// CPU threads each worker uses inside whisper.cpp.
+    #[arg(long, env = "EARSHOT_THREADS", default_value_t = default_threads())]
+    pub threads: usize,
+
+    /// Jobs that may wait for a worker before new ones are answered `busy`.
+    #[arg(long, env = "EARSHOT_QUEUE", default_value_t = 16)]
+    pub queue: usize,
+
+    /// Upload state, received bytes and results (survives restarts).
+    #[arg(long, env = "EARSHOT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Uploads receiving data at once (the seed's upload semaphore).
+    #[arg(long, env = "EARSHOT_MAX_UPLOADS", default_value_t = 5)]
+    pub max_uploads: usize,
+
+    /// Files transcribed at once (the seed's processing semaphore); more wait their turn.
+    #[arg(long, env = "EARSHOT_MAX_PROCESSING", default_value_t = 3)]
+    pub max_processing: usize,
+
+    /// Open WebSocket connections at once; more are refused with `busy`.
+    #[arg(long, env = "EARSHOT_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+
+    /// Largest file one upload may announce.
+    #[arg(long, env = "EARSHOT_MAX_FILE_BYTES", default_value = "4GiB")]
+    pub max_file_bytes: ByteSize,
+
+    /// Disk space all unfinished uploads together may claim.
+    #[arg(long, env = "EARSHOT_DISK_QUOTA_BYTES", default_value = "20GiB")]
+    pub disk_quota_bytes: ByteSize,
+
+    /// Largest WebSocket message; bigger ones close the connection with 1009 (seed: 10 MB).
+    #[arg(long, env = "EARSHOT_MAX_MESSAGE_BYTES", default_value = "10MiB")]
+    pub max_message_bytes: ByteSize,
+
+    /// How often the server pings an idle client (seed: 60 s).
+    #[arg(long, env = "EARSHOT_PING_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Silence from a client after which its connection is closed (seed: 120 s).
+    #[arg(long, env = "EARSHOT_PING_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// How long an idle upload and a finished task's result are kept.
+    #[arg(long, env = "EARSHOT_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+
+    /// How long shutdown waits for running transcriptions before it stops them.
+    #[arg(long, env = "EARSHOT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// All cores but none beyond four: whisper.cpp gains little past that on small models.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+}
+
+impl ServerConfig {
+    /// Settings for tests and embedding: defaults, an ephemeral port, and the given data dir.
+    pub fn for_tests(model: impl Into<String>, data_dir: PathBuf) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServerConfig,
+        }
+        let mut config = Wrapper::parse_from(["earshot"]).config;
+        config.listen = "127.0.0.1:0".parse().expect("a valid address");
+        config.model = model.into();
+        config.data_dir = data_dir;
+        config
+    }
+}

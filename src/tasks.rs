@@ -1,0 +1,280 @@
+//! The task registry: what every transcription task is doing now, and its result once done.
+//!
+//! A task is one upload or one stream being transcribed. Producers (the batch runner, the live
+//! and segment handlers) publish progress and segments here without ever blocking; any number of
+//! connections may follow a task — the one that started it, or a later one that asks with
+//! `get_result`/`upload_resume` after a dropped connection. Followers that fall behind lose
+//! individual events but can always catch up from [`TaskRegistry::snapshot`], so a slow reader
+//! never slows a worker. Finished results are written to `results/<task_id>.json` so they
+//! survive a restart, and are swept after the session TTL.
+//!
+//! This module must not run transcription or touch sockets.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::transcript::{Segment, Transcript};
+
+/// Events buffered per task for followers that read slowly; past that they catch up from a snapshot.
+const EVENT_BUFFER: usize = 256;
+
+/// A finished task's result, as stored and as sent in `transcription_complete`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskResult {
+    /// The transcript itself.
+    pub transcript: Transcript,
+    /// Wall-clock seconds from the start of transcription to its end.
+    pub processing_seconds: f64,
+}
+
+/// Where a task stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskState {
+    /// Waiting for a processing slot.
+    Queued,
+    /// Being transcribed; `progress` is 0–100.
+    Running { progress: f64 },
+    /// Finished with a result.
+    Done(Arc<TaskResult>),
+    /// Failed; `code` is a protocol error code, `message` safe to show a client.
+    Failed { code: String, message: String },
+}
+
+/// What followers of a task hear.
+#[derive(Debug, Clone)]
+pub enum TaskEvent {
+    /// Progress changed (0–100).
+    Progress(f64),
+    /// A new final segment, numbered from 0 within the task.
+    Segment { index: usize, segment: Segment },
+    /// The task finished or failed; no events follow.
+    Finished(TaskState),
+}
+
+/// A task's state now plus the segments so far, for a follower that joins late or fell behind.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The task's state.
+    pub state: TaskState,
+    /// Every final segment published so far.
+    pub segments: Vec<Segment>,
+}
+
+struct Entry {
+    state: TaskState,
+    segments: Vec<Segment>,
+    events: broadcast::Sender<TaskEvent>,
+}
+
+/// All live tasks, shared by every connection.
+pub struct TaskRegistry {
+    /// In-memory tasks by id; finished ones stay until swept.
+    tasks: Mutex<HashMap<String, Entry>>,
+    /// Where finished results are persisted.
+    results_dir: PathBuf,
+}
+
+impl TaskRegistry {
+    /// A registry persisting results under `data_dir/results`.
+    pub fn new(data_dir: &std::path::Path) -> std::io::Result<Arc<Self>> {
+        let results_dir = data_dir.join("results");
+        std::fs::create_dir_all(&results_dir)?;
+        Ok(Arc::new(Self {
+            tasks: Mutex::new(HashMap::new()),
+            results_dir,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a task (or resets a failed one) and returns a subscription to it.
+    pub fn create(&self, task_id: &str) -> broadcast::Receiver<TaskEvent> {
+        let (events, rx) = broadcast::channel(EVENT_BUFFER);
+        let entry = Entry {
+            state: TaskState::Queued,
+            segments: Vec::new(),
+            events,
+        };
+        self.lock().insert(task_id.to_string(), entry);
+        rx
+    }
+
+    /// Follows a task already known in memory.
+    pub fn subscribe(&self, task_id: &str) -> Option<broadcast::Receiver<TaskEvent>> {
+        self.lock().get(task_id).map(|e| e.events.subscribe())
+    }
+
+    /// The task's state and segments, from memory or from a persisted result.
+    pub fn snapshot(&self, task_id: &str) -> Option<Snapshot> {
+        if let Some(e) = self.lock().get(task_id) {
+            return Some(Snapshot {
+                state: e.state.clone(),
+                segments: e.segments.clone(),
+            });
+        }
+        let result = self.load(task_id)?;
+        let segments = result.transcript.segments.clone();
+        Some(Snapshot {
+            state: TaskState::Done(Arc::new(result)),
+            segments,
+        })
+    }
+
+    /// Marks the task as running with the given progress.
+    pub fn progress(&self, task_id: &str, progress: f64) {
+        let mut tasks = self.lock();
+        if let Some(e) = tasks.get_mut(task_id) {
+            e.state = TaskState::Running { progress };
+            let _ = e.events.send(TaskEvent::Progress(progress));
+        }
+    }
+
+    /// Publishes a final segment.
+    pub fn segment(&self, task_id: &str, segment: Segment) {
+        let mut tasks = self.lock();
+        if let Some(e) = tasks.get_mut(task_id) {
+            let index = e.segments.len();
+            e.segments.push(segment.clone());
+            let _ = e.events.send(TaskEvent::Segment { index, segment });
+        }
+    }
+
+    /// Records the result (persisting it) and tells followers.
+    pub fn finish(&self, task_id: &str, result: TaskResult) {
+        if let Err(err) = self.persist(task_id, &result) {
+            tracing::warn!(task_id, %err, "could not persist a result; it stays in memory only");
+        }
+        self.end(task_id, TaskState::Done(Arc::new(result)));
+    }
+
+    /// Records a failure and tells followers.
+    pub fn fail(&self, task_id: &str, code: &str, message: &str) {
+        let state = TaskState::Failed {
+            code: code.to_string(),
+            message: message.to_string(),
+        };
+        self.end(task_id, state);
+    }
+
+    fn end(&self, task_id: &str, state: TaskState) {
+        let mut tasks = self.lock();
+        if let Some(e) = tasks.get_mut(task_id) {
+            e.state = state.clone();
+            let _ = e.events.send(TaskEvent::Finished(state));
+        }
+    }
+
+    fn result_path(&self, task_id: &str) -> Option<PathBuf> {
+        uuid::Uuid::parse_str(task_id)
+            .ok()
+            .map(|id| self.results_dir.join(format!("{}.json", id.hyphenated())))
+    }
+
+    fn persist(&self, task_id: &str, result: &TaskResult) -> std::io::Result<()> {
+        let Some(path) = self.result_path(task_id) else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(result)?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    fn load(&self, task_id: &str) -> Option<TaskResult> {
+        let bytes = std::fs::read(self.result_path(task_id)?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Forgets finished tasks and deletes persisted results older than `ttl`.
+    pub fn sweep(&self, ttl: Duration) {
+        self.lock().retain(|_, e| {
+            !matches!(e.state, TaskState::Done(_) | TaskState::Failed { .. })
+                || e.events.receiver_count() > 0
+        });
+        let Ok(dir) = std::fs::read_dir(&self.results_dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in dir.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() >= ttl)
+                .unwrap_or(false);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(text: &str) -> Segment {
+        Segment {
+            start: 0.0,
+            end: 1.0,
+            text: text.into(),
+            no_speech_prob: 0.0,
+            tokens: None,
+        }
+    }
+
+    fn result() -> TaskResult {
+        TaskResult {
+            transcript: Transcript {
+                language: "en".into(),
+                duration: 1.0,
+                segments: vec![seg("hello")],
+            },
+            processing_seconds: 0.5,
+        }
+    }
+
+    #[test]
+    fn followers_hear_events_and_late_joiners_get_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = TaskRegistry::new(dir.path()).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut rx = reg.create(&id);
+        reg.progress(&id, 50.0);
+        reg.segment(&id, seg("a"));
+        assert!(matches!(rx.try_recv().unwrap(), TaskEvent::Progress(p) if p == 50.0));
+        assert!(matches!(rx.try_recv().unwrap(), TaskEvent::Segment { index: 0, .. }));
+        let snap = reg.snapshot(&id).unwrap();
+        assert_eq!(snap.segments, vec![seg("a")]);
+        assert_eq!(snap.state, TaskState::Running { progress: 50.0 });
+    }
+
+    #[test]
+    fn results_survive_a_new_registry_and_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        {
+            let reg = TaskRegistry::new(dir.path()).unwrap();
+            reg.create(&id);
+            reg.finish(&id, result());
+        }
+        let reg = TaskRegistry::new(dir.path()).unwrap();
+        let snap = reg.snapshot(&id).expect("result reloaded from disk");
+        assert_eq!(snap.state, TaskState::Done(Arc::new(result())));
+        reg.sweep(Duration::ZERO);
+        assert!(reg.snapshot(&id).is_none());
+    }
+
+    #[test]
+    fn path_like_ids_are_never_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = TaskRegistry::new(dir.path()).unwrap();
+        assert!(reg.snapshot("../../etc/passwd").is_none());
+        assert!(reg.result_path("../x").is_none());
+    }
+}
