@@ -1,2 +1,4 @@
-//! The `earshot` command line: a thin layer over the library.
-fn main() {}
+//! The `earshot` binary: everything lives in the library's `cli` module.
+fn main() -> std::process::ExitCode {
+    earshot::cli::main()
+}

@@ -1,0 +1,122 @@
+//! The network edge: one port serving WebSocket sessions (`/` and `/ws`) and health checks.
+//!
+//! [`run`] takes a bound listener and a shutdown future, as mini-redis does, so tests start the
+//! real server on `127.0.0.1:0` and binaries decide about signals. Shared state lives in
+//! [`AppState`]; each connection runs a [`crate::session`] over the socket.
+//!
+//! This module wires things together: it must not parse protocol messages or decode audio.
+
+pub mod config;
+mod routes;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ServerConfig;
+
+use crate::inference::pool::Pool;
+use crate::tasks::TaskRegistry;
+use crate::upload::store::UploadStore;
+
+/// Everything connections share. Cloned as an `Arc` into every session.
+pub struct AppState {
+    /// The settings the server was started with.
+    pub config: ServerConfig,
+    /// The Whisper workers; every transcription goes through their bounded queue.
+    pub pool: Pool,
+    /// Silero VAD model for cutting long audio at pauses, when present.
+    pub vad_model: Option<PathBuf>,
+    /// Durable upload sessions under `data_dir/uploads`.
+    pub uploads: UploadStore,
+    /// Progress and results of every task, for any connection to follow.
+    pub tasks: Arc<TaskRegistry>,
+    /// Uploads receiving data at once (seed: 5); a connection holds one permit per active upload.
+    pub upload_slots: Arc<Semaphore>,
+    /// Files transcribed at once (seed: 3); the rest wait queued.
+    pub processing_slots: Arc<Semaphore>,
+    /// Open connections; a session holds one owned permit for its whole life.
+    pub connection_slots: Arc<Semaphore>,
+    /// Cancelled when the server begins to shut down; sessions say goodbye and close.
+    pub shutdown: CancellationToken,
+    /// Background work (sessions, transcriptions) the shutdown waits for.
+    pub tracker: TaskTracker,
+}
+
+impl AppState {
+    /// Builds the shared state: opens the upload store (recovering sessions left by a previous
+    /// run) and the task registry.
+    pub fn new(
+        config: ServerConfig,
+        pool: Pool,
+        vad_model: Option<PathBuf>,
+    ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
+        let uploads = UploadStore::open(&config.data_dir)?;
+        let tasks = TaskRegistry::new(&config.data_dir)?;
+        Ok(Arc::new(Self {
+            upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
+            processing_slots: Arc::new(Semaphore::new(config.max_processing)),
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config,
+            pool,
+            vad_model,
+            uploads,
+            tasks,
+        }))
+    }
+}
+
+/// Serves until `shutdown` completes, then drains: sessions are told `server_shutdown` and
+/// closed with 1001, upload state is already durable, running transcriptions get
+/// `shutdown_grace` to finish.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = routes::router(state.clone());
+    let token = state.shutdown.clone();
+    let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        token.cancel();
+    });
+    serve.await?;
+    state.shutdown.cancel();
+    sweeper.abort();
+    state.tracker.close();
+    if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; unfinished work is dropped (uploads resume later)");
+    }
+    Ok(())
+}
+
+/// Expires idle uploads and old results once a minute.
+async fn sweep_loop(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            st.tasks.sweep(st.config.session_ttl);
+            if let Err(err) = st.uploads.sweep(st.config.session_ttl) {
+                tracing::warn!(%err, "sweeping expired uploads failed");
+            }
+        })
+        .await;
+    }
+}

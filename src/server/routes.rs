@@ -1,0 +1,83 @@
+//! HTTP routes: WebSocket upgrades at `/` and `/ws`, `GET /healthz`.
+//!
+//! Upgrades are configured here (message cap, buffer sizes) and handed to
+//! [`crate::session::run`]; the connection cap is enforced before any session state exists.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::SinkExt;
+
+use super::AppState;
+
+/// Read buffer per connection: small, because idle connections must stay cheap; tungstenite
+/// grows it as a large message arrives (up to the message cap) and the OS buffers the rest.
+const READ_BUFFER: usize = 8 * 1024;
+/// Bytes queued towards a client before a send waits for the socket.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(upgrade_or_hello))
+        .route("/ws", get(upgrade_or_hello))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": state.pool.model_name(),
+        "workers": state.pool.workers(),
+        "busy_workers": state.pool.busy_workers(),
+        "queue": state.pool.queue_len(),
+    }))
+}
+
+async fn upgrade_or_hello(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return "Earshot speech transcription server: connect a WebSocket client here.\n"
+            .into_response();
+    };
+    let cap = state.config.max_message_bytes.as_u64() as usize;
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(cap + WRITE_BUFFER)
+        .on_upgrade(move |socket| accept(socket, state, peer))
+}
+
+async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr) {
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection refused: at --max-connections");
+        refuse_busy(&mut socket).await;
+        return;
+    };
+    let tracker = state.tracker.clone();
+    tracker
+        .track_future(crate::session::run(socket, state, peer, permit))
+        .await;
+}
+
+async fn refuse_busy(socket: &mut WebSocket) {
+    let msg = crate::protocol::ServerMessage::busy_error("too many connections", 1000, None);
+    let _ = socket.send(Message::text(msg.to_json())).await;
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1008,
+            reason: "too many connections".into(),
+        })))
+        .await;
+}
