@@ -196,7 +196,7 @@ fn an_http_mirror_resumes_a_partial_download() {
     };
     let path = fetcher.ensure(models::DEFAULT_MODEL, dir.path()).unwrap();
     assert_eq!(sha256_of(&path), listed_sha256(&mirror, &file));
-    assert_eq!(listing(dir.path()), [file.clone()]);
+    assert_eq!(listing(dir.path()), vec![file.clone()]);
     let requests = server.requests();
     assert!(
         requests.contains(&format!("/{file} bytes={half}-")),
@@ -247,7 +247,7 @@ fn a_hub_download_resumes_and_keeps_an_unverifiable_model_with_a_ggml_header() {
     };
     let path = fetcher.ensure(models::VAD_MODEL, dir.path()).unwrap();
     assert_eq!(fs::read(&path).unwrap(), original);
-    assert_eq!(listing(dir.path()), [file.clone()]);
+    assert_eq!(listing(dir.path()), vec![file.clone()]);
     assert!(server
         .requests()
         .contains(&format!("/{file} bytes={third}-")));
