@@ -1,1 +1,0 @@
-//! Model names and fetching (being written)
