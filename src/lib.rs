@@ -7,6 +7,8 @@
 //! - [`transcript`]: the segments and transcripts every other module speaks in.
 //! - [`format`]: transcripts rendered as txt, srt, vtt, json.
 //! - [`models`]: model names, where they live, fetching and verifying them.
+//! - [`protocol`]: the WebSocket wire protocol (JSON messages, binary frames, error codes).
+//! - [`upload`]: resumable uploads: chunk bookkeeping and durable on-disk sessions.
 //!
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
@@ -15,4 +17,6 @@ pub mod eval;
 pub mod format;
 pub mod inference;
 pub mod models;
+pub mod protocol;
 pub mod transcript;
+pub mod upload;
