@@ -225,6 +225,20 @@ impl ReceivedSet {
         self.bits.zeroes().take(limit).map(|i| i as u32).collect()
     }
 
+    /// Up to `limit` missing indices below the highest received one: the holes a pipelined
+    /// sender should fill now (chunks above the highest are simply not sent yet).
+    pub fn gaps(&self, limit: usize) -> Vec<u32> {
+        let Some(highest) = self.bits.maximum() else {
+            return Vec::new();
+        };
+        self.bits
+            .zeroes()
+            .take_while(|&i| i < highest)
+            .take(limit)
+            .map(|i| i as u32)
+            .collect()
+    }
+
     /// The number of leading chunks all received: every index below it is present.
     /// This is what a cumulative ack reports as `received_through`.
     pub fn contiguous_prefix(&self) -> u32 {
@@ -346,6 +360,7 @@ mod tests {
     fn missing_prefix_and_progress() {
         let mut s = ReceivedSet::new(8);
         assert_eq!(s.contiguous_prefix(), 0);
+        assert!(s.gaps(100).is_empty());
         assert_eq!(s.missing(100), (0..8).collect::<Vec<_>>());
         for i in [0, 1, 2, 5, 7] {
             s.insert(i).unwrap();
@@ -353,6 +368,8 @@ mod tests {
         assert_eq!(s.contiguous_prefix(), 3);
         assert_eq!(s.missing(100), vec![3, 4, 6]);
         assert_eq!(s.missing(2), vec![3, 4]);
+        assert_eq!(s.gaps(100), vec![3, 4, 6]);
+        assert_eq!(s.gaps(1), vec![3]);
         assert_eq!(s.progress(), 62.5);
         for i in [3, 4, 6] {
             s.insert(i).unwrap();
@@ -360,6 +377,7 @@ mod tests {
         assert!(s.is_complete());
         assert_eq!(s.contiguous_prefix(), 8);
         assert!(s.missing(10).is_empty());
+        assert!(s.gaps(10).is_empty());
         assert_eq!(s.progress(), 100.0);
     }
 
