@@ -263,14 +263,18 @@ pub struct StreamEnd {
 // Client → server: wire structs and parsing
 // ---------------------------------------------------------------------------------------
 
+/// The outer `{"type", "data"}` object; `data` stays raw until `type` picks its struct.
 #[derive(Deserialize)]
 struct Envelope<'a> {
+    /// Message name; selects the wire struct.
     #[serde(rename = "type")]
     kind: String,
+    /// The message's fields, borrowed unparsed so a large chunk is not copied twice.
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
 
+/// `upload_mode` as sent.
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum WireUploadMode {
@@ -278,79 +282,98 @@ enum WireUploadMode {
     Single,
 }
 
+// The wire structs below mirror the JSON field for field (see docs/PROTOCOL.md); `Option`
+// marks a field the client may omit. Validation turns them into the public types above.
+
+/// `upload_request` as sent.
 #[derive(Deserialize)]
 struct WireUploadRequest {
+    /// Client's name for the file (sanitised before use).
     file_name: String,
+    /// Total bytes.
     file_size: u64,
-    #[serde(default)]
+    /// MD5 hex of the whole file (seed name).
     file_hash: Option<String>,
-    #[serde(default)]
+    /// Bytes per chunk (chunked mode).
     chunk_size: Option<u64>,
-    #[serde(default)]
+    /// Number of chunks (chunked mode); checked against the other two.
     total_chunks: Option<u64>,
-    #[serde(default)]
+    /// Chunked or single; absent means single, as in the seed server.
     upload_mode: Option<WireUploadMode>,
-    #[serde(default)]
+    /// Whole file, base64 (single mode).
     file_data: Option<String>,
-    #[serde(default)]
+    /// JSON or binary chunks (fast path).
     transport: Option<Transport>,
-    #[serde(default)]
+    /// SHA-256 hex of the whole file (fast path).
     file_sha256: Option<String>,
-    #[serde(default)]
+    /// Spoken language or "auto".
     language: Option<String>,
-    #[serde(default)]
+    /// Translate to English.
     translate: Option<bool>,
-    #[serde(default)]
+    /// Output format of the result.
     format: Option<String>,
 }
 
+/// `upload_chunk` as sent.
 #[derive(Deserialize)]
 struct WireUploadChunk {
+    /// Which upload.
     task_id: String,
+    /// Which chunk; u32 so negative or huge values fail with the field named.
     chunk_index: u32,
-    #[serde(default)]
+    /// Decoded length the client claims; checked against the data.
     chunk_size: Option<u64>,
+    /// MD5 hex of the chunk.
     chunk_hash: String,
+    /// The chunk, base64.
     chunk_data: String,
-    #[serde(default)]
+    /// Client's last-chunk flag.
     is_last: Option<bool>,
 }
 
+/// `upload_resume` / `get_result` as sent.
 #[derive(Deserialize)]
 struct WireTaskRef {
+    /// The task asked about.
     task_id: String,
 }
 
+/// `audio_segment` as sent.
 #[derive(Deserialize)]
 struct WireAudioSegment {
+    /// Client-chosen task id.
     task_id: String,
+    /// Order within the task.
     segment_index: u32,
-    #[serde(default)]
+    /// Client's stated seconds.
     segment_duration: Option<f64>,
-    #[serde(default)]
+    /// Last segment of the task.
     is_final: Option<bool>,
+    /// f32le samples, base64.
     audio_data: String,
 }
 
+/// `stream_start` as sent.
 #[derive(Deserialize)]
 struct WireStreamStart {
-    #[serde(default)]
+    /// Client-chosen stream id.
     task_id: Option<String>,
-    #[serde(default)]
+    /// Audio format name.
     format: Option<String>,
-    #[serde(default)]
+    /// Raw PCM sample rate.
     sample_rate: Option<u32>,
-    #[serde(default)]
+    /// Raw PCM channel count.
     channels: Option<u16>,
-    #[serde(default)]
+    /// Spoken language or "auto".
     language: Option<String>,
-    #[serde(default)]
+    /// Translate to English.
     translate: Option<bool>,
 }
 
+/// `stream_end` as sent.
 #[derive(Deserialize)]
 struct WireStreamEnd {
-    #[serde(default)]
+    /// Which stream; absent = the only one.
     task_id: Option<String>,
 }
 

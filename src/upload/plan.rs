@@ -41,22 +41,54 @@ pub enum PlanError {
     ZeroChunkSize,
     /// The file is bigger than the server accepts.
     #[error("file_size {size} exceeds the limit of {max} bytes")]
-    FileTooLarge { size: u64, max: u64 },
+    FileTooLarge {
+        /// The announced size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// One chunk is bigger than the server accepts.
     #[error("chunk_size {size} exceeds the limit of {max} bytes")]
-    ChunkTooLarge { size: u64, max: u64 },
+    ChunkTooLarge {
+        /// The announced chunk size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The file would need more chunks than the server tracks; use a larger chunk_size.
     #[error("{chunks} chunks exceed the limit of {max}; use a larger chunk_size")]
-    TooManyChunks { chunks: u64, max: u32 },
+    TooManyChunks {
+        /// Chunks the plan would need.
+        chunks: u64,
+        /// The limit.
+        max: u32,
+    },
     /// `total_chunks` disagrees with `ceil(file_size / chunk_size)`.
     #[error("total_chunks is {got} but file_size and chunk_size give {expected}")]
-    InconsistentTotal { expected: u64, got: u64 },
+    InconsistentTotal {
+        /// `ceil(file_size / chunk_size)`.
+        expected: u64,
+        /// What the client sent.
+        got: u64,
+    },
     /// A chunk index at or past `total_chunks`.
     #[error("chunk_index {index} is out of range (total_chunks {total})")]
-    IndexOutOfRange { index: u64, total: u32 },
+    IndexOutOfRange {
+        /// The offending index.
+        index: u64,
+        /// Chunks in the plan.
+        total: u32,
+    },
     /// A chunk whose length is not the one the plan expects at that index.
     #[error("chunk {index} has {got} bytes, expected {expected}")]
-    WrongChunkLength { index: u32, expected: u64, got: u64 },
+    WrongChunkLength {
+        /// Which chunk.
+        index: u32,
+        /// Bytes the plan expects there.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
 }
 
 /// How one file is cut into chunks. Every chunk is `chunk_size` bytes except the last,
