@@ -5,8 +5,12 @@
 //! - [`audio`]: bytes in any container/codec → 16 kHz mono `f32` (decode, then resample).
 //! - [`inference`]: a bounded pool of Whisper workers, voice-activity windows, long-audio driving.
 //! - [`transcript`]: the segments and transcripts every other module speaks in.
-//! - [`format`]: transcripts rendered as txt, srt, vtt, json.
+//! - [`mod@format`]: transcripts rendered as txt, srt, vtt, json.
 //! - [`models`]: model names, where they live, fetching and verifying them.
+//! - [`protocol`]: the WebSocket wire protocol (JSON messages, binary frames, error codes).
+//! - [`upload`]: resumable uploads: chunk bookkeeping and durable on-disk sessions.
+//! - [`live`]: the commit policy that turns a live stream into partials and final segments.
+//! - [`tasks`]: progress and results of every task, for any connection to follow.
 //!
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
@@ -16,5 +20,7 @@ pub mod format;
 pub mod inference;
 pub mod live;
 pub mod models;
+pub mod protocol;
 pub mod transcript;
 pub mod tasks;
+pub mod upload;

@@ -1,0 +1,606 @@
+//! Tests for text-frame parsing and serialisation.
+
+use super::*;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::json;
+
+fn limits() -> Limits {
+    Limits {
+        max_message_bytes: 1 << 20,
+        max_file_bytes: 100 << 20,
+        max_chunk_bytes: 64 << 10,
+        max_total_chunks: 10_000,
+        chunk_window: 16,
+    }
+}
+
+fn parse(v: serde_json::Value) -> Result<ClientMessage, ProtocolError> {
+    parse_client(&v.to_string(), &limits())
+}
+
+fn err(v: serde_json::Value) -> ProtocolError {
+    parse(v).expect_err("expected an error")
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+
+fn seed_request() -> serde_json::Value {
+    // Exactly what the seed document's client sends for a chunked upload.
+    json!({"type": "upload_request", "data": {
+        "file_name": "meeting.mp3", "file_size": 10_000, "file_hash": md5_hex(b"whatever"),
+        "chunk_size": 4096, "total_chunks": 3, "upload_mode": "chunked"
+    }})
+}
+
+fn seed_chunk(data: &[u8]) -> serde_json::Value {
+    json!({"type": "upload_chunk", "data": {
+        "task_id": ID, "chunk_index": 2, "chunk_size": data.len(),
+        "chunk_hash": md5_hex(data), "chunk_data": B64.encode(data), "is_last": true
+    }})
+}
+
+#[test]
+fn seed_upload_request_parses() {
+    let ClientMessage::UploadRequest(r) = parse(seed_request()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.file_name, "meeting.mp3");
+    assert_eq!(r.extension.as_deref(), Some("mp3"));
+    assert_eq!(r.plan.total_chunks, 3);
+    assert_eq!(r.plan.chunk_size, 4096);
+    assert_eq!(r.mode, UploadMode::Chunked);
+    assert_eq!(r.transport, Transport::Json);
+    assert_eq!(r.options, TaskOptions::default());
+    assert_eq!(r.file_md5.as_deref(), Some(md5_hex(b"whatever").as_str()));
+}
+
+#[test]
+fn fast_path_fields_parse() {
+    let mut v = seed_request();
+    let d = v["data"].as_object_mut().unwrap();
+    d.insert("transport".into(), json!("binary"));
+    d.insert("file_sha256".into(), json!("AB".repeat(32)));
+    d.insert("language".into(), json!("ZH"));
+    d.insert("translate".into(), json!(true));
+    d.insert("format".into(), json!("srt"));
+    d.insert("some_future_field".into(), json!({"x": 1}));
+    let ClientMessage::UploadRequest(r) = parse(v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.transport, Transport::Binary);
+    assert_eq!(r.file_sha256.unwrap(), "ab".repeat(32));
+    assert_eq!(r.options.language.as_deref(), Some("zh"));
+    assert!(r.options.translate);
+    assert_eq!(r.options.format.as_deref(), Some("srt"));
+}
+
+#[test]
+fn single_upload_decodes_file_data() {
+    let data = b"RIFF....WAVEfmt ";
+    let v = json!({"type": "upload_request", "data": {
+        "file_name": "a.wav", "file_size": data.len(), "file_hash": md5_hex(data),
+        "file_data": B64.encode(data)
+    }});
+    let ClientMessage::UploadRequest(r) = parse(v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        r.mode,
+        UploadMode::Single {
+            data: data.to_vec()
+        }
+    );
+    assert_eq!(r.plan.total_chunks, 1);
+    assert_eq!(r.plan.chunk_size, data.len() as u64);
+
+    // file_size disagreeing with file_data.
+    let v = json!({"type": "upload_request", "data": {
+        "file_name": "a.wav", "file_size": 3, "file_hash": md5_hex(data),
+        "upload_mode": "single", "file_data": B64.encode(data)
+    }});
+    assert_eq!(err(v).code, ErrorCode::InvalidMessage);
+    // Single without file_data.
+    let v = json!({"type": "upload_request", "data": {
+        "file_name": "a.wav", "file_size": 3, "file_hash": md5_hex(data), "upload_mode": "single"
+    }});
+    assert!(err(v).message.contains("file_data"));
+}
+
+#[test]
+fn not_json_or_not_an_object_is_invalid_message() {
+    for text in [
+        "",
+        "   ",
+        "not json",
+        "{",
+        "{\"type\": \"upload_request\",",
+        "[]",
+        "[1,2]",
+        "42",
+        "\"upload_request\"",
+        "null",
+        "{} trailing",
+        "{\"type\":\"get_result\",\"data\":{}} {}",
+        "\u{feff}{}",
+    ] {
+        let e = parse_client(text, &limits()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage, "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn missing_or_mistyped_type_is_invalid_message() {
+    let e = err(json!({"data": {}}));
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("type"), "{}", e.message);
+    let e = err(json!({"type": 5, "data": {}}));
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("type"), "{}", e.message);
+    let e = err(json!({"type": null}));
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+}
+
+#[test]
+fn unknown_type_is_named_and_truncated() {
+    let e = err(json!({"type": "upload_teleport", "data": {}}));
+    assert_eq!(e.code, ErrorCode::UnknownType);
+    assert!(e.message.contains("upload_teleport"));
+    let long = "x".repeat(10_000);
+    let e = err(json!({"type": long, "data": {}}));
+    assert_eq!(e.code, ErrorCode::UnknownType);
+    assert!(e.message.len() < 100, "{}", e.message);
+}
+
+#[test]
+fn missing_fields_are_named() {
+    for field in ["file_name", "file_size"] {
+        let mut v = seed_request();
+        v["data"].as_object_mut().unwrap().remove(field);
+        let e = err(v);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains(field), "{field}: {}", e.message);
+    }
+    for field in ["chunk_size", "total_chunks", "file_hash"] {
+        let mut v = seed_request();
+        v["data"].as_object_mut().unwrap().remove(field);
+        if field == "chunk_size" {
+            // Without upload_mode the request would be read as single; keep it chunked.
+        }
+        let e = err(v);
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains(field), "{field}: {}", e.message);
+    }
+    // No data at all.
+    let e = err(json!({"type": "upload_chunk"}));
+    assert!(e.message.contains("task_id"), "{}", e.message);
+}
+
+#[test]
+fn mistyped_fields_are_named_without_positions() {
+    let cases = [
+        ("file_size", json!("10000")),
+        ("file_size", json!(-1)),
+        ("file_size", json!(1.5)),
+        ("file_size", json!(1e300)),
+        ("chunk_size", json!(-4096)),
+        ("total_chunks", json!([3])),
+        ("file_name", json!(7)),
+        ("upload_mode", json!("parallel")),
+        ("transport", json!("carrier_pigeon")),
+        ("translate", json!("yes")),
+    ];
+    for (field, value) in cases {
+        let mut v = seed_request();
+        v["data"][field] = value.clone();
+        let e = err(v);
+        assert_eq!(e.code, ErrorCode::InvalidMessage, "{field}={value}");
+        assert!(e.message.contains(field), "{field}={value}: {}", e.message);
+        assert!(!e.message.contains("line"), "{}", e.message);
+        assert!(!e.message.contains("column"), "{}", e.message);
+    }
+    let e = err(json!({"type": "upload_request", "data": 5}));
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    let e = err(json!({"type": "upload_request", "data": "x"}));
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+}
+
+#[test]
+fn huge_string_values_are_not_echoed_whole() {
+    let mut v = seed_request();
+    v["data"]["file_size"] = json!("9".repeat(100_000));
+    let e = err(v);
+    assert!(e.message.len() < 300, "{}", e.message.len());
+}
+
+#[test]
+fn plan_values_are_checked() {
+    let set = |field: &str, value: serde_json::Value| {
+        let mut v = seed_request();
+        v["data"][field] = value;
+        err(v)
+    };
+    assert_eq!(set("chunk_size", json!(0)).code, ErrorCode::InvalidMessage);
+    assert_eq!(set("file_size", json!(0)).code, ErrorCode::InvalidMessage);
+    let e = set("total_chunks", json!(2));
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("total_chunks"));
+    assert_eq!(
+        set("total_chunks", json!(4)).code,
+        ErrorCode::InvalidMessage
+    );
+    assert_eq!(set("file_size", json!(u64::MAX)).code, ErrorCode::TooLarge);
+    assert_eq!(
+        set("chunk_size", json!(1u64 << 30)).code,
+        ErrorCode::TooLarge
+    );
+    // Too many tiny chunks.
+    let mut v = seed_request();
+    v["data"]["file_size"] = json!(50_000);
+    v["data"]["chunk_size"] = json!(1);
+    v["data"]["total_chunks"] = json!(50_000);
+    assert_eq!(err(v).code, ErrorCode::TooLarge);
+}
+
+#[test]
+fn hashes_must_be_hex_of_the_right_length() {
+    for bad in [
+        "",
+        "abc",
+        &"g".repeat(32),
+        &"a".repeat(31),
+        &"a".repeat(33),
+        &"a".repeat(64),
+    ] {
+        let mut v = seed_request();
+        v["data"]["file_hash"] = json!(bad);
+        let e = err(v);
+        assert_eq!(e.code, ErrorCode::InvalidMessage, "{bad:?}");
+        assert!(e.message.contains("file_hash"));
+    }
+    let mut v = seed_request();
+    v["data"]["file_sha256"] = json!("a".repeat(32));
+    assert!(err(v).message.contains("file_sha256"));
+    // sha256 alone is enough.
+    let mut v = seed_request();
+    v["data"].as_object_mut().unwrap().remove("file_hash");
+    v["data"]["file_sha256"] = json!("0".repeat(64));
+    assert!(parse(v).is_ok());
+}
+
+#[test]
+fn path_like_file_names_become_base_names() {
+    for (name, expected) in [
+        ("../../etc/passwd", "passwd"),
+        ("/etc/shadow", "shadow"),
+        ("..\\..\\boot.ini", "boot.ini"),
+        ("..", "upload"),
+        ("", "upload"),
+    ] {
+        let mut v = seed_request();
+        v["data"]["file_name"] = json!(name);
+        let ClientMessage::UploadRequest(r) = parse(v).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.file_name, expected);
+        assert!(!r.file_name.contains('/') && !r.file_name.contains('\\'));
+    }
+}
+
+#[test]
+fn language_and_format_are_validated() {
+    let mut v = seed_request();
+    v["data"]["language"] = json!("auto");
+    let ClientMessage::UploadRequest(r) = parse(v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.options.language, None);
+    for bad in ["e", "en-US", "../x", "english language"] {
+        let mut v = seed_request();
+        v["data"]["language"] = json!(bad);
+        assert!(err(v).message.contains("language"), "{bad}");
+    }
+    let mut v = seed_request();
+    v["data"]["format"] = json!("docx");
+    assert!(err(v).message.contains("format"));
+}
+
+#[test]
+fn seed_chunk_parses_and_verifies() {
+    let data = b"some chunk bytes";
+    let ClientMessage::UploadChunk(c) = parse(seed_chunk(data)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.task_id.to_string(), ID);
+    assert_eq!(c.chunk_index, 2);
+    assert_eq!(c.data, data);
+    assert!(c.is_last);
+}
+
+#[test]
+fn chunk_with_wrong_hash_is_chunk_hash_mismatch() {
+    let mut v = seed_chunk(b"some chunk bytes");
+    v["data"]["chunk_hash"] = json!(md5_hex(b"other bytes"));
+    let e = err(v);
+    assert_eq!(e.code, ErrorCode::ChunkHashMismatch);
+    assert_eq!(e.chunk_index, Some(2));
+    assert_eq!(e.task_id.unwrap().to_string(), ID);
+}
+
+#[test]
+fn chunk_field_errors() {
+    let data = b"0123456789";
+    let mut v = seed_chunk(data);
+    v["data"]["chunk_size"] = json!(9);
+    assert_eq!(err(v).code, ErrorCode::InvalidChunk);
+
+    let mut v = seed_chunk(data);
+    v["data"]["chunk_data"] = json!("!!!not base64!!!");
+    let e = err(v);
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("chunk_data"));
+
+    let mut v = seed_chunk(b"");
+    v["data"]["chunk_hash"] = json!(md5_hex(b""));
+    assert_eq!(err(v).code, ErrorCode::InvalidChunk);
+
+    for bad_index in [
+        json!(-1),
+        json!(1u64 << 40),
+        json!("3"),
+        json!(2.5),
+        json!(null),
+    ] {
+        let mut v = seed_chunk(data);
+        v["data"]["chunk_index"] = bad_index.clone();
+        let e = err(v);
+        assert_eq!(e.code, ErrorCode::InvalidMessage, "{bad_index}");
+        assert!(e.message.contains("chunk_index"), "{}", e.message);
+    }
+
+    for bad_id in ["", "../../etc", "not-a-uuid", &format!("{ID}/..")] {
+        let mut v = seed_chunk(data);
+        v["data"]["task_id"] = json!(bad_id);
+        assert_eq!(err(v).code, ErrorCode::SessionNotFound, "{bad_id}");
+    }
+
+    let big = vec![7u8; (64 << 10) + 1];
+    assert_eq!(err(seed_chunk(&big)).code, ErrorCode::TooLarge);
+}
+
+#[test]
+fn resume_get_result_and_stream_end() {
+    let m = parse(json!({"type": "upload_resume", "data": {"task_id": ID}})).unwrap();
+    assert_eq!(m.type_name(), "upload_resume");
+    let ClientMessage::UploadResume(r) = m else {
+        panic!()
+    };
+    assert_eq!(r.task_id.to_string(), ID);
+    assert!(matches!(
+        parse(json!({"type": "get_result", "data": {"task_id": ID}})).unwrap(),
+        ClientMessage::GetResult(_)
+    ));
+    assert_eq!(
+        err(json!({"type": "get_result", "data": {"task_id": "../x"}})).code,
+        ErrorCode::SessionNotFound
+    );
+    assert_eq!(
+        parse(json!({"type": "stream_end"})).unwrap(),
+        ClientMessage::StreamEnd(StreamEnd { task_id: None })
+    );
+    assert!(matches!(
+        parse(json!({"type": "stream_end", "data": {"task_id": ID}})).unwrap(),
+        ClientMessage::StreamEnd(StreamEnd { task_id: Some(_) })
+    ));
+}
+
+#[test]
+fn seed_audio_segment_parses() {
+    let samples = [0.5f32, -0.25, f32::NAN, 1.0];
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let v = json!({"type": "audio_segment", "data": {
+        "task_id": ID, "segment_index": 0, "segment_duration": 4.0 / 16000.0,
+        "is_final": true, "audio_data": B64.encode(&bytes)
+    }});
+    let ClientMessage::AudioSegment(a) = parse(v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(a.samples, vec![0.5, -0.25, 0.0, 1.0]);
+    assert!(a.is_final);
+
+    let v = json!({"type": "audio_segment", "data": {
+        "task_id": ID, "segment_index": 0, "audio_data": B64.encode([1u8, 2, 3])
+    }});
+    assert_eq!(err(v).code, ErrorCode::UnsupportedAudio);
+    let v = json!({"type": "audio_segment", "data": {
+        "task_id": ID, "segment_index": -2, "audio_data": ""
+    }});
+    assert!(err(v).message.contains("segment_index"));
+    let v = json!({"type": "audio_segment", "data": {
+        "task_id": ID, "segment_index": 1, "segment_duration": -1.0, "audio_data": ""
+    }});
+    assert!(err(v).message.contains("segment_duration"));
+}
+
+#[test]
+fn stream_start_defaults_and_checks() {
+    let ClientMessage::StreamStart(s) = parse(json!({"type": "stream_start", "data": {}})).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s.format, AudioFormat::PcmS16le);
+    assert_eq!((s.sample_rate, s.channels), (16_000, 1));
+    assert_eq!(s.task_id, None);
+
+    let ClientMessage::StreamStart(s) = parse(json!({"type": "stream_start", "data": {
+        "task_id": ID, "format": "WEBM", "language": "de"
+    }}))
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(s.format, AudioFormat::Webm);
+    assert_eq!(s.format.extension_hint(), Some("webm"));
+    assert_eq!(s.options.language.as_deref(), Some("de"));
+
+    let e = err(json!({"type": "stream_start", "data": {"format": "midi"}}));
+    assert_eq!(e.code, ErrorCode::UnsupportedAudio);
+    assert!(e.message.contains("midi"));
+    let e =
+        err(json!({"type": "stream_start", "data": {"format": "pcm_f32le", "sample_rate": 100}}));
+    assert_eq!(e.code, ErrorCode::UnsupportedAudio);
+    let e = err(json!({"type": "stream_start", "data": {"channels": 0}}));
+    assert_eq!(e.code, ErrorCode::UnsupportedAudio);
+    let e = err(json!({"type": "stream_start", "data": {"sample_rate": -1}}));
+    assert!(e.message.contains("sample_rate"));
+}
+
+#[test]
+fn server_messages_serialise_as_type_and_data() {
+    let id = TaskId::parse(ID).unwrap();
+    let m = ServerMessage::ChunkReceived(ChunkReceived::stored(id, 4, 50.0));
+    let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "chunk_received", "data": {"task_id": ID, "chunk_index": 4, "progress": 50.0}})
+    );
+    let m = ServerMessage::ChunkReceived(ChunkReceived::duplicate(id, 4));
+    let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "chunk_received", "data": {"task_id": ID, "chunk_index": 4, "status": "duplicate"}})
+    );
+    let m = ServerMessage::UploadReady(UploadReady {
+        task_id: id,
+        message: "ready".into(),
+        chunk_window: None,
+        missing_chunks: Some(vec![1, 2]),
+        received_chunks: Some(1),
+        total_chunks: Some(3),
+    });
+    let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+    assert_eq!(v["type"], "upload_ready");
+    assert_eq!(v["data"]["missing_chunks"], json!([1, 2]));
+    assert!(v["data"].get("chunk_window").is_none());
+    let m = ServerMessage::Connected(Connected {
+        connection_id: "c1".into(),
+        message: "hi".into(),
+        server_version: crate::protocol::SERVER_VERSION.into(),
+        model: "tiny.en".into(),
+        limits: Limits::default(),
+    });
+    let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+    assert_eq!(v["data"]["limits"]["max_message_bytes"], 10 << 20);
+}
+
+#[test]
+fn every_server_message_round_trips() {
+    let id = TaskId::new_v4();
+    let seg = Segment {
+        start: 0.0,
+        end: 1.5,
+        text: "hello".into(),
+        no_speech_prob: 0.01,
+        tokens: None,
+    };
+    let all = vec![
+        ServerMessage::ChunkAck(ChunkAck {
+            task_id: id,
+            received_through: 3,
+            received_chunks: 5,
+            progress: 50.0,
+            missing: Some(vec![3]),
+        }),
+        ServerMessage::UploadComplete(UploadComplete {
+            task_id: id,
+            message: "ok".into(),
+        }),
+        ServerMessage::TranscriptionProgress(TranscriptionProgress {
+            task_id: id,
+            progress: 12.5,
+        }),
+        ServerMessage::TranscriptSegment(TranscriptSegment {
+            task_id: id,
+            index: 0,
+            start: 0.0,
+            end: 1.5,
+            text: "hello".into(),
+        }),
+        ServerMessage::TranscriptPartial(TranscriptPartial {
+            task_id: id,
+            text: "hel".into(),
+            revision: 7,
+        }),
+        ServerMessage::TranscriptionComplete(TranscriptionComplete {
+            task_id: id,
+            text: "hello".into(),
+            segments: vec![seg],
+            language: "en".into(),
+            duration: 1.5,
+            processing_seconds: 0.2,
+            formatted: None,
+        }),
+        ServerMessage::StreamStarted(StreamStarted { task_id: id }),
+        ServerMessage::StreamLag(StreamLag {
+            task_id: id,
+            behind_seconds: 3.0,
+        }),
+        ProtocolError::new(ErrorCode::Busy, "busy")
+            .with_task(id)
+            .with_retry_after_ms(100)
+            .to_message(),
+        ServerMessage::ServerShutdown(ServerShutdown {
+            message: "bye".into(),
+        }),
+    ];
+    let names = [
+        "chunk_ack",
+        "upload_complete",
+        "transcription_progress",
+        "transcript_segment",
+        "transcript_partial",
+        "transcription_complete",
+        "stream_started",
+        "stream_lag",
+        "error",
+        "server_shutdown",
+    ];
+    for (m, name) in all.into_iter().zip(names) {
+        let text = m.to_json();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], name);
+        assert!(v["data"].is_object());
+        let back: ServerMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+    }
+}
+
+#[test]
+fn deep_nesting_and_odd_inputs_never_panic() {
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_eq!(
+        parse_client(&deep, &limits()).unwrap_err().code,
+        ErrorCode::InvalidMessage
+    );
+    let deep_data = format!(
+        "{{\"type\":\"upload_request\",\"data\":{}{}}}",
+        "{\"a\":".repeat(5_000),
+        "1}".repeat(5_000)
+    );
+    assert_eq!(
+        parse_client(&deep_data, &limits()).unwrap_err().code,
+        ErrorCode::InvalidMessage
+    );
+    let dup = r#"{"type":"get_result","type":"upload_request","data":{}}"#;
+    assert_eq!(
+        parse_client(dup, &limits()).unwrap_err().code,
+        ErrorCode::InvalidMessage
+    );
+    let unicode = r#"{"type":"\u0000\ud83d\ude00","data":{}}"#;
+    assert_eq!(
+        parse_client(unicode, &limits()).unwrap_err().code,
+        ErrorCode::UnknownType
+    );
+}

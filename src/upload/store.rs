@@ -1,0 +1,945 @@
+//! Durable upload sessions on disk, so an upload survives a dropped connection, a server
+//! restart and `kill -9`.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! uploads/<task_id>/meta.json      the request, plan, status, times (rewritten atomically)
+//! uploads/<task_id>/data.part      file_size bytes; chunk i written at i * chunk_size
+//! uploads/<task_id>/received.log   append-only chunk indices, u32 LE, one per stored chunk
+//! uploads/<task_id>/audio[.ext]    data.part after it was verified (finalise renames it)
+//! uploads/<task_id>/result.json    the transcription result
+//! ```
+//!
+//! Durability rule: a chunk counts as received only once its bytes are in `data.part` AND
+//! its index is in `received.log`, both fdatasync'ed, data first. A crash can therefore lose
+//! unacknowledged chunks but never claim a chunk whose bytes are missing. Writes and syncs
+//! are separate calls so the fast path can group-commit: write several chunks, [`sync`]
+//! once, ack them together.
+//!
+//! The API is synchronous and blocking (call it from `spawn_blocking`). `UploadStore` is
+//! `Send + Sync`: a map lock guards the set of sessions and each session has its own mutex,
+//! so different uploads proceed in parallel and calls on one upload are serialised.
+//!
+//! This module must NOT parse wire messages, hold network state or read a whole file into
+//! memory. Task ids are [`TaskId`]s (parsed UUIDs), the only client input that becomes a
+//! path component; file names never do.
+//!
+//! [`sync`]: UploadStore::sync
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::Md5;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
+use crate::protocol::message::{ChunkAck, TaskOptions, Transport, UploadRequest};
+use crate::protocol::{ErrorCode, ProtocolError, TaskId, MAX_MISSING_LISTED};
+
+const META: &str = "meta.json";
+const DATA: &str = "data.part";
+const LOG: &str = "received.log";
+const RESULT: &str = "result.json";
+const TMP_PREFIX: &str = ".tmp-";
+/// Bytes per received-log entry (a u32 chunk index).
+const LOG_ENTRY: u64 = 4;
+/// Read size when hashing the assembled file.
+const HASH_BLOCK: usize = 1 << 20;
+/// Version of meta.json's layout, so a later Earshot can migrate old sessions.
+const META_VERSION: u32 = 1;
+
+/// Store-wide settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Most bytes all sessions on disk may reserve together (sum of their `file_size`);
+    /// a new upload beyond it is refused with `quota_exceeded` instead of filling the disk.
+    pub quota_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            quota_bytes: 20 << 30,
+        }
+    }
+}
+
+/// Where an upload is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadStatus {
+    /// Chunks are arriving.
+    Uploading,
+    /// Every chunk stored and the file verified; waiting to be transcribed (also the state
+    /// a transcription interrupted by a restart returns to, so it can be queued again).
+    Uploaded,
+    /// A transcription is running.
+    Transcribing,
+    /// `result.json` holds the result.
+    Done,
+    /// Transcription failed; `error` in the meta says why.
+    Failed,
+}
+
+/// What a new upload is, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUpload {
+    /// Sanitised display name.
+    pub file_name: String,
+    /// Validated lowercase extension, used to name the finished file (the decoder's hint).
+    pub extension: Option<String>,
+    /// How the file is cut into chunks.
+    pub plan: ChunkPlan,
+    /// Expected MD5 (lowercase hex), verified by [`UploadStore::finalize`].
+    pub file_md5: Option<String>,
+    /// Expected SHA-256 (lowercase hex), verified by [`UploadStore::finalize`].
+    pub file_sha256: Option<String>,
+    /// How chunks travel, so a resumed upload keeps its transport.
+    pub transport: Transport,
+    /// Transcription options, so a resumed upload is transcribed as first asked.
+    pub options: TaskOptions,
+}
+
+impl NewUpload {
+    /// The store's view of a validated `upload_request`.
+    pub fn from_request(request: &UploadRequest) -> Self {
+        NewUpload {
+            file_name: request.file_name.clone(),
+            extension: request.extension.clone(),
+            plan: request.plan,
+            file_md5: request.file_md5.clone(),
+            file_sha256: request.file_sha256.clone(),
+            transport: request.transport,
+            options: request.options.clone(),
+        }
+    }
+}
+
+/// The contents of `meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Layout version of this file.
+    pub version: u32,
+    /// The session's id (also its directory name).
+    pub task_id: TaskId,
+    /// Sanitised display name.
+    pub file_name: String,
+    /// Validated lowercase extension of the finished file.
+    pub extension: Option<String>,
+    /// How the file is cut into chunks.
+    pub plan: ChunkPlan,
+    /// Expected MD5, lowercase hex.
+    pub file_md5: Option<String>,
+    /// Expected SHA-256, lowercase hex.
+    pub file_sha256: Option<String>,
+    /// Transport the client chose.
+    pub transport: Transport,
+    /// Transcription options.
+    pub options: TaskOptions,
+    /// Unix seconds when the upload was created.
+    pub created_at: u64,
+    /// Unix seconds of the last status change.
+    pub updated_at: u64,
+    /// Where the upload is in its life.
+    pub status: UploadStatus,
+    /// The last failure (hash mismatch, transcription error), for `get_result` and logs.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Where an upload stands, for acks and resume answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Chunks durably stored.
+    pub received_chunks: u32,
+    /// Chunks in the plan.
+    pub total_chunks: u32,
+    /// Every index below this is durably stored (for cumulative acks).
+    pub received_through: u32,
+    /// 0–100.
+    pub progress: f64,
+    /// Whether every chunk is stored (time to finalise).
+    pub complete: bool,
+    /// Missing indices, lowest first, capped (see the method that produced this).
+    pub missing: Vec<u32>,
+}
+
+impl Progress {
+    /// The fast path's cumulative ack for this state.
+    pub fn chunk_ack(&self, task_id: TaskId) -> ChunkAck {
+        ChunkAck {
+            task_id,
+            received_through: self.received_through,
+            received_chunks: self.received_chunks,
+            progress: self.progress,
+            missing: (!self.missing.is_empty()).then(|| self.missing.clone()),
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// No such session (never created, removed, or expired).
+    #[error("upload session not found")]
+    NotFound,
+    /// The chunk does not fit the session's plan.
+    #[error(transparent)]
+    Chunk(#[from] PlanError),
+    /// Finalise was called before every chunk was stored.
+    #[error("upload incomplete: {missing} chunks missing")]
+    Incomplete {
+        /// How many chunks are still missing.
+        missing: u32,
+    },
+    /// The operation does not apply in the session's current status.
+    #[error("upload is {status:?}; this operation needs it {needed}")]
+    WrongState {
+        /// The session's status.
+        status: UploadStatus,
+        /// What the operation needed, for the message.
+        needed: &'static str,
+    },
+    /// The assembled file does not match the client's hash. `data.part` is kept.
+    #[error("assembled file does not match its {algorithm}")]
+    HashMismatch {
+        /// `file_hash` (MD5) or `file_sha256`.
+        algorithm: &'static str,
+    },
+    /// Accepting this upload would exceed the disk quota.
+    #[error("upload storage is full: {needed} bytes needed, {available} available")]
+    QuotaExceeded {
+        /// Bytes the new upload needs.
+        needed: u64,
+        /// Bytes left under the quota.
+        available: u64,
+    },
+    /// A filesystem error (details for logs only).
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A session's files are inconsistent (details for logs only).
+    #[error("corrupt upload session: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound => ErrorCode::SessionNotFound,
+            StoreError::Chunk(e) => ProtocolError::from(e.clone()).code,
+            StoreError::Incomplete { .. } | StoreError::WrongState { .. } => ErrorCode::NotReady,
+            StoreError::HashMismatch { .. } => ErrorCode::FileHashMismatch,
+            StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            StoreError::Io { .. } | StoreError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The client-facing error; I/O and corruption details are replaced by a generic text.
+    pub fn to_protocol(&self, task_id: TaskId) -> ProtocolError {
+        let err = match self {
+            StoreError::Chunk(e) => ProtocolError::from(e.clone()),
+            StoreError::Io { .. } | StoreError::Corrupt(_) => {
+                ProtocolError::new(ErrorCode::Internal, "internal storage error")
+            }
+            other => ProtocolError::new(self.code(), other.to_string()),
+        };
+        err.with_task(task_id)
+    }
+}
+
+fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> StoreError {
+    move |source| StoreError::Io { context, source }
+}
+
+/// One session's in-memory state.
+struct Session {
+    /// Mirror of meta.json.
+    meta: Meta,
+    /// Chunks durably stored (data and log entry synced).
+    received: ReceivedSet,
+    /// Chunks written to data.part but not yet synced; acked only after [`UploadStore::sync`].
+    pending: Vec<u32>,
+    /// Open handle on data.part, opened on first write (keeps idle sessions fd-free).
+    data: Option<File>,
+    /// Open append handle on received.log, opened on first sync.
+    log: Option<File>,
+    /// Length of received.log known to hold whole, synced entries; a failed append is cut
+    /// back to it so entries never misalign.
+    log_len: u64,
+    /// Last time anything happened; `sweep` expires sessions idle past the TTL.
+    last_activity: SystemTime,
+    /// Set when the session was removed while a caller still held it.
+    removed: bool,
+}
+
+/// A session in the map: its immutable size (for quota sums without locking) and its state.
+struct Entry {
+    /// The plan's file size, summed for the quota.
+    file_size: u64,
+    /// The session, locked per operation.
+    state: Mutex<Session>,
+}
+
+/// All upload sessions under one data directory.
+pub struct UploadStore {
+    /// `<data_dir>/uploads`.
+    root: PathBuf,
+    /// Quota.
+    config: StoreConfig,
+    /// Sessions by id. Held only to look up, insert or remove; never during file I/O on a
+    /// session (except create/remove, which touch only their own directory).
+    sessions: RwLock<HashMap<TaskId, Arc<Entry>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing a directory"))
+}
+
+/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(io_err("creating a temp file"))?;
+    f.write_all(bytes).map_err(io_err("writing a temp file"))?;
+    f.sync_all().map_err(io_err("syncing a temp file"))?;
+    fs::rename(&tmp, dir.join(name)).map_err(io_err("renaming a temp file"))?;
+    fsync_dir(dir)
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), StoreError> {
+    let json = serde_json::to_vec_pretty(meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    write_atomic(dir, META, &json)
+}
+
+fn audio_name(meta: &Meta) -> String {
+    match &meta.extension {
+        Some(ext) => format!("audio.{ext}"),
+        None => "audio".to_string(),
+    }
+}
+
+impl UploadStore {
+    /// Opens (creating if needed) the store under `data_dir` and loads every session.
+    /// Broken sessions are logged and skipped, never deleted; torn creates are cleaned up.
+    pub fn open(data_dir: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+        let root = data_dir.join("uploads");
+        fs::create_dir_all(&root).map_err(io_err("creating the uploads directory"))?;
+        let mut sessions = HashMap::new();
+        for entry in fs::read_dir(&root).map_err(io_err("listing the uploads directory"))? {
+            let entry = entry.map_err(io_err("listing the uploads directory"))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TMP_PREFIX) {
+                // A create that crashed before its rename: nothing was acknowledged.
+                let _ = fs::remove_dir_all(entry.path());
+                continue;
+            }
+            let Ok(task_id) = TaskId::parse(&name) else {
+                warn!(dir = %name, "ignoring unexpected entry in uploads directory");
+                continue;
+            };
+            match load_session(&entry.path(), task_id) {
+                Ok(session) => {
+                    let file_size = session.meta.plan.file_size;
+                    sessions.insert(
+                        task_id,
+                        Arc::new(Entry {
+                            file_size,
+                            state: Mutex::new(session),
+                        }),
+                    );
+                }
+                Err(e) => warn!(%task_id, error = %e, "skipping unreadable upload session"),
+            }
+        }
+        debug!(count = sessions.len(), "loaded upload sessions");
+        Ok(UploadStore {
+            root,
+            config,
+            sessions: RwLock::new(sessions),
+        })
+    }
+
+    fn dir(&self, task_id: TaskId) -> PathBuf {
+        self.root.join(task_id.to_string())
+    }
+
+    fn entry(&self, task_id: TaskId) -> Result<Arc<Entry>, StoreError> {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&task_id).cloned().ok_or(StoreError::NotFound)
+    }
+
+    /// Runs `f` on the live session `task_id`.
+    fn with_session<T>(
+        &self,
+        task_id: TaskId,
+        f: impl FnOnce(&mut Session, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let entry = self.entry(task_id)?;
+        let mut session = lock(&entry.state);
+        if session.removed {
+            return Err(StoreError::NotFound);
+        }
+        f(&mut session, &self.dir(task_id))
+    }
+
+    /// Bytes all sessions on disk reserve (sum of their `file_size`).
+    pub fn reserved_bytes(&self) -> u64 {
+        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|e| e.file_size).sum()
+    }
+
+    /// Whether a new upload of `file_size` bytes fits under the quota now.
+    pub fn check_quota(&self, file_size: u64) -> Result<(), StoreError> {
+        check_quota(self.reserved_bytes(), file_size, self.config.quota_bytes)
+    }
+
+    /// Creates a session: reserves `data.part`, writes meta and an empty log, durably.
+    pub fn create(&self, new: NewUpload) -> Result<TaskId, StoreError> {
+        let task_id = TaskId::new_v4();
+        let now = SystemTime::now();
+        let meta = Meta {
+            version: META_VERSION,
+            task_id,
+            file_name: new.file_name,
+            extension: new.extension,
+            plan: new.plan,
+            file_md5: new.file_md5,
+            file_sha256: new.file_sha256,
+            transport: new.transport,
+            options: new.options,
+            created_at: unix_secs(now),
+            updated_at: unix_secs(now),
+            status: UploadStatus::Uploading,
+            error: None,
+        };
+        // The map lock is held across the quota check and the insert so two creates
+        // cannot both squeeze under the quota.
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let reserved = map.values().map(|e| e.file_size).sum();
+        check_quota(reserved, meta.plan.file_size, self.config.quota_bytes)?;
+        let tmp = self.root.join(format!("{TMP_PREFIX}{task_id}"));
+        if let Err(e) = create_session_dir(&tmp, &meta) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, self.dir(task_id)).map_err(io_err("publishing a session"))?;
+        fsync_dir(&self.root)?;
+        let session = Session {
+            received: ReceivedSet::new(meta.plan.total_chunks),
+            meta,
+            pending: Vec::new(),
+            data: None,
+            log: None,
+            log_len: 0,
+            last_activity: now,
+            removed: false,
+        };
+        map.insert(
+            task_id,
+            Arc::new(Entry {
+                file_size: session.meta.plan.file_size,
+                state: Mutex::new(session),
+            }),
+        );
+        debug!(%task_id, "created upload session");
+        Ok(task_id)
+    }
+
+    /// Writes chunk `index` at its offset in `data.part` (not yet durable: call [`sync`]
+    /// before acknowledging). `Duplicate` means it was already stored or is pending, and
+    /// nothing was written. The data length must match the plan.
+    ///
+    /// [`sync`]: UploadStore::sync
+    pub fn write_chunk(
+        &self,
+        task_id: TaskId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<Insert, StoreError> {
+        self.with_session(task_id, |s, dir| {
+            require_status(s, UploadStatus::Uploading, "uploading")?;
+            s.meta.plan.check_chunk(index, data.len() as u64)?;
+            if s.received.contains(index) || s.pending.contains(&index) {
+                return Ok(Insert::Duplicate);
+            }
+            let offset = s.meta.plan.chunk_offset(index).unwrap_or(0);
+            let file = data_file(s, dir)?;
+            file.write_all_at(data, offset)
+                .map_err(io_err("writing a chunk"))?;
+            s.pending.push(index);
+            s.last_activity = SystemTime::now();
+            Ok(Insert::New)
+        })
+    }
+
+    /// Makes every pending chunk durable (one fdatasync of the data, then one append +
+    /// fdatasync of the log) and returns the state to acknowledge. `missing` lists the
+    /// gaps below the highest stored chunk (capped), which is what a pipelined sender
+    /// must resend.
+    pub fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError> {
+        self.with_session(task_id, |s, dir| {
+            commit_pending(s, dir)?;
+            Ok(progress_of(
+                &s.received,
+                s.received.gaps(MAX_MISSING_LISTED),
+            ))
+        })
+    }
+
+    /// Write and sync one chunk: the JSON path's per-chunk ack.
+    pub fn put_chunk(
+        &self,
+        task_id: TaskId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(Insert, Progress), StoreError> {
+        let insert = self.write_chunk(task_id, index, data)?;
+        Ok((insert, self.sync(task_id)?))
+    }
+
+    /// Where the upload stands, listing up to `missing_limit` missing chunks (for
+    /// `upload_resume`). Pending (unsynced) chunks count as missing.
+    pub fn progress(&self, task_id: TaskId, missing_limit: usize) -> Result<Progress, StoreError> {
+        self.with_session(task_id, |s, _| {
+            Ok(progress_of(&s.received, s.received.missing(missing_limit)))
+        })
+    }
+
+    /// A copy of the session's meta.
+    pub fn meta(&self, task_id: TaskId) -> Result<Meta, StoreError> {
+        self.with_session(task_id, |s, _| Ok(s.meta.clone()))
+    }
+
+    /// Every session and its status (e.g. to queue `Uploaded` ones after a restart).
+    pub fn list(&self) -> Vec<(TaskId, UploadStatus)> {
+        let entries: Vec<_> = {
+            let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().map(|(id, e)| (*id, Arc::clone(e))).collect()
+        };
+        let mut out: Vec<_> = entries
+            .into_iter()
+            .map(|(id, e)| (id, lock(&e.state).meta.status))
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
+    /// Verifies the assembled file against `file_hash` (MD5) and/or `file_sha256`, streaming
+    /// it in blocks, then renames `data.part` to `audio[.ext]` and marks the session
+    /// `Uploaded`. Returns the audio path. Idempotent once uploaded.
+    ///
+    /// On a hash mismatch nothing is deleted: `data.part` and the log stay as they were,
+    /// the reason is recorded in the meta's `error`, and `HashMismatch` is returned.
+    pub fn finalize(&self, task_id: TaskId) -> Result<PathBuf, StoreError> {
+        self.with_session(task_id, |s, dir| {
+            if s.meta.status != UploadStatus::Uploading {
+                return Ok(dir.join(audio_name(&s.meta)));
+            }
+            commit_pending(s, dir)?;
+            if !s.received.is_complete() {
+                return Err(StoreError::Incomplete {
+                    missing: s.received.total() - s.received.count(),
+                });
+            }
+            if let Err(e) = verify_hashes(&dir.join(DATA), &s.meta) {
+                if matches!(e, StoreError::HashMismatch { .. }) {
+                    s.meta.error = Some(e.to_string());
+                    s.meta.updated_at = unix_secs(SystemTime::now());
+                    write_meta(dir, &s.meta)?;
+                }
+                return Err(e);
+            }
+            s.data = None;
+            s.log = None;
+            let audio = dir.join(audio_name(&s.meta));
+            fs::rename(dir.join(DATA), &audio).map_err(io_err("renaming the upload"))?;
+            fsync_dir(dir)?;
+            set_status(s, dir, UploadStatus::Uploaded, None)?;
+            let _ = fs::remove_file(dir.join(LOG));
+            Ok(audio)
+        })
+    }
+
+    /// Path of the verified audio file (status `Uploaded` or later).
+    pub fn audio_path(&self, task_id: TaskId) -> Result<PathBuf, StoreError> {
+        self.with_session(task_id, |s, dir| {
+            if s.meta.status == UploadStatus::Uploading {
+                return Err(StoreError::WrongState {
+                    status: s.meta.status,
+                    needed: "uploaded",
+                });
+            }
+            Ok(dir.join(audio_name(&s.meta)))
+        })
+    }
+
+    /// Records a status change (e.g. `Transcribing`, or `Failed` with a reason).
+    pub fn set_status(
+        &self,
+        task_id: TaskId,
+        status: UploadStatus,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.with_session(task_id, |s, dir| set_status(s, dir, status, error))
+    }
+
+    /// Stores the result as `result.json` (atomically) and marks the session `Done`.
+    pub fn save_result<T: Serialize>(&self, task_id: TaskId, result: &T) -> Result<(), StoreError> {
+        self.with_session(task_id, |s, dir| {
+            let json =
+                serde_json::to_vec(result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            write_atomic(dir, RESULT, &json)?;
+            set_status(s, dir, UploadStatus::Done, None)
+        })
+    }
+
+    /// The stored result, `None` while there is none yet.
+    pub fn load_result<T: DeserializeOwned>(
+        &self,
+        task_id: TaskId,
+    ) -> Result<Option<T>, StoreError> {
+        self.with_session(task_id, |s, dir| {
+            s.last_activity = SystemTime::now();
+            let bytes = match fs::read(dir.join(RESULT)) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("reading a result")(e)),
+            };
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("result.json: {e}")))
+        })
+    }
+
+    /// Deletes a session and its files.
+    pub fn remove(&self, task_id: TaskId) -> Result<(), StoreError> {
+        let entry = {
+            let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+            map.remove(&task_id).ok_or(StoreError::NotFound)?
+        };
+        let mut s = lock(&entry.state);
+        s.removed = true;
+        s.data = None;
+        s.log = None;
+        fs::remove_dir_all(self.dir(task_id)).map_err(io_err("removing a session"))
+    }
+
+    /// Deletes sessions idle for longer than `ttl` (`Transcribing` ones excepted: their
+    /// worker is still using the file). Returns the removed ids.
+    pub fn sweep(&self, ttl: Duration) -> Vec<TaskId> {
+        self.sweep_at(ttl, SystemTime::now())
+    }
+
+    /// [`sweep`](UploadStore::sweep) as if the time were `now`.
+    pub fn sweep_at(&self, ttl: Duration, now: SystemTime) -> Vec<TaskId> {
+        let candidates: Vec<_> = {
+            let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().map(|(id, e)| (*id, Arc::clone(e))).collect()
+        };
+        let mut removed = Vec::new();
+        for (task_id, entry) in candidates {
+            let expired = {
+                let s = lock(&entry.state);
+                s.meta.status != UploadStatus::Transcribing
+                    && now
+                        .duration_since(s.last_activity)
+                        .is_ok_and(|idle| idle > ttl)
+            };
+            if !expired {
+                continue;
+            }
+            match self.remove(task_id) {
+                Ok(()) => removed.push(task_id),
+                Err(StoreError::NotFound) => {}
+                Err(e) => warn!(%task_id, error = %e, "could not remove an expired session"),
+            }
+        }
+        if !removed.is_empty() {
+            debug!(count = removed.len(), "swept expired upload sessions");
+        }
+        removed
+    }
+}
+
+fn check_quota(reserved: u64, file_size: u64, quota: u64) -> Result<(), StoreError> {
+    let available = quota.saturating_sub(reserved);
+    if file_size > available {
+        return Err(StoreError::QuotaExceeded {
+            needed: file_size,
+            available,
+        });
+    }
+    Ok(())
+}
+
+fn require_status(
+    s: &Session,
+    status: UploadStatus,
+    needed: &'static str,
+) -> Result<(), StoreError> {
+    if s.meta.status != status {
+        return Err(StoreError::WrongState {
+            status: s.meta.status,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+fn set_status(
+    s: &mut Session,
+    dir: &Path,
+    status: UploadStatus,
+    error: Option<String>,
+) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    let mut meta = s.meta.clone();
+    meta.status = status;
+    meta.error = error;
+    meta.updated_at = unix_secs(now);
+    write_meta(dir, &meta)?;
+    s.meta = meta;
+    s.last_activity = now;
+    Ok(())
+}
+
+fn progress_of(received: &ReceivedSet, missing: Vec<u32>) -> Progress {
+    Progress {
+        received_chunks: received.count(),
+        total_chunks: received.total(),
+        received_through: received.contiguous_prefix(),
+        progress: received.progress(),
+        complete: received.is_complete(),
+        missing,
+    }
+}
+
+fn create_session_dir(tmp: &Path, meta: &Meta) -> Result<(), StoreError> {
+    fs::create_dir(tmp).map_err(io_err("creating a session directory"))?;
+    let data = File::create(tmp.join(DATA)).map_err(io_err("creating data.part"))?;
+    data.set_len(meta.plan.file_size)
+        .map_err(io_err("reserving data.part"))?;
+    data.sync_all().map_err(io_err("syncing data.part"))?;
+    let log = File::create(tmp.join(LOG)).map_err(io_err("creating received.log"))?;
+    log.sync_all().map_err(io_err("syncing received.log"))?;
+    write_meta(tmp, meta)
+}
+
+fn data_file<'s>(s: &'s mut Session, dir: &Path) -> Result<&'s File, StoreError> {
+    if s.data.is_none() {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(DATA))
+            .map_err(io_err("opening data.part"))?;
+        s.data = Some(f);
+    }
+    Ok(s.data.as_ref().expect("just opened"))
+}
+
+fn log_file<'s>(s: &'s mut Session, dir: &Path) -> Result<&'s mut File, StoreError> {
+    if s.log.is_none() {
+        let f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(LOG))
+            .map_err(io_err("opening received.log"))?;
+        s.log = Some(f);
+    }
+    Ok(s.log.as_mut().expect("just opened"))
+}
+
+/// Data first, then the log: after a crash the log never names a chunk whose bytes are
+/// not on disk.
+fn commit_pending(s: &mut Session, dir: &Path) -> Result<(), StoreError> {
+    if s.pending.is_empty() {
+        return Ok(());
+    }
+    data_file(s, dir)?
+        .sync_data()
+        .map_err(io_err("syncing data.part"))?;
+    let entries: Vec<u8> = s.pending.iter().flat_map(|i| i.to_le_bytes()).collect();
+    let good_len = s.log_len;
+    let log = log_file(s, dir)?;
+    let appended = log.write_all(&entries).and_then(|()| log.sync_data());
+    if let Err(e) = appended {
+        // Cut a partial append back so later entries stay aligned.
+        let _ = log.set_len(good_len);
+        return Err(io_err("appending to received.log")(e));
+    }
+    s.log_len += entries.len() as u64;
+    for index in s.pending.drain(..) {
+        // Indices were range-checked on write.
+        let _ = s.received.insert(index);
+    }
+    s.last_activity = SystemTime::now();
+    Ok(())
+}
+
+fn verify_hashes(path: &Path, meta: &Meta) -> Result<(), StoreError> {
+    let mut file = File::open(path).map_err(io_err("opening data.part"))?;
+    let mut md5 = meta.file_md5.as_ref().map(|_| Md5::new());
+    let mut sha = meta.file_sha256.as_ref().map(|_| Sha256::new());
+    let mut buf = vec![0u8; HASH_BLOCK];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err("reading data.part"))?;
+        if n == 0 {
+            break;
+        }
+        if let Some(h) = md5.as_mut() {
+            h.update(&buf[..n]);
+        }
+        if let Some(h) = sha.as_mut() {
+            h.update(&buf[..n]);
+        }
+    }
+    if let (Some(h), Some(expected)) = (md5, &meta.file_md5) {
+        if hex::encode(h.finalize()) != *expected {
+            return Err(StoreError::HashMismatch {
+                algorithm: "file_hash (MD5)",
+            });
+        }
+    }
+    if let (Some(h), Some(expected)) = (sha, &meta.file_sha256) {
+        if hex::encode(h.finalize()) != *expected {
+            return Err(StoreError::HashMismatch {
+                algorithm: "file_sha256",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Rebuilds a session from its directory.
+fn load_session(dir: &Path, task_id: TaskId) -> Result<Session, StoreError> {
+    let bytes = fs::read(dir.join(META)).map_err(io_err("reading meta.json"))?;
+    let mut meta: Meta = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Corrupt(format!("meta.json: {e}")))?;
+    if meta.task_id != task_id {
+        return Err(StoreError::Corrupt("meta.json names another task".into()));
+    }
+    let mut received = ReceivedSet::new(meta.plan.total_chunks);
+    let mut log_len = 0;
+    let data_path = dir.join(DATA);
+    if meta.status == UploadStatus::Uploading && !data_path.exists() {
+        if dir.join(audio_name(&meta)).exists() {
+            // Crashed between the verified rename and the meta update.
+            set_meta_status(dir, &mut meta, UploadStatus::Uploaded)?;
+        } else {
+            return Err(StoreError::Corrupt("data.part is missing".into()));
+        }
+    }
+    if meta.status == UploadStatus::Transcribing {
+        // The transcription died with the previous process; queue it again.
+        set_meta_status(dir, &mut meta, UploadStatus::Uploaded)?;
+    }
+    if meta.status == UploadStatus::Uploading {
+        let len = fs::metadata(&data_path)
+            .map_err(io_err("reading data.part"))?
+            .len();
+        if len != meta.plan.file_size {
+            return Err(StoreError::Corrupt(format!(
+                "data.part has {len} bytes, expected {}",
+                meta.plan.file_size
+            )));
+        }
+        log_len = replay_log(&dir.join(LOG), &mut received)?;
+    } else {
+        for i in 0..meta.plan.total_chunks {
+            let _ = received.insert(i);
+        }
+    }
+    let updated = UNIX_EPOCH + Duration::from_secs(meta.updated_at);
+    let last_activity = [modified(&dir.join(LOG)), modified(&dir.join(RESULT))]
+        .into_iter()
+        .flatten()
+        .fold(updated, SystemTime::max);
+    Ok(Session {
+        meta,
+        received,
+        pending: Vec::new(),
+        data: None,
+        log: None,
+        log_len,
+        last_activity,
+        removed: false,
+    })
+}
+
+fn set_meta_status(dir: &Path, meta: &mut Meta, status: UploadStatus) -> Result<(), StoreError> {
+    meta.status = status;
+    meta.updated_at = unix_secs(SystemTime::now());
+    write_meta(dir, meta)
+}
+
+/// Reads received.log into `received`, cutting a torn trailing entry. Returns the log's
+/// whole-entry length. Reads in blocks; the log is at most 4 bytes per chunk.
+fn replay_log(path: &Path, received: &mut ReceivedSet) -> Result<u64, StoreError> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            File::create(path).map_err(io_err("creating received.log"))?;
+            return Ok(0);
+        }
+        Err(e) => return Err(io_err("opening received.log")(e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(io_err("reading received.log"))?
+        .len();
+    let whole = len - len % LOG_ENTRY;
+    if whole != len {
+        warn!(path = %path.display(), "cutting a torn entry off received.log");
+        file.set_len(whole)
+            .and_then(|()| file.sync_data())
+            .map_err(io_err("truncating received.log"))?;
+    }
+    let mut reader = io::BufReader::new(file.take(whole));
+    let mut entry = [0u8; LOG_ENTRY as usize];
+    loop {
+        match reader.read_exact(&mut entry) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io_err("reading received.log")(e)),
+        }
+        let index = u32::from_le_bytes(entry);
+        if received.insert(index).is_err() {
+            warn!(index, "ignoring out-of-range entry in received.log");
+        }
+    }
+    Ok(whole)
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

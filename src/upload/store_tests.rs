@@ -1,0 +1,436 @@
+//! Tests for the durable upload store, on real files in temp directories.
+
+use super::*;
+
+const CHUNK: u64 = 1000;
+
+/// Deterministic file contents that differ per byte position.
+fn file_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn new_upload(data: &[u8]) -> NewUpload {
+    let plan = ChunkPlan::new(
+        data.len() as u64,
+        CHUNK,
+        (data.len() as u64).div_ceil(CHUNK),
+        &Default::default(),
+    )
+    .unwrap();
+    NewUpload {
+        file_name: "talk.mp3".into(),
+        extension: Some("mp3".into()),
+        plan,
+        file_md5: Some(hex::encode(Md5::digest(data))),
+        file_sha256: Some(hex::encode(Sha256::digest(data))),
+        transport: Transport::Binary,
+        options: TaskOptions {
+            language: Some("en".into()),
+            translate: false,
+            format: None,
+        },
+    }
+}
+
+fn chunk(data: &[u8], i: u32) -> &[u8] {
+    let start = (u64::from(i) * CHUNK) as usize;
+    &data[start..(start + CHUNK as usize).min(data.len())]
+}
+
+fn open(dir: &Path) -> UploadStore {
+    UploadStore::open(dir, StoreConfig::default()).unwrap()
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<UploadStore>();
+}
+
+#[test]
+fn write_reopen_resume_finalize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(4500); // 5 chunks, the last 500 bytes
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    for i in [4, 0, 2] {
+        assert_eq!(
+            store.write_chunk(id, i, chunk(&data, i)).unwrap(),
+            Insert::New
+        );
+    }
+    let p = store.sync(id).unwrap();
+    assert_eq!((p.received_chunks, p.total_chunks), (3, 5));
+    assert_eq!(p.received_through, 1);
+    assert_eq!(p.missing, vec![1, 3]);
+    assert!(!p.complete);
+    let ack = p.chunk_ack(id);
+    assert_eq!(ack.missing, Some(vec![1, 3]));
+    drop(store);
+
+    // A restart: the three synced chunks are still there.
+    let store = open(tmp.path());
+    let p = store.progress(id, 100).unwrap();
+    assert_eq!(p.received_chunks, 3);
+    assert_eq!(p.missing, vec![1, 3]);
+    assert_eq!(p.progress, 60.0);
+    let meta = store.meta(id).unwrap();
+    assert_eq!(meta.status, UploadStatus::Uploading);
+    assert_eq!(meta.options.language.as_deref(), Some("en"));
+    assert_eq!(meta.transport, Transport::Binary);
+
+    assert!(matches!(
+        store.finalize(id),
+        Err(StoreError::Incomplete { missing: 2 })
+    ));
+    for i in [1, 3] {
+        let (insert, _) = store.put_chunk(id, i, chunk(&data, i)).unwrap();
+        assert_eq!(insert, Insert::New);
+    }
+    let p = store.progress(id, 100).unwrap();
+    assert!(p.complete);
+    assert_eq!(p.received_through, 5);
+    let audio = store.finalize(id).unwrap();
+    assert_eq!(audio.file_name().unwrap(), "audio.mp3");
+    assert_eq!(fs::read(&audio).unwrap(), data);
+    assert_eq!(store.meta(id).unwrap().status, UploadStatus::Uploaded);
+    assert_eq!(store.audio_path(id).unwrap(), audio);
+    // Idempotent, and chunks after completion are refused.
+    assert_eq!(store.finalize(id).unwrap(), audio);
+    let e = store.write_chunk(id, 0, chunk(&data, 0)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotReady);
+    drop(store);
+
+    let store = open(tmp.path());
+    assert_eq!(store.meta(id).unwrap().status, UploadStatus::Uploaded);
+    assert!(store.progress(id, 10).unwrap().complete);
+}
+
+#[test]
+fn unsynced_chunks_are_not_acknowledged_or_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(3000);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    store.write_chunk(id, 0, chunk(&data, 0)).unwrap();
+    store.write_chunk(id, 1, chunk(&data, 1)).unwrap();
+    // Pending: written but not yet durable, so not counted.
+    assert_eq!(store.progress(id, 10).unwrap().received_chunks, 0);
+    // A resend of a pending chunk is a duplicate, not a second write.
+    assert_eq!(
+        store.write_chunk(id, 1, chunk(&data, 1)).unwrap(),
+        Insert::Duplicate
+    );
+    // Group commit: one sync makes both durable.
+    let p = store.sync(id).unwrap();
+    assert_eq!((p.received_chunks, p.received_through), (2, 2));
+    assert!(p.missing.is_empty());
+    store.write_chunk(id, 2, chunk(&data, 2)).unwrap();
+    drop(store); // "crash" before syncing chunk 2
+
+    let store = open(tmp.path());
+    let p = store.progress(id, 10).unwrap();
+    assert_eq!(p.received_chunks, 2);
+    assert_eq!(p.missing, vec![2]);
+}
+
+#[test]
+fn duplicates_and_bad_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(2500);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    assert_eq!(
+        store.put_chunk(id, 0, chunk(&data, 0)).unwrap().0,
+        Insert::New
+    );
+    assert_eq!(
+        store.put_chunk(id, 0, chunk(&data, 0)).unwrap().0,
+        Insert::Duplicate
+    );
+    let e = store.write_chunk(id, 3, b"x").unwrap_err();
+    assert!(matches!(
+        e,
+        StoreError::Chunk(PlanError::IndexOutOfRange { .. })
+    ));
+    assert_eq!(e.code(), ErrorCode::InvalidChunk);
+    assert_eq!(e.to_protocol(id).chunk_index, Some(3));
+    // The last chunk must be exactly 500 bytes, the others exactly 1000.
+    let e = store.write_chunk(id, 2, chunk(&data, 1)).unwrap_err();
+    assert!(matches!(
+        e,
+        StoreError::Chunk(PlanError::WrongChunkLength { .. })
+    ));
+    assert!(store.write_chunk(id, 1, &data[..999]).is_err());
+    assert_eq!(store.progress(id, 10).unwrap().received_chunks, 1);
+}
+
+#[test]
+fn torn_log_tail_is_cut_and_the_rest_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(5000);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    for i in [0, 1, 3] {
+        store.write_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    store.sync(id).unwrap();
+    drop(store);
+
+    let log = tmp.path().join("uploads").join(id.to_string()).join(LOG);
+    // A crash in the middle of appending the entry for chunk 2: two of its four bytes.
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&2u32.to_le_bytes()[..2]).unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(&log).unwrap().len(), 14);
+
+    let store = open(tmp.path());
+    assert_eq!(fs::metadata(&log).unwrap().len(), 12);
+    let p = store.progress(id, 10).unwrap();
+    assert_eq!(p.received_chunks, 3);
+    assert_eq!(p.missing, vec![2, 4]);
+    // Appending after the cut stays aligned.
+    for i in [2, 4] {
+        store.put_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    drop(store);
+    let store = open(tmp.path());
+    assert!(store.progress(id, 10).unwrap().complete);
+    assert_eq!(fs::read(store.finalize(id).unwrap()).unwrap(), data);
+}
+
+#[test]
+fn out_of_range_log_entries_are_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(2000);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    store.put_chunk(id, 1, chunk(&data, 1)).unwrap();
+    drop(store);
+    let log = tmp.path().join("uploads").join(id.to_string()).join(LOG);
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&999u32.to_le_bytes()).unwrap();
+    drop(f);
+    let store = open(tmp.path());
+    let p = store.progress(id, 10).unwrap();
+    assert_eq!((p.received_chunks, p.missing.clone()), (1, vec![0]));
+}
+
+#[test]
+fn hash_mismatch_keeps_the_data_and_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(2200);
+    let store = open(tmp.path());
+    let mut upload = new_upload(&data);
+    upload.file_md5 = Some(hex::encode(Md5::digest(b"a different file")));
+    let id = store.create(upload).unwrap();
+    for i in 0..3 {
+        store.write_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    let e = store.finalize(id).unwrap_err();
+    assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+    assert_eq!(e.code(), ErrorCode::FileHashMismatch);
+    let dir = tmp.path().join("uploads").join(id.to_string());
+    assert_eq!(fs::read(dir.join(DATA)).unwrap(), data);
+    assert!(!dir.join("audio.mp3").exists());
+    let meta = store.meta(id).unwrap();
+    assert_eq!(meta.status, UploadStatus::Uploading);
+    assert!(meta.error.unwrap().contains("MD5"));
+    // The pending chunks were committed by finalise; they survive a restart.
+    drop(store);
+    let store = open(tmp.path());
+    assert!(store.progress(id, 10).unwrap().complete);
+    assert!(store.meta(id).unwrap().error.is_some());
+}
+
+#[test]
+fn sha256_alone_is_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(1500);
+    let store = open(tmp.path());
+    let mut good = new_upload(&data);
+    good.file_md5 = None;
+    let mut bad = good.clone();
+    bad.file_sha256 = Some("00".repeat(32));
+    let good_id = store.create(good).unwrap();
+    let bad_id = store.create(bad).unwrap();
+    for id in [good_id, bad_id] {
+        for i in 0..2 {
+            store.write_chunk(id, i, chunk(&data, i)).unwrap();
+        }
+    }
+    assert!(store.finalize(good_id).is_ok());
+    let e = store.finalize(bad_id).unwrap_err();
+    assert!(e.to_string().contains("file_sha256"));
+}
+
+#[test]
+fn file_without_extension_is_named_audio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(10);
+    let store = open(tmp.path());
+    let mut up = new_upload(&data);
+    up.extension = None;
+    let id = store.create(up).unwrap();
+    store.put_chunk(id, 0, &data).unwrap();
+    assert_eq!(store.finalize(id).unwrap().file_name().unwrap(), "audio");
+}
+
+#[test]
+fn results_and_statuses_persist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(100);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    assert!(store.audio_path(id).is_err());
+    store.put_chunk(id, 0, &data).unwrap();
+    store.finalize(id).unwrap();
+    assert_eq!(store.load_result::<serde_json::Value>(id).unwrap(), None);
+    store
+        .set_status(id, UploadStatus::Transcribing, None)
+        .unwrap();
+    drop(store);
+
+    // A transcription interrupted by a restart goes back to Uploaded.
+    let store = open(tmp.path());
+    assert_eq!(store.list(), vec![(id, UploadStatus::Uploaded)]);
+    let result = serde_json::json!({"text": "hello", "language": "en"});
+    store.save_result(id, &result).unwrap();
+    drop(store);
+
+    let store = open(tmp.path());
+    assert_eq!(store.meta(id).unwrap().status, UploadStatus::Done);
+    assert_eq!(
+        store.load_result::<serde_json::Value>(id).unwrap(),
+        Some(result)
+    );
+}
+
+#[test]
+fn sweep_removes_idle_sessions_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(100);
+    let store = open(tmp.path());
+    let a = store.create(new_upload(&data)).unwrap();
+    let b = store.create(new_upload(&data)).unwrap();
+    let busy = store.create(new_upload(&data)).unwrap();
+    store.put_chunk(busy, 0, &data).unwrap();
+    store.finalize(busy).unwrap();
+    store
+        .set_status(busy, UploadStatus::Transcribing, None)
+        .unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(store.sweep_at(ttl, SystemTime::now()).is_empty());
+    let mut removed = store.sweep_at(ttl, SystemTime::now() + 2 * ttl);
+    removed.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(removed, expected);
+    let uploads = tmp.path().join("uploads");
+    assert!(!uploads.join(a.to_string()).exists());
+    assert!(uploads.join(busy.to_string()).exists());
+    assert!(matches!(store.meta(a), Err(StoreError::NotFound)));
+    assert_eq!(store.list(), vec![(busy, UploadStatus::Transcribing)]);
+    drop(store);
+    assert_eq!(open(tmp.path()).list().len(), 1);
+}
+
+#[test]
+fn quota_counts_reserved_file_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = UploadStore::open(tmp.path(), StoreConfig { quota_bytes: 5000 }).unwrap();
+    let big = file_bytes(3000);
+    let a = store.create(new_upload(&big)).unwrap();
+    assert_eq!(store.reserved_bytes(), 3000);
+    assert!(store.check_quota(2000).is_ok());
+    let e = store.create(new_upload(&big)).unwrap_err();
+    assert!(matches!(
+        e,
+        StoreError::QuotaExceeded {
+            needed: 3000,
+            available: 2000
+        }
+    ));
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    assert!(store.check_quota(2001).is_err());
+    store.remove(a).unwrap();
+    assert_eq!(store.reserved_bytes(), 0);
+    assert!(store.create(new_upload(&big)).is_ok());
+}
+
+#[test]
+fn unknown_ids_and_odd_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uploads = tmp.path().join("uploads");
+    fs::create_dir_all(uploads.join("not-a-task")).unwrap();
+    fs::create_dir_all(uploads.join(format!("{TMP_PREFIX}{}", TaskId::new_v4()))).unwrap();
+    // A session directory with a corrupt meta is skipped, not deleted.
+    let broken = TaskId::new_v4();
+    fs::create_dir_all(uploads.join(broken.to_string())).unwrap();
+    fs::write(uploads.join(broken.to_string()).join(META), b"{nope").unwrap();
+
+    let store = open(tmp.path());
+    assert!(store.list().is_empty());
+    assert!(uploads.join("not-a-task").exists());
+    assert!(uploads.join(broken.to_string()).exists());
+    let leftovers: Vec<_> = fs::read_dir(&uploads)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(TMP_PREFIX))
+        .collect();
+    assert!(leftovers.is_empty());
+    let missing = TaskId::new_v4();
+    let e = store.progress(missing, 1).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::SessionNotFound);
+    assert!(store.write_chunk(missing, 0, b"x").is_err());
+    assert!(matches!(store.remove(missing), Err(StoreError::NotFound)));
+}
+
+#[test]
+fn crash_between_rename_and_meta_update_recovers_as_uploaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(100);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    store.put_chunk(id, 0, &data).unwrap();
+    drop(store);
+    let dir = tmp.path().join("uploads").join(id.to_string());
+    fs::rename(dir.join(DATA), dir.join("audio.mp3")).unwrap();
+    let store = open(tmp.path());
+    assert_eq!(store.meta(id).unwrap().status, UploadStatus::Uploaded);
+    assert_eq!(fs::read(store.audio_path(id).unwrap()).unwrap(), data);
+}
+
+#[test]
+fn io_errors_do_not_leak_details_to_clients() {
+    let e = StoreError::Io {
+        context: "opening data.part",
+        source: io::Error::other("/secret/path"),
+    };
+    let p = e.to_protocol(TaskId::new_v4());
+    assert_eq!(p.code, ErrorCode::Internal);
+    assert!(!p.message.contains("secret") && !p.message.contains("data.part"));
+}
+
+#[test]
+fn concurrent_writers_on_one_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(40_000); // 40 chunks
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..4u32 {
+            let (store, data) = (&store, &data);
+            scope.spawn(move || {
+                for i in (t..40).step_by(4) {
+                    store.write_chunk(id, i, chunk(data, i)).unwrap();
+                    if i % 3 == 0 {
+                        store.sync(id).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert!(store.sync(id).unwrap().complete);
+    assert_eq!(fs::read(store.finalize(id).unwrap()).unwrap(), data);
+}
