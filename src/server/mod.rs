@@ -6,6 +6,7 @@
 //!
 //! This module wires things together: it must not parse protocol messages or decode audio.
 
+pub mod batch;
 pub mod config;
 mod routes;
 
@@ -56,8 +57,16 @@ impl AppState {
         pool: Pool,
         vad_model: Option<PathBuf>,
     ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
-        let uploads = UploadStore::open(&config.data_dir)?;
-        let tasks = TaskRegistry::new(&config.data_dir)?;
+        let store_config = crate::upload::store::StoreConfig {
+            quota_bytes: config.disk_quota_bytes.as_u64(),
+        };
+        let uploads = UploadStore::open(&config.data_dir, store_config)?;
+        let tasks = TaskRegistry::new(&config.data_dir).map_err(|source| {
+            crate::upload::store::StoreError::Io {
+                context: "creating the results directory",
+                source,
+            }
+        })?;
         Ok(Arc::new(Self {
             upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
             processing_slots: Arc::new(Semaphore::new(config.max_processing)),
@@ -73,6 +82,21 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// The limits announced in `connected` and enforced by the parser.
+    pub fn limits(&self) -> crate::protocol::Limits {
+        let defaults = crate::protocol::Limits::default();
+        let max_message_bytes = self.config.max_message_bytes.as_u64();
+        crate::protocol::Limits {
+            max_message_bytes,
+            max_file_bytes: self.config.max_file_bytes.as_u64(),
+            // base64 grows a chunk by 4/3; leave room for the JSON around it.
+            max_chunk_bytes: defaults.max_chunk_bytes.min(max_message_bytes / 4 * 3 - 4096),
+            ..defaults
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then drains: sessions are told `server_shutdown` and
 /// closed with 1001, upload state is already durable, running transcriptions get
 /// `shutdown_grace` to finish.
@@ -84,6 +108,7 @@ pub async fn run(
     let app = routes::router(state.clone());
     let token = state.shutdown.clone();
     let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
+    batch::resume_unfinished(&state);
     let serve = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -1,0 +1,176 @@
+//! Transcribing uploaded files: queued behind the processing semaphore (seed: 3 at once),
+//! decoded in windows on the blocking pool, progress and segments published to the task
+//! registry as they are produced.
+//!
+//! This module must not talk to clients; followers relay what it publishes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::AppState;
+use crate::audio::decode::{DecodeError, DecodeLimits};
+use crate::audio::AudioStream;
+use crate::inference::engine::Options;
+use crate::inference::long::{self, LongEvent};
+use crate::protocol::message::TaskOptions;
+use crate::protocol::{ErrorCode, TaskId};
+use crate::tasks::TaskResult;
+use crate::upload::store::UploadStatus;
+
+/// Queues the transcription of an uploaded file; returns at once.
+pub fn start(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: TaskOptions) {
+    let key = task_id.to_string();
+    state.tasks.create(&key);
+    let state = state.clone();
+    state.clone().tracker.spawn(async move {
+        let Ok(_slot) = state.processing_slots.clone().acquire_owned().await else {
+            return;
+        };
+        set_status(&state, task_id, UploadStatus::Transcribing, None);
+        let stop = Arc::new(AtomicBool::new(false));
+        let guard = stop_on_shutdown(&state, stop.clone());
+        let st = state.clone();
+        let run = tokio::task::spawn_blocking(move || transcribe(&st, &key, &path, &options, &stop));
+        let outcome = run.await;
+        guard.abort();
+        finish(&state, task_id, outcome);
+    });
+}
+
+/// Restarts transcriptions that a previous run accepted but did not finish.
+pub fn resume_unfinished(state: &Arc<AppState>) {
+    for (task_id, status) in state.uploads.list() {
+        if status != UploadStatus::Uploaded {
+            continue;
+        }
+        let (Ok(meta), Ok(path)) = (state.uploads.meta(task_id), state.uploads.audio_path(task_id))
+        else {
+            continue;
+        };
+        if state.tasks.snapshot(&task_id.to_string()).is_none() {
+            tracing::info!(%task_id, "resuming an unfinished transcription");
+            start(state, task_id, path, meta.options);
+        }
+    }
+}
+
+fn stop_on_shutdown(state: &Arc<AppState>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let token = state.shutdown.clone();
+    let grace = state.config.shutdown_grace;
+    tokio::spawn(async move {
+        token.cancelled().await;
+        tokio::time::sleep(grace.mul_f32(0.8)).await;
+        stop.store(true, Ordering::Relaxed);
+    })
+}
+
+/// Why a transcription ended without a result.
+enum Failure {
+    Stopped,
+    Audio(DecodeError),
+    Other(String),
+}
+
+fn transcribe(
+    state: &AppState,
+    key: &str,
+    path: &Path,
+    options: &TaskOptions,
+    stop: &AtomicBool,
+) -> Result<TaskResult, Failure> {
+    let started = Instant::now();
+    let mut audio = AudioStream::open(path, DecodeLimits::default()).map_err(Failure::Audio)?;
+    let total = audio.duration_hint().unwrap_or(0.0);
+    let opts = engine_options(state, options);
+    let mut bad_audio = None;
+    state.tasks.progress(key, 0.0);
+    let result = long::transcribe(
+        &state.pool,
+        || {
+            if stop.load(Ordering::Relaxed) {
+                return Err("stopped".to_string());
+            }
+            audio.next_chunk().map_err(|e| {
+                let msg = e.to_string();
+                bad_audio = Some(e);
+                msg
+            })
+        },
+        &opts,
+        state.vad_model.as_deref(),
+        |event| publish(state, key, total, event),
+    );
+    match (result, bad_audio) {
+        (Ok(transcript), _) => Ok(TaskResult {
+            transcript,
+            processing_seconds: started.elapsed().as_secs_f64(),
+        }),
+        (Err(_), Some(audio)) => Err(Failure::Audio(audio)),
+        (Err(_), None) if stop.load(Ordering::Relaxed) => Err(Failure::Stopped),
+        (Err(e), None) => Err(Failure::Other(e.to_string())),
+    }
+}
+
+fn publish(state: &AppState, key: &str, total: f64, event: LongEvent) {
+    match event {
+        LongEvent::Segment(s) => state.tasks.segment(key, s),
+        LongEvent::Progress { processed_secs } if total > 0.0 => {
+            state
+                .tasks
+                .progress(key, (processed_secs / total * 100.0).min(99.9));
+        }
+        LongEvent::Progress { .. } => {}
+    }
+}
+
+/// Whisper options for a task: the pool's thread setting plus what the client asked.
+pub fn engine_options(state: &AppState, options: &TaskOptions) -> Options {
+    Options {
+        language: options.language.clone().filter(|l| l != "auto"),
+        translate: options.translate,
+        threads: state.config.threads,
+        ..Options::default()
+    }
+}
+
+fn finish(
+    state: &AppState,
+    task_id: TaskId,
+    outcome: Result<Result<TaskResult, Failure>, tokio::task::JoinError>,
+) {
+    let key = task_id.to_string();
+    match outcome {
+        Ok(Ok(result)) => {
+            tracing::info!(%task_id, secs = result.processing_seconds, "transcribed");
+            state.tasks.finish(&key, result);
+            set_status(state, task_id, UploadStatus::Done, None);
+        }
+        Ok(Err(Failure::Stopped)) => {
+            tracing::info!(%task_id, "transcription stopped by shutdown; it restarts with the server");
+            set_status(state, task_id, UploadStatus::Uploaded, None);
+        }
+        Ok(Err(Failure::Audio(err))) => {
+            tracing::warn!(%task_id, %err, "undecodable upload");
+            state.tasks.fail(&key, ErrorCode::UnsupportedAudio.as_str(), &err.to_string());
+            set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
+        }
+        Ok(Err(Failure::Other(err))) => fail_internal(state, task_id, &err),
+        Err(join) => fail_internal(state, task_id, &join.to_string()),
+    }
+}
+
+fn fail_internal(state: &AppState, task_id: TaskId, err: &str) {
+    tracing::error!(%task_id, err, "transcription failed");
+    state
+        .tasks
+        .fail(&task_id.to_string(), ErrorCode::Internal.as_str(), "transcription failed");
+    set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
+}
+
+fn set_status(state: &AppState, task_id: TaskId, status: UploadStatus, error: Option<String>) {
+    if let Err(err) = state.uploads.set_status(task_id, status, error) {
+        tracing::warn!(%task_id, %err, "could not record the upload's status");
+    }
+}

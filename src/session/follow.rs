@@ -1,0 +1,146 @@
+//! Forwards a task's progress, segments and result to this connection.
+//!
+//! A follower is a small task per (connection, task). It first catches up from the registry's
+//! snapshot, then relays events; when it lags behind the broadcast buffer it catches up from the
+//! snapshot again, so nothing the client needs is lost and the producer never waits.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Connection, Outbound};
+use crate::format::{render, OutputFormat};
+use crate::protocol::message::{
+    TranscriptSegment, TranscriptionComplete, TranscriptionProgress,
+};
+use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId};
+use crate::tasks::{TaskEvent, TaskRegistry, TaskResult, TaskState};
+use crate::transcript::Segment;
+
+impl Connection {
+    /// Starts forwarding `task_id` to this client until it finishes or the connection ends.
+    pub(super) fn follow(&self, task_id: TaskId, format: Option<String>) {
+        let registry = self.state.tasks.clone();
+        let out = self.out.clone();
+        let cancel = self.cancel.clone();
+        self.state.tracker.spawn(async move {
+            tokio::select! {
+                _ = relay(registry, out, task_id, format) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// What has been sent so far, so catch-ups send only what is new.
+struct Cursor {
+    /// Segments already sent.
+    sent: usize,
+}
+
+async fn relay(
+    registry: Arc<TaskRegistry>,
+    out: Outbound,
+    task_id: TaskId,
+    format: Option<String>,
+) -> Option<()> {
+    let key = task_id.to_string();
+    let mut events = registry.subscribe(&key);
+    let mut cursor = Cursor { sent: 0 };
+    if catch_up(&registry, &out, task_id, &format, &mut cursor).await? {
+        return Some(());
+    }
+    let events = events.as_mut()?;
+    loop {
+        match events.recv().await {
+            Ok(TaskEvent::Progress(p)) => out.send_lossy(progress(task_id, p)),
+            Ok(TaskEvent::Segment { index, segment }) if index >= cursor.sent => {
+                out.send(segment_msg(task_id, index, &segment)).await.ok()?;
+                cursor.sent = index + 1;
+            }
+            Ok(TaskEvent::Segment { .. }) => {}
+            Ok(TaskEvent::Finished(state)) => {
+                finished(&out, task_id, &format, &state).await;
+                return Some(());
+            }
+            Err(RecvError::Lagged(_)) => {
+                if catch_up(&registry, &out, task_id, &format, &mut cursor).await? {
+                    return Some(());
+                }
+            }
+            Err(RecvError::Closed) => return Some(()),
+        }
+    }
+}
+
+/// Sends what the snapshot has beyond the cursor. Returns true when the task is over.
+async fn catch_up(
+    registry: &TaskRegistry,
+    out: &Outbound,
+    task_id: TaskId,
+    format: &Option<String>,
+    cursor: &mut Cursor,
+) -> Option<bool> {
+    let snap = registry.snapshot(&task_id.to_string())?;
+    if let TaskState::Done(_) | TaskState::Failed { .. } = snap.state {
+        finished(out, task_id, format, &snap.state).await;
+        return Some(true);
+    }
+    if let TaskState::Running { progress: p } = snap.state {
+        out.send_lossy(progress(task_id, p));
+    }
+    for (index, segment) in snap.segments.iter().enumerate().skip(cursor.sent) {
+        out.send(segment_msg(task_id, index, segment)).await.ok()?;
+    }
+    cursor.sent = cursor.sent.max(snap.segments.len());
+    Some(false)
+}
+
+async fn finished(out: &Outbound, task_id: TaskId, format: &Option<String>, state: &TaskState) {
+    let msg = match state {
+        TaskState::Done(result) => complete_msg(task_id, result, format.as_deref()),
+        TaskState::Failed { code, message } => failed_msg(task_id, code, message),
+        _ => return,
+    };
+    let _ = out.send(msg).await;
+}
+
+fn progress(task_id: TaskId, progress: f64) -> ServerMessage {
+    ServerMessage::TranscriptionProgress(TranscriptionProgress { task_id, progress })
+}
+
+/// The `transcript_segment` message for a segment.
+pub fn segment_msg(task_id: TaskId, index: usize, s: &Segment) -> ServerMessage {
+    ServerMessage::TranscriptSegment(TranscriptSegment {
+        task_id,
+        index: index as u32,
+        start: s.start,
+        end: s.end,
+        text: s.text.clone(),
+    })
+}
+
+/// The `transcription_complete` message for a result, rendered in `format` when asked.
+pub fn complete_msg(task_id: TaskId, result: &TaskResult, format: Option<&str>) -> ServerMessage {
+    let t = &result.transcript;
+    let formatted = format
+        .and_then(|f| <OutputFormat as clap::ValueEnum>::from_str(f, true).ok())
+        .map(|f| render(t, f));
+    ServerMessage::TranscriptionComplete(TranscriptionComplete {
+        task_id,
+        text: t.text(),
+        segments: t.segments.clone(),
+        language: t.language.clone(),
+        duration: t.duration,
+        processing_seconds: result.processing_seconds,
+        formatted,
+    })
+}
+
+fn failed_msg(task_id: TaskId, code: &str, message: &str) -> ServerMessage {
+    let code = serde_json::from_value(serde_json::Value::String(code.into()))
+        .unwrap_or(ErrorCode::Internal);
+    ProtocolError::new(code, message)
+        .with_task(task_id)
+        .to_message()
+}

@@ -1,0 +1,297 @@
+//! One WebSocket connection: reads frames, dispatches them, writes replies through a bounded
+//! queue, keeps the connection alive and closes it with the right code.
+//!
+//! [`run`] is generic over any `Stream` + `Sink` of WebSocket messages, so it can be driven by a
+//! real socket or by channels. The handlers for each kind of work live beside it:
+//! [`upload`] (seed JSON and binary fast path, resume, results), [`live`] (streaming audio) and
+//! [`segments`] (the seed's `audio_segment`). [`follow`] forwards a task's progress to the client.
+//!
+//! A session owns nothing that outlives it except tasks it registered: uploads are durable in
+//! the store and transcriptions keep running so a client can fetch results after a reconnect.
+
+mod follow;
+mod live;
+mod outbound;
+mod segments;
+mod upload;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+pub use outbound::{Closed, Outbound};
+
+use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, TaskId};
+use crate::server::AppState;
+
+/// Close codes this server uses (RFC 6455 §7.4.1).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame type the protocol does not accept.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Policy violation: over a limit, or misbehaving.
+    pub const POLICY: u16 = 1008;
+    /// A message over the size cap.
+    pub const TOO_BIG: u16 = 1009;
+    /// An internal error.
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Text frames larger than this are parsed off the async threads (base64 + md5 of a chunk).
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+/// Binary chunks written but not yet synced before a group commit is forced.
+const MAX_PENDING_CHUNKS: u32 = 8;
+/// How long pending binary chunks may wait for more before they are synced and acked.
+const GROUP_COMMIT_DELAY: Duration = Duration::from_millis(2);
+
+/// Per-connection state the handlers share.
+pub struct Connection {
+    /// Short id for logs and the `connected` message.
+    pub id: String,
+    /// Server-wide state.
+    pub state: Arc<AppState>,
+    /// Towards the client.
+    pub out: Outbound,
+    /// Cancelled when the connection ends; stops its followers and live stream.
+    pub cancel: CancellationToken,
+    /// Uploads this connection is sending, each holding one upload slot.
+    uploads: HashMap<TaskId, ActiveUpload>,
+    /// The live stream this connection is sending, if any.
+    live: Option<live::LiveStream>,
+    /// `audio_segment` tasks in progress, by task.
+    segments: HashMap<TaskId, segments::SegmentTask>,
+}
+
+/// An upload receiving data on this connection.
+struct ActiveUpload {
+    /// The upload slot (seed: 5 at once); released when the upload completes or the client goes.
+    _permit: OwnedSemaphorePermit,
+    /// Binary chunks written but not yet synced/acked (group commit).
+    pending: u32,
+}
+
+/// How the read loop should go on after a frame.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+/// Serves one connection until the client leaves, misbehaves, or the server shuts down.
+pub async fn run<S, E>(
+    socket: S,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let (sink, mut stream) = socket.split();
+    let (out, rx) = Outbound::new(state.config.ping_timeout);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let mut conn = Connection {
+        id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+        cancel: state.shutdown.child_token(),
+        state,
+        out,
+        uploads: HashMap::new(),
+        live: None,
+        segments: HashMap::new(),
+    };
+    let span = tracing::info_span!("conn", id = %conn.id, %peer);
+    let _enter = span.enter();
+    tracing::info!("connected");
+    drop(_enter);
+    let code = {
+        let fut = conn.serve(&mut stream);
+        tracing::Instrument::instrument(fut, span.clone()).await
+    };
+    conn.cancel.cancel();
+    let _ = conn
+        .out
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: code.0,
+            reason: code.1.into(),
+        })))
+        .await;
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
+}
+
+async fn write_loop<K>(mut sink: K, mut rx: tokio::sync::mpsc::Receiver<Message>)
+where
+    K: Sink<Message> + Unpin,
+{
+    while let Some(msg) = rx.recv().await {
+        let closing = matches!(msg, Message::Close(_));
+        if sink.send(msg).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+impl Connection {
+    /// The read loop. Returns the close code and reason to end with.
+    async fn serve<T, E>(&mut self, stream: &mut T) -> (u16, &'static str)
+    where
+        T: Stream<Item = Result<Message, E>> + Unpin,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if self.out.send(self.connected()).await.is_err() {
+            return (close::NORMAL, "");
+        }
+        let config = self.state.config.clone();
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.tick().await;
+        let mut last_seen = Instant::now();
+        loop {
+            let pending = self.uploads.values().any(|u| u.pending > 0);
+            let flow = tokio::select! {
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(msg)) => self.on_frame(msg).await,
+                        Some(Err(err)) => read_error(&err),
+                        None => Flow::Close(close::NORMAL, ""),
+                    }
+                }
+                _ = tokio::time::sleep(GROUP_COMMIT_DELAY), if pending => {
+                    self.flush_pending().await
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > config.ping_timeout {
+                        Flow::Close(close::POLICY, "keepalive ping timeout")
+                    } else {
+                        self.out.send_raw(Message::Ping(Bytes::new())).await.map_or(
+                            Flow::Close(close::NORMAL, ""), |_| Flow::Continue)
+                    }
+                }
+                _ = self.cancel.cancelled() => {
+                    self.goodbye().await;
+                    Flow::Close(close::GOING_AWAY, "server shutting down")
+                }
+            };
+            if let Flow::Close(code, reason) = flow {
+                self.flush_pending().await;
+                return (code, reason);
+            }
+        }
+    }
+
+    fn connected(&self) -> ServerMessage {
+        ServerMessage::Connected(protocol::message::Connected {
+            connection_id: self.id.clone(),
+            message: "connected".into(),
+            server_version: protocol::SERVER_VERSION.into(),
+            model: self.state.pool.model_name().to_string(),
+            limits: self.state.limits(),
+        })
+    }
+
+    async fn goodbye(&self) {
+        let msg = ServerMessage::ServerShutdown(protocol::message::ServerShutdown {
+            message: "server shutting down; resume uploads with upload_resume after it restarts"
+                .into(),
+        });
+        let _ = self.out.send(msg).await;
+    }
+
+    async fn on_frame(&mut self, msg: Message) -> Flow {
+        match msg {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(data) => self.on_binary(data).await,
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+            Message::Close(_) => Flow::Close(close::NORMAL, ""),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let limits = self.state.limits();
+        let parsed = if text.len() > INLINE_PARSE_BYTES {
+            let owned = text.to_string();
+            tokio::task::spawn_blocking(move || protocol::parse_client(&owned, &limits))
+                .await
+                .unwrap_or_else(|_| Err(ProtocolError::new(ErrorCode::Internal, "internal error")))
+        } else {
+            protocol::parse_client(text, &limits)
+        };
+        let result = match parsed {
+            Ok(msg) => self.dispatch(msg).await,
+            Err(err) => Err(err),
+        };
+        self.report(result).await
+    }
+
+    async fn dispatch(&mut self, msg: ClientMessage) -> Result<(), ProtocolError> {
+        tracing::debug!(kind = msg.type_name(), "message");
+        match msg {
+            ClientMessage::UploadRequest(req) => self.upload_request(req).await,
+            ClientMessage::UploadChunk(chunk) => self.upload_chunk(chunk).await,
+            ClientMessage::UploadResume(r) => self.upload_resume(r.task_id).await,
+            ClientMessage::GetResult(r) => self.get_result(r.task_id).await,
+            ClientMessage::AudioSegment(seg) => self.audio_segment(seg).await,
+            ClientMessage::StreamStart(start) => self.stream_start(start).await,
+            ClientMessage::StreamEnd(end) => self.stream_end(end.task_id).await,
+        }
+    }
+
+    async fn on_binary(&mut self, data: Bytes) -> Flow {
+        let result = match protocol::binary::decode(&data) {
+            Ok(protocol::BinaryFrame::UploadChunk(frame)) => {
+                let (task_id, index) = (frame.task_id, frame.chunk_index);
+                let offset = data.len() - frame.payload.len();
+                self.binary_chunk(task_id, index, data.slice(offset..)).await
+            }
+            Ok(protocol::BinaryFrame::Audio(frame)) => {
+                let offset = data.len() - frame.payload.len();
+                self.live_audio(frame.task_id, data.slice(offset..)).await
+            }
+            Err(err) => Err(ProtocolError::from(err)),
+        };
+        self.report(result).await
+    }
+
+    /// Sends an error to the client (if any); ends the session only if the client is gone.
+    async fn report(&self, result: Result<(), ProtocolError>) -> Flow {
+        let Err(err) = result else {
+            return Flow::Continue;
+        };
+        if err.code == ErrorCode::Internal {
+            tracing::error!(%err, "internal error answered to client");
+        } else {
+            tracing::debug!(%err, "client error");
+        }
+        match self.out.send(err.to_message()).await {
+            Ok(()) => Flow::Continue,
+            Err(Closed) => Flow::Close(close::NORMAL, ""),
+        }
+    }
+}
+
+/// Maps a read error to a close: oversized messages get 1009, anything else ends quietly.
+fn read_error<E: std::error::Error + 'static>(err: &E) -> Flow {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            tracing::warn!("message over the size cap");
+            return Flow::Close(close::TOO_BIG, "message too big");
+        }
+        source = e.source();
+    }
+    tracing::debug!(%err, "read error");
+    Flow::Close(close::POLICY, "protocol error")
+}
+
+use tokio_tungstenite::tungstenite;

@@ -1,0 +1,112 @@
+//! The seed's `audio_segment`: 16 kHz f32 audio sent in pieces (e.g. 60 s each) with no prior
+//! request. Each piece is transcribed as it arrives, in order, and its segments are published on
+//! one timeline; `transcription_complete` follows the piece marked `is_final`.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::Connection;
+use crate::inference::engine::Options;
+use crate::inference::long;
+use crate::protocol::message::AudioSegment;
+use crate::protocol::{ErrorCode, ProtocolError, TaskId};
+use crate::server::AppState;
+use crate::tasks::TaskResult;
+use crate::transcript::{Segment, Transcript};
+
+/// Pieces waiting per task; a client sending faster than Whisper waits on its socket.
+const QUEUED_PIECES: usize = 2;
+
+/// A task fed by `audio_segment` messages.
+pub struct SegmentTask {
+    /// Pieces into the task's worker, in arrival order.
+    tx: mpsc::Sender<AudioSegment>,
+}
+
+impl Connection {
+    pub(super) async fn audio_segment(&mut self, seg: AudioSegment) -> Result<(), ProtocolError> {
+        let task_id = seg.task_id;
+        let is_final = seg.is_final;
+        if !self.segments.contains_key(&task_id) {
+            self.start_segment_task(task_id);
+        }
+        let task = &self.segments[&task_id];
+        if task.tx.send(seg).await.is_err() {
+            self.segments.remove(&task_id);
+            return Err(ProtocolError::new(ErrorCode::Internal, "transcription failed")
+                .with_task(task_id));
+        }
+        if is_final {
+            self.segments.remove(&task_id);
+        }
+        Ok(())
+    }
+
+    fn start_segment_task(&mut self, task_id: TaskId) {
+        self.state.tasks.create(&task_id.to_string());
+        let (tx, rx) = mpsc::channel(QUEUED_PIECES);
+        let options = crate::server::batch::engine_options(&self.state, &Default::default());
+        let state = self.state.clone();
+        self.state
+            .tracker
+            .spawn(run(state, task_id, options, rx));
+        self.segments.insert(task_id, SegmentTask { tx });
+        self.follow(task_id, None);
+    }
+}
+
+async fn run(
+    state: std::sync::Arc<AppState>,
+    task_id: TaskId,
+    options: Options,
+    mut rx: mpsc::Receiver<AudioSegment>,
+) {
+    let key = task_id.to_string();
+    let started = Instant::now();
+    let mut offset = 0.0;
+    let mut all: Vec<Segment> = Vec::new();
+    let mut language = options.language.clone().unwrap_or_else(|| "en".into());
+    while let Some(piece) = rx.recv().await {
+        let is_final = piece.is_final;
+        let len = piece.samples.len() as f64 / f64::from(crate::audio::SAMPLE_RATE);
+        let st = state.clone();
+        let opts = options.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut samples = Some(piece.samples);
+            long::transcribe(
+                &st.pool,
+                || Ok::<_, String>(samples.take()),
+                &opts,
+                st.vad_model.as_deref(),
+                |_| {},
+            )
+        });
+        match job.await {
+            Ok(Ok(t)) => {
+                language = t.language.clone();
+                for mut s in t.segments {
+                    s.start += offset;
+                    s.end += offset;
+                    state.tasks.segment(&key, s.clone());
+                    all.push(s);
+                }
+            }
+            Ok(Err(err)) => tracing::warn!(%task_id, %err, "audio_segment failed"),
+            Err(err) => tracing::error!(%task_id, %err, "audio_segment worker died"),
+        }
+        offset += len;
+        if is_final {
+            break;
+        }
+    }
+    let result = TaskResult {
+        transcript: Transcript {
+            language,
+            duration: offset,
+            segments: all,
+        },
+        processing_seconds: started.elapsed().as_secs_f64(),
+    };
+    state.tasks.finish(&key, result);
+}

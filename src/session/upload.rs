@@ -1,0 +1,257 @@
+//! Upload handlers: `upload_request`, JSON `upload_chunk` (seed, stop-and-wait), binary chunks
+//! (fast path, group commit + cumulative `chunk_ack`), `upload_resume` and `get_result`.
+//!
+//! Every disk operation runs on the blocking pool; a chunk is acknowledged only after the store
+//! has made it durable. When the last chunk is in, the file is verified, `upload_complete` sent,
+//! and transcription started; this connection then follows the task.
+
+use bytes::Bytes;
+
+use super::{ActiveUpload, Connection, Flow, MAX_PENDING_CHUNKS};
+use crate::protocol::message::{
+    ChunkReceived, UploadChunk, UploadComplete, UploadMode, UploadReady, UploadRequest,
+};
+use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
+use crate::upload::plan::Insert;
+use crate::upload::store::{NewUpload, Progress, StoreError, UploadStatus, UploadStore};
+
+/// How long a client is asked to wait when every upload slot is taken.
+const UPLOAD_RETRY_MS: u64 = 2_000;
+
+/// Runs a store operation on the blocking pool, mapping its errors for the client.
+async fn blocking<T, F>(conn: &Connection, task_id: Option<TaskId>, f: F) -> Result<T, ProtocolError>
+where
+    F: FnOnce(&UploadStore) -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    let state = conn.state.clone();
+    let joined = tokio::task::spawn_blocking(move || f(&state.uploads)).await;
+    let result = joined.map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))?;
+    result.map_err(|e| store_error(e, task_id))
+}
+
+fn store_error(err: StoreError, task_id: Option<TaskId>) -> ProtocolError {
+    if matches!(err, StoreError::Io { .. } | StoreError::Corrupt(_)) {
+        tracing::error!(%err, "upload store");
+    }
+    match task_id {
+        Some(id) => err.to_protocol(id),
+        None => ProtocolError::new(err.code(), err.to_string()),
+    }
+}
+
+impl Connection {
+    fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProtocolError> {
+        self.state
+            .upload_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ProtocolError::new(ErrorCode::Busy, "too many uploads in progress; retry later")
+                    .with_retry_after_ms(UPLOAD_RETRY_MS)
+            })
+    }
+
+    pub(super) async fn upload_request(&mut self, req: UploadRequest) -> Result<(), ProtocolError> {
+        let permit = self.upload_slot()?;
+        let new = NewUpload::from_request(&req);
+        let task_id = blocking(self, None, move |s| s.create(new)).await?;
+        tracing::info!(%task_id, file = %req.file_name, bytes = req.plan.file_size, "upload started");
+        if let UploadMode::Single { data } = req.mode {
+            drop(permit);
+            blocking(self, Some(task_id), move |s| s.put_chunk(task_id, 0, &data)).await?;
+            self.send(ready(task_id, &req, None)).await?;
+            return self.complete(task_id).await;
+        }
+        self.uploads.insert(
+            task_id,
+            ActiveUpload {
+                _permit: permit,
+                pending: 0,
+            },
+        );
+        self.send(ready(task_id, &req, Some(self.state.limits().chunk_window)))
+            .await
+    }
+
+    pub(super) async fn upload_chunk(&mut self, chunk: UploadChunk) -> Result<(), ProtocolError> {
+        let UploadChunk {
+            task_id,
+            chunk_index,
+            data,
+            ..
+        } = chunk;
+        self.ensure_slot(task_id).await?;
+        let (insert, progress) = blocking(self, Some(task_id), move |s| {
+            s.put_chunk(task_id, chunk_index, &data)
+        })
+        .await
+        .map_err(|e| e.with_chunk(chunk_index))?;
+        let reply = match insert {
+            Insert::Duplicate => ChunkReceived::duplicate(task_id, chunk_index),
+            Insert::New => ChunkReceived::stored(task_id, chunk_index, progress.progress),
+        };
+        self.send(ServerMessage::ChunkReceived(reply)).await?;
+        if progress.complete && insert == Insert::New {
+            return self.complete(task_id).await;
+        }
+        Ok(())
+    }
+
+    /// A binary chunk: written now, synced and acknowledged with the next group commit.
+    pub(super) async fn binary_chunk(
+        &mut self,
+        task_id: TaskId,
+        index: u32,
+        payload: Bytes,
+    ) -> Result<(), ProtocolError> {
+        self.ensure_slot(task_id).await?;
+        let insert = blocking(self, Some(task_id), move |s| {
+            s.write_chunk(task_id, index, &payload)
+        })
+        .await
+        .map_err(|e| e.with_chunk(index))?;
+        let upload = self.uploads.get_mut(&task_id).expect("slot ensured above");
+        if insert == Insert::New {
+            upload.pending += 1;
+        }
+        if upload.pending >= MAX_PENDING_CHUNKS || insert == Insert::Duplicate {
+            return self.commit(task_id).await;
+        }
+        Ok(())
+    }
+
+    /// Syncs every upload with pending chunks and acknowledges them.
+    pub(super) async fn flush_pending(&mut self) -> Flow {
+        let ids: Vec<TaskId> = self
+            .uploads
+            .iter()
+            .filter(|(_, u)| u.pending > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let result = self.commit(id).await;
+            if let Flow::Close(code, reason) = self.report(result).await {
+                return Flow::Close(code, reason);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Group commit: one sync for all pending chunks, then one cumulative ack.
+    async fn commit(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        if let Some(u) = self.uploads.get_mut(&task_id) {
+            u.pending = 0;
+        }
+        let progress: Progress = blocking(self, Some(task_id), move |s| s.sync(task_id)).await?;
+        self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
+            .await?;
+        if progress.complete {
+            return self.complete(task_id).await;
+        }
+        Ok(())
+    }
+
+    /// Makes sure this connection holds an upload slot for the task (after a reconnect the
+    /// client may send chunks straight away).
+    async fn ensure_slot(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        if self.uploads.contains_key(&task_id) {
+            return Ok(());
+        }
+        let permit = self.upload_slot()?;
+        self.uploads.insert(
+            task_id,
+            ActiveUpload {
+                _permit: permit,
+                pending: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// All chunks are in: verify, announce, transcribe, follow.
+    async fn complete(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        self.uploads.remove(&task_id);
+        let path = blocking(self, Some(task_id), move |s| s.finalize(task_id)).await?;
+        tracing::info!(%task_id, "upload complete");
+        self.send(ServerMessage::UploadComplete(UploadComplete {
+            task_id,
+            message: "upload complete; transcription started".into(),
+        }))
+        .await?;
+        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id)).await?;
+        crate::server::batch::start(&self.state, task_id, path, meta.options.clone());
+        self.follow(task_id, meta.options.format);
+        Ok(())
+    }
+
+    pub(super) async fn upload_resume(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        let meta = match blocking(self, Some(task_id), move |s| s.meta(task_id)).await {
+            Ok(meta) => meta,
+            Err(e) if e.code == ErrorCode::SessionNotFound => return self.get_result(task_id).await,
+            Err(e) => return Err(e),
+        };
+        match meta.status {
+            UploadStatus::Uploading => {
+                self.ensure_slot(task_id).await?;
+                let p = blocking(self, Some(task_id), move |s| {
+                    s.progress(task_id, MAX_MISSING_LISTED)
+                })
+                .await?;
+                self.send(ServerMessage::UploadReady(UploadReady {
+                    task_id,
+                    message: "resume: send the missing chunks".into(),
+                    chunk_window: Some(self.state.limits().chunk_window),
+                    missing_chunks: Some(p.missing),
+                    received_chunks: Some(p.received_chunks),
+                    total_chunks: Some(p.total_chunks),
+                }))
+                .await
+            }
+            UploadStatus::Uploaded if self.state.tasks.snapshot(&task_id.to_string()).is_none() => {
+                let path = blocking(self, Some(task_id), move |s| s.audio_path(task_id)).await?;
+                crate::server::batch::start(&self.state, task_id, path, meta.options.clone());
+                self.follow(task_id, meta.options.format);
+                Ok(())
+            }
+            _ => {
+                self.follow(task_id, meta.options.format);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        if self.state.tasks.snapshot(&task_id.to_string()).is_none() {
+            return Err(
+                ProtocolError::new(ErrorCode::SessionNotFound, "no such task (or it expired)")
+                    .with_task(task_id),
+            );
+        }
+        let format = blocking(self, Some(task_id), move |s| s.meta(task_id))
+            .await
+            .ok()
+            .and_then(|m| m.options.format);
+        self.follow(task_id, format);
+        Ok(())
+    }
+
+    pub(super) async fn send(&self, msg: ServerMessage) -> Result<(), ProtocolError> {
+        self.out
+            .send(msg)
+            .await
+            .map_err(|_| ProtocolError::new(ErrorCode::Internal, "connection closed"))
+    }
+}
+
+fn ready(task_id: TaskId, req: &UploadRequest, window: Option<u32>) -> ServerMessage {
+    let binary = req.transport == crate::protocol::message::Transport::Binary;
+    ServerMessage::UploadReady(UploadReady {
+        task_id,
+        message: "ready to receive chunks".into(),
+        chunk_window: window.filter(|_| binary),
+        missing_chunks: None,
+        received_chunks: None,
+        total_chunks: Some(req.plan.total_chunks),
+    })
+}
