@@ -22,9 +22,10 @@ pub const MIN_RATE: u32 = 1_000;
 /// Highest input rate accepted, in Hz.
 pub const MAX_RATE: u32 = 768_000;
 
-/// Target input chunk for the FFT resampler: big enough to amortise the FFT, small enough to
-/// keep latency and memory low.
-const FFT_CHUNK: usize = 2048;
+/// Least input frames per FFT block: big enough to amortise the FFT, small enough to keep
+/// latency and memory low. The block is the smallest whole ratio period (e.g. 441 frames for
+/// 44.1 kHz → 160) times a power of two, so the FFT lengths factor into small primes.
+const FFT_MIN_BLOCK: usize = 1024;
 /// Above this many input frames per FFT block (odd rates, e.g. 44 101 Hz) use sinc instead.
 const MAX_FFT_BLOCK: usize = 16_384;
 /// Input chunk for the sinc resampler.
@@ -221,7 +222,17 @@ fn build(from_rate: u32) -> Result<Box<dyn rubato::Resampler<f32>>, ResampleErro
     let to = SAMPLE_RATE as usize;
     let block_in = from / gcd(from, to);
     if block_in <= MAX_FFT_BLOCK {
-        let fft = Fft::<f32>::new(from, to, FFT_CHUNK, 1, FixedSync::Both)?;
+        let periods = FFT_MIN_BLOCK.div_ceil(block_in).next_power_of_two();
+        let chunk = block_in * periods;
+        let fft = Fft::<f32>::new_custom(
+            from,
+            to,
+            chunk,
+            1,
+            1,
+            WindowFunction::BlackmanHarris2,
+            FixedSync::Both,
+        )?;
         return Ok(Box::new(fft));
     }
     let params = SincInterpolationParameters {
