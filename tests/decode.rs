@@ -177,10 +177,23 @@ fn empty_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = outcome(&write(dir.path(), "empty.wav", b"")).unwrap_err();
     assert_clear(&err);
-    assert!(
-        matches!(err, DecodeError::Unsupported(_) | DecodeError::Empty),
-        "{err:?}"
-    );
+    assert!(matches!(err, DecodeError::Empty), "{err:?}");
+
+    // A valid header with no samples is empty too.
+    let err = outcome(&write(
+        dir.path(),
+        "header_only.wav",
+        &wav_header(1, 16_000, 0),
+    ))
+    .unwrap_err();
+    assert_clear(&err);
+    assert!(matches!(err, DecodeError::Empty), "{err:?}");
+
+    // And an empty stream through a byte feed.
+    let (tx, rx) = byte_feed(1);
+    drop(tx);
+    let err = Decoder::from_reader(Box::new(rx), Some("wav"), DecodeLimits::default()).unwrap_err();
+    assert_clear(&err);
 }
 
 #[test]
@@ -326,6 +339,9 @@ fn byte_feed_in_small_pieces_matches_open_path() {
         "en_jfk.mp3",
         "en_JFK_inaugural_146s.ogg",
         "music_rodio_music.opus",
+        "en_jfk_44k_stereo.flac",
+        "en_jfk_441khz.m4a",
+        "fr_dictee_44k.aiff",
     ] {
         let path = common::corpus_file(name);
         let direct =
@@ -456,4 +472,94 @@ fn other_containers_and_codecs_decode() {
         }
     }
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn corrupted_corpus_files_never_panic_or_hang() {
+    // Deterministic damage to real files of every corpus format: byte flips in the header and
+    // body, zeroed runs, truncation. Each must end with audio or a clear error.
+    let names = [
+        "en_jfk.wav",
+        "en_jfk.mp3",
+        "en_jfk_44k_stereo.flac",
+        "en_jfk_441khz.m4a",
+        "en_JFK_inaugural_146s.ogg",
+        "music_rodio_music.opus",
+        "fr_dictee_44k.aiff",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut outcomes = (0usize, 0usize);
+    for (n, name) in names.iter().enumerate() {
+        let original = std::fs::read(common::corpus_file(name)).unwrap();
+        let ext = Path::new(name).extension().unwrap().to_str().unwrap();
+        for variant in 0..24u64 {
+            let mut bytes = original.clone();
+            let noise = noise_bytes(64, 0xC0FFEE ^ (n as u64) << 8 ^ variant);
+            let len = bytes.len();
+            match variant % 4 {
+                // Flip bytes in the first 4 KiB (headers, tables).
+                0 => noise
+                    .chunks(2)
+                    .for_each(|c| bytes[usize::from(c[0]) * 16 % 4096.min(len)] ^= c[1] | 1),
+                // Flip bytes anywhere.
+                1 => noise.chunks(4).for_each(|c| {
+                    let at = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize % len;
+                    bytes[at] ^= 0xFF;
+                }),
+                // Zero a run in the middle.
+                2 => {
+                    let at = len / 3 + usize::from(noise[0]) * 37;
+                    bytes[at.min(len)..(at + 2048).min(len)].fill(0);
+                }
+                // Truncate at a pseudo-random point.
+                _ => bytes.truncate(len * usize::from(noise[1]) / 256),
+            }
+            let path = write(dir.path(), &format!("damaged_{variant}.{ext}"), &bytes);
+            match outcome(&path) {
+                Ok(_) => outcomes.0 += 1,
+                Err(err) => {
+                    assert!(err.to_string().len() > 10, "{name} #{variant}: terse error");
+                    outcomes.1 += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "damaged files: {} decoded, {} clear errors",
+        outcomes.0, outcomes.1
+    );
+}
+
+#[test]
+fn streams_can_move_to_worker_threads() {
+    fn is_send<T: Send + 'static>() {}
+    is_send::<AudioStream>();
+    is_send::<Decoder>();
+    is_send::<PcmDecoder>();
+}
+
+#[test]
+fn byte_feed_of_mp4_with_index_at_end_errors_cleanly() {
+    // ffmpeg writes the MP4 index (moov) after the audio unless told otherwise; an unseekable
+    // stream cannot go back for the audio. This must be a clear error, not a hang or a panic.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moov_at_end.m4a");
+    ffmpeg(&common::corpus_file("en_jfk.wav"), &path, &["-c:a", "aac"]);
+    let direct = decode_all(Decoder::open_path(&path, DecodeLimits::default()).unwrap()).unwrap();
+    assert!(direct.len() > 16_000 * 10);
+    let bytes = std::fs::read(&path).unwrap();
+    let (tx, rx) = byte_feed(4);
+    let producer = std::thread::spawn(move || {
+        for piece in bytes.chunks(4096) {
+            if tx.send(piece.to_vec()).is_err() {
+                break; // the decoder gave up early
+            }
+        }
+    });
+    let fed = Decoder::from_reader(Box::new(rx), Some("m4a"), DecodeLimits::default())
+        .and_then(decode_all);
+    producer.join().unwrap();
+    let err = fed.expect_err("an unseekable MP4 with its index at the end cannot decode");
+    assert_clear(&err);
+    assert!(err.to_string().contains("faststart"), "{err}");
 }

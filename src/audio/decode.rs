@@ -179,6 +179,9 @@ impl Decoder {
             )));
         }
         let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Err(DecodeError::Empty);
+        }
         let ext = path.extension().and_then(|e| e.to_str());
         Decoder::open(Box::new(file), ext, limits)
     }
@@ -372,6 +375,16 @@ fn probe_error(err: SymphoniaError) -> DecodeError {
             DecodeError::Unsupported("the input is empty or not a recognised audio format".into())
         }
         SymphoniaError::IoError(e) => DecodeError::Io(e),
+        // The MP4 reader stops at the audio data when it cannot seek; without the index read
+        // first ("moov" atom) a stream cannot be decoded.
+        SymphoniaError::Unsupported(msg) if msg.contains("missing moov") => {
+            DecodeError::Unsupported(
+                "this MP4/M4A keeps its index at the end, so it cannot be decoded while it \
+                 streams in; send it as a whole file or re-encode it with the index first \
+                 (ffmpeg -movflags +faststart)"
+                    .to_string(),
+            )
+        }
         SymphoniaError::Unsupported(_) => {
             DecodeError::Unsupported("not a recognised audio format".to_string())
         }
@@ -496,4 +509,31 @@ where
         out.iter_mut().for_each(|o| *o *= scale);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_typed_error() {
+        let result: Result<(), DecodeError> = guarded(|| panic!("decoder bug"));
+        let err = result.unwrap_err();
+        assert!(matches!(err, DecodeError::Panicked));
+        assert!(
+            !err.to_string().contains("decoder bug"),
+            "internal detail leaked"
+        );
+    }
+
+    #[test]
+    fn io_errors_read_plainly() {
+        let err = DecodeError::from(io::Error::from(io::ErrorKind::NotFound));
+        assert_eq!(err.to_string(), "could not read the input: file not found");
+    }
+
+    #[test]
+    fn default_limits_allow_six_hours() {
+        assert_eq!(DecodeLimits::default().max_duration_secs, 21_600.0);
+    }
 }
