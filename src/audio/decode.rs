@@ -169,6 +169,15 @@ pub struct Decoder {
     skipped_packets: u64,
 }
 
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("sample_rate", &self.sample_rate)
+            .field("duration_hint", &self.duration_hint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Decoder {
     /// Opens an audio file. The file is read incrementally, never loaded whole.
     pub fn open_path(path: &Path, limits: DecodeLimits) -> Result<Decoder, DecodeError> {

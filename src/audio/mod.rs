@@ -32,15 +32,6 @@ pub struct AudioStream {
     finished: bool,
 }
 
-impl std::fmt::Debug for Decoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder")
-            .field("sample_rate", &self.sample_rate())
-            .field("duration_hint", &self.duration_hint())
-            .finish_non_exhaustive()
-    }
-}
-
 impl AudioStream {
     /// Opens an audio file for streaming decode at 16 kHz.
     pub fn open(path: &Path, limits: DecodeLimits) -> Result<Self, DecodeError> {
