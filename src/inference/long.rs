@@ -334,6 +334,7 @@ fn quietest_point(audio: &[f32]) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one-span cases are the point of these tests
 mod tests {
     use super::*;
 
