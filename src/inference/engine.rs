@@ -127,7 +127,7 @@ pub fn run(
     validate(options)?;
     let language = job_language(options, multilingual);
     if audio.is_empty() {
-        return Ok(language.unwrap_or_else(|| "en".into()));
+        return Ok(language.unwrap_or("en").to_owned());
     }
     let audio = prepare_audio(audio);
     let mut sink = SegmentSink {
@@ -139,7 +139,7 @@ pub fn run(
         should_abort,
         failed: sink.failed,
     };
-    let mut params = full_params(options, language.as_deref(), multilingual);
+    let mut params = whisper_params(options, multilingual);
     // SAFETY: both user-data pointers outlive `full`, which is the only place whisper.cpp
     // calls the trampolines; the trampolines cast them back to exactly these types.
     unsafe {
@@ -156,15 +156,15 @@ pub fn run(
         return Err(InferenceError::Aborted);
     }
     result.map_err(|e| InferenceError::Whisper(e.to_string()))?;
-    Ok(language.unwrap_or_else(|| detected_language(state)))
+    Ok(language.map_or_else(|| detected_language(state), str::to_owned))
 }
 
 /// The language to force, or `None` to let Whisper detect it.
-fn job_language(options: &Options, multilingual: bool) -> Option<String> {
+fn job_language(options: &Options, multilingual: bool) -> Option<&str> {
     if !multilingual {
-        return Some("en".into());
+        return Some("en");
     }
-    options.language.clone().filter(|l| l != "auto")
+    options.language.as_deref().filter(|l| *l != "auto")
 }
 
 fn detected_language(state: &WhisperState) -> String {
@@ -191,12 +191,10 @@ fn prepare_audio(audio: &[f32]) -> Vec<f32> {
     prepared
 }
 
-/// whisper.cpp parameters for a job; thresholds are those of whisper.cpp's CLI.
-fn full_params<'a>(
-    options: &Options,
-    language: Option<&'a str>,
-    multilingual: bool,
-) -> FullParams<'a, 'a> {
+/// The whisper.cpp parameters a job runs with (thresholds are those of whisper.cpp's CLI),
+/// without the callbacks. Public so benchmarks can run whisper-rs directly on equal terms.
+pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '_> {
+    let language = job_language(options, multilingual);
     let strategy = match options.beam_size {
         Some(beam_size) => SamplingStrategy::BeamSearch {
             beam_size: beam_size.min(16) as c_int,
@@ -430,8 +428,8 @@ mod tests {
             language: Some("zh".into()),
             ..Options::default()
         };
-        assert_eq!(job_language(&zh, false).as_deref(), Some("en"));
-        assert_eq!(job_language(&zh, true).as_deref(), Some("zh"));
+        assert_eq!(job_language(&zh, false), Some("en"));
+        assert_eq!(job_language(&zh, true), Some("zh"));
         assert_eq!(job_language(&Options::default(), true), None);
     }
 
