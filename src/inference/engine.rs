@@ -1,1 +1,442 @@
-//! (being written)
+//! One Whisper state running one job: options → whisper.cpp parameters → segments as they appear.
+//!
+//! Segments are handed out from whisper.cpp's new-segment callback, so a caller sees text while
+//! the rest of the audio is still being decoded. Cancellation goes through whisper.cpp's abort
+//! callback, checked between graph computations.
+//!
+//! This module must not own threads, queues or models: the pool decides who runs what, where.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use whisper_rs::{whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperState};
+
+use crate::audio::SAMPLE_RATE;
+use crate::transcript::{Segment, Token};
+
+/// How one job should be decoded. Every field has a sensible default (see [`Options::default`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Spoken language as a Whisper code ("en", "zh", …); `None` asks Whisper to detect it
+    /// (English-only models always use "en").
+    pub language: Option<String>,
+    /// Translate into English instead of transcribing in the spoken language.
+    pub translate: bool,
+    /// Text that primes the decoder (spelling of names, script, style), as whisper.cpp's `--prompt`.
+    pub initial_prompt: Option<String>,
+    /// Beam width for beam search; `None` decodes greedily, which is faster.
+    pub beam_size: Option<u32>,
+    /// CPU threads whisper.cpp may use for this job.
+    pub threads: usize,
+    /// Report per-token timing on every segment (costs a little decode time).
+    pub token_timestamps: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            language: None,
+            translate: false,
+            initial_prompt: None,
+            beam_size: None,
+            threads: 2,
+            token_timestamps: false,
+        }
+    }
+}
+
+/// Why a job (or the pool) could not produce a transcript.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferenceError {
+    /// The model file could not be loaded.
+    #[error("could not load the model at {path}: {reason}")]
+    ModelLoad {
+        /// The path that was tried, so the user can fix it.
+        path: String,
+        /// What whisper.cpp reported.
+        reason: String,
+    },
+    /// A worker could not allocate its Whisper state (usually memory).
+    #[error("could not start a transcription worker: {0}")]
+    Worker(String),
+    /// The job's options cannot be used (unknown language, zero threads, …).
+    #[error("invalid transcription options: {0}")]
+    InvalidOptions(String),
+    /// whisper.cpp returned an error while transcribing.
+    #[error("transcription failed: {0}")]
+    Whisper(String),
+    /// The requester went away, so the job was stopped.
+    #[error("the transcription was cancelled")]
+    Aborted,
+    /// The worker hit a bug on this job; it keeps serving other jobs.
+    #[error("the transcription worker failed on this audio")]
+    Panicked,
+    /// The pool is shutting down and takes no more work.
+    #[error("the transcription service is shutting down")]
+    ShutDown,
+}
+
+/// Shortest audio handed to whisper.cpp: shorter inputs are padded with silence up to this
+/// (whisper.cpp refuses under 100 ms and does poorly under one second).
+const MIN_SAMPLES: usize = SAMPLE_RATE as usize + SAMPLE_RATE as usize / 20;
+
+/// Checks options before any work is queued, so a bad request fails fast and clearly.
+pub fn validate(options: &Options) -> Result<(), InferenceError> {
+    if options.threads == 0 {
+        return Err(InferenceError::InvalidOptions(
+            "threads must be at least 1".into(),
+        ));
+    }
+    if let Some(language) = &options.language {
+        if language != "auto" && whisper_rs::get_lang_id(language).is_none() {
+            return Err(InferenceError::InvalidOptions(format!(
+                "unknown language {language:?}"
+            )));
+        }
+    }
+    if options.beam_size == Some(0) {
+        return Err(InferenceError::InvalidOptions(
+            "beam size must be at least 1".into(),
+        ));
+    }
+    if options
+        .initial_prompt
+        .as_deref()
+        .is_some_and(|p| p.contains('\0'))
+    {
+        return Err(InferenceError::InvalidOptions(
+            "the prompt contains a NUL character".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one transcription on `state`, calling `on_segment` for every segment as whisper.cpp
+/// finalises it (times relative to the start of `audio`). `should_abort` is polled from
+/// whisper.cpp's compute threads; when it returns true the job stops with
+/// [`InferenceError::Aborted`]. Returns the language Whisper used.
+pub fn run(
+    state: &mut WhisperState,
+    multilingual: bool,
+    audio: &[f32],
+    options: &Options,
+    on_segment: &mut dyn FnMut(Segment),
+    should_abort: &(dyn Fn() -> bool + Sync),
+) -> Result<String, InferenceError> {
+    validate(options)?;
+    let language = job_language(options, multilingual);
+    if audio.is_empty() {
+        return Ok(language.unwrap_or("en").to_owned());
+    }
+    let audio = prepare_audio(audio);
+    let mut sink = SegmentSink {
+        on_segment,
+        token_timestamps: options.token_timestamps,
+        failed: &AtomicBool::new(false),
+    };
+    let abort = AbortCheck {
+        should_abort,
+        failed: sink.failed,
+    };
+    let mut params = whisper_params(options, multilingual);
+    // SAFETY: both user-data pointers outlive `full`, which is the only place whisper.cpp
+    // calls the trampolines; the trampolines cast them back to exactly these types.
+    unsafe {
+        params.set_new_segment_callback(Some(on_new_segment));
+        params.set_new_segment_callback_user_data(&mut sink as *mut SegmentSink as *mut c_void);
+        params.set_abort_callback(Some(on_abort_check));
+        params.set_abort_callback_user_data(&abort as *const AbortCheck as *mut c_void);
+    }
+    let result = state.full(params, &audio);
+    if sink.failed.load(Ordering::SeqCst) {
+        return Err(InferenceError::Panicked);
+    }
+    if should_abort() {
+        return Err(InferenceError::Aborted);
+    }
+    result.map_err(|e| InferenceError::Whisper(e.to_string()))?;
+    Ok(language.map_or_else(|| detected_language(state), str::to_owned))
+}
+
+/// The language to force, or `None` to let Whisper detect it.
+fn job_language(options: &Options, multilingual: bool) -> Option<&str> {
+    if !multilingual {
+        return Some("en");
+    }
+    options.language.as_deref().filter(|l| *l != "auto")
+}
+
+fn detected_language(state: &WhisperState) -> String {
+    whisper_rs::get_lang_str(state.full_lang_id_from_state())
+        .unwrap_or("en")
+        .to_owned()
+}
+
+/// Replaces non-finite samples (which would poison the spectrogram) and pads very short input.
+fn prepare_audio(audio: &[f32]) -> Vec<f32> {
+    let mut prepared: Vec<f32> = audio
+        .iter()
+        .map(|&s| {
+            if s.is_finite() {
+                s.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    if prepared.len() < MIN_SAMPLES {
+        prepared.resize(MIN_SAMPLES, 0.0);
+    }
+    prepared
+}
+
+/// The whisper.cpp parameters a job runs with (thresholds are those of whisper.cpp's CLI),
+/// without the callbacks. Public so benchmarks can run whisper-rs directly on equal terms.
+pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '_> {
+    let language = job_language(options, multilingual);
+    let strategy = match options.beam_size {
+        Some(beam_size) => SamplingStrategy::BeamSearch {
+            beam_size: beam_size.min(16) as c_int,
+            patience: -1.0,
+        },
+        None => SamplingStrategy::Greedy { best_of: 5 },
+    };
+    let mut params = FullParams::new(strategy);
+    params.set_n_threads(options.threads.clamp(1, 64) as c_int);
+    params.set_language(language);
+    params.set_translate(options.translate && multilingual);
+    if let Some(prompt) = options.initial_prompt.as_deref().filter(|p| !p.is_empty()) {
+        params.set_initial_prompt(prompt);
+    }
+    params.set_token_timestamps(options.token_timestamps);
+    params.set_print_progress(false);
+    params.set_print_realtime(false);
+    params.set_print_special(false);
+    params.set_print_timestamps(false);
+    params.set_suppress_blank(true);
+    params.set_suppress_nst(true);
+    params.set_temperature(0.0);
+    params.set_temperature_inc(0.2);
+    params.set_entropy_thold(2.4);
+    params.set_logprob_thold(-1.0);
+    params.set_no_speech_thold(0.6);
+    params
+}
+
+/// Removes what Whisper writes for sounds rather than words: `[BLANK_AUDIO]`, `(music)`,
+/// `♪ … ♪`, `*laughs*` (an unclosed mark removes the rest of the segment). Returns an empty
+/// string when nothing spoken is left.
+pub fn clean_text(raw: &str) -> String {
+    let mut kept = String::with_capacity(raw.len());
+    let mut closing: Option<char> = None;
+    for c in raw.chars() {
+        if let Some(close) = closing {
+            if c == close {
+                closing = None;
+            }
+            continue;
+        }
+        match c {
+            '[' => closing = Some(']'),
+            '(' => closing = Some(')'),
+            '（' => closing = Some('）'),
+            '【' => closing = Some('】'),
+            '*' => closing = Some('*'),
+            // Sung lyrics between notes are, in practice, invented over music.
+            '♪' | '♫' | '♬' | '♩' => closing = Some(c),
+            _ => kept.push(c),
+        }
+    }
+    let kept = kept.split_whitespace().collect::<Vec<_>>().join(" ");
+    if kept.chars().any(char::is_alphanumeric) {
+        kept
+    } else {
+        String::new()
+    }
+}
+
+/// What the new-segment trampoline needs; lives on the stack of [`run`].
+struct SegmentSink<'a> {
+    /// Where segments go (the job's reply channel, in the pool).
+    on_segment: &'a mut dyn FnMut(Segment),
+    /// Whether to read per-token timing.
+    token_timestamps: bool,
+    /// Set when the callback panicked, so the job fails and whisper.cpp is told to stop.
+    failed: &'a AtomicBool,
+}
+
+/// What the abort trampoline needs; read from whisper.cpp's compute threads, hence `Sync`.
+struct AbortCheck<'a> {
+    /// The caller's test (in the pool: "is the requester gone?").
+    should_abort: &'a (dyn Fn() -> bool + Sync),
+    /// Set by the segment callback on a panic: no point finishing the job.
+    failed: &'a AtomicBool,
+}
+
+unsafe extern "C" fn on_new_segment(
+    ctx: *mut sys::whisper_context,
+    state: *mut sys::whisper_state,
+    n_new: c_int,
+    user_data: *mut c_void,
+) {
+    // SAFETY: `user_data` is the `SegmentSink` set in `run`, alive for the whole `full` call.
+    let sink = unsafe { &mut *(user_data as *mut SegmentSink) };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: whisper.cpp passes its live context and state for this call.
+        let total = unsafe { sys::whisper_full_n_segments_from_state(state) };
+        for index in (total - n_new).max(0)..total {
+            let segment = unsafe { read_segment(ctx, state, index, sink.token_timestamps) };
+            if !segment.text.is_empty() {
+                (sink.on_segment)(segment);
+            }
+        }
+    }));
+    if outcome.is_err() {
+        sink.failed.store(true, Ordering::SeqCst);
+    }
+}
+
+unsafe extern "C" fn on_abort_check(user_data: *mut c_void) -> bool {
+    // SAFETY: `user_data` is the `AbortCheck` set in `run`, alive for the whole `full` call.
+    let check = unsafe { &*(user_data as *const AbortCheck) };
+    if check.failed.load(Ordering::SeqCst) {
+        return true;
+    }
+    catch_unwind(AssertUnwindSafe(|| (check.should_abort)())).unwrap_or(true)
+}
+
+/// Reads segment `index` from a state in the middle of `whisper_full`.
+///
+/// # Safety
+/// `ctx` and `state` must be the live pointers whisper.cpp passed to the callback and
+/// `index` must be below the state's segment count.
+unsafe fn read_segment(
+    ctx: *mut sys::whisper_context,
+    state: *mut sys::whisper_state,
+    index: c_int,
+    with_tokens: bool,
+) -> Segment {
+    let text = unsafe { c_text(sys::whisper_full_get_segment_text_from_state(state, index)) };
+    let start = unsafe { sys::whisper_full_get_segment_t0_from_state(state, index) };
+    let end = unsafe { sys::whisper_full_get_segment_t1_from_state(state, index) };
+    let no_speech_prob =
+        unsafe { sys::whisper_full_get_segment_no_speech_prob_from_state(state, index) };
+    let tokens = with_tokens.then(|| unsafe { read_tokens(ctx, state, index) });
+    Segment {
+        start: centis(start),
+        end: centis(end).max(centis(start)),
+        text: clean_text(&text),
+        no_speech_prob,
+        tokens,
+    }
+}
+
+/// The text tokens of one segment with their timing (special tokens left out).
+///
+/// # Safety
+/// As for [`read_segment`].
+unsafe fn read_tokens(
+    ctx: *mut sys::whisper_context,
+    state: *mut sys::whisper_state,
+    index: c_int,
+) -> Vec<Token> {
+    let eot = unsafe { sys::whisper_token_eot(ctx) };
+    let count = unsafe { sys::whisper_full_n_tokens_from_state(state, index) };
+    let mut tokens = Vec::with_capacity(count.max(0) as usize);
+    for t in 0..count {
+        let data = unsafe { sys::whisper_full_get_token_data_from_state(state, index, t) };
+        if data.id >= eot {
+            continue;
+        }
+        let text = unsafe {
+            c_text(sys::whisper_full_get_token_text_from_state(
+                ctx, state, index, t,
+            ))
+        };
+        tokens.push(Token {
+            text,
+            start: centis(data.t0),
+            end: centis(data.t1).max(centis(data.t0)),
+            probability: data.p,
+        });
+    }
+    tokens
+}
+
+/// # Safety
+/// `ptr` must be null or a NUL-terminated string owned by whisper.cpp.
+unsafe fn c_text(ptr: *const std::ffi::c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// whisper.cpp times are in centiseconds.
+fn centis(t: i64) -> f64 {
+    t.max(0) as f64 / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_text_drops_annotations() {
+        assert_eq!(clean_text(" [BLANK_AUDIO]"), "");
+        assert_eq!(clean_text("(music)"), "");
+        assert_eq!(clean_text(" ♪ ♪ "), "");
+        assert_eq!(clean_text("♪ Never gonna give you up ♪"), "");
+        assert_eq!(clean_text("*laughs*"), "");
+        assert_eq!(clean_text("（笑）"), "");
+        assert_eq!(clean_text(" ..."), "");
+    }
+
+    #[test]
+    fn clean_text_keeps_speech() {
+        assert_eq!(clean_text(" And so, my fellow"), "And so, my fellow");
+        assert_eq!(clean_text("[MUSIC] Hello there."), "Hello there.");
+        assert_eq!(clean_text("换一首歌。"), "换一首歌。");
+    }
+
+    #[test]
+    fn validate_rejects_bad_options() {
+        assert!(validate(&Options::default()).is_ok());
+        let zero_threads = Options {
+            threads: 0,
+            ..Options::default()
+        };
+        assert!(validate(&zero_threads).is_err());
+        let klingon = Options {
+            language: Some("tlh-x".into()),
+            ..Options::default()
+        };
+        assert!(validate(&klingon).is_err());
+        let nul = Options {
+            initial_prompt: Some("a\0b".into()),
+            ..Options::default()
+        };
+        assert!(validate(&nul).is_err());
+    }
+
+    #[test]
+    fn english_only_models_force_english() {
+        let zh = Options {
+            language: Some("zh".into()),
+            ..Options::default()
+        };
+        assert_eq!(job_language(&zh, false), Some("en"));
+        assert_eq!(job_language(&zh, true), Some("zh"));
+        assert_eq!(job_language(&Options::default(), true), None);
+    }
+
+    #[test]
+    fn prepare_audio_pads_and_sanitises() {
+        let out = prepare_audio(&[f32::NAN, 2.0, -0.5]);
+        assert_eq!(out.len(), MIN_SAMPLES);
+        assert_eq!(&out[..3], &[0.0, 1.0, -0.5]);
+    }
+}

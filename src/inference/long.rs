@@ -1,1 +1,459 @@
-//! (being written)
+//! Audio of any length → windows cut at pauses → pool jobs → one continuous timeline.
+//!
+//! Whisper sees at most 30 s at a time. This module pulls 16 kHz audio from a callback only
+//! until it holds one window (plus whatever the last chunk brought), asks the VAD where the
+//! speech is, cuts the window at a pause, and submits just the speech part (with a little
+//! padding) as a job. Windows without speech are skipped, so silence, noise and music add no
+//! text and cost no decoding. While one window is being transcribed the next one is read and
+//! analysed, and segment times are shifted by the window's start so they run on across windows.
+//!
+//! This module must not decode files or hold the whole input: memory stays flat however long
+//! the audio is. It blocks the calling thread (use `spawn_blocking` from async code).
+
+use std::ops::Range;
+use std::path::Path;
+
+use tracing::debug;
+
+use super::engine::{InferenceError, Options};
+use super::pool::{JobEvent, JobHandle, Pool};
+use super::vad::{frame_levels, Vad, VadError};
+use crate::audio::SAMPLE_RATE;
+use crate::transcript::{Segment, Transcript};
+
+const RATE: usize = SAMPLE_RATE as usize;
+/// Longest window handed to Whisper: its own context length.
+const WINDOW: usize = 30 * RATE;
+/// Windows shorter than this are only cut when the input ends (avoids slivers).
+const MIN_CUT: usize = 2 * RATE;
+/// Audio kept around detected speech so word edges are not clipped.
+const PAD: usize = RATE / 5;
+/// Silence after the last speech that counts as a pause to cut in.
+const MIN_TRAILING_GAP: usize = 2 * RATE / 5;
+/// Audio kept uncut at the end of the buffer, where the VAD cannot see a speech onset yet.
+const EDGE: usize = RATE;
+
+/// What [`transcribe`] reports while it runs, in timeline order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LongEvent {
+    /// A segment, times from the start of the whole input.
+    Segment(Segment),
+    /// Everything up to `processed_secs` into the input has been transcribed.
+    Progress {
+        /// Seconds of input fully handled so far.
+        processed_secs: f64,
+    },
+}
+
+/// Why a long transcription stopped.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LongError {
+    /// The audio source failed (its own message).
+    #[error("could not read the audio: {0}")]
+    Input(String),
+    /// Voice-activity detection failed.
+    #[error(transparent)]
+    Vad(#[from] VadError),
+    /// A transcription job failed.
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+}
+
+/// Transcribes audio of any length pulled from `next_chunk` (16 kHz mono; `Ok(None)` at the
+/// end). Silero VAD is used when `vad_model` is an existing file, an energy detector otherwise.
+/// Every segment and a progress mark after each window go to `on_event`; the whole transcript
+/// is returned at the end.
+pub fn transcribe<E: std::fmt::Display>(
+    pool: &Pool,
+    next_chunk: impl FnMut() -> Result<Option<Vec<f32>>, E>,
+    options: &Options,
+    vad_model: Option<&Path>,
+    mut on_event: impl FnMut(LongEvent),
+) -> Result<Transcript, LongError> {
+    super::engine::validate(options)?;
+    let mut windows = Windows::new(next_chunk, Vad::new(vad_model)?);
+    let mut timeline = Timeline::new(options.language.clone().filter(|l| l != "auto"));
+    let mut options = options.clone();
+    let mut in_flight: Option<InFlight> = None;
+    while let Some(window) = windows.next_window()? {
+        let job = match window.speech {
+            Some(audio) => Some(pool.submit_blocking(audio, options.clone())?),
+            None => None,
+        };
+        if let Some(previous) = in_flight.take() {
+            timeline.finish(previous, &mut on_event)?;
+            options.language = options.language.or(timeline.language.clone());
+        }
+        in_flight = Some(InFlight {
+            job,
+            speech_start: window.speech_start,
+            speech_end: window.speech_end,
+            end: window.end,
+        });
+    }
+    if let Some(previous) = in_flight.take() {
+        timeline.finish(previous, &mut on_event)?;
+    }
+    let fallback = if pool.is_multilingual() { "" } else { "en" };
+    Ok(Transcript {
+        language: timeline.language.unwrap_or_else(|| fallback.into()),
+        duration: windows.consumed as f64 / RATE as f64,
+        segments: timeline.segments,
+    })
+}
+
+/// A window submitted (or skipped) whose results are still to be collected.
+struct InFlight {
+    /// The job, or `None` for a window without speech.
+    job: Option<JobHandle>,
+    /// Input sample where the job's audio begins (its time zero).
+    speech_start: usize,
+    /// Input sample where the job's audio ends; segment times are clamped to it.
+    speech_end: usize,
+    /// Input sample where the window ends, for progress.
+    end: usize,
+}
+
+/// Segments collected so far, and what is needed to keep them on one timeline.
+struct Timeline {
+    /// Everything emitted, in order.
+    segments: Vec<Segment>,
+    /// The language forced by the caller or detected in the first window with speech.
+    language: Option<String>,
+    /// End of the last emitted segment, so times never go backwards.
+    last_end: f64,
+}
+
+impl Timeline {
+    fn new(language: Option<String>) -> Self {
+        Timeline {
+            segments: Vec::new(),
+            language,
+            last_end: 0.0,
+        }
+    }
+
+    /// Collects one window's job, emitting its segments on the input's timeline.
+    fn finish(
+        &mut self,
+        window: InFlight,
+        on_event: &mut impl FnMut(LongEvent),
+    ) -> Result<(), LongError> {
+        if let Some(mut job) = window.job {
+            let offset = window.speech_start as f64 / RATE as f64;
+            let limit = window.speech_end as f64 / RATE as f64;
+            loop {
+                match job.blocking_next() {
+                    Some(JobEvent::Segment(segment)) => {
+                        let segment = self.place(segment, offset, limit);
+                        on_event(LongEvent::Segment(segment.clone()));
+                        self.segments.push(segment);
+                    }
+                    Some(JobEvent::Done(summary)) => {
+                        self.language.get_or_insert(summary.language);
+                        break;
+                    }
+                    Some(JobEvent::Failed(error)) => return Err(error.into()),
+                    None => return Err(InferenceError::ShutDown.into()),
+                }
+            }
+        }
+        on_event(LongEvent::Progress {
+            processed_secs: window.end as f64 / RATE as f64,
+        });
+        Ok(())
+    }
+
+    /// Shifts a window-relative segment onto the input's timeline, within `[last_end, limit]`.
+    fn place(&mut self, mut segment: Segment, offset: f64, limit: f64) -> Segment {
+        let floor = self.last_end;
+        let shift = |t: f64| (t + offset).clamp(floor, limit.max(floor));
+        segment.start = shift(segment.start);
+        segment.end = shift(segment.end).max(segment.start);
+        if let Some(tokens) = segment.tokens.as_mut() {
+            for token in tokens {
+                token.start = shift(token.start);
+                token.end = shift(token.end).max(token.start);
+            }
+        }
+        self.last_end = segment.end;
+        segment
+    }
+}
+
+/// One cut of the input.
+struct Window {
+    /// The speech part to transcribe, or `None` when the window holds no speech.
+    speech: Option<Vec<f32>>,
+    /// Input sample where `speech` begins.
+    speech_start: usize,
+    /// Input sample where `speech` ends.
+    speech_end: usize,
+    /// Input sample where the window ends.
+    end: usize,
+}
+
+/// Pulls audio and cuts it into windows, holding at most one window plus the last chunk.
+struct Windows<F> {
+    /// The audio source.
+    next_chunk: F,
+    /// Where the speech is.
+    vad: Vad,
+    /// Audio read but not yet cut into a window.
+    buffer: Vec<f32>,
+    /// Input sample index of `buffer[0]`.
+    buffer_start: usize,
+    /// Samples read from the source so far (the input's length once it has ended).
+    consumed: usize,
+    /// The source has said it has no more audio.
+    ended: bool,
+}
+
+impl<F, E> Windows<F>
+where
+    F: FnMut() -> Result<Option<Vec<f32>>, E>,
+    E: std::fmt::Display,
+{
+    fn new(next_chunk: F, vad: Vad) -> Self {
+        Windows {
+            next_chunk,
+            vad,
+            buffer: Vec::new(),
+            buffer_start: 0,
+            consumed: 0,
+            ended: false,
+        }
+    }
+
+    fn next_window(&mut self) -> Result<Option<Window>, LongError> {
+        self.fill()?;
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let region = self.buffer.len().min(WINDOW);
+        let at_end = self.ended && self.buffer.len() <= WINDOW;
+        let spans = self.vad.speech_spans(&self.buffer[..region])?;
+        let cut = choose_cut(&self.buffer[..region], &spans, at_end);
+        let window = self.take_window(cut, &spans);
+        debug!(
+            start = self.buffer_start as f64 / RATE as f64,
+            speech = window.speech.is_some(),
+            "window cut"
+        );
+        Ok(Some(window))
+    }
+
+    /// Reads until the buffer holds a full window or the source ends.
+    fn fill(&mut self) -> Result<(), LongError> {
+        while !self.ended && self.buffer.len() < WINDOW {
+            match (self.next_chunk)() {
+                Ok(Some(chunk)) => {
+                    self.consumed += chunk.len();
+                    self.buffer.extend_from_slice(&chunk);
+                }
+                Ok(None) => self.ended = true,
+                Err(error) => return Err(LongError::Input(error.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `buffer[..cut]` and returns it as a window, keeping only its speech part.
+    fn take_window(&mut self, cut: usize, spans: &[Range<usize>]) -> Window {
+        let start = self.buffer_start;
+        let speech_range = speech_range(spans, cut);
+        let speech = speech_range
+            .clone()
+            .map(|range| self.buffer[range].to_vec());
+        let range = speech_range.unwrap_or(0..0);
+        self.buffer.drain(..cut);
+        self.buffer_start += cut;
+        Window {
+            speech,
+            speech_start: start + range.start,
+            speech_end: start + range.end,
+            end: start + cut,
+        }
+    }
+}
+
+/// The part of `[0, cut)` from the first speech to the last, padded; `None` without speech.
+fn speech_range(spans: &[Range<usize>], cut: usize) -> Option<Range<usize>> {
+    let inside: Vec<&Range<usize>> = spans.iter().filter(|s| s.start < cut).collect();
+    let first = inside.first()?;
+    let last = inside.last()?;
+    let start = first.start.saturating_sub(PAD);
+    let end = (last.end + PAD).min(cut);
+    (end > start).then_some(start..end)
+}
+
+/// Where to end the window that starts at `audio[0]`: the whole buffer at the end of input
+/// or when there is no speech; else in the last pause; else at the quietest moment.
+fn choose_cut(audio: &[f32], spans: &[Range<usize>], at_end: bool) -> usize {
+    let len = audio.len();
+    let Some(last) = spans.last() else {
+        return len;
+    };
+    if at_end {
+        return len;
+    }
+    if len - last.end.min(len) >= MIN_TRAILING_GAP {
+        return (last.end + PAD).max(len.saturating_sub(EDGE)).min(len);
+    }
+    let gaps = spans
+        .windows(2)
+        .map(|pair| pair[0].end..pair[1].start)
+        .chain(std::iter::once(0..spans[0].start).filter(|g| !g.is_empty()));
+    let latest_gap = gaps
+        .map(|gap| {
+            if gap.start == 0 {
+                gap.end.saturating_sub(PAD)
+            } else {
+                (gap.start + gap.end) / 2
+            }
+        })
+        .filter(|&cut| cut >= MIN_CUT)
+        .max();
+    latest_gap.unwrap_or_else(|| quietest_point(audio))
+}
+
+/// The start of the quietest 100 ms in the last third of `audio` (never before `MIN_CUT`).
+fn quietest_point(audio: &[f32]) -> usize {
+    let frame = RATE / 10;
+    let from = (audio.len() * 2 / 3).max(MIN_CUT).min(audio.len());
+    let levels = frame_levels(&audio[from..], frame);
+    let quietest = levels
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i);
+    match quietest {
+        Some(i) if from + i * frame > 0 => from + i * frame,
+        _ => audio.len(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one-span cases are the point of these tests
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> usize {
+        (s * RATE as f64) as usize
+    }
+
+    #[test]
+    fn no_speech_consumes_the_whole_buffer() {
+        let audio = vec![0.0; WINDOW];
+        assert_eq!(choose_cut(&audio, &[], false), WINDOW);
+    }
+
+    #[test]
+    fn cuts_after_the_last_speech_when_a_pause_follows() {
+        let audio = vec![0.0; WINDOW];
+        let spans = [secs(1.0)..secs(12.0)];
+        let cut = choose_cut(&audio, &spans, false);
+        assert_eq!(cut, WINDOW - EDGE);
+        let spans = [secs(1.0)..secs(29.5)];
+        assert_eq!(choose_cut(&audio, &spans, false), secs(29.7));
+    }
+
+    #[test]
+    fn cuts_in_the_latest_inner_pause_when_speech_runs_to_the_edge() {
+        let audio = vec![0.0; WINDOW];
+        let spans = [
+            secs(0.5)..secs(10.0),
+            secs(11.0)..secs(20.0),
+            secs(21.0)..WINDOW,
+        ];
+        assert_eq!(choose_cut(&audio, &spans, false), secs(20.5));
+    }
+
+    #[test]
+    fn leading_silence_before_edge_speech_becomes_its_own_window() {
+        let audio = vec![0.0; WINDOW];
+        let spans = [secs(25.0)..WINDOW];
+        assert_eq!(choose_cut(&audio, &spans, false), secs(25.0) - PAD);
+    }
+
+    #[test]
+    fn continuous_speech_is_cut_at_the_quietest_moment() {
+        let mut audio: Vec<f32> = (0..WINDOW)
+            .map(|i| ((i % 50) as f32 - 25.0) / 50.0)
+            .collect();
+        let quiet = secs(24.0);
+        audio[quiet..quiet + RATE / 10].fill(0.0);
+        let spans = [0..WINDOW];
+        assert_eq!(choose_cut(&audio, &spans, false), quiet);
+    }
+
+    #[test]
+    fn the_end_of_input_takes_everything() {
+        let audio = vec![0.0; secs(5.0)];
+        assert_eq!(choose_cut(&audio, &[0..secs(5.0)], true), secs(5.0));
+    }
+
+    #[test]
+    fn speech_range_pads_and_stops_at_the_cut() {
+        let spans = [
+            secs(1.0)..secs(2.0),
+            secs(3.0)..secs(4.0),
+            secs(9.0)..secs(10.0),
+        ];
+        assert_eq!(speech_range(&spans, secs(5.0)), Some(secs(0.8)..secs(4.2)));
+        assert_eq!(speech_range(&[], secs(5.0)), None);
+    }
+
+    #[test]
+    fn timeline_offsets_and_keeps_order() {
+        let mut timeline = Timeline::new(None);
+        let seg = |start, end| Segment {
+            start,
+            end,
+            text: "x".into(),
+            no_speech_prob: 0.0,
+            tokens: None,
+        };
+        let a = timeline.place(seg(0.0, 4.0), 10.0, 20.0);
+        assert_eq!((a.start, a.end), (10.0, 14.0));
+        let b = timeline.place(seg(3.0, 12.0), 10.0, 20.0);
+        assert_eq!((b.start, b.end), (14.0, 20.0));
+    }
+
+    #[test]
+    fn windows_never_exceed_whisper_context_and_cover_the_input() {
+        // 95 s of a tone with a pause every 7 s, fed in 1 s chunks, energy VAD.
+        let total = secs(95.0);
+        let mut produced = 0;
+        let source = move || -> Result<Option<Vec<f32>>, String> {
+            if produced >= total {
+                return Ok(None);
+            }
+            let n = RATE.min(total - produced);
+            let chunk = (produced..produced + n)
+                .map(|i| {
+                    if (i / RATE) % 7 == 6 {
+                        0.0
+                    } else {
+                        0.3 * ((i % 40) as f32 / 40.0 - 0.5)
+                    }
+                })
+                .collect();
+            produced += n;
+            Ok(Some(chunk))
+        };
+        let mut windows = Windows::new(source, Vad::energy());
+        let mut covered = 0;
+        while let Some(window) = windows.next_window().unwrap() {
+            assert!(window.end - covered <= WINDOW);
+            assert!(window.end > covered);
+            if window.speech.is_some() {
+                assert!(window.speech_start >= covered && window.speech_end <= window.end);
+            }
+            covered = window.end;
+            assert!(windows.buffer.len() <= WINDOW + RATE);
+        }
+        assert_eq!(covered, total);
+        assert_eq!(windows.consumed, total);
+    }
+}

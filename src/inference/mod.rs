@@ -11,3 +11,8 @@ pub mod engine;
 pub mod long;
 pub mod pool;
 pub mod vad;
+
+pub use engine::{InferenceError, Options};
+pub use long::{LongError, LongEvent};
+pub use pool::{Busy, JobEvent, JobHandle, JobSummary, Pool, PoolConfig, PoolStats};
+pub use vad::{Vad, VadError};
