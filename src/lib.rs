@@ -15,12 +15,15 @@
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
 pub mod audio;
+pub mod cli;
 pub mod eval;
 pub mod format;
 pub mod inference;
 pub mod live;
 pub mod models;
 pub mod protocol;
-pub mod transcript;
+pub mod server;
+pub mod session;
 pub mod tasks;
+pub mod transcript;
 pub mod upload;

@@ -248,7 +248,10 @@ mod tests {
         reg.progress(&id, 50.0);
         reg.segment(&id, seg("a"));
         assert!(matches!(rx.try_recv().unwrap(), TaskEvent::Progress(p) if p == 50.0));
-        assert!(matches!(rx.try_recv().unwrap(), TaskEvent::Segment { index: 0, .. }));
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            TaskEvent::Segment { index: 0, .. }
+        ));
         let snap = reg.snapshot(&id).unwrap();
         assert_eq!(snap.segments, vec![seg("a")]);
         assert_eq!(snap.state, TaskState::Running { progress: 50.0 });

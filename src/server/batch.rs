@@ -32,7 +32,8 @@ pub fn start(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: Tas
         let stop = Arc::new(AtomicBool::new(false));
         let guard = stop_on_shutdown(&state, stop.clone());
         let st = state.clone();
-        let run = tokio::task::spawn_blocking(move || transcribe(&st, &key, &path, &options, &stop));
+        let run =
+            tokio::task::spawn_blocking(move || transcribe(&st, &key, &path, &options, &stop));
         let outcome = run.await;
         guard.abort();
         finish(&state, task_id, outcome);
@@ -45,8 +46,10 @@ pub fn resume_unfinished(state: &Arc<AppState>) {
         if status != UploadStatus::Uploaded {
             continue;
         }
-        let (Ok(meta), Ok(path)) = (state.uploads.meta(task_id), state.uploads.audio_path(task_id))
-        else {
+        let (Ok(meta), Ok(path)) = (
+            state.uploads.meta(task_id),
+            state.uploads.audio_path(task_id),
+        ) else {
             continue;
         };
         if state.tasks.snapshot(&task_id.to_string()).is_none() {
@@ -153,7 +156,9 @@ fn finish(
         }
         Ok(Err(Failure::Audio(err))) => {
             tracing::warn!(%task_id, %err, "undecodable upload");
-            state.tasks.fail(&key, ErrorCode::UnsupportedAudio.as_str(), &err.to_string());
+            state
+                .tasks
+                .fail(&key, ErrorCode::UnsupportedAudio.as_str(), &err.to_string());
             set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
         }
         Ok(Err(Failure::Other(err))) => fail_internal(state, task_id, &err),
@@ -163,9 +168,11 @@ fn finish(
 
 fn fail_internal(state: &AppState, task_id: TaskId, err: &str) {
     tracing::error!(%task_id, err, "transcription failed");
-    state
-        .tasks
-        .fail(&task_id.to_string(), ErrorCode::Internal.as_str(), "transcription failed");
+    state.tasks.fail(
+        &task_id.to_string(),
+        ErrorCode::Internal.as_str(),
+        "transcription failed",
+    );
     set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
 }
 

@@ -91,7 +91,9 @@ impl AppState {
             max_message_bytes,
             max_file_bytes: self.config.max_file_bytes.as_u64(),
             // base64 grows a chunk by 4/3; leave room for the JSON around it.
-            max_chunk_bytes: defaults.max_chunk_bytes.min(max_message_bytes / 4 * 3 - 4096),
+            max_chunk_bytes: defaults
+                .max_chunk_bytes
+                .min(max_message_bytes / 4 * 3 - 4096),
             ..defaults
         }
     }
@@ -125,7 +127,9 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace period over; unfinished work is dropped (uploads resume later)");
+        tracing::warn!(
+            "shutdown grace period over; unfinished work is dropped (uploads resume later)"
+        );
     }
     Ok(())
 }
@@ -138,8 +142,9 @@ async fn sweep_loop(state: Arc<AppState>) {
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             st.tasks.sweep(st.config.session_ttl);
-            if let Err(err) = st.uploads.sweep(st.config.session_ttl) {
-                tracing::warn!(%err, "sweeping expired uploads failed");
+            let expired = st.uploads.sweep(st.config.session_ttl);
+            if !expired.is_empty() {
+                tracing::info!(count = expired.len(), "expired idle uploads swept");
             }
         })
         .await;

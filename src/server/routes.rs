@@ -12,7 +12,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures_util::SinkExt;
+
+use crate::protocol::{ErrorCode, ProtocolError};
 
 use super::AppState;
 
@@ -72,7 +73,9 @@ async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr) {
 }
 
 async fn refuse_busy(socket: &mut WebSocket) {
-    let msg = crate::protocol::ServerMessage::busy_error("too many connections", 1000, None);
+    let msg = ProtocolError::new(ErrorCode::Busy, "too many connections; retry later")
+        .with_retry_after_ms(1000)
+        .to_message();
     let _ = socket.send(Message::text(msg.to_json())).await;
     let _ = socket
         .send(Message::Close(Some(axum::extract::ws::CloseFrame {

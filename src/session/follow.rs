@@ -10,9 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{Connection, Outbound};
 use crate::format::{render, OutputFormat};
-use crate::protocol::message::{
-    TranscriptSegment, TranscriptionComplete, TranscriptionProgress,
-};
+use crate::protocol::message::{TranscriptSegment, TranscriptionComplete, TranscriptionProgress};
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId};
 use crate::tasks::{TaskEvent, TaskRegistry, TaskResult, TaskState};
 use crate::transcript::Segment;

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::follow::segment_msg;
 use super::{Connection, Outbound};
-use crate::audio::decode::{byte_feed, ByteFeedSender, DecodeLimits, Decoder, PcmDecoder, PcmFormat};
+use crate::audio::decode::{
+    byte_feed, ByteFeedSender, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
+};
 use crate::audio::resample::Resampler;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
@@ -84,12 +86,17 @@ impl Connection {
         let task_id = live.task_id;
         if live.input.send(Input::Audio(payload)).await.is_err() {
             self.live = None;
-            return Err(ProtocolError::new(ErrorCode::Internal, "the stream ended").with_task(task_id));
+            return Err(
+                ProtocolError::new(ErrorCode::Internal, "the stream ended").with_task(task_id)
+            );
         }
         Ok(())
     }
 
-    pub(super) async fn stream_end(&mut self, task_id: Option<TaskId>) -> Result<(), ProtocolError> {
+    pub(super) async fn stream_end(
+        &mut self,
+        task_id: Option<TaskId>,
+    ) -> Result<(), ProtocolError> {
         self.open_stream(task_id)?;
         if let Some(live) = self.live.take() {
             let _ = live.input.send(Input::End).await;
@@ -220,7 +227,11 @@ impl Runner {
             }
             if pending.is_none() {
                 let finishing = input_done && decoder_done;
-                let next = if finishing { policy.finish() } else { policy.take_job() };
+                let next = if finishing {
+                    policy.finish()
+                } else {
+                    policy.take_job()
+                };
                 match next {
                     Some(job) => pending = self.submit(job, &mut policy),
                     None if finishing && !policy.in_flight() => break,
@@ -228,7 +239,8 @@ impl Runner {
                 }
             }
         }
-        self.complete(committed, policy.received_secs(), started).await;
+        self.complete(committed, policy.received_secs(), started)
+            .await;
     }
 
     async fn undecodable(&self) {
@@ -254,7 +266,11 @@ impl Runner {
     }
 
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
-        match self.state.pool.submit(job.audio.clone(), self.options.clone()) {
+        match self
+            .state
+            .pool
+            .submit(job.audio.clone(), self.options.clone())
+        {
             Ok(handle) => Some(Pending {
                 job,
                 handle,
@@ -283,7 +299,7 @@ impl Runner {
             }
             Some(JobEvent::Done(_)) => {
                 let Some(p) = pending.take() else { return };
-                let segments = crate::inference::long::clean(p.segments);
+                let segments = p.segments;
                 for output in policy.on_result(&p.job, segments) {
                     self.emit(output, committed).await;
                 }
@@ -304,11 +320,12 @@ impl Runner {
         let key = self.task_id.to_string();
         match output {
             LiveOutput::Partial { text, revision } => {
-                self.out.send_lossy(ServerMessage::TranscriptPartial(TranscriptPartial {
-                    task_id: self.task_id,
-                    text,
-                    revision,
-                }));
+                self.out
+                    .send_lossy(ServerMessage::TranscriptPartial(TranscriptPartial {
+                        task_id: self.task_id,
+                        text,
+                        revision,
+                    }));
             }
             LiveOutput::Commit(segments) => {
                 for s in segments {
@@ -323,7 +340,8 @@ impl Runner {
 
     fn report_lag(&self, policy: &LivePolicy, last: &mut Instant) {
         let lag = policy.lag_secs();
-        if lag >= LAG_REPORT_SECS && policy.in_flight() && last.elapsed() >= Duration::from_secs(1) {
+        if lag >= LAG_REPORT_SECS && policy.in_flight() && last.elapsed() >= Duration::from_secs(1)
+        {
             *last = Instant::now();
             self.out.send_lossy(ServerMessage::StreamLag(StreamLag {
                 task_id: self.task_id,

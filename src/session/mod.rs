@@ -252,7 +252,8 @@ impl Connection {
             Ok(protocol::BinaryFrame::UploadChunk(frame)) => {
                 let (task_id, index) = (frame.task_id, frame.chunk_index);
                 let offset = data.len() - frame.payload.len();
-                self.binary_chunk(task_id, index, data.slice(offset..)).await
+                self.binary_chunk(task_id, index, data.slice(offset..))
+                    .await
             }
             Ok(protocol::BinaryFrame::Audio(frame)) => {
                 let offset = data.len() - frame.payload.len();

@@ -34,8 +34,9 @@ impl Connection {
         let task = &self.segments[&task_id];
         if task.tx.send(seg).await.is_err() {
             self.segments.remove(&task_id);
-            return Err(ProtocolError::new(ErrorCode::Internal, "transcription failed")
-                .with_task(task_id));
+            return Err(
+                ProtocolError::new(ErrorCode::Internal, "transcription failed").with_task(task_id),
+            );
         }
         if is_final {
             self.segments.remove(&task_id);
@@ -48,9 +49,7 @@ impl Connection {
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let options = crate::server::batch::engine_options(&self.state, &Default::default());
         let state = self.state.clone();
-        self.state
-            .tracker
-            .spawn(run(state, task_id, options, rx));
+        self.state.tracker.spawn(run(state, task_id, options, rx));
         self.segments.insert(task_id, SegmentTask { tx });
         self.follow(task_id, None);
     }

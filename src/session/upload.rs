@@ -19,7 +19,11 @@ use crate::upload::store::{NewUpload, Progress, StoreError, UploadStatus, Upload
 const UPLOAD_RETRY_MS: u64 = 2_000;
 
 /// Runs a store operation on the blocking pool, mapping its errors for the client.
-async fn blocking<T, F>(conn: &Connection, task_id: Option<TaskId>, f: F) -> Result<T, ProtocolError>
+async fn blocking<T, F>(
+    conn: &Connection,
+    task_id: Option<TaskId>,
+    f: F,
+) -> Result<T, ProtocolError>
 where
     F: FnOnce(&UploadStore) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
@@ -57,8 +61,9 @@ impl Connection {
         let new = NewUpload::from_request(&req);
         let task_id = blocking(self, None, move |s| s.create(new)).await?;
         tracing::info!(%task_id, file = %req.file_name, bytes = req.plan.file_size, "upload started");
-        if let UploadMode::Single { data } = req.mode {
+        if let UploadMode::Single { data } = &req.mode {
             drop(permit);
+            let data = data.clone();
             blocking(self, Some(task_id), move |s| s.put_chunk(task_id, 0, &data)).await?;
             self.send(ready(task_id, &req, None)).await?;
             return self.complete(task_id).await;
@@ -188,7 +193,9 @@ impl Connection {
     pub(super) async fn upload_resume(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
         let meta = match blocking(self, Some(task_id), move |s| s.meta(task_id)).await {
             Ok(meta) => meta,
-            Err(e) if e.code == ErrorCode::SessionNotFound => return self.get_result(task_id).await,
+            Err(e) if e.code == ErrorCode::SessionNotFound => {
+                return self.get_result(task_id).await
+            }
             Err(e) => return Err(e),
         };
         match meta.status {
@@ -223,10 +230,11 @@ impl Connection {
 
     pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
         if self.state.tasks.snapshot(&task_id.to_string()).is_none() {
-            return Err(
-                ProtocolError::new(ErrorCode::SessionNotFound, "no such task (or it expired)")
-                    .with_task(task_id),
-            );
+            return Err(ProtocolError::new(
+                ErrorCode::SessionNotFound,
+                "no such task (or it expired)",
+            )
+            .with_task(task_id));
         }
         let format = blocking(self, Some(task_id), move |s| s.meta(task_id))
             .await
