@@ -70,6 +70,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         beam_size: args.beam_size,
         threads: args.threads,
         token_timestamps: matches!(args.format, OutputFormat::VerboseJson),
+        low_latency: false,
     };
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

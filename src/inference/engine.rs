@@ -31,6 +31,10 @@ pub struct Options {
     pub threads: usize,
     /// Report per-token timing on every segment (costs a little decode time).
     pub token_timestamps: bool,
+    /// Trade a little accuracy for speed, for live partial hypotheses that are recomputed
+    /// every second anyway: no temperature fallback, one greedy candidate, and an encoder
+    /// context cut to the audio's length instead of Whisper's fixed 30 s.
+    pub low_latency: bool,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             beam_size: None,
             threads: 2,
             token_timestamps: false,
+            low_latency: false,
         }
     }
 }
@@ -140,6 +145,9 @@ pub fn run(
         failed: sink.failed,
     };
     let mut params = whisper_params(options, multilingual);
+    if options.low_latency {
+        params.set_audio_ctx(audio_ctx_for(audio.len()));
+    }
     // SAFETY: both user-data pointers outlive `full`, which is the only place whisper.cpp
     // calls the trampolines; the trampolines cast them back to exactly these types.
     unsafe {
@@ -200,6 +208,7 @@ pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '
             beam_size: beam_size.min(16) as c_int,
             patience: -1.0,
         },
+        None if options.low_latency => SamplingStrategy::Greedy { best_of: 1 },
         None => SamplingStrategy::Greedy { best_of: 5 },
     };
     let mut params = FullParams::new(strategy);
@@ -221,7 +230,20 @@ pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '
     params.set_entropy_thold(2.4);
     params.set_logprob_thold(-1.0);
     params.set_no_speech_thold(0.6);
+    if options.low_latency {
+        params.set_temperature_inc(0.0);
+    }
     params
+}
+
+/// Encoder frames (of Whisper's 1500 per 30 s) needed for `samples` of audio plus a margin,
+/// rounded up to a multiple of 64; used by low-latency jobs on short buffers.
+pub fn audio_ctx_for(samples: usize) -> c_int {
+    const FULL: usize = 1500;
+    let secs = samples as f64 / f64::from(SAMPLE_RATE) + 1.0;
+    let frames = (secs / 30.0 * FULL as f64).ceil() as usize;
+    let rounded = frames.div_ceil(64) * 64;
+    rounded.clamp(256, FULL) as c_int
 }
 
 /// Removes what Whisper writes for sounds rather than words: `[BLANK_AUDIO]`, `(music)`,

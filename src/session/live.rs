@@ -67,7 +67,10 @@ impl Connection {
             state: self.state.clone(),
             out: self.out.clone(),
             task_id,
-            options: crate::server::batch::engine_options(&self.state, &start.options),
+            options: Options {
+                low_latency: true,
+                ..crate::server::batch::engine_options(&self.state, &start.options)
+            },
             cancel: self.cancel.clone(),
         };
         self.state.tracker.spawn(runner.run(rx, decoder));

@@ -81,3 +81,33 @@ pub fn manifest() -> Vec<Entry> {
         })
         .collect()
 }
+
+/// The model mirror the tests read from: `$EARSHOT_MODEL_MIRROR`, else `../shared/models`.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("EARSHOT_MODEL_MIRROR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"),
+    }
+}
+
+/// Path of a model file in the mirror; panics with how to get it when missing.
+pub fn model(file: &str) -> PathBuf {
+    let path = models_dir().join(file);
+    assert!(
+        path.is_file(),
+        "model {} is missing: set EARSHOT_MODEL_MIRROR to a folder holding {file}, \
+         or run scripts/download-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// The reference transcript of a corpus file from MANIFEST.tsv.
+pub fn reference(file: &str) -> String {
+    manifest()
+        .into_iter()
+        .find(|e| e.file == file)
+        .unwrap_or_else(|| panic!("{file} is not in MANIFEST.tsv"))
+        .reference_transcript
+}
+pub mod server;
