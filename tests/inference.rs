@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use earshot::eval::{cer, normalize_words, wer};
+use earshot::eval::{cer, normalize_chars, normalize_words, wer};
 use earshot::inference::long::{self, LongEvent};
 use earshot::inference::{Busy, JobEvent, Options, Pool, PoolConfig};
 use earshot::transcript::Segment;
@@ -167,6 +167,7 @@ fn mandarin_on_base_has_low_character_error() {
         language: Some("zh".into()),
         initial_prompt: Some("以下是普通话的句子。".into()),
         threads: 2,
+        token_timestamps: true,
         ..Options::default()
     };
     let mut total = 0.0;
@@ -179,6 +180,17 @@ fn mandarin_on_base_has_low_character_error() {
         let score = cer(&reference(file), &text);
         eprintln!("{file} base-q5_1 CER {score:.3}: {text}");
         assert_eq!(summary.language, "zh");
+        for segment in &segments {
+            // Multi-byte characters split across tokens are joined back, not mangled.
+            let joined: String = segment
+                .tokens
+                .iter()
+                .flatten()
+                .map(|t| t.text.as_str())
+                .collect();
+            assert!(!joined.contains('\u{fffd}'), "{joined}");
+            assert_eq!(normalize_chars(&joined), normalize_chars(&segment.text));
+        }
         total += score;
     }
     let mean = total / files.len() as f64;

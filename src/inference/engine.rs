@@ -366,24 +366,68 @@ unsafe fn read_tokens(
     let eot = unsafe { sys::whisper_token_eot(ctx) };
     let count = unsafe { sys::whisper_full_n_tokens_from_state(state, index) };
     let mut tokens = Vec::with_capacity(count.max(0) as usize);
+    let mut text = Utf8Joiner::default();
     for t in 0..count {
         let data = unsafe { sys::whisper_full_get_token_data_from_state(state, index, t) };
         if data.id >= eot {
             continue;
         }
-        let text = unsafe {
-            c_text(sys::whisper_full_get_token_text_from_state(
+        let bytes = unsafe {
+            c_bytes(sys::whisper_full_get_token_text_from_state(
                 ctx, state, index, t,
             ))
         };
         tokens.push(Token {
-            text,
+            text: text.push(bytes),
             start: centis(data.t0),
             end: centis(data.t1).max(centis(data.t0)),
             probability: data.p,
         });
     }
+    if let Some(last) = tokens.last_mut() {
+        last.text.push_str(&text.finish());
+    }
     tokens
+}
+
+/// Whisper's byte-level tokens can split a multi-byte character (common in Chinese and
+/// Japanese); this carries the incomplete tail over to the next token instead of
+/// producing replacement characters.
+#[derive(Default)]
+struct Utf8Joiner {
+    /// Bytes of a character whose remaining bytes are in the next token.
+    pending: Vec<u8>,
+}
+
+impl Utf8Joiner {
+    /// The complete characters available after adding `bytes`.
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => {
+                return String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
+            }
+        };
+        let rest = self.pending.split_off(valid);
+        String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default()
+    }
+
+    /// Whatever is left, with broken bytes replaced.
+    fn finish(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
+    }
+}
+
+/// # Safety
+/// `ptr` must be null or a NUL-terminated string owned by whisper.cpp, alive while the
+/// returned slice is used.
+unsafe fn c_bytes<'a>(ptr: *const std::ffi::c_char) -> &'a [u8] {
+    if ptr.is_null() {
+        return &[];
+    }
+    unsafe { CStr::from_ptr(ptr) }.to_bytes()
 }
 
 /// # Safety
@@ -453,6 +497,18 @@ mod tests {
         assert_eq!(job_language(&zh, false), Some("en"));
         assert_eq!(job_language(&zh, true), Some("zh"));
         assert_eq!(job_language(&Options::default(), true), None);
+    }
+
+    #[test]
+    fn split_characters_are_joined_across_tokens() {
+        let bytes = "换一".as_bytes();
+        let mut joiner = Utf8Joiner::default();
+        assert_eq!(joiner.push(&bytes[..2]), "");
+        assert_eq!(joiner.push(&bytes[2..4]), "换");
+        assert_eq!(joiner.push(&bytes[4..]), "一");
+        assert_eq!(joiner.push(&[0xe6]), "");
+        assert_eq!(joiner.finish(), "\u{fffd}");
+        assert_eq!(joiner.push(&[0xff, b'a']), "\u{fffd}a");
     }
 
     #[test]

@@ -229,8 +229,10 @@ impl Pool {
         let (job, handle) = new_job(audio, options);
         match self.sender().try_send(job) {
             Ok(()) => Ok(handle),
+            // Full means the queue held `capacity` jobs at that instant; reading the length
+            // again could race with a worker taking one.
             Err(TrySendError::Full(_)) => Err(Busy {
-                queue_len: self.queue_len(),
+                queue_len: self.sender().capacity().unwrap_or_else(|| self.queue_len()),
             }),
             Err(TrySendError::Disconnected(_)) => {
                 error!("inference queue disconnected while the pool is alive");
