@@ -12,7 +12,12 @@ use clap::{Parser, Subcommand};
 #[command(version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log filter, e.g. `info`, `earshot=debug` (also RUST_LOG).
-    #[arg(long, global = true, env = "EARSHOT_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "EARSHOT_LOG",
+        default_value = "info,whisper_rs=warn"
+    )]
     pub log: String,
 
     #[command(subcommand)]

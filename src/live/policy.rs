@@ -25,8 +25,11 @@ pub struct LiveConfig {
     pub pause_secs: f64,
     /// Buffer length that forces a commit, kept below Whisper's 30 s window.
     pub max_buffer_secs: f64,
-    /// RMS level above which a 30 ms frame counts as sound; quieter frames are silence.
+    /// RMS level below which a 30 ms frame is always silence (digital silence, faint hiss).
     pub speech_rms: f32,
+    /// How far above the background level (tracked per stream) a frame must be to count as
+    /// sound, so room noise between sentences still reads as a pause.
+    pub above_floor: f32,
     /// Silence kept before speech starts, so the first word is not clipped.
     pub lead_in_secs: f64,
 }
@@ -38,6 +41,7 @@ impl Default for LiveConfig {
             pause_secs: 0.6,
             max_buffer_secs: 24.0,
             speech_rms: 0.01,
+            above_floor: 3.0,
             lead_in_secs: 0.3,
         }
     }
@@ -90,9 +94,15 @@ pub struct LivePolicy {
     trailing_silence: u64,
     /// Whether the buffer holds any sound at all; a silent buffer is never sent to Whisper.
     heard_sound: bool,
+    /// Recent frame levels (about 5 s); their minimum is the background level.
+    recent_levels: std::collections::VecDeque<f32>,
 }
 
 const FRAME: usize = (SAMPLE_RATE as usize) * 30 / 1000;
+/// Frames (of 30 ms) whose quietest sets the background level: about 5 s.
+const FLOOR_FRAMES: usize = 166;
+/// The background level never counts above this (-34 dBFS): louder is sound, not room noise.
+const MAX_FLOOR: f32 = 0.02;
 
 fn secs(samples: u64) -> f64 {
     samples as f64 / SAMPLE_RATE as f64
@@ -135,13 +145,14 @@ impl LivePolicy {
             last_partial: String::new(),
             trailing_silence: 0,
             heard_sound: false,
+            recent_levels: std::collections::VecDeque::with_capacity(FLOOR_FRAMES),
         }
     }
 
     /// Appends 16 kHz mono audio.
     pub fn push(&mut self, audio: &[f32]) {
         for frame in audio.chunks(FRAME) {
-            if rms(frame) >= self.config.speech_rms {
+            if self.is_sound(rms(frame)) {
                 self.heard_sound = true;
                 self.trailing_silence = 0;
             } else {
@@ -153,6 +164,28 @@ impl LivePolicy {
         if !self.heard_sound {
             self.trim_silence();
         }
+    }
+
+    /// Classifies a frame and remembers its level for the background estimate.
+    fn is_sound(&mut self, level: f32) -> bool {
+        if self.recent_levels.len() == FLOOR_FRAMES {
+            self.recent_levels.pop_front();
+        }
+        self.recent_levels.push_back(level);
+        level >= self.threshold()
+    }
+
+    /// The level a frame must reach to be sound: above the fixed minimum and well above the
+    /// quietest recent frame (the room's background), which is capped so that a loud
+    /// constant signal is never taken for background.
+    fn threshold(&self) -> f32 {
+        let floor = self
+            .recent_levels
+            .iter()
+            .copied()
+            .fold(f32::MAX, f32::min)
+            .min(MAX_FLOOR);
+        self.config.speech_rms.max(floor * self.config.above_floor)
     }
 
     /// Keeps only a short lead-in of a buffer that has heard nothing yet.
@@ -280,7 +313,8 @@ impl LivePolicy {
         let cut = samples(t - self.buffer_start).min(self.buffer.len() as u64) as usize;
         self.buffer.drain(..cut);
         self.buffer_start += secs(cut as u64);
-        if self.buffer.iter().all(|s| s.abs() < self.config.speech_rms) {
+        let threshold = self.threshold();
+        if self.buffer.chunks(FRAME).all(|f| rms(f) < threshold) {
             self.heard_sound = false;
             self.trim_silence();
         }
@@ -404,6 +438,25 @@ mod tests {
             other => panic!("expected a commit, got {other:?}"),
         }
         assert!(p.take_job().is_none(), "nothing new after the commit");
+    }
+
+    #[test]
+    fn a_pause_over_room_noise_still_counts_as_a_pause() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        let hiss = |secs: f64| -> Vec<f32> {
+            let n = (secs * SAMPLE_RATE as f64) as usize;
+            (0..n)
+                .map(|i| if i % 2 == 0 { 0.012 } else { -0.012 })
+                .collect()
+        };
+        p.push(&hiss(2.0));
+        p.push(&tone(1.0));
+        p.push(&hiss(0.7));
+        let job = p.take_job().expect("sound then a pause");
+        assert!(
+            job.is_final,
+            "hiss above the fixed threshold is still a pause"
+        );
     }
 
     #[test]

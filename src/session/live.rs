@@ -300,8 +300,15 @@ impl Runner {
                     p.segments.push(s);
                 }
             }
-            Some(JobEvent::Done(_)) => {
+            Some(JobEvent::Done(summary)) => {
                 let Some(p) = pending.take() else { return };
+                tracing::debug!(
+                    audio = summary.audio_secs,
+                    took = summary.processing_secs,
+                    is_final = p.job.is_final,
+                    segments = p.segments.len(),
+                    "live hypothesis"
+                );
                 let segments = p.segments;
                 for output in policy.on_result(&p.job, segments) {
                     self.emit(output, committed).await;
