@@ -163,6 +163,8 @@ impl LivePolicy {
         self.buffer.extend_from_slice(audio);
         if !self.heard_sound {
             self.trim_silence();
+            // Silence needs no hypothesis: nothing is behind.
+            self.covered = self.received;
         }
     }
 
@@ -481,6 +483,13 @@ mod tests {
         assert!((p.lag_secs() - 5.0).abs() < 1e-3);
         p.on_result(&job, vec![]);
         assert!((p.lag_secs() - 4.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn silence_is_never_lag() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&silence(10.0));
+        assert!(p.lag_secs() < 1e-9);
     }
 
     #[test]

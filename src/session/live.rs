@@ -72,6 +72,7 @@ impl Connection {
                 ..crate::server::batch::engine_options(&self.state, &start.options)
             },
             cancel: self.cancel.clone(),
+            language: std::sync::Mutex::new(None),
         };
         self.state.tracker.spawn(runner.run(rx, decoder));
         self.live = Some(LiveStream { task_id, input });
@@ -185,6 +186,8 @@ struct Runner {
     task_id: TaskId,
     options: Options,
     cancel: CancellationToken,
+    /// The language of the latest hypothesis (Whisper's detection when none was asked for).
+    language: std::sync::Mutex<Option<String>>,
 }
 
 /// A hypothesis being computed.
@@ -309,6 +312,7 @@ impl Runner {
                     segments = p.segments.len(),
                     "live hypothesis"
                 );
+                *self.language.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary.language);
                 let segments = p.segments;
                 for output in policy.on_result(&p.job, segments) {
                     self.emit(output, committed).await;
@@ -361,7 +365,14 @@ impl Runner {
     }
 
     async fn complete(&self, segments: Vec<Segment>, duration: f64, started: Instant) {
-        let language = self.options.language.clone().unwrap_or_else(|| "en".into());
+        let detected = self
+            .language
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let language = detected
+            .or_else(|| self.options.language.clone())
+            .unwrap_or_else(|| "en".into());
         let result = TaskResult {
             transcript: Transcript {
                 language,
