@@ -135,7 +135,8 @@ pub fn complete_msg(task_id: TaskId, result: &TaskResult, format: Option<&str>) 
     })
 }
 
-fn failed_msg(task_id: TaskId, code: &str, message: &str) -> ServerMessage {
+/// The `error` message for a failed task.
+pub fn failed_msg(task_id: TaskId, code: &str, message: &str) -> ServerMessage {
     let code = serde_json::from_value(serde_json::Value::String(code.into()))
         .unwrap_or(ErrorCode::Internal);
     ProtocolError::new(code, message)
