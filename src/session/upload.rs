@@ -89,11 +89,14 @@ impl Connection {
             ..
         } = chunk;
         self.ensure_slot(task_id).await?;
-        let (insert, progress) = blocking(self, Some(task_id), move |s| {
+        let stored = blocking(self, Some(task_id), move |s| {
             s.put_chunk(task_id, chunk_index, &data)
         })
-        .await
-        .map_err(|e| e.with_chunk(chunk_index))?;
+        .await;
+        let (insert, progress) = stored.map_err(|e| {
+            self.release_if_gone(task_id, &e);
+            e.with_chunk(chunk_index)
+        })?;
         let reply = match insert {
             Insert::Duplicate => ChunkReceived::duplicate(task_id, chunk_index),
             Insert::New => ChunkReceived::stored(task_id, chunk_index, progress.progress),
@@ -113,11 +116,14 @@ impl Connection {
         payload: Bytes,
     ) -> Result<(), ProtocolError> {
         self.ensure_slot(task_id).await?;
-        let insert = blocking(self, Some(task_id), move |s| {
+        let written = blocking(self, Some(task_id), move |s| {
             s.write_chunk(task_id, index, &payload)
         })
-        .await
-        .map_err(|e| e.with_chunk(index))?;
+        .await;
+        let insert = written.map_err(|e| {
+            self.release_if_gone(task_id, &e);
+            e.with_chunk(index)
+        })?;
         let upload = self.uploads.get_mut(&task_id).expect("slot ensured above");
         if insert == Insert::New {
             upload.pending += 1;
@@ -160,10 +166,20 @@ impl Connection {
     }
 
     /// Makes sure this connection holds an upload slot for the task (after a reconnect the
-    /// client may send chunks straight away).
+    /// client may send chunks straight away). The upload must exist and still be receiving:
+    /// a chunk for an unknown or finished upload is refused without taking a slot, so stray
+    /// chunks can neither use up the server's upload slots nor be answered `busy`.
     async fn ensure_slot(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
         if self.uploads.contains_key(&task_id) {
             return Ok(());
+        }
+        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id)).await?;
+        if meta.status != UploadStatus::Uploading {
+            return Err(ProtocolError::new(
+                ErrorCode::NotReady,
+                "this upload already has all its chunks; get_result or upload_resume",
+            )
+            .with_task(task_id));
         }
         let permit = self.upload_slot()?;
         self.uploads.insert(
@@ -174,6 +190,15 @@ impl Connection {
             },
         );
         Ok(())
+    }
+
+    /// Gives the slot back when a chunk shows the upload is gone or no longer receiving
+    /// (completed from another connection, expired).
+    fn release_if_gone(&mut self, task_id: TaskId, err: &ProtocolError) {
+        let gone = matches!(err.code, ErrorCode::SessionNotFound | ErrorCode::NotReady);
+        if gone && self.uploads.get(&task_id).is_some_and(|u| u.pending == 0) {
+            self.uploads.remove(&task_id);
+        }
     }
 
     /// All chunks are in: verify, announce, transcribe, follow.
