@@ -17,16 +17,23 @@ use crate::transcript::Segment;
 
 impl Connection {
     /// Starts forwarding `task_id` to this client until it finishes or the connection ends.
-    pub(super) fn follow(&self, task_id: TaskId, format: Option<String>) {
+    /// At most one follower per task: asking again (`upload_resume` in a loop) while one runs
+    /// adds nothing, so a client cannot pile up followers.
+    pub(super) fn follow(&mut self, task_id: TaskId, format: Option<String>) {
+        self.followers.retain(|_, h| !h.is_finished());
+        if self.followers.contains_key(&task_id) {
+            return;
+        }
         let registry = self.state.tasks.clone();
         let out = self.out.clone();
         let cancel = self.cancel.clone();
-        self.state.tracker.spawn(async move {
+        let handle = self.state.tracker.spawn(async move {
             tokio::select! {
                 _ = relay(registry, out, task_id, format) => {}
                 _ = cancel.cancelled() => {}
             }
         });
+        self.followers.insert(task_id, handle);
     }
 }
 
@@ -135,7 +142,8 @@ pub fn complete_msg(task_id: TaskId, result: &TaskResult, format: Option<&str>) 
     })
 }
 
-fn failed_msg(task_id: TaskId, code: &str, message: &str) -> ServerMessage {
+/// The `error` message for a failed task.
+pub fn failed_msg(task_id: TaskId, code: &str, message: &str) -> ServerMessage {
     let code = serde_json::from_value(serde_json::Value::String(code.into()))
         .unwrap_or(ErrorCode::Internal);
     ProtocolError::new(code, message)

@@ -70,6 +70,8 @@ pub struct Connection {
     live: Option<live::LiveStream>,
     /// `audio_segment` tasks in progress, by task.
     segments: HashMap<TaskId, segments::SegmentTask>,
+    /// Tasks this connection relays to its client, so each is followed once.
+    followers: HashMap<TaskId, tokio::task::JoinHandle<()>>,
 }
 
 /// An upload receiving data on this connection.
@@ -107,6 +109,7 @@ pub async fn run<S, E>(
         uploads: HashMap::new(),
         live: None,
         segments: HashMap::new(),
+        followers: HashMap::new(),
     };
     let span = tracing::info_span!("conn", id = %conn.id, %peer);
     let _enter = span.enter();

@@ -7,11 +7,13 @@
 
 use bytes::Bytes;
 
+use super::follow::{complete_msg, failed_msg};
 use super::{ActiveUpload, Connection, Flow, MAX_PENDING_CHUNKS};
 use crate::protocol::message::{
     ChunkReceived, UploadChunk, UploadComplete, UploadMode, UploadReady, UploadRequest,
 };
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
+use crate::tasks::TaskState;
 use crate::upload::plan::Insert;
 use crate::upload::store::{NewUpload, Progress, StoreError, UploadStatus, UploadStore};
 
@@ -87,11 +89,14 @@ impl Connection {
             ..
         } = chunk;
         self.ensure_slot(task_id).await?;
-        let (insert, progress) = blocking(self, Some(task_id), move |s| {
+        let stored = blocking(self, Some(task_id), move |s| {
             s.put_chunk(task_id, chunk_index, &data)
         })
-        .await
-        .map_err(|e| e.with_chunk(chunk_index))?;
+        .await;
+        let (insert, progress) = stored.map_err(|e| {
+            self.release_if_gone(task_id, &e);
+            e.with_chunk(chunk_index)
+        })?;
         let reply = match insert {
             Insert::Duplicate => ChunkReceived::duplicate(task_id, chunk_index),
             Insert::New => ChunkReceived::stored(task_id, chunk_index, progress.progress),
@@ -111,11 +116,14 @@ impl Connection {
         payload: Bytes,
     ) -> Result<(), ProtocolError> {
         self.ensure_slot(task_id).await?;
-        let insert = blocking(self, Some(task_id), move |s| {
+        let written = blocking(self, Some(task_id), move |s| {
             s.write_chunk(task_id, index, &payload)
         })
-        .await
-        .map_err(|e| e.with_chunk(index))?;
+        .await;
+        let insert = written.map_err(|e| {
+            self.release_if_gone(task_id, &e);
+            e.with_chunk(index)
+        })?;
         let upload = self.uploads.get_mut(&task_id).expect("slot ensured above");
         if insert == Insert::New {
             upload.pending += 1;
@@ -158,10 +166,20 @@ impl Connection {
     }
 
     /// Makes sure this connection holds an upload slot for the task (after a reconnect the
-    /// client may send chunks straight away).
+    /// client may send chunks straight away). The upload must exist and still be receiving:
+    /// a chunk for an unknown or finished upload is refused without taking a slot, so stray
+    /// chunks can neither use up the server's upload slots nor be answered `busy`.
     async fn ensure_slot(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
         if self.uploads.contains_key(&task_id) {
             return Ok(());
+        }
+        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id)).await?;
+        if meta.status != UploadStatus::Uploading {
+            return Err(ProtocolError::new(
+                ErrorCode::NotReady,
+                "this upload already has all its chunks; get_result or upload_resume",
+            )
+            .with_task(task_id));
         }
         let permit = self.upload_slot()?;
         self.uploads.insert(
@@ -172,6 +190,15 @@ impl Connection {
             },
         );
         Ok(())
+    }
+
+    /// Gives the slot back when a chunk shows the upload is gone or no longer receiving
+    /// (completed from another connection, expired).
+    fn release_if_gone(&mut self, task_id: TaskId, err: &ProtocolError) {
+        let gone = matches!(err.code, ErrorCode::SessionNotFound | ErrorCode::NotReady);
+        if gone && self.uploads.get(&task_id).is_some_and(|u| u.pending == 0) {
+            self.uploads.remove(&task_id);
+        }
     }
 
     /// All chunks are in: verify, announce, transcribe, follow.
@@ -198,50 +225,101 @@ impl Connection {
             }
             Err(e) => return Err(e),
         };
+        let known = self.state.tasks.snapshot(&task_id.to_string()).is_some();
         match meta.status {
-            UploadStatus::Uploading => {
-                self.ensure_slot(task_id).await?;
-                let p = blocking(self, Some(task_id), move |s| {
-                    s.progress(task_id, MAX_MISSING_LISTED)
-                })
-                .await?;
-                self.send(ServerMessage::UploadReady(UploadReady {
-                    task_id,
-                    message: "resume: send the missing chunks".into(),
-                    chunk_window: Some(self.state.limits().chunk_window),
-                    missing_chunks: Some(p.missing),
-                    received_chunks: Some(p.received_chunks),
-                    total_chunks: Some(p.total_chunks),
-                }))
-                .await
+            UploadStatus::Uploading => self.resume_upload(task_id).await,
+            _ if known => {
+                self.follow(task_id, meta.options.format);
+                Ok(())
             }
-            UploadStatus::Uploaded if self.state.tasks.snapshot(&task_id.to_string()).is_none() => {
+            UploadStatus::Uploaded => {
                 let path = blocking(self, Some(task_id), move |s| s.audio_path(task_id)).await?;
                 crate::server::batch::start(&self.state, task_id, path, meta.options.clone());
                 self.follow(task_id, meta.options.format);
                 Ok(())
             }
-            _ => {
-                self.follow(task_id, meta.options.format);
-                Ok(())
-            }
+            // Finished long ago (result swept) or failed before a restart.
+            _ => self.get_result(task_id).await,
         }
     }
 
-    pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
-        if self.state.tasks.snapshot(&task_id.to_string()).is_none() {
-            return Err(ProtocolError::new(
-                ErrorCode::SessionNotFound,
-                "no such task (or it expired)",
-            )
-            .with_task(task_id));
+    /// Lists what an interrupted upload still needs. When nothing is missing (the connection
+    /// or the server went down between the last chunk and the verification) it finalises now,
+    /// as `docs/PROTOCOL.md` §6 promises; otherwise the client would wait forever.
+    async fn resume_upload(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        self.ensure_slot(task_id).await?;
+        let p = blocking(self, Some(task_id), move |s| {
+            s.progress(task_id, MAX_MISSING_LISTED)
+        })
+        .await?;
+        self.send(ServerMessage::UploadReady(UploadReady {
+            task_id,
+            message: "resume: send the missing chunks".into(),
+            chunk_window: Some(self.state.limits().chunk_window),
+            missing_chunks: Some(p.missing),
+            received_chunks: Some(p.received_chunks),
+            total_chunks: Some(p.total_chunks),
+        }))
+        .await?;
+        if p.complete {
+            return self.complete(task_id).await;
         }
-        let format = blocking(self, Some(task_id), move |s| s.meta(task_id))
-            .await
-            .ok()
-            .and_then(|m| m.options.format);
-        self.follow(task_id, format);
         Ok(())
+    }
+
+    /// `get_result`: the stored result or failure, else `not_ready` while the task is still
+    /// uploading or transcribing (`docs/PROTOCOL.md` §7). Answered inline, so a client that
+    /// asks faster than it reads is slowed down by its own socket instead of piling up work.
+    pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        if let Some(snap) = self.state.tasks.snapshot(&task_id.to_string()) {
+            return match snap.state {
+                TaskState::Done(result) => {
+                    let format = blocking(self, Some(task_id), move |s| s.meta(task_id))
+                        .await
+                        .ok()
+                        .and_then(|m| m.options.format);
+                    self.send(complete_msg(task_id, &result, format.as_deref()))
+                        .await
+                }
+                TaskState::Failed { code, message } => {
+                    self.send(failed_msg(task_id, &code, &message)).await
+                }
+                TaskState::Queued | TaskState::Running { .. } => Err(not_ready(
+                    task_id,
+                    "still transcribing; upload_resume follows the progress",
+                )),
+            };
+        }
+        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id))
+            .await
+            .map_err(|e| match e.code {
+                ErrorCode::SessionNotFound => {
+                    ProtocolError::new(ErrorCode::SessionNotFound, "no such task (or it expired)")
+                        .with_task(task_id)
+                }
+                _ => e,
+            })?;
+        Err(match meta.status {
+            UploadStatus::Uploading if meta.error.is_some() => ProtocolError::new(
+                ErrorCode::FileHashMismatch,
+                "the uploaded file does not match its hash; upload it again",
+            )
+            .with_task(task_id),
+            UploadStatus::Uploading => not_ready(
+                task_id,
+                "the upload is incomplete; upload_resume lists the missing chunks",
+            ),
+            UploadStatus::Uploaded | UploadStatus::Transcribing => {
+                not_ready(task_id, "waiting to be transcribed")
+            }
+            UploadStatus::Failed => {
+                ProtocolError::new(ErrorCode::Internal, "transcription failed").with_task(task_id)
+            }
+            UploadStatus::Done => {
+                ProtocolError::new(ErrorCode::SessionNotFound, "the result has expired")
+                    .with_task(task_id)
+            }
+        })
     }
 
     pub(super) async fn send(&self, msg: ServerMessage) -> Result<(), ProtocolError> {
@@ -250,6 +328,15 @@ impl Connection {
             .await
             .map_err(|_| ProtocolError::new(ErrorCode::Internal, "connection closed"))
     }
+}
+
+/// How long a client is asked to wait before asking for a result again.
+const RESULT_RETRY_MS: u64 = 2_000;
+
+fn not_ready(task_id: TaskId, message: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::NotReady, message)
+        .with_task(task_id)
+        .with_retry_after_ms(RESULT_RETRY_MS)
 }
 
 fn ready(task_id: TaskId, req: &UploadRequest, window: Option<u32>) -> ServerMessage {
