@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::upload::{self, UploadEvent, UploadOptions, UploadOutcome, UploadProtocol};
 use crate::format::{render, OutputFormat};
+use crate::protocol::TaskId;
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {
@@ -41,6 +42,13 @@ pub struct UploadArgs {
     /// Print a JSON summary (ids, sizes, timings, text, segments) instead of the transcript.
     #[arg(long)]
     pub json: bool,
+    /// Continue an earlier upload of the same file (its task id) instead of starting anew.
+    #[arg(long, value_name = "TASK_ID", value_parser = parse_task_id)]
+    pub resume: Option<TaskId>,
+}
+
+fn parse_task_id(s: &str) -> Result<TaskId, String> {
+    TaskId::parse(s).map_err(|_| format!("{s:?} is not a task id (a UUID)"))
 }
 
 pub fn run(args: UploadArgs) -> Result<()> {
@@ -55,10 +63,14 @@ pub fn run(args: UploadArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let mut progress = Progress::default();
+    let on_event = |e: UploadEvent<'_>| progress.on_event(e);
     let outcome = runtime
-        .block_on(upload::upload(&args.url, &args.file, &options, |e| {
-            progress.on_event(e)
-        }))
+        .block_on(async {
+            match args.resume {
+                Some(id) => upload::resume(&args.url, id, &args.file, &options, on_event).await,
+                None => upload::upload(&args.url, &args.file, &options, on_event).await,
+            }
+        })
         .with_context(|| format!("uploading {}", args.file.display()));
     progress.clear();
     let outcome = outcome?;

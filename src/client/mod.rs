@@ -91,13 +91,22 @@ pub enum ClientError {
     #[error("{0}")]
     InvalidOptions(String),
     /// Every reconnect attempt failed.
-    #[error("gave up after {attempts} attempts; last error: {last}")]
+    #[error("gave up after {attempts} attempts{}; last error: {last}", resumable(.task_id))]
     GaveUp {
         /// Attempts made (the first connection included).
         attempts: u32,
+        /// The upload, when the server had accepted it: it can be resumed later.
+        task_id: Option<crate::protocol::TaskId>,
         /// The error of the last attempt.
         last: Box<ClientError>,
     },
+}
+
+fn resumable(task_id: &Option<crate::protocol::TaskId>) -> String {
+    match task_id {
+        Some(id) => format!(" (the server keeps upload {id}; it can be resumed)"),
+        None => String::new(),
+    }
 }
 
 fn reason_suffix(reason: &str) -> String {
@@ -198,6 +207,7 @@ mod tests {
     fn messages_are_one_line() {
         let e = ClientError::GaveUp {
             attempts: 9,
+            task_id: None,
             last: Box::new(ClientError::Connect {
                 url: "ws://127.0.0.1:1/".into(),
                 reason: "connection refused".into(),

@@ -184,6 +184,28 @@ pub async fn upload(
     url: &str,
     path: &Path,
     options: &UploadOptions,
+    on_event: impl FnMut(UploadEvent<'_>),
+) -> Result<UploadOutcome, ClientError> {
+    run(url, path, None, options, on_event).await
+}
+
+/// Continues an earlier upload of `path` (e.g. one that gave up) by its `task_id`: sends only
+/// what the server is missing, or just follows the result if the upload was complete.
+pub async fn resume(
+    url: &str,
+    task_id: TaskId,
+    path: &Path,
+    options: &UploadOptions,
+    on_event: impl FnMut(UploadEvent<'_>),
+) -> Result<UploadOutcome, ClientError> {
+    run(url, path, Some(task_id), options, on_event).await
+}
+
+async fn run(
+    url: &str,
+    path: &Path,
+    task_id: Option<TaskId>,
+    options: &UploadOptions,
     mut on_event: impl FnMut(UploadEvent<'_>),
 ) -> Result<UploadOutcome, ClientError> {
     let digest = hash_file(path).await?;
@@ -197,6 +219,10 @@ pub async fn upload(
         file_bytes: digest.size,
     });
     let mut job = Job::new(url, path, options, digest);
+    if task_id.is_some() {
+        job.task_id = task_id;
+        job.accepted_at = Some(Instant::now());
+    }
     let mut backoff = Backoff::new(options.backoff);
     let mut failures = 0u32;
     loop {
@@ -214,6 +240,7 @@ pub async fn upload(
         if failures > options.max_retries {
             return Err(ClientError::GaveUp {
                 attempts: failures,
+                task_id: job.task_id,
                 last: Box::new(err),
             });
         }
