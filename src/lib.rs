@@ -11,11 +11,13 @@
 //! - [`upload`]: resumable uploads: chunk bookkeeping and durable on-disk sessions.
 //! - [`live`]: the commit policy that turns a live stream into partials and final segments.
 //! - [`tasks`]: progress and results of every task, for any connection to follow.
+//! - [`client`]: WebSocket clients for the server (resumable uploads, live streams).
 //!
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
 pub mod audio;
 pub mod cli;
+pub mod client;
 pub mod eval;
 pub mod format;
 pub mod inference;

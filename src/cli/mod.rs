@@ -2,7 +2,9 @@
 //! library; errors get context here (anyhow) and become a one-line reason with a non-zero exit.
 
 mod serve;
+mod stream;
 mod transcribe;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,10 @@ pub enum Command {
     Transcribe(transcribe::TranscribeArgs),
     /// Fetch a Whisper model by name into the models directory (verified).
     FetchModel(FetchModelArgs),
+    /// Upload a file to a running server (resumable) and print its transcript.
+    Upload(upload::UploadArgs),
+    /// Stream audio to a running server live; print segments as they become final.
+    Stream(stream::StreamArgs),
 }
 
 /// `earshot fetch-model`.
@@ -52,6 +58,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Transcribe(args) => transcribe::run(args),
         Command::FetchModel(args) => fetch_model(args),
+        Command::Upload(args) => upload::run(args),
+        Command::Stream(args) => stream::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
