@@ -190,6 +190,10 @@ async fn a_cut_connection_is_resumed_and_only_the_missing_chunks_are_resent() {
     );
     assert!(!reconnecting.is_empty() && resumed, "{reconnecting:?}");
     assert!(outcome.reconnects >= 1);
+    eprintln!(
+        "bytes sent per connection: {:?}",
+        outcome.sent_per_connection
+    );
     let after = *outcome.sent_per_connection.last().unwrap();
     assert!(
         after < size,
@@ -394,5 +398,58 @@ async fn cli_upload_prints_a_json_summary() {
     assert!(out.stdout.is_empty());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("chunk_size"), "{stderr}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_is_retried_after_the_wait_it_asks_for() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start_with(|c| c.max_uploads = 1).await;
+    // Another client holds the only upload slot.
+    let (mut hog, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let _connected = hog.next().await.unwrap().unwrap();
+    let request = serde_json::json!({"type": "upload_request", "data": {
+        "file_name": "x.wav", "file_size": 10, "file_hash": "00000000000000000000000000000000",
+        "chunk_size": 10, "total_chunks": 1, "upload_mode": "chunked"}});
+    hog.send(Message::text(request.to_string())).await.unwrap();
+    let ready = hog.next().await.unwrap().unwrap();
+    assert!(
+        ready.to_text().unwrap().contains("upload_ready"),
+        "{ready:?}"
+    );
+
+    let mut hog = Some(hog);
+    let mut busy = 0;
+    let file = common::corpus_file("en_jfk.mp3");
+    let outcome = upload::upload(&server.url(), &file, &UploadOptions::default(), |e| {
+        if let UploadEvent::Reconnecting {
+            error:
+                ClientError::Server {
+                    code: ErrorCode::Busy,
+                    retry_after_ms: Some(ms),
+                    ..
+                },
+            delay,
+            ..
+        } = e
+        {
+            assert_eq!(
+                delay,
+                Duration::from_millis(*ms),
+                "the server's wait is used"
+            );
+            busy += 1;
+            // The other client leaves while we wait: its slot frees up.
+            drop(hog.take());
+        }
+    })
+    .await
+    .expect("the upload goes through once the slot is free");
+    assert_eq!(busy, 1);
+    assert_wer("en_jfk.mp3", &outcome.result.text);
     server.shutdown().await;
 }

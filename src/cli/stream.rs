@@ -103,6 +103,9 @@ impl LiveView {
 
     fn on_event(&mut self, event: StreamEvent<'_>) {
         match event {
+            StreamEvent::Partial { text, .. } if self.tty && text.trim().is_empty() => {
+                self.clear_partial();
+            }
             StreamEvent::Partial { text, .. } if self.tty => {
                 let text = tail(text.trim(), PARTIAL_CHARS);
                 eprint!("\r\x1b[2K\x1b[2m{text}\x1b[0m");
