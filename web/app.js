@@ -33,7 +33,7 @@ const ui = {
 };
 
 /** Counters the browser tests read (window.earshotStats). */
-const stats = { connections: 0, chunksSent: 0, resumes: 0, uploadsStarted: 0 };
+const stats = { connections: 0, chunksSent: 0, resumes: 0, uploadsStarted: 0, missingAtResume: null, sentSinceResume: 0 };
 window.earshotStats = stats;
 
 function positiveInt(s) {
@@ -226,6 +226,7 @@ function onComplete(d) {
   transcript.duration = d.duration;
   transcript.done = true;
   drawTranscript();
+  ui.lag.hidden = true;
   setState(`Done · ${d.language} · ${formatDuration(d.duration)} of audio`);
   if (upload && d.task_id === upload.taskId) {
     ui.progress.value = 100;
@@ -478,6 +479,8 @@ function onUploadReady(d) {
     upload.through = upload.resend.length ? upload.resend[0] : upload.total;
     upload.moreMissing = upload.received + upload.resend.length < upload.total;
     upload.resumeTarget = upload.received + upload.resend.length;
+    stats.missingAtResume = d.missing_chunks.length;
+    stats.sentSinceResume = 0;
   }
   saveUpload();
   ui.progress.value = (upload.received / upload.total) * 100;
@@ -517,6 +520,7 @@ async function pump() {
       if (generation !== conn.generation || !conn.open || upload !== u) break;
       conn.ws.send(chunkFrame(u.taskId, index, payload));
       stats.chunksSent++;
+      stats.sentSinceResume++;
       if (u.resend.length && u.resend[0] === index) u.resend.shift();
       else u.next++;
     }

@@ -117,8 +117,10 @@ mod tests {
     #[test]
     fn the_page_loads_nothing_from_other_hosts() {
         for asset in ASSETS.iter().chain([&INDEX]) {
+            // An XML namespace name is an identifier, never fetched.
+            let body = asset.body.replace("http://www.w3.org/2000/svg", "");
             assert!(
-                !asset.body.contains("http://") && !asset.body.contains("https://"),
+                !body.contains("http://") && !body.contains("https://"),
                 "{} refers to another host",
                 asset.path
             );
