@@ -117,7 +117,7 @@ function connectionLost() {
   if (upload && !upload.uploaded) {
     upload.sending = false;
     upload.awaitingReady = false;
-    showUploadStats("Connection lost — will resume automatically…");
+    showUploadStats(`Connection lost — ${Math.floor(ui.progress.value)}% is safe on the server; resuming automatically…`);
   }
 }
 

@@ -8,7 +8,8 @@
 //   upload  file=PATH [screenshot=PNG]                 file chosen through the file picker
 //   resume  file=PATH drop_after=BYTES [chunk_size=N] [screenshot=PNG]
 //           the page goes through a TCP proxy that cuts its first WebSocket once after
-//           BYTES bytes from the browser; the upload must resume and finish
+//           BYTES bytes from the browser and refuses connections for 3 s (screenshot taken
+//           then; the finished page goes to *-done.png); the upload must resume and finish
 //   hashes                                             checks web/hash.js and web/formats.js in Node
 //
 // The browser's console and errors go to stderr, so a failing test shows them.
@@ -128,7 +129,7 @@ async function micScenario() {
   }
 }
 
-async function uploadScenario(pageUrl = url, after = async () => {}) {
+async function uploadScenario(pageUrl = url, after = async () => {}, shot = opts.screenshot) {
   const { page, close } = await launch();
   try {
     await page.goto(pageUrl);
@@ -142,7 +143,7 @@ async function uploadScenario(pageUrl = url, after = async () => {}) {
     if (state.text) {
       for (const format of ["txt", "srt", "vtt", "json"]) downloads[format] = await downloadText(page, format);
     }
-    if (opts.screenshot) await page.screenshot({ path: opts.screenshot, fullPage: true });
+    if (shot) await page.screenshot({ path: shot, fullPage: true });
     return { ...state, downloads };
   } finally {
     await close();
@@ -154,9 +155,16 @@ async function uploadScenario(pageUrl = url, after = async () => {}) {
  * (both sides destroyed, as a network failure) once the browser has sent `dropAfter` bytes
  * on it; everything else passes untouched.
  */
-function startProxy(target, dropAfter) {
-  const report = { websockets: 0, cut: false, bytesBeforeCut: 0 };
+function startProxy(target, dropAfter, holdMs) {
+  const report = { websockets: 0, cut: false, bytesBeforeCut: 0, refused: 0 };
+  let cutAt = 0;
   const server = net.createServer((client) => {
+    if (report.cut && Date.now() - cutAt < holdMs) {
+      // The network stays down a moment, so the page shows the lost connection.
+      report.refused++;
+      client.resetAndDestroy();
+      return;
+    }
     const upstream = net.connect(target.port, target.hostname);
     let isFirstWs = false;
     let sent = 0;
@@ -173,6 +181,7 @@ function startProxy(target, dropAfter) {
         sent += chunk.length;
         if (sent > dropAfter) {
           report.cut = true;
+          cutAt = Date.now();
           report.bytesBeforeCut = sent;
           client.resetAndDestroy();
           upstream.destroy();
@@ -195,11 +204,19 @@ function startProxy(target, dropAfter) {
 
 async function resumeScenario() {
   const target = new URL(url);
-  const proxy = await startProxy(target, Number(opts.drop_after));
+  const proxy = await startProxy(target, Number(opts.drop_after), 3000);
   const chunk = opts.chunk_size ?? "65536";
   const pageUrl = `http://127.0.0.1:${proxy.port}/?chunk_size=${chunk}`;
+  let duringCut = null;
+  const whileCut = async (page) => {
+    await page.waitForFunction(() => document.getElementById("upload-stats").textContent.startsWith("Connection lost"), null, { timeout: 60000 });
+    duringCut = await pageState(page);
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+  };
+  const finalShot = opts.screenshot?.replace(/\.png$/, "-done.png");
   try {
-    const state = await uploadScenario(pageUrl);
+    const state = await uploadScenario(pageUrl, whileCut, finalShot);
+    state.duringCut = duringCut;
     result({ ...state, proxy: proxy.report, chunkSize: Number(chunk) });
   } finally {
     proxy.server.close();
