@@ -7,10 +7,15 @@
 //!                      0     1                        17                 21                      29
 //! 0x02 live audio     [0x02][payload …]                      audio for the connection's open stream
 //! 0x03 live audio     [0x03][task_id: 16 bytes][payload …]   audio for the named stream
+//! 0x04 upload chunk   [0x04][task_id: 16 bytes][chunk_index: u32][crc32(payload): u32][payload …]
+//!                      0     1                        17                 21                 25
 //! ```
 //!
 //! The per-chunk xxh3-64 catches corruption cheaply (GB/s); the whole file is verified by
 //! SHA-256 (`file_sha256`) and/or MD5 (`file_hash`) when the upload is finalised.
+//! Kind `0x04` is the same chunk checked with CRC-32 (IEEE, as zlib) instead: browsers have
+//! neither xxh3 nor 64-bit integer arithmetic, and CRC-32 is a few lines of JavaScript.
+//! Both kinds decode to the same [`ChunkFrame`], so the session does not care which was used.
 //!
 //! Decoding borrows: payloads are slices of the frame, never copies. This module must NOT
 //! know about sessions: whether a task exists or a chunk index is in range is the caller's
@@ -28,16 +33,20 @@ pub const KIND_UPLOAD_CHUNK: u8 = 0x01;
 pub const KIND_AUDIO: u8 = 0x02;
 /// Kind byte of live audio addressed to a stream by id.
 pub const KIND_AUDIO_FOR_TASK: u8 = 0x03;
+/// Kind byte of an upload chunk checked with CRC-32 instead of xxh3 (browser clients).
+pub const KIND_UPLOAD_CHUNK_CRC32: u8 = 0x04;
 
 /// Bytes before the payload in an upload chunk frame.
 pub const UPLOAD_CHUNK_HEADER_LEN: usize = 1 + 16 + 4 + 8;
+/// Bytes before the payload in a CRC-32 upload chunk frame.
+pub const UPLOAD_CHUNK_CRC32_HEADER_LEN: usize = 1 + 16 + 4 + 4;
 /// Bytes before the payload in a `KIND_AUDIO_FOR_TASK` frame.
 pub const AUDIO_FOR_TASK_HEADER_LEN: usize = 1 + 16;
 
 /// A decoded binary frame, borrowing its payload from the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryFrame<'a> {
-    /// One upload chunk; its xxh3 hash has already been verified.
+    /// One upload chunk; its xxh3 hash (or CRC-32) has already been verified.
     UploadChunk(ChunkFrame<'a>),
     /// Live audio bytes in the format announced by `stream_start`.
     Audio(AudioFrame<'a>),
@@ -50,7 +59,7 @@ pub struct ChunkFrame<'a> {
     pub task_id: TaskId,
     /// Which chunk of it.
     pub chunk_index: u32,
-    /// The chunk's bytes (verified against the frame's xxh3-64).
+    /// The chunk's bytes (verified against the frame's xxh3-64 or CRC-32).
     pub payload: &'a [u8],
 }
 
@@ -80,7 +89,7 @@ pub enum BinaryError {
         /// Bytes the header needs (plus one payload byte for chunks).
         need: usize,
     },
-    /// The chunk's payload does not match its xxh3-64.
+    /// The chunk's payload does not match its xxh3-64 (or CRC-32).
     #[error("chunk {chunk_index} does not match its hash; resend it")]
     HashMismatch {
         /// Which upload.
@@ -109,6 +118,7 @@ pub fn decode(frame: &[u8]) -> Result<BinaryFrame<'_>, BinaryError> {
     let (&kind, _) = frame.split_first().ok_or(BinaryError::Empty)?;
     match kind {
         KIND_UPLOAD_CHUNK => decode_chunk(frame).map(BinaryFrame::UploadChunk),
+        KIND_UPLOAD_CHUNK_CRC32 => decode_crc32_chunk(frame).map(BinaryFrame::UploadChunk),
         KIND_AUDIO => Ok(BinaryFrame::Audio(AudioFrame {
             task_id: None,
             payload: &frame[1..],
@@ -132,6 +142,25 @@ fn decode_chunk(frame: &[u8]) -> Result<ChunkFrame<'_>, BinaryError> {
     let hash = u64::from_le_bytes(array_at(frame, 21));
     let payload = &frame[UPLOAD_CHUNK_HEADER_LEN..];
     if xxh3_64(payload) != hash {
+        return Err(BinaryError::HashMismatch {
+            task_id,
+            chunk_index,
+        });
+    }
+    Ok(ChunkFrame {
+        task_id,
+        chunk_index,
+        payload,
+    })
+}
+
+fn decode_crc32_chunk(frame: &[u8]) -> Result<ChunkFrame<'_>, BinaryError> {
+    need(frame, UPLOAD_CHUNK_CRC32_HEADER_LEN + 1)?;
+    let task_id = task_id_at(frame, 1);
+    let chunk_index = u32::from_le_bytes(array_at(frame, 17));
+    let crc = u32::from_le_bytes(array_at(frame, 21));
+    let payload = &frame[UPLOAD_CHUNK_CRC32_HEADER_LEN..];
+    if crc32fast::hash(payload) != crc {
         return Err(BinaryError::HashMismatch {
             task_id,
             chunk_index,
@@ -184,6 +213,17 @@ pub fn upload_chunk_header(
 pub fn encode_upload_chunk(task_id: TaskId, chunk_index: u32, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(UPLOAD_CHUNK_HEADER_LEN + payload.len());
     frame.extend_from_slice(&upload_chunk_header(task_id, chunk_index, payload));
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A whole CRC-32 upload chunk frame (kind `0x04`), as the browser page sends them.
+pub fn encode_upload_chunk_crc32(task_id: TaskId, chunk_index: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(UPLOAD_CHUNK_CRC32_HEADER_LEN + payload.len());
+    frame.push(KIND_UPLOAD_CHUNK_CRC32);
+    frame.extend_from_slice(task_id.as_bytes());
+    frame.extend_from_slice(&chunk_index.to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     frame.extend_from_slice(payload);
     frame
 }
@@ -258,6 +298,62 @@ mod tests {
         assert!(matches!(
             decode(&frame),
             Err(BinaryError::HashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn crc32_chunk_round_trips_like_an_xxh3_chunk() {
+        let id = TaskId::new_v4();
+        let payload: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let frame = encode_upload_chunk_crc32(id, 9, &payload);
+        assert_eq!(frame.len(), UPLOAD_CHUNK_CRC32_HEADER_LEN + payload.len());
+        assert_eq!(frame[0], KIND_UPLOAD_CHUNK_CRC32);
+        assert_eq!(&frame[17..21], &9u32.to_le_bytes());
+        let BinaryFrame::UploadChunk(chunk) = decode(&frame).unwrap() else {
+            panic!("expected a chunk");
+        };
+        assert_eq!((chunk.task_id, chunk.chunk_index), (id, 9));
+        assert_eq!(chunk.payload, &payload[..]);
+        assert!(std::ptr::eq(chunk.payload.as_ptr(), frame[25..].as_ptr()));
+    }
+
+    #[test]
+    fn crc32_is_the_zlib_checksum() {
+        // The well-known check value of CRC-32/ISO-HDLC, the one zlib and JavaScript ports use.
+        let frame = encode_upload_chunk_crc32(TaskId::new_v4(), 0, b"123456789");
+        assert_eq!(&frame[21..25], &0xCBF4_3926u32.to_le_bytes());
+    }
+
+    #[test]
+    fn corrupted_crc32_chunk_is_a_hash_mismatch_naming_the_chunk() {
+        let id = TaskId::new_v4();
+        for flip in [21, 24, 25, 30] {
+            let mut frame = encode_upload_chunk_crc32(id, 4, b"hello world");
+            frame[flip] ^= 0x10;
+            assert_eq!(
+                decode(&frame),
+                Err(BinaryError::HashMismatch {
+                    task_id: id,
+                    chunk_index: 4
+                }),
+                "flipped byte {flip}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_crc32_frames_are_errors() {
+        let frame = encode_upload_chunk_crc32(TaskId::new_v4(), 0, b"");
+        assert_eq!(
+            decode(&frame),
+            Err(BinaryError::TooShort {
+                len: UPLOAD_CHUNK_CRC32_HEADER_LEN,
+                need: UPLOAD_CHUNK_CRC32_HEADER_LEN + 1
+            })
+        );
+        assert!(matches!(
+            decode(&[KIND_UPLOAD_CHUNK_CRC32, 1, 2]),
+            Err(BinaryError::TooShort { len: 3, .. })
         ));
     }
 

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod config;
+mod page;
 mod routes;
 
 use std::future::Future;

@@ -1,4 +1,5 @@
-//! HTTP routes: WebSocket upgrades at `/` and `/ws`, `GET /healthz`.
+//! HTTP routes: WebSocket upgrades at `/` and `/ws` (plain `GET /` serves the web page),
+//! `GET /healthz`.
 //!
 //! Upgrades are configured here (message cap, buffer sizes) and handed to
 //! [`crate::session::run`]; the connection cap is enforced before any session state exists.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 
@@ -28,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(upgrade_or_hello))
         .route("/ws", get(upgrade_or_hello))
         .route("/healthz", get(healthz))
+        .merge(super::page::router())
         .with_state(state)
 }
 
@@ -48,8 +50,7 @@ async fn upgrade_or_hello(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
-        return "Earshot speech transcription server: connect a WebSocket client here.\n"
-            .into_response();
+        return super::page::index();
     };
     let cap = state.config.max_message_bytes.as_u64() as usize;
     ws.max_message_size(cap)

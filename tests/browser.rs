@@ -1,0 +1,255 @@
+//! The web page in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`
+//! from tests/browser/): a fake microphone fed from a corpus WAV, an upload through the file
+//! picker, and an upload whose connection is cut half way and must resume.
+//!
+//! Each test starts the real server in-process and runs `node tests/browser/run.mjs URL
+//! SCENARIO …`, which prints `RESULT {json}` with what the page showed. Screenshots go to
+//! `$EARSHOT_SCREENSHOT_DIR` when set (the ones in docs/ were made that way), else to a temp dir.
+//!
+//! Set-up: `apt-get install chromium` and `(cd tests/browser && npm ci)`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::server::TestServer;
+use serde_json::Value;
+
+/// One Chromium at a time: they are heavy, and the machine also runs the model.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Largest word error rate accepted for the tiny.en model on these clean recordings.
+const MAX_WER: f64 = 0.25;
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Panics with the set-up step when the browser or the driver is missing.
+fn check_setup() {
+    assert!(
+        Path::new("/usr/bin/chromium").is_file(),
+        "/usr/bin/chromium is missing: apt-get install chromium chromium-driver"
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run (cd tests/browser && npm ci)"
+    );
+}
+
+/// Where a scenario's screenshot goes.
+fn screenshot(name: &str, keep: &tempfile::TempDir) -> String {
+    let dir = std::env::var_os("EARSHOT_SCREENSHOT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| keep.path().to_path_buf());
+    dir.join(name).display().to_string()
+}
+
+/// Runs one scenario of run.mjs against `server` and returns its RESULT object.
+async fn run(server: &TestServer, scenario: &str, args: &[String]) -> Value {
+    let url = format!("http://{}/", server.addr);
+    let output = tokio::process::Command::new("node")
+        .arg("run.mjs")
+        .arg(&url)
+        .arg(scenario)
+        .args(args)
+        .current_dir(browser_dir())
+        // Never fetch a browser: the test uses the system's Chromium.
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs (apt-get install nodejs)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "run.mjs {scenario} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("run.mjs {scenario} printed no RESULT:\n{stdout}\n{stderr}"));
+    serde_json::from_str(line).expect("RESULT is JSON")
+}
+
+fn text(result: &Value, pointer: &str) -> String {
+    result
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no {pointer} in {result}"))
+        .to_string()
+}
+
+fn number(result: &Value, pointer: &str) -> u64 {
+    result
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no {pointer} in {result}"))
+}
+
+fn assert_transcript(result: &Value, file: &str) -> String {
+    let heard = text(result, "/text");
+    let wer = earshot::eval::wer(&common::reference(file), &heard);
+    assert!(wer <= MAX_WER, "WER {wer:.3} for {file}: {heard:?}");
+    assert!(
+        text(result, "/state").starts_with("Done"),
+        "page state: {result}"
+    );
+    assert_eq!(text(result, "/alert"), "", "the page showed an error");
+    heard
+}
+
+/// The downloads rendered by the page hold the transcript the page shows.
+fn assert_downloads(result: &Value, heard: &str) {
+    assert_eq!(text(result, "/downloads/txt/body"), format!("{heard}\n"));
+    let srt = text(result, "/downloads/srt/body");
+    assert!(srt.starts_with("1\n00:00:"), "SRT: {srt:?}");
+    assert!(srt.contains(" --> "), "SRT: {srt:?}");
+    let vtt = text(result, "/downloads/vtt/body");
+    assert!(vtt.starts_with("WEBVTT\n\n00:00:"), "VTT: {vtt:?}");
+    let json: Value = serde_json::from_str(&text(result, "/downloads/json/body")).unwrap();
+    assert_eq!(json["text"], heard);
+    assert!(!json["segments"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_checksums_and_formats_match_references() {
+    check_setup();
+    let server = TestServer::start().await;
+    let result = run(&server, "hashes", &[]).await;
+    assert_eq!(result["failures"], serde_json::json!([]), "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_is_served_at_root_and_the_websocket_still_upgrades_there() {
+    let server = TestServer::start().await;
+    let body = get(server.addr, "/").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("text/html"), "{body}");
+    assert!(body.contains("<title>Earshot"), "{body}");
+    let js = get(server.addr, "/app.js").await;
+    assert!(js.contains("text/javascript"), "{js}");
+    let missing = get(server.addr, "/nope.js").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .expect("the upgrade on / still works");
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"connected\""));
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response as text.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_microphone_speaking_jfk_is_transcribed_live() {
+    check_setup();
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start().await;
+    let shots = tempfile::tempdir().unwrap();
+    // Chromium refuses a capture file path containing "..".
+    let wav = common::corpus_file("en_jfk.wav").canonicalize().unwrap();
+    let result = run(
+        &server,
+        "mic",
+        &[
+            format!("wav={}", wav.display()),
+            // The recording lasts 11 s; Chromium starts it when the microphone opens.
+            "seconds=12.5".into(),
+            format!("screenshot={}", screenshot("page-mic.png", &shots)),
+        ],
+    )
+    .await;
+    let heard = assert_transcript(&result, "en_jfk.wav");
+    assert_eq!(text(&result, "/txt/body"), format!("{heard}\n"));
+    assert!(
+        text(&result, "/txt/name").starts_with("earshot-live-"),
+        "{result}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_chosen_in_the_page_is_uploaded_and_transcribed() {
+    check_setup();
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start().await;
+    let shots = tempfile::tempdir().unwrap();
+    let file = "en_harvard_birch_canoe.wav";
+    let result = run(
+        &server,
+        "upload",
+        &[
+            format!("file={}", common::corpus_file(file).display()),
+            format!("screenshot={}", screenshot("page-upload.png", &shots)),
+        ],
+    )
+    .await;
+    let heard = assert_transcript(&result, file);
+    assert_downloads(&result, &heard);
+    assert_eq!(number(&result, "/stats/uploadsStarted"), 1);
+    assert!(result["saved"].is_null(), "a finished upload is forgotten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
+    check_setup();
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start().await;
+    let shots = tempfile::tempdir().unwrap();
+    let file = "en_jfk_44k_stereo.flac";
+    let path = common::corpus_file(file);
+    let size = std::fs::metadata(&path).unwrap().len();
+    // Small chunks: the window (16) then covers less than half the file, so the page must
+    // have had acks, and the server kept chunks, before the cut.
+    let chunk_size = 32 * 1024;
+    let total = size.div_ceil(chunk_size);
+    assert!(total > 4, "the file must span several chunks");
+    let result = run(
+        &server,
+        "resume",
+        &[
+            format!("file={}", path.display()),
+            format!("chunk_size={chunk_size}"),
+            // The proxy cuts the WebSocket once the browser has sent about 60% of the file.
+            format!("drop_after={}", size * 3 / 5),
+            format!("screenshot={}", screenshot("page-resume.png", &shots)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        result["proxy"]["cut"], true,
+        "the connection was cut: {result}"
+    );
+    let cut = &result["duringCut"];
+    assert!(
+        text(cut, "/upload").starts_with("Connection lost"),
+        "the page said so: {cut}"
+    );
+    assert!(cut["saved"].is_string(), "the upload was remembered: {cut}");
+    let heard = assert_transcript(&result, file);
+    assert_downloads(&result, &heard);
+    assert!(number(&result, "/stats/connections") >= 2, "{result}");
+    assert!(number(&result, "/stats/resumes") >= 1, "{result}");
+    // Resumed, not restarted: one upload_request, and after the resume exactly the chunks
+    // the server said it lacked.
+    assert_eq!(number(&result, "/stats/uploadsStarted"), 1, "{result}");
+    let missing = number(&result, "/stats/missingAtResume");
+    assert!(missing < total, "the server kept some chunks: {result}");
+    assert_eq!(
+        number(&result, "/stats/sentSinceResume"),
+        missing,
+        "{result}"
+    );
+}

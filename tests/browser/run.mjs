@@ -1,0 +1,266 @@
+// Drives the Earshot page in Debian's headless Chromium (never a downloaded browser) for
+// tests/browser.rs, and prints one line `RESULT {json}` with what the page showed.
+//
+//   node run.mjs URL SCENARIO [key=value …]
+//
+// Scenarios:
+//   mic     wav=PATH [seconds=12.5] [screenshot=PNG]   fake microphone fed from a WAV file
+//   upload  file=PATH [screenshot=PNG]                 file chosen through the file picker
+//   resume  file=PATH drop_after=BYTES [chunk_size=N] [screenshot=PNG]
+//           the page goes through a TCP proxy that cuts its first WebSocket once after
+//           BYTES bytes from the browser and refuses connections for 3 s (screenshot taken
+//           then; the finished page goes to *-done.png); the upload must resume and finish
+//   hashes                                             checks web/hash.js and web/formats.js in Node
+//
+// The browser's console and errors go to stderr, so a failing test shows them.
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const [url, scenario, ...rest] = process.argv.slice(2);
+const opts = Object.fromEntries(rest.map((kv) => {
+  const at = kv.indexOf("=");
+  return [kv.slice(0, at), kv.slice(at + 1)];
+}));
+/** Longest the page may take to show a finished transcript (a hang guard, not a speed test). */
+const DONE_TIMEOUT_MS = Number(opts.timeout_ms ?? 300000);
+
+if (!url || !scenario) {
+  console.error("usage: node run.mjs URL SCENARIO [key=value …]");
+  process.exit(2);
+}
+
+function result(data) {
+  console.log("RESULT " + JSON.stringify(data));
+}
+
+async function launch(extraArgs = []) {
+  // Imported here so the Node-only scenario needs no browser package.
+  const { chromium } = await import("playwright-core");
+  const userDataDir = mkdtempSync(path.join(os.tmpdir(), "earshot-chromium-"));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    viewport: { width: 1100, height: 820 },
+    acceptDownloads: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required",
+      ...extraArgs,
+    ],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on("console", (m) => console.error(`[page ${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
+  const close = async () => {
+    await context.close();
+    rmSync(userDataDir, { recursive: true, force: true });
+  };
+  return { context, page, close };
+}
+
+async function waitConnected(page) {
+  await page.waitForFunction(() => document.getElementById("conn").textContent.startsWith("Connected"), null, { timeout: 60000 });
+}
+
+async function waitDone(page) {
+  await page.waitForFunction(() => document.getElementById("transcript-state").textContent.startsWith("Done"), null, { timeout: DONE_TIMEOUT_MS, polling: 250 });
+}
+
+/** What the page shows: the transcript's text and state, the alert, the counters. */
+async function pageState(page) {
+  return page.evaluate(() => ({
+    text: [...document.querySelectorAll("#transcript li:not(.partial) span")].map((s) => s.textContent).join(" "),
+    state: document.getElementById("transcript-state").textContent,
+    alert: document.getElementById("alert").hidden ? "" : document.getElementById("alert").textContent,
+    upload: document.getElementById("upload-stats").textContent,
+    stats: window.earshotStats,
+    saved: localStorage.getItem("earshot.upload"),
+  }));
+}
+
+/** Clicks a download button and returns the file's text. */
+async function downloadText(page, format) {
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.click(`.downloads button[data-format="${format}"]`),
+  ]);
+  const file = await download.path();
+  return { name: download.suggestedFilename(), body: readFileSync(file, "utf8") };
+}
+
+async function micScenario() {
+  const wav = opts.wav;
+  const { page, close } = await launch([
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    `--use-file-for-fake-audio-capture=${wav}%noloop`,
+  ]);
+  try {
+    await page.goto(url);
+    await waitConnected(page);
+    await page.click("#mic");
+    const partials = [];
+    // Record each partial the page shows, to prove text appears before the stream ends.
+    await page.exposeFunction("notePartial", (t) => partials.push(t));
+    await page.evaluate(() => {
+      new MutationObserver(() => {
+        const p = document.querySelector("#transcript li.partial span");
+        if (p) window.notePartial(p.textContent);
+      }).observe(document.getElementById("transcript"), { childList: true, subtree: true });
+    });
+    await page.waitForTimeout(Number(opts.seconds ?? 12.5) * 1000);
+    const duringStream = await pageState(page);
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot.replace(/\.png$/, "-live.png") });
+    await page.click("#mic");
+    await waitDone(page);
+    const state = await pageState(page);
+    console.error("page after the stream:", JSON.stringify(state));
+    const txt = state.text ? await downloadText(page, "txt") : null;
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot, fullPage: true });
+    result({ ...state, partials: partials.length, textDuringStream: duringStream.text, txt });
+  } finally {
+    await close();
+  }
+}
+
+async function uploadScenario(pageUrl = url, after = async () => {}, shot = opts.screenshot) {
+  const { page, close } = await launch();
+  try {
+    await page.goto(pageUrl);
+    await waitConnected(page);
+    await page.setInputFiles("#file", opts.file);
+    await after(page);
+    await waitDone(page);
+    const state = await pageState(page);
+    console.error("page after the upload:", JSON.stringify(state));
+    const downloads = {};
+    if (state.text) {
+      for (const format of ["txt", "srt", "vtt", "json"]) downloads[format] = await downloadText(page, format);
+    }
+    if (shot) await page.screenshot({ path: shot, fullPage: true });
+    return { ...state, downloads };
+  } finally {
+    await close();
+  }
+}
+
+/**
+ * A TCP proxy in front of the server. The first WebSocket connection through it is cut
+ * (both sides destroyed, as a network failure) once the browser has sent `dropAfter` bytes
+ * on it; everything else passes untouched.
+ */
+function startProxy(target, dropAfter, holdMs) {
+  const report = { websockets: 0, cut: false, bytesBeforeCut: 0, refused: 0 };
+  let cutAt = 0;
+  const server = net.createServer((client) => {
+    if (report.cut && Date.now() - cutAt < holdMs) {
+      // The network stays down a moment, so the page shows the lost connection.
+      report.refused++;
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(target.port, target.hostname);
+    let isFirstWs = false;
+    let sent = 0;
+    let first = true;
+    client.on("data", (chunk) => {
+      if (first) {
+        first = false;
+        if (/^upgrade:\s*websocket/im.test(chunk.toString("latin1"))) {
+          report.websockets++;
+          isFirstWs = report.websockets === 1;
+        }
+      }
+      if (isFirstWs && !report.cut) {
+        sent += chunk.length;
+        if (sent > dropAfter) {
+          report.cut = true;
+          cutAt = Date.now();
+          report.bytesBeforeCut = sent;
+          client.resetAndDestroy();
+          upstream.destroy();
+          return;
+        }
+      }
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk) => client.write(chunk));
+    const end = () => { client.destroy(); upstream.destroy(); };
+    client.on("close", end);
+    upstream.on("close", end);
+    client.on("error", () => {});
+    upstream.on("error", () => {});
+  });
+  return new Promise((resolve) => {
+    server.listen(0, "127.0.0.1", () => resolve({ server, report, port: server.address().port }));
+  });
+}
+
+async function resumeScenario() {
+  const target = new URL(url);
+  const proxy = await startProxy(target, Number(opts.drop_after), 3000);
+  const chunk = opts.chunk_size ?? "65536";
+  const pageUrl = `http://127.0.0.1:${proxy.port}/?chunk_size=${chunk}`;
+  let duringCut = null;
+  const whileCut = async (page) => {
+    await page.waitForFunction(() => document.getElementById("upload-stats").textContent.startsWith("Connection lost"), null, { timeout: 60000 });
+    duringCut = await pageState(page);
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+  };
+  const finalShot = opts.screenshot?.replace(/\.png$/, "-done.png");
+  try {
+    const state = await uploadScenario(pageUrl, whileCut, finalShot);
+    state.duringCut = duringCut;
+    result({ ...state, proxy: proxy.report, chunkSize: Number(chunk) });
+  } finally {
+    proxy.server.close();
+  }
+}
+
+async function hashesScenario() {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const web = path.join(here, "../../web");
+  const { Md5, crc32 } = await import(path.join(web, "hash.js"));
+  const { render, timestamp } = await import(path.join(web, "formats.js"));
+  const failures = [];
+  for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000, 65537, 1 << 20]) {
+    const bytes = randomBytes(n);
+    const md5 = new Md5();
+    for (let at = 0; at < n; at += 777) md5.update(bytes.subarray(at, at + 777));
+    const want = createHash("md5").update(bytes).digest("hex");
+    const got = md5.hex();
+    if (got !== want) failures.push(`md5 of ${n} bytes: ${got} != ${want}`);
+  }
+  // CRC-32/ISO-HDLC check values.
+  const crcCases = [["", 0], ["123456789", 0xcbf43926], ["The quick brown fox jumps over the lazy dog", 0x414fa339]];
+  for (const [text, want] of crcCases) {
+    const got = crc32(new TextEncoder().encode(text));
+    if (got !== want) failures.push(`crc32(${JSON.stringify(text)}) = ${got.toString(16)}`);
+  }
+  const t = { segments: [{ start: 0, end: 1.5, text: " Hello." }, { start: 3661.0004, end: 3662, text: " a --> b " }] };
+  const srt = render(t, "srt");
+  const vtt = render(t, "vtt");
+  if (srt !== "1\n00:00:00,000 --> 00:00:01,500\nHello.\n\n2\n01:01:01,000 --> 01:01:02,000\na --> b\n\n") failures.push(`srt: ${JSON.stringify(srt)}`);
+  if (!vtt.startsWith("WEBVTT\n\n") || !vtt.includes("01:01:01.000 --> 01:01:02.000\na -> b\n")) failures.push(`vtt: ${JSON.stringify(vtt)}`);
+  if (render(t, "txt") !== "Hello. a --> b\n") failures.push("txt");
+  if (timestamp(-1, ",") !== "00:00:00,000") failures.push("negative timestamp");
+  result({ failures });
+}
+
+const scenarios = { mic: micScenario, upload: async () => result(await uploadScenario()), resume: resumeScenario, hashes: hashesScenario };
+if (!scenarios[scenario]) {
+  console.error(`unknown scenario ${scenario}`);
+  process.exit(2);
+}
+try {
+  await scenarios[scenario]();
+} catch (err) {
+  console.error(err);
+  process.exit(1);
+}
