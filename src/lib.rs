@@ -11,6 +11,7 @@
 //! - [`upload`]: resumable uploads: chunk bookkeeping and durable on-disk sessions.
 //! - [`live`]: the commit policy that turns a live stream into partials and final segments.
 //! - [`tasks`]: progress and results of every task, for any connection to follow.
+//! - [`http`]: the OpenAI-compatible HTTP API, task lookup, metrics, readiness, access control.
 //!
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
@@ -18,6 +19,7 @@ pub mod audio;
 pub mod cli;
 pub mod eval;
 pub mod format;
+pub mod http;
 pub mod inference;
 pub mod live;
 pub mod models;
