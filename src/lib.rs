@@ -12,6 +12,7 @@
 //! - [`live`]: the commit policy that turns a live stream into partials and final segments.
 //! - [`tasks`]: progress and results of every task, for any connection to follow.
 //! - [`client`]: WebSocket clients for the server (resumable uploads, live streams).
+//! - [`http`]: the OpenAI-compatible HTTP API, task lookup, metrics, readiness, access control.
 //!
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod eval;
 pub mod format;
+pub mod http;
 pub mod inference;
 pub mod live;
 pub mod models;

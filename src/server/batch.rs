@@ -21,6 +21,28 @@ use crate::upload::store::UploadStatus;
 
 /// Queues the transcription of an uploaded file; returns at once.
 pub fn start(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: TaskOptions) {
+    let opts = engine_options(state, &options);
+    spawn(state, task_id, path, opts, Source::Upload);
+}
+
+/// Queues the transcription of a file that arrived outside the upload protocol (an HTTP
+/// request): same processing slots, long-audio path and task registry as uploads; there is no
+/// upload session to update, and the file is deleted once transcribed. Returns at once; follow
+/// the task through [`AppState::tasks`].
+pub fn start_file(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: Options) {
+    spawn(state, task_id, path, options, Source::File);
+}
+
+/// Where a task's audio came from, which decides what is updated and cleaned up at the end.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// A durable upload session: its status is kept in the store, its file kept for resumes.
+    Upload,
+    /// A one-off file (HTTP): removed when the task ends.
+    File,
+}
+
+fn spawn(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, opts: Options, source: Source) {
     let key = task_id.to_string();
     state.tasks.create(&key);
     let state = state.clone();
@@ -28,15 +50,20 @@ pub fn start(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: Tas
         let Ok(_slot) = state.processing_slots.clone().acquire_owned().await else {
             return;
         };
-        set_status(&state, task_id, UploadStatus::Transcribing, None);
+        if source == Source::Upload {
+            set_status(&state, task_id, UploadStatus::Transcribing, None);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let guard = stop_on_shutdown(&state, stop.clone());
         let st = state.clone();
-        let run =
-            tokio::task::spawn_blocking(move || transcribe(&st, &key, &path, &options, &stop));
+        let file = path.clone();
+        let run = tokio::task::spawn_blocking(move || transcribe(&st, &key, &file, &opts, &stop));
         let outcome = run.await;
         guard.abort();
-        finish(&state, task_id, outcome);
+        finish(&state, task_id, outcome, source);
+        if source == Source::File {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
     });
 }
 
@@ -80,13 +107,12 @@ fn transcribe(
     state: &AppState,
     key: &str,
     path: &Path,
-    options: &TaskOptions,
+    opts: &Options,
     stop: &AtomicBool,
 ) -> Result<TaskResult, Failure> {
     let started = Instant::now();
     let mut audio = AudioStream::open(path, DecodeLimits::default()).map_err(Failure::Audio)?;
     let total = audio.duration_hint().unwrap_or(0.0);
-    let opts = engine_options(state, options);
     let mut bad_audio = None;
     state.tasks.progress(key, 0.0);
     let result = long::transcribe(
@@ -101,7 +127,7 @@ fn transcribe(
                 msg
             })
         },
-        &opts,
+        opts,
         state.vad_model.as_deref(),
         |event| publish(state, key, total, event),
     );
@@ -142,38 +168,55 @@ fn finish(
     state: &AppState,
     task_id: TaskId,
     outcome: Result<Result<TaskResult, Failure>, tokio::task::JoinError>,
+    source: Source,
 ) {
     let key = task_id.to_string();
+    let status = |status, error| {
+        if source == Source::Upload {
+            set_status(state, task_id, status, error);
+        }
+    };
     match outcome {
         Ok(Ok(result)) => {
             tracing::info!(%task_id, secs = result.processing_seconds, "transcribed");
+            crate::http::metrics::job_done(&result);
             state.tasks.finish(&key, result);
-            set_status(state, task_id, UploadStatus::Done, None);
+            status(UploadStatus::Done, None);
         }
-        Ok(Err(Failure::Stopped)) => {
+        Ok(Err(Failure::Stopped)) if source == Source::Upload => {
             tracing::info!(%task_id, "transcription stopped by shutdown; it restarts with the server");
             set_status(state, task_id, UploadStatus::Uploaded, None);
         }
+        Ok(Err(Failure::Stopped)) => {
+            tracing::info!(%task_id, "transcription stopped by shutdown");
+            state
+                .tasks
+                .fail(&key, ErrorCode::NotReady.as_str(), "the server shut down");
+        }
         Ok(Err(Failure::Audio(err))) => {
             tracing::warn!(%task_id, %err, "undecodable upload");
+            crate::http::metrics::job_failed();
             state
                 .tasks
                 .fail(&key, ErrorCode::UnsupportedAudio.as_str(), &err.to_string());
-            set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
+            status(UploadStatus::Failed, Some(err.to_string()));
         }
-        Ok(Err(Failure::Other(err))) => fail_internal(state, task_id, &err),
-        Err(join) => fail_internal(state, task_id, &join.to_string()),
+        Ok(Err(Failure::Other(err))) => fail_internal(state, task_id, &err, source),
+        Err(join) => fail_internal(state, task_id, &join.to_string(), source),
     }
 }
 
-fn fail_internal(state: &AppState, task_id: TaskId, err: &str) {
+fn fail_internal(state: &AppState, task_id: TaskId, err: &str, source: Source) {
     tracing::error!(%task_id, err, "transcription failed");
+    crate::http::metrics::job_failed();
     state.tasks.fail(
         &task_id.to_string(),
         ErrorCode::Internal.as_str(),
         "transcription failed",
     );
-    set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
+    if source == Source::Upload {
+        set_status(state, task_id, UploadStatus::Failed, Some(err.to_string()));
+    }
 }
 
 fn set_status(state: &AppState, task_id: TaskId, status: UploadStatus, error: Option<String>) {

@@ -80,6 +80,35 @@ pub struct ServerConfig {
     /// How long shutdown waits for running transcriptions before it stops them.
     #[arg(long, env = "EARSHOT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// An API key clients must send as `Authorization: Bearer KEY` (repeat for several; env:
+    /// comma-separated). Without any key the server is open to whoever can reach it.
+    #[arg(
+        long = "api-key",
+        env = "EARSHOT_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Web origins allowed to open WebSocket connections from a browser (comma-separated, e.g.
+    /// https://app.example.com); checked when an upgrade carries an Origin header. Empty = any.
+    #[arg(long, env = "EARSHOT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Connections and requests one client address may have open at once (0 = no per-client
+    /// limit). Behind a reverse proxy every client shares the proxy's address.
+    #[arg(long, env = "EARSHOT_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Requests (HTTP calls and WebSocket upgrades) one client address may make per minute,
+    /// with bursts up to the same number (0 = no rate limit).
+    #[arg(long, env = "EARSHOT_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
+    pub rate_limit_per_minute: u32,
+
+    /// Free disk space in the data directory below which /readyz reports not ready.
+    #[arg(long, env = "EARSHOT_MIN_FREE_DISK", default_value = "1GiB")]
+    pub min_free_disk: ByteSize,
 }
 
 /// All cores but none beyond four: whisper.cpp gains little past that on small models.

@@ -1,5 +1,5 @@
 //! HTTP routes: WebSocket upgrades at `/` and `/ws` (plain `GET /` serves the web page),
-//! `GET /healthz`.
+//! `GET /healthz`; the HTTP API and the access guard are added by [`crate::http::wrap`].
 //!
 //! Upgrades are configured here (message cap, buffer sizes) and handed to
 //! [`crate::session::run`]; the connection cap is enforced before any session state exists.
@@ -12,6 +12,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 
 use crate::protocol::{ErrorCode, ProtocolError};
@@ -25,12 +26,13 @@ const READ_BUFFER: usize = 8 * 1024;
 const WRITE_BUFFER: usize = 64 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let ws = Router::new()
         .route("/", get(upgrade_or_hello))
         .route("/ws", get(upgrade_or_hello))
         .route("/healthz", get(healthz))
         .merge(super::page::router())
-        .with_state(state)
+        .with_state(state.clone());
+    crate::http::wrap(ws, state)
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -47,6 +49,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
 async fn upgrade_or_hello(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<Extension<Arc<crate::http::ClientSlot>>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
@@ -58,7 +61,10 @@ async fn upgrade_or_hello(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(cap + WRITE_BUFFER)
-        .on_upgrade(move |socket| accept(socket, state, peer))
+        .on_upgrade(move |socket| async move {
+            let _client = client; // the per-address slot is held for the session's life
+            accept(socket, state, peer).await
+        })
 }
 
 async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr) {

@@ -354,6 +354,7 @@ impl Runner {
 
     fn report_lag(&self, policy: &LivePolicy, last: &mut Instant) {
         let lag = policy.lag_secs();
+        crate::http::metrics::live_lag(lag);
         if lag >= LAG_REPORT_SECS && policy.in_flight() && last.elapsed() >= Duration::from_secs(1)
         {
             *last = Instant::now();

@@ -98,6 +98,7 @@ pub async fn run<S, E>(
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let _gauge = crate::http::metrics::ConnectionGauge::open();
     let (sink, mut stream) = socket.split();
     let (out, rx) = Outbound::new(state.config.ping_timeout);
     let writer = tokio::spawn(write_loop(sink, rx));
@@ -212,6 +213,7 @@ impl Connection {
     }
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
+        crate::http::metrics::frame_received(&msg);
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(data) => self.on_binary(data).await,
@@ -272,6 +274,9 @@ impl Connection {
         let Err(err) = result else {
             return Flow::Continue;
         };
+        if err.code == ErrorCode::ChunkHashMismatch {
+            crate::http::metrics::chunk_mismatched();
+        }
         if err.code == ErrorCode::Internal {
             tracing::error!(%err, "internal error answered to client");
         } else {

@@ -97,6 +97,7 @@ impl Connection {
             self.release_if_gone(task_id, &e);
             e.with_chunk(chunk_index)
         })?;
+        crate::http::metrics::chunk(insert == Insert::Duplicate);
         let reply = match insert {
             Insert::Duplicate => ChunkReceived::duplicate(task_id, chunk_index),
             Insert::New => ChunkReceived::stored(task_id, chunk_index, progress.progress),
@@ -124,6 +125,7 @@ impl Connection {
             self.release_if_gone(task_id, &e);
             e.with_chunk(index)
         })?;
+        crate::http::metrics::chunk(insert == Insert::Duplicate);
         let upload = self.uploads.get_mut(&task_id).expect("slot ensured above");
         if insert == Insert::New {
             upload.pending += 1;
@@ -204,7 +206,10 @@ impl Connection {
     /// All chunks are in: verify, announce, transcribe, follow.
     async fn complete(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
         self.uploads.remove(&task_id);
-        let path = blocking(self, Some(task_id), move |s| s.finalize(task_id)).await?;
+        let path = blocking(self, Some(task_id), move |s| s.finalize(task_id))
+            .await
+            .inspect_err(|_| crate::http::metrics::upload_failed())?;
+        crate::http::metrics::upload_completed();
         tracing::info!(%task_id, "upload complete");
         self.send(ServerMessage::UploadComplete(UploadComplete {
             task_id,

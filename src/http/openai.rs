@@ -1,0 +1,444 @@
+//! OpenAI-compatible endpoints: `POST /v1/audio/transcriptions`, `POST /v1/audio/translations`
+//! and `GET /v1/models`, so tools written for OpenAI's speech-to-text API work unchanged.
+//!
+//! A request is admitted (HTTP job slot, upload slot), its file streamed to disk, checked to be
+//! decodable, then transcribed through the same processing slots, long-audio path and task
+//! registry as WebSocket uploads ([`crate::server::batch::start_file`]); the handler waits for
+//! the task and renders it with [`crate::format`]. The task id is returned in
+//! `x-earshot-task-id`, so a client that drops can fetch the result from `/v1/tasks/{id}`.
+//!
+//! This module must not run Whisper itself or hold the audio in memory.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::form::{self, Form};
+use super::{metrics, ApiError, Http};
+use crate::audio::decode::DecodeLimits;
+use crate::audio::AudioStream;
+use crate::format::{OutputFormat, Task};
+use crate::inference::engine::{self, Options};
+use crate::protocol::{ErrorCode, TaskId};
+use crate::tasks::{TaskEvent, TaskResult, TaskState};
+
+/// The response header naming the task, for `/v1/tasks/{id}`.
+pub const TASK_ID_HEADER: &str = "x-earshot-task-id";
+/// Room for the multipart framing and text fields around the file in a declared body size.
+const FORM_OVERHEAD: u64 = 1024 * 1024;
+/// Seconds a busy client is asked to wait.
+const RETRY_SECS: u64 = 5;
+
+/// `POST /v1/audio/transcriptions`.
+pub async fn transcriptions(
+    State(http): State<Arc<Http>>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    handle(http, headers, multipart, Task::Transcribe)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/audio/translations`: speech in any language to English text.
+pub async fn translations(
+    State(http): State<Arc<Http>>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    handle(http, headers, multipart, Task::Translate)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1/models`: the model this server has loaded (requests may name any model; the
+/// loaded one is used).
+pub async fn models(State(http): State<Arc<Http>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": http.app.pool.model_name(),
+            "object": "model",
+            "created": 0,
+            "owned_by": "earshot",
+        }],
+    }))
+}
+
+/// What a request asks for, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// How to render the result.
+    pub format: OutputFormat,
+    /// Whisper options (language, prompt, translate, word timing).
+    pub options: Options,
+    /// Transcribe or translate, as named in verbose JSON.
+    pub task: Task,
+}
+
+async fn handle(
+    http: Arc<Http>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+    task: Task,
+) -> Result<Response, ApiError> {
+    let multipart = multipart.map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a multipart/form-data body: {}",
+            e.body_text()
+        ))
+    })?;
+    let _job = http.jobs.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(
+            "the server has as many transcriptions waiting as it takes; retry later",
+            RETRY_SECS,
+        )
+    })?;
+    let upload_slot = http
+        .app
+        .upload_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::busy("too many uploads in progress; retry later", RETRY_SECS))?;
+    let _reservation = reserve_space(&http, &headers)?;
+    let task_id = TaskId::new_v4();
+    let max = http.app.config.max_file_bytes.as_u64();
+    let form = form::read(multipart, &http.spool, &task_id.to_string(), max)
+        .await
+        .inspect_err(|_| metrics::upload_failed())?;
+    drop(upload_slot);
+    let params = params(&form, task, &http)?;
+    let file = form
+        .file
+        .ok_or_else(|| ApiError::bad_request("the request has no `file` part").param("file"))?;
+    probe(&file.path).await?;
+    metrics::upload_completed();
+    tracing::info!(%task_id, bytes = file.bytes, ?task, "HTTP transcription");
+    crate::server::batch::start_file(&http.app, task_id, file.keep(), params.options.clone());
+    let result = wait(&http, task_id).await?;
+    Ok(respond(task_id, &result, params.format, params.task))
+}
+
+/// Checks a declared body size against the file limit and the disk quota, and holds the bytes
+/// against the quota until the request is done.
+fn reserve_space(http: &Arc<Http>, headers: &HeaderMap) -> Result<Reservation, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let max = http.app.config.max_file_bytes.as_u64();
+    if declared > max.saturating_add(FORM_OVERHEAD) {
+        metrics::upload_failed();
+        return Err(form::too_large(max));
+    }
+    let held = http.spooled_bytes.fetch_add(declared, Ordering::SeqCst);
+    let reservation = Reservation {
+        http: http.clone(),
+        bytes: declared,
+    };
+    if http.app.uploads.check_quota(held + declared).is_err() {
+        metrics::upload_failed();
+        return Err(ApiError::too_large(
+            "the server's disk quota for uploads is full; retry later",
+        )
+        .code("quota_exceeded"));
+    }
+    Ok(reservation)
+}
+
+/// Bytes of an HTTP upload counted against the disk quota while it is handled.
+struct Reservation {
+    /// Where the count is kept.
+    http: Arc<Http>,
+    /// How many bytes this request holds.
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.http
+            .spooled_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// Validates the text fields of a request.
+pub fn params(form: &Form, task: Task, http: &Http) -> Result<Params, ApiError> {
+    parse_params(
+        form,
+        task,
+        http.app.pool.is_multilingual(),
+        http.app.config.threads,
+    )
+}
+
+fn parse_params(
+    form: &Form,
+    task: Task,
+    multilingual: bool,
+    threads: usize,
+) -> Result<Params, ApiError> {
+    let format = output_format(form.get("response_format").unwrap_or("json"))?;
+    let words = granularities(form, format)?;
+    if let Some(t) = form.get("temperature") {
+        match t.parse::<f32>() {
+            Ok(t) if (0.0..=1.0).contains(&t) => {}
+            _ => {
+                return Err(
+                    ApiError::bad_request("temperature must be a number from 0 to 1")
+                        .param("temperature"),
+                )
+            }
+        }
+    }
+    let language = form.get("language").map(str::to_ascii_lowercase);
+    if !multilingual
+        && language
+            .as_deref()
+            .is_some_and(|l| l != "en" && l != "auto")
+    {
+        return Err(ApiError::bad_request(
+            "the loaded model is English-only; start the server with a multilingual model for other languages",
+        )
+        .param("language"));
+    }
+    let options = Options {
+        language,
+        translate: task == Task::Translate,
+        initial_prompt: form.get("prompt").map(str::to_string),
+        threads,
+        token_timestamps: words,
+        ..Options::default()
+    };
+    engine::validate(&options).map_err(|e| {
+        let param = if options
+            .initial_prompt
+            .as_deref()
+            .is_some_and(|p| p.contains('\0'))
+        {
+            "prompt"
+        } else {
+            "language"
+        };
+        ApiError::bad_request(e.to_string()).param(param)
+    })?;
+    Ok(Params {
+        format,
+        options,
+        task,
+    })
+}
+
+/// OpenAI's `response_format` names.
+pub fn output_format(name: &str) -> Result<OutputFormat, ApiError> {
+    match name {
+        "json" => Ok(OutputFormat::Json),
+        "text" => Ok(OutputFormat::Txt),
+        "srt" => Ok(OutputFormat::Srt),
+        "vtt" => Ok(OutputFormat::Vtt),
+        "verbose_json" => Ok(OutputFormat::VerboseJson),
+        other => Err(ApiError::bad_request(format!(
+            "response_format {other:?} is not supported: use json, text, srt, vtt or verbose_json"
+        ))
+        .param("response_format")),
+    }
+}
+
+/// Whether word timestamps are wanted; as OpenAI, only with `verbose_json`.
+fn granularities(form: &Form, format: OutputFormat) -> Result<bool, ApiError> {
+    let mut words = false;
+    for g in form.all("timestamp_granularities") {
+        match g {
+            "word" => words = true,
+            "segment" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "timestamp granularity {other:?} is not supported: use segment or word"
+                ))
+                .param("timestamp_granularities"))
+            }
+        }
+    }
+    if words && format != OutputFormat::VerboseJson {
+        return Err(ApiError::bad_request(
+            "timestamp_granularities[]=word requires response_format=verbose_json",
+        )
+        .param("timestamp_granularities"));
+    }
+    Ok(words)
+}
+
+/// Opens the file as audio so an undecodable upload is refused with 415 before it is queued.
+async fn probe(path: &std::path::Path) -> Result<(), ApiError> {
+    let path = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || {
+        AudioStream::open(&path, DecodeLimits::default()).map(|_| ())
+    })
+    .await
+    .map_err(|_| ApiError::internal())?;
+    opened.map_err(|err| {
+        metrics::upload_failed();
+        tracing::debug!(%err, "HTTP upload is not audio we can decode");
+        ApiError::unsupported_audio(format!("the file could not be decoded as audio: {err}"))
+    })
+}
+
+/// Waits for the task to end and returns its result or the matching HTTP error.
+async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError> {
+    let key = task_id.to_string();
+    let mut events = http
+        .app
+        .tasks
+        .subscribe(&key)
+        .ok_or_else(ApiError::internal)?;
+    let current = http.app.tasks.snapshot(&key).map(|s| s.state);
+    let mut state = match current {
+        Some(s @ (TaskState::Done(_) | TaskState::Failed { .. })) => s,
+        _ => TaskState::Queued,
+    };
+    while matches!(state, TaskState::Queued | TaskState::Running { .. }) {
+        state = match events.recv().await {
+            Ok(TaskEvent::Finished(s)) => s,
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => match http.app.tasks.snapshot(&key) {
+                Some(s) => s.state,
+                None => return Err(ApiError::internal()),
+            },
+        };
+    }
+    match state {
+        TaskState::Done(result) => Ok(result),
+        TaskState::Failed { code, message } => Err(task_error(&code, &message)),
+        TaskState::Queued | TaskState::Running { .. } => Err(ApiError::internal()),
+    }
+}
+
+/// The HTTP error for a failed task.
+pub fn task_error(code: &str, message: &str) -> ApiError {
+    if code == ErrorCode::UnsupportedAudio.as_str() {
+        ApiError::unsupported_audio(format!("the file could not be decoded as audio: {message}"))
+    } else if code == ErrorCode::NotReady.as_str() {
+        ApiError::busy(message, RETRY_SECS)
+    } else {
+        ApiError::internal()
+    }
+}
+
+/// The transcript rendered as asked, with the task id header.
+pub fn respond(task_id: TaskId, result: &TaskResult, format: OutputFormat, task: Task) -> Response {
+    let body = crate::format::render_task(&result.transcript, format, task);
+    let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if let Ok(id) = HeaderValue::from_str(&task_id.to_string()) {
+        response.headers_mut().insert(TASK_ID_HEADER, id);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> Form {
+        let mut form = Form::default();
+        for (k, v) in pairs {
+            form.fields
+                .entry(k.to_string())
+                .or_default()
+                .push(v.to_string());
+        }
+        form
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Params, ApiError> {
+        parse_params(&form(pairs), Task::Transcribe, true, 2)
+    }
+
+    #[test]
+    fn defaults_are_json_without_words() {
+        let p = parse(&[("model", "whisper-1")]).unwrap();
+        assert_eq!(p.format, OutputFormat::Json);
+        assert!(!p.options.token_timestamps);
+        assert_eq!(p.options.language, None);
+        assert!(!p.options.translate);
+    }
+
+    #[test]
+    fn every_openai_format_is_understood() {
+        for (name, format) in [
+            ("json", OutputFormat::Json),
+            ("text", OutputFormat::Txt),
+            ("srt", OutputFormat::Srt),
+            ("vtt", OutputFormat::Vtt),
+            ("verbose_json", OutputFormat::VerboseJson),
+        ] {
+            assert_eq!(parse(&[("response_format", name)]).unwrap().format, format);
+        }
+        let err = parse(&[("response_format", "diarized_json")]).unwrap_err();
+        assert_eq!(err.param, Some("response_format"));
+        assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn word_timestamps_need_verbose_json() {
+        let p = parse(&[
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "word"),
+            ("timestamp_granularities[]", "segment"),
+        ])
+        .unwrap();
+        assert!(p.options.token_timestamps);
+        let err = parse(&[("timestamp_granularities[]", "word")]).unwrap_err();
+        assert_eq!(err.param, Some("timestamp_granularities"));
+        let err = parse(&[("timestamp_granularities[]", "letter")]).unwrap_err();
+        assert_eq!(err.param, Some("timestamp_granularities"));
+    }
+
+    #[test]
+    fn language_prompt_and_temperature_are_checked() {
+        let p = parse(&[
+            ("language", "FR"),
+            ("prompt", "Zoë"),
+            ("temperature", "0.2"),
+        ])
+        .unwrap();
+        assert_eq!(p.options.language.as_deref(), Some("fr"));
+        assert_eq!(p.options.initial_prompt.as_deref(), Some("Zoë"));
+        assert_eq!(
+            parse(&[("language", "xx")]).unwrap_err().param,
+            Some("language")
+        );
+        assert_eq!(
+            parse(&[("temperature", "2")]).unwrap_err().param,
+            Some("temperature")
+        );
+        assert_eq!(
+            parse(&[("temperature", "hot")]).unwrap_err().param,
+            Some("temperature")
+        );
+        let english_only = parse_params(&form(&[("language", "de")]), Task::Transcribe, false, 2);
+        assert_eq!(english_only.unwrap_err().param, Some("language"));
+        assert!(parse_params(&form(&[("language", "en")]), Task::Transcribe, false, 2).is_ok());
+    }
+
+    #[test]
+    fn translations_set_the_translate_option() {
+        let p = parse_params(&form(&[]), Task::Translate, true, 2).unwrap();
+        assert!(p.options.translate);
+        assert_eq!(p.task, Task::Translate);
+    }
+
+    #[test]
+    fn failed_tasks_map_to_http_errors() {
+        assert_eq!(task_error("unsupported_audio", "bad").status, 415);
+        assert_eq!(task_error("not_ready", "shut down").status, 503);
+        assert_eq!(task_error("internal", "x").status, 500);
+    }
+}

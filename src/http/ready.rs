@@ -1,0 +1,72 @@
+//! `GET /readyz`: whether this instance should get traffic — the model is loaded, the data
+//! directory takes writes, and its disk has more free space than `--min-free-disk`. 200 when
+//! all hold, 503 otherwise, with each check in the JSON body.
+//!
+//! Liveness (`/healthz`) stays separate and cheap; this module must not change any state
+//! beyond its own probe file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::Http;
+
+/// `GET /readyz`.
+pub async fn readyz(State(http): State<Arc<Http>>) -> Response {
+    let model_loaded = http.app.pool.workers() > 0;
+    let dir = http.app.config.data_dir.clone();
+    let floor = http.app.config.min_free_disk.as_u64();
+    let (writable, free) = tokio::task::spawn_blocking(move || (writable(&dir), free_bytes(&dir)))
+        .await
+        .unwrap_or((false, None));
+    let disk_ok = free.is_some_and(|f| f >= floor);
+    let ready = model_loaded && writable && disk_ok && !http.app.shutdown.is_cancelled();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "model_loaded": model_loaded,
+        "model": http.app.pool.model_name(),
+        "data_dir_writable": writable,
+        "free_disk_bytes": free,
+        "min_free_disk_bytes": floor,
+        "shutting_down": http.app.shutdown.is_cancelled(),
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Creates, writes and removes a probe file.
+fn writable(dir: &Path) -> bool {
+    let probe = dir.join(".readyz-probe");
+    let ok = std::fs::write(&probe, b"ok").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// Bytes available to this (unprivileged) process on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temp_dir_is_writable_and_has_space() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(writable(dir.path()));
+        assert!(free_bytes(dir.path()).is_some_and(|b| b > 0));
+        assert!(!writable(&dir.path().join("missing")));
+        assert_eq!(free_bytes(&dir.path().join("missing")), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! `GET /v1/tasks/{task_id}`: where any task stands (upload, live stream or HTTP request) and
+//! its result once done, from the task registry — so a client that dropped its connection can
+//! still fetch its transcript.
+//!
+//! Without `response_format` the answer is a status object (JSON); with it, a finished task's
+//! transcript is rendered exactly as the transcription endpoint would (202 + status while it
+//! runs). This module must not start or change tasks.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::openai::{output_format, respond, task_error};
+use super::{ApiError, Http};
+use crate::format::{OutputFormat, Task};
+use crate::protocol::TaskId;
+use crate::tasks::{Snapshot, TaskState};
+
+/// The query string.
+#[derive(Debug, Deserialize)]
+pub struct TaskQuery {
+    /// Render a finished result like the transcription endpoint (json, text, srt, vtt,
+    /// verbose_json); absent = status object.
+    response_format: Option<String>,
+}
+
+/// `GET /v1/tasks/{task_id}`.
+pub async fn get(
+    State(http): State<Arc<Http>>,
+    Path(task_id): Path<String>,
+    Query(query): Query<TaskQuery>,
+) -> Response {
+    lookup(&http, &task_id, query.response_format.as_deref()).unwrap_or_else(|e| e.into_response())
+}
+
+fn lookup(http: &Http, task_id: &str, format: Option<&str>) -> Result<Response, ApiError> {
+    let format = format.map(output_format).transpose()?;
+    let id = TaskId::parse(task_id).map_err(|_| not_found())?;
+    let snapshot = http
+        .app
+        .tasks
+        .snapshot(&id.to_string())
+        .ok_or_else(not_found)?;
+    match (&snapshot.state, format) {
+        (TaskState::Done(result), Some(format)) => {
+            Ok(respond(id, result, format, Task::Transcribe))
+        }
+        (TaskState::Failed { code, message }, Some(_)) => Err(task_error(code, message)),
+        (_, Some(_)) => Ok((StatusCode::ACCEPTED, Json(status(id, &snapshot))).into_response()),
+        (_, None) => Ok(Json(status(id, &snapshot)).into_response()),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("no such task (or its result has expired)")
+}
+
+/// The status object: state, progress, the text so far, and the full result when done.
+pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
+    let text = crate::transcript::join_text(&snapshot.segments);
+    let (status, progress) = match &snapshot.state {
+        TaskState::Queued => ("queued", 0.0),
+        TaskState::Running { progress } => ("in_progress", *progress),
+        TaskState::Done(_) => ("completed", 100.0),
+        TaskState::Failed { .. } => ("failed", 0.0),
+    };
+    let mut body = json!({
+        "id": id.to_string(),
+        "object": "earshot.task",
+        "status": status,
+        "progress": progress,
+        "text": text,
+        "segments_done": snapshot.segments.len(),
+    });
+    match &snapshot.state {
+        TaskState::Done(result) => {
+            let rendered = crate::format::render(&result.transcript, OutputFormat::VerboseJson);
+            body["result"] = serde_json::from_str(&rendered).unwrap_or_default();
+            body["text"] = json!(result.transcript.text());
+            body["processing_seconds"] = json!(result.processing_seconds);
+        }
+        TaskState::Failed { code, message } => {
+            body["error"] = json!({"code": code, "message": message});
+        }
+        _ => {}
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::TaskResult;
+    use crate::transcript::{Segment, Transcript};
+
+    fn segment(text: &str) -> Segment {
+        Segment {
+            start: 0.0,
+            end: 1.0,
+            text: text.into(),
+            no_speech_prob: 0.0,
+            tokens: None,
+        }
+    }
+
+    #[test]
+    fn status_objects_follow_the_task() {
+        let id = TaskId::new_v4();
+        let running = Snapshot {
+            state: TaskState::Running { progress: 40.0 },
+            segments: vec![segment(" Hello")],
+        };
+        let body = status(id, &running);
+        assert_eq!(body["status"], "in_progress");
+        assert_eq!(body["progress"], 40.0);
+        assert_eq!(body["text"], "Hello");
+        assert!(body.get("result").is_none());
+
+        let result = TaskResult {
+            transcript: Transcript {
+                language: "en".into(),
+                duration: 1.0,
+                segments: vec![segment(" Hello there")],
+            },
+            processing_seconds: 0.5,
+        };
+        let done = Snapshot {
+            state: TaskState::Done(Arc::new(result)),
+            segments: vec![],
+        };
+        let body = status(id, &done);
+        assert_eq!(body["status"], "completed");
+        assert_eq!(body["text"], "Hello there");
+        assert_eq!(body["result"]["segments"][0]["text"], " Hello there");
+
+        let failed = Snapshot {
+            state: TaskState::Failed {
+                code: "unsupported_audio".into(),
+                message: "bad".into(),
+            },
+            segments: vec![],
+        };
+        assert_eq!(status(id, &failed)["error"]["code"], "unsupported_audio");
+    }
+}
