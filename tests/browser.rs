@@ -253,3 +253,47 @@ async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
         "{result}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_reloaded_mid_upload_resumes_when_the_same_file_is_chosen_again() {
+    check_setup();
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start().await;
+    let shots = tempfile::tempdir().unwrap();
+    let file = "en_jfk_44k_stereo.flac";
+    let path = common::corpus_file(file);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let chunk_size = 32 * 1024;
+    let total = size.div_ceil(chunk_size);
+    let result = run(
+        &server,
+        "reload",
+        &[
+            format!("file={}", path.display()),
+            format!("chunk_size={chunk_size}"),
+            format!("drop_after={}", size * 3 / 5),
+            format!("screenshot={}", screenshot("page-reload.png", &shots)),
+        ],
+    )
+    .await;
+    assert_eq!(result["proxy"]["cut"], true, "{result}");
+    assert!(
+        text(&result, "/banner").contains(file),
+        "the reloaded page offers to resume: {result}"
+    );
+    let heard = assert_transcript(&result, file);
+    assert!(!heard.is_empty());
+    // The reloaded page never started a new upload: it resumed the stored task and sent
+    // exactly the chunks the server lacked.
+    assert_eq!(number(&result, "/stats/uploadsStarted"), 0, "{result}");
+    assert_eq!(number(&result, "/stats/resumes"), 1, "{result}");
+    let missing = number(&result, "/stats/missingAtResume");
+    assert!(missing > 0 && missing < total, "{result}");
+    assert_eq!(
+        number(&result, "/stats/sentSinceResume"),
+        missing,
+        "{result}"
+    );
+    assert_eq!(number(&result, "/stats/chunksSent"), missing, "{result}");
+    assert!(result["saved"].is_null(), "a finished upload is forgotten");
+}

@@ -240,33 +240,48 @@ function onComplete(d) {
   }
 }
 
+/**
+ * Updates the list in place: finished segments are only ever added or corrected, so a
+ * screen reader announces each once; the changing partial is hidden from it.
+ */
 function drawTranscript() {
-  const items = [];
-  for (const s of transcript.segments) {
-    if (!s || !s.text.trim()) continue;
-    const li = document.createElement("li");
-    const time = document.createElement("time");
-    time.textContent = clock(s.start);
-    time.dateTime = `PT${s.start.toFixed(2)}S`;
-    const text = document.createElement("span");
-    text.textContent = s.text.trim();
-    li.append(time, text);
-    items.push(li);
+  const finals = [...ui.transcript.querySelectorAll("li:not(.partial)")];
+  let partial = ui.transcript.querySelector("li.partial");
+  let at = 0;
+  transcript.segments.forEach((s, index) => {
+    if (!s || !s.text.trim()) return;
+    const key = `${index}|${s.start}|${s.text}`;
+    if (finals[at]?.dataset.key !== key) {
+      const li = line(clock(s.start), s.text.trim(), `PT${s.start.toFixed(2)}S`);
+      li.dataset.key = key;
+      if (finals[at]) finals[at].replaceWith(li);
+      else ui.transcript.insertBefore(li, partial);
+    }
+    at++;
+  });
+  finals.slice(at).forEach((li) => li.remove());
+  const tail = transcript.partial.trim();
+  if (!tail) partial?.remove();
+  else if (partial) partial.lastChild.textContent = tail;
+  else {
+    partial = line("…", tail);
+    partial.className = "partial";
+    partial.setAttribute("aria-hidden", "true");
+    ui.transcript.append(partial);
   }
-  if (transcript.partial.trim()) {
-    const li = document.createElement("li");
-    li.className = "partial";
-    const time = document.createElement("time");
-    time.textContent = "…";
-    const text = document.createElement("span");
-    text.textContent = transcript.partial.trim();
-    li.append(time, text);
-    items.push(li);
-  }
-  ui.transcript.replaceChildren(...items);
-  ui.empty.hidden = items.length > 0;
-  const any = transcript.segments.some((s) => s && s.text.trim());
-  ui.downloads.forEach((b) => { b.disabled = !any; });
+  ui.empty.hidden = at > 0 || Boolean(tail);
+  ui.downloads.forEach((b) => { b.disabled = at === 0; });
+}
+
+function line(when, text, datetime) {
+  const li = document.createElement("li");
+  const time = document.createElement("time");
+  time.textContent = when;
+  if (datetime) time.dateTime = datetime;
+  const span = document.createElement("span");
+  span.textContent = text;
+  li.append(time, span);
+  return li;
 }
 
 function download(format) {

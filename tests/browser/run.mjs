@@ -8,8 +8,11 @@
 //   upload  file=PATH [screenshot=PNG]                 file chosen through the file picker
 //   resume  file=PATH drop_after=BYTES [chunk_size=N] [screenshot=PNG]
 //           the page goes through a TCP proxy that cuts its first WebSocket once after
-//           BYTES bytes from the browser and refuses connections for 3 s (screenshot taken
+//           BYTES bytes from the browser and refuses WebSockets for 3 s (screenshot taken
 //           then; the finished page goes to *-done.png); the upload must resume and finish
+//   reload  file=PATH drop_after=BYTES [chunk_size=N] [screenshot=PNG]
+//           as resume, but the page is reloaded while the network is down and the same file
+//           is chosen again
 //   hashes                                             checks web/hash.js and web/formats.js in Node
 //
 // The browser's console and errors go to stderr, so a failing test shows them.
@@ -159,12 +162,6 @@ function startProxy(target, dropAfter, holdMs) {
   const report = { websockets: 0, cut: false, bytesBeforeCut: 0, refused: 0 };
   let cutAt = 0;
   const server = net.createServer((client) => {
-    if (report.cut && Date.now() - cutAt < holdMs) {
-      // The network stays down a moment, so the page shows the lost connection.
-      report.refused++;
-      client.resetAndDestroy();
-      return;
-    }
     const upstream = net.connect(target.port, target.hostname);
     let isFirstWs = false;
     let sent = 0;
@@ -173,6 +170,13 @@ function startProxy(target, dropAfter, holdMs) {
       if (first) {
         first = false;
         if (/^upgrade:\s*websocket/im.test(chunk.toString("latin1"))) {
+          if (report.cut && Date.now() - cutAt < holdMs) {
+            // WebSockets stay down a moment (plain HTTP still works, so the page can reload).
+            report.refused++;
+            client.resetAndDestroy();
+            upstream.destroy();
+            return;
+          }
           report.websockets++;
           isFirstWs = report.websockets === 1;
         }
@@ -223,6 +227,38 @@ async function resumeScenario() {
   }
 }
 
+/**
+ * The connection is cut mid-upload and the page is reloaded; the user picks the same file
+ * again and the page must resume the stored upload, sending only what the server lacks.
+ */
+async function reloadScenario() {
+  const target = new URL(url);
+  const proxy = await startProxy(target, Number(opts.drop_after), 4000);
+  const chunk = opts.chunk_size ?? "32768";
+  const pageUrl = `http://127.0.0.1:${proxy.port}/?chunk_size=${chunk}`;
+  const { page, close } = await launch();
+  try {
+    await page.goto(pageUrl);
+    await waitConnected(page);
+    await page.setInputFiles("#file", opts.file);
+    await page.waitForFunction(() => document.getElementById("upload-stats").textContent.startsWith("Connection lost"), null, { timeout: 60000 });
+    const before = await pageState(page);
+    await page.reload();
+    await page.waitForFunction(() => !document.getElementById("resume").hidden, null, { timeout: 30000 });
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+    const banner = await page.evaluate(() => document.getElementById("resume").textContent.replace(/\s+/g, " ").trim());
+    await page.setInputFiles("#file", opts.file);
+    await waitDone(page);
+    const state = await pageState(page);
+    console.error("page after the reload:", JSON.stringify(state));
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot.replace(/\.png$/, "-done.png"), fullPage: true });
+    result({ ...state, before, banner, proxy: proxy.report });
+  } finally {
+    await close();
+    proxy.server.close();
+  }
+}
+
 async function hashesScenario() {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const web = path.join(here, "../../web");
@@ -253,7 +289,13 @@ async function hashesScenario() {
   result({ failures });
 }
 
-const scenarios = { mic: micScenario, upload: async () => result(await uploadScenario()), resume: resumeScenario, hashes: hashesScenario };
+const scenarios = {
+  mic: micScenario,
+  upload: async () => result(await uploadScenario()),
+  resume: resumeScenario,
+  reload: reloadScenario,
+  hashes: hashesScenario,
+};
 if (!scenarios[scenario]) {
   console.error(`unknown scenario ${scenario}`);
   process.exit(2);
