@@ -51,6 +51,8 @@ pub mod close {
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
 /// Binary chunks written but not yet synced before a group commit is forced.
 const MAX_PENDING_CHUNKS: u32 = 8;
+/// Shortest ping period, whatever the configuration says.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
 /// How long the writer may take to flush the last messages and the close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// How long pending binary chunks may wait for more before they are synced and acked.
@@ -165,7 +167,8 @@ impl Connection {
             return (close::NORMAL, "");
         }
         let config = self.state.config.clone();
-        let mut ping = tokio::time::interval(config.ping_interval);
+        // A zero --ping-interval would panic in `interval`; treat it as "very often".
+        let mut ping = tokio::time::interval(config.ping_interval.max(MIN_PING_INTERVAL));
         ping.tick().await;
         let mut last_seen = Instant::now();
         loop {
