@@ -293,3 +293,54 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_segment_misuse_is_refused() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&server.url()).await;
+    // Silence: the VAD finds no speech, so no Whisper time is spent.
+    let silence = b64(&[0u8; 4 * 1600]);
+    let seg = |task: &str, index: i64, is_final: bool| {
+        json!({"type": "audio_segment", "data": {"task_id": task, "segment_index": index,
+            "is_final": is_final, "audio_data": silence}})
+    };
+
+    // Another task's id (here an upload's) cannot be taken over.
+    let data = vec![1u8; 100];
+    c.send(upload_request("u.bin", &data, 50)).await;
+    let upload = c.expect("upload_ready").await["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.send(seg(&upload, 0, true)).await;
+    let err = c.expect_error("invalid_message").await;
+    assert!(err["message"].as_str().unwrap().contains("in use"), "{err}");
+
+    // Pieces must come in order from 0.
+    let task = uuid::Uuid::new_v4().to_string();
+    c.send(seg(&task, 1, false)).await;
+    c.expect_error("invalid_message").await;
+    c.send(seg(&task, 0, false)).await;
+    c.send(seg(&task, 2, false)).await;
+    let err = c.expect_error("invalid_message").await;
+    assert!(err["message"].as_str().unwrap().contains("order"), "{err}");
+    c.send(seg(&task, 1, true)).await;
+    let (_, done) = c.transcript().await;
+    assert_eq!(done["data"]["task_id"], task.as_str());
+    assert_eq!(done["data"]["text"], "", "silence has no words");
+    assert!((done["data"]["duration"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+    // A finished task's id is not reusable either: its result stays as it was.
+    c.send(seg(&task, 0, true)).await;
+    c.expect_error("invalid_message").await;
+
+    // A connection may keep only a few recordings open at once: of these opens (none of
+    // which is answered when accepted), the first reply is the refusal.
+    for _ in 0..8 {
+        c.send(seg(&uuid::Uuid::new_v4().to_string(), 0, false))
+            .await;
+    }
+    let busy = c.recv().await;
+    assert_eq!(busy["data"]["code"], "busy", "{busy}");
+    assert!(busy["data"]["retry_after_ms"].as_u64().unwrap() > 0);
+    server.shutdown().await;
+}

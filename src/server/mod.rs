@@ -86,19 +86,30 @@ impl AppState {
 impl AppState {
     /// The limits announced in `connected` and enforced by the parser.
     pub fn limits(&self) -> crate::protocol::Limits {
-        let defaults = crate::protocol::Limits::default();
-        let max_message_bytes = self.config.max_message_bytes.as_u64();
-        crate::protocol::Limits {
-            max_message_bytes,
-            max_file_bytes: self.config.max_file_bytes.as_u64(),
-            // base64 grows a chunk by 4/3; leave room for the JSON around it.
-            max_chunk_bytes: defaults
-                .max_chunk_bytes
-                .min(max_message_bytes / 4 * 3 - 4096),
-            ..defaults
-        }
+        limits_for(&self.config)
     }
 }
+
+/// The protocol limits a configuration implies.
+fn limits_for(config: &ServerConfig) -> crate::protocol::Limits {
+    let defaults = crate::protocol::Limits::default();
+    let max_message_bytes = config.max_message_bytes.as_u64();
+    crate::protocol::Limits {
+        max_message_bytes,
+        max_file_bytes: config.max_file_bytes.as_u64(),
+        // base64 grows a chunk by 4/3; leave room for the JSON around it. Saturating: a
+        // tiny --max-message-bytes must give small chunks, not an overflow (a panic in
+        // debug builds, a huge chunk limit in release ones).
+        max_chunk_bytes: defaults
+            .max_chunk_bytes
+            .min((max_message_bytes / 4 * 3).saturating_sub(JSON_ROOM))
+            .max(1),
+        ..defaults
+    }
+}
+
+/// Bytes of a text message kept for the JSON around a base64 chunk.
+const JSON_ROOM: u64 = 4096;
 
 /// Serves until `shutdown` completes, then drains: sessions are told `server_shutdown` and
 /// closed with 1001, upload state is already durable, running transcriptions get
@@ -149,5 +160,35 @@ async fn sweep_loop(state: Arc<AppState>) {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_message: &str) -> ServerConfig {
+        let mut c = ServerConfig::for_tests("tiny.en", PathBuf::from("unused"));
+        c.max_message_bytes = max_message.parse().unwrap();
+        c
+    }
+
+    #[test]
+    fn chunks_fit_in_a_message_whatever_the_cap() {
+        for cap in ["10MiB", "64KiB", "8KiB", "4KiB", "100B"] {
+            let l = limits_for(&config(cap));
+            assert!(l.max_chunk_bytes >= 1, "{cap}");
+            assert!(
+                l.max_chunk_bytes <= l.max_message_bytes,
+                "{cap}: chunk {} > message {}",
+                l.max_chunk_bytes,
+                l.max_message_bytes
+            );
+        }
+        let l = limits_for(&config("10MiB"));
+        assert_eq!(
+            l.max_chunk_bytes,
+            crate::protocol::Limits::default().max_chunk_bytes
+        );
     }
 }

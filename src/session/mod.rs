@@ -51,6 +51,10 @@ pub mod close {
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
 /// Binary chunks written but not yet synced before a group commit is forced.
 const MAX_PENDING_CHUNKS: u32 = 8;
+/// Shortest ping period, whatever the configuration says.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
+/// How long the writer may take to flush the last messages and the close frame.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// How long pending binary chunks may wait for more before they are synced and acked.
 const GROUP_COMMIT_DELAY: Duration = Duration::from_millis(2);
 
@@ -101,7 +105,7 @@ pub async fn run<S, E>(
     let _gauge = crate::http::metrics::ConnectionGauge::open();
     let (sink, mut stream) = socket.split();
     let (out, rx) = Outbound::new(state.config.ping_timeout);
-    let writer = tokio::spawn(write_loop(sink, rx));
+    let mut writer = tokio::spawn(write_loop(sink, rx));
     let mut conn = Connection {
         id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         cancel: state.shutdown.child_token(),
@@ -129,7 +133,14 @@ pub async fn run<S, E>(
         })))
         .await;
     drop(conn);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // A client that stopped reading leaves the writer blocked on a full socket forever;
+    // aborting it drops the socket, which is the only way to let go of such a client.
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
 }
 
@@ -157,7 +168,8 @@ impl Connection {
             return (close::NORMAL, "");
         }
         let config = self.state.config.clone();
-        let mut ping = tokio::time::interval(config.ping_interval);
+        // A zero --ping-interval would panic in `interval`; treat it as "very often".
+        let mut ping = tokio::time::interval(config.ping_interval.max(MIN_PING_INTERVAL));
         ping.tick().await;
         let mut last_seen = Instant::now();
         loop {
@@ -274,6 +286,10 @@ impl Connection {
         let Err(err) = result else {
             return Flow::Continue;
         };
+        if self.out.is_stuck() {
+            tracing::info!("client stopped reading; closing");
+            return Flow::Close(close::POLICY, "client not reading");
+        }
         if err.code == ErrorCode::ChunkHashMismatch {
             crate::http::metrics::chunk_mismatched();
         }

@@ -5,6 +5,8 @@
 //! costs a fixed amount of memory and never stalls anything but its own connection. Lossy sends
 //! (partials, progress) are dropped instead of waiting: a newer one follows soon.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
@@ -22,6 +24,9 @@ pub struct Outbound {
     tx: mpsc::Sender<Message>,
     /// How long a send may wait for room before the client is deemed stuck.
     send_timeout: Duration,
+    /// Set once a send timed out: later sends fail at once instead of each waiting the full
+    /// timeout again (the error reply, the close frame, every follower's message).
+    stuck: Arc<AtomicBool>,
 }
 
 /// The client is gone or stuck; the session should end.
@@ -32,7 +37,15 @@ impl Outbound {
     /// A queue and the receiver its writer task drains.
     pub fn new(send_timeout: Duration) -> (Self, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        (Self { tx, send_timeout }, rx)
+        let stuck = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                tx,
+                send_timeout,
+                stuck,
+            },
+            rx,
+        )
     }
 
     /// Queues a protocol message, waiting for room up to the timeout.
@@ -42,10 +55,22 @@ impl Outbound {
 
     /// Queues any WebSocket message, waiting for room up to the timeout.
     pub async fn send_raw(&self, msg: Message) -> Result<(), Closed> {
+        if self.is_stuck() {
+            return Err(Closed);
+        }
         match tokio::time::timeout(self.send_timeout, self.tx.send(msg)).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(Closed),
+            Ok(Err(_)) => Err(Closed),
+            Err(_) => {
+                self.stuck.store(true, Ordering::Relaxed);
+                Err(Closed)
+            }
         }
+    }
+
+    /// Whether a send has timed out: the client stopped reading.
+    pub fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
     }
 
     /// Queues a message only if there is room right now (for superseded-soon updates).

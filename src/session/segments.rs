@@ -17,11 +17,19 @@ use crate::transcript::{Segment, Transcript};
 
 /// Pieces waiting per task; a client sending faster than Whisper waits on its socket.
 const QUEUED_PIECES: usize = 2;
+/// `audio_segment` tasks one connection may have open (not yet `is_final`) at once: each
+/// holds queued audio, so without a cap one client could make the server hold any amount.
+const MAX_OPEN_TASKS: usize = 4;
+/// How long a client is asked to wait when it has too many open tasks.
+const RETRY_MS: u64 = 1_000;
 
 /// A task fed by `audio_segment` messages.
 pub struct SegmentTask {
     /// Pieces into the task's worker, in arrival order.
     tx: mpsc::Sender<AudioSegment>,
+    /// The `segment_index` the next piece must carry, so gaps and repeats are refused
+    /// instead of silently producing a garbled timeline.
+    next_index: u32,
 }
 
 impl Connection {
@@ -29,9 +37,17 @@ impl Connection {
         let task_id = seg.task_id;
         let is_final = seg.is_final;
         if !self.segments.contains_key(&task_id) {
-            self.start_segment_task(task_id);
+            self.start_segment_task(task_id, seg.segment_index)?;
         }
-        let task = &self.segments[&task_id];
+        let task = self.segments.get_mut(&task_id).expect("started above");
+        if seg.segment_index != task.next_index {
+            return Err(ProtocolError::invalid(format!(
+                "segment_index {} out of order: expected {}",
+                seg.segment_index, task.next_index
+            ))
+            .with_task(task_id));
+        }
+        task.next_index += 1;
         if task.tx.send(seg).await.is_err() {
             self.segments.remove(&task_id);
             return Err(
@@ -44,14 +60,40 @@ impl Connection {
         Ok(())
     }
 
-    fn start_segment_task(&mut self, task_id: TaskId) {
+    /// Starts a task for a client-chosen id. The id must be new: reusing one (another
+    /// upload's, a finished stream's) would replace that task and its stored result.
+    fn start_segment_task(&mut self, task_id: TaskId, first: u32) -> Result<(), ProtocolError> {
+        if first != 0 {
+            return Err(ProtocolError::invalid(format!(
+                "segment_index {first} out of order: a new task starts at 0"
+            ))
+            .with_task(task_id));
+        }
+        let taken = self.state.tasks.snapshot(&task_id.to_string()).is_some()
+            || self.state.uploads.meta(task_id).is_ok();
+        if taken {
+            return Err(ProtocolError::invalid(
+                "task_id is already in use; choose a new one (uuid4) for each recording",
+            )
+            .with_task(task_id));
+        }
+        if self.segments.len() >= MAX_OPEN_TASKS {
+            return Err(ProtocolError::new(
+                ErrorCode::Busy,
+                "too many audio_segment tasks open on this connection; finish one (is_final)",
+            )
+            .with_task(task_id)
+            .with_retry_after_ms(RETRY_MS));
+        }
         self.state.tasks.create(&task_id.to_string());
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let options = crate::server::batch::engine_options(&self.state, &Default::default());
         let state = self.state.clone();
         self.state.tracker.spawn(run(state, task_id, options, rx));
-        self.segments.insert(task_id, SegmentTask { tx });
+        self.segments
+            .insert(task_id, SegmentTask { tx, next_index: 0 });
         self.follow(task_id, None);
+        Ok(())
     }
 }
 
@@ -69,9 +111,14 @@ async fn run(
     while let Some(piece) = rx.recv().await {
         let is_final = piece.is_final;
         let len = piece.samples.len() as f64 / f64::from(crate::audio::SAMPLE_RATE);
+        // Pieces share the processing slots with uploads (seed: 3 at once).
+        let Ok(slot) = state.processing_slots.clone().acquire_owned().await else {
+            break;
+        };
         let st = state.clone();
         let opts = options.clone();
         let job = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut samples = Some(piece.samples);
             long::transcribe(
                 &st.pool,
