@@ -60,6 +60,12 @@ impl Connection {
             ));
         }
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
+        if self.state.tasks.snapshot(&task_id.to_string()).is_some() {
+            return Err(ProtocolError::invalid(
+                "task_id is already in use; omit it and the server picks one",
+            )
+            .with_task(task_id));
+        }
         let decoder = InputDecoder::new(&start)?;
         self.state.tasks.create(&task_id.to_string());
         let (input, rx) = mpsc::channel(INPUT_FRAMES);
@@ -222,6 +228,7 @@ impl Runner {
                         decoder_done = true;
                         if !input_done {
                             self.undecodable().await;
+                            return;
                         }
                     }
                 },
@@ -249,12 +256,15 @@ impl Runner {
             .await;
     }
 
+    /// Tells the client its audio could not be decoded and records the task as failed.
     async fn undecodable(&self) {
-        let err = ProtocolError::new(
-            ErrorCode::UnsupportedAudio,
-            "the stream's audio could not be decoded in the announced format",
-        )
-        .with_task(self.task_id);
+        let message = "the stream's audio could not be decoded in the announced format";
+        self.state.tasks.fail(
+            &self.task_id.to_string(),
+            ErrorCode::UnsupportedAudio.as_str(),
+            message,
+        );
+        let err = ProtocolError::new(ErrorCode::UnsupportedAudio, message).with_task(self.task_id);
         let _ = self.out.send(err.to_message()).await;
     }
 
