@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod config;
 mod routes;
+pub mod settings;
 
 use std::future::Future;
 use std::path::PathBuf;
