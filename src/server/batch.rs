@@ -1,4 +1,5 @@
-//! Transcribing uploaded files: queued behind the processing semaphore (seed: 3 at once),
+//! Transcribing uploaded files (WebSocket uploads and HTTP API requests): queued behind the
+//! processing semaphore (seed: 3 at once),
 //! decoded in windows on the blocking pool, progress and segments published to the task
 //! registry as they are produced.
 //!
