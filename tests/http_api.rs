@@ -483,8 +483,17 @@ async fn metrics_count_work_and_readiness_reports_checks() {
 
     let response = transcribe(&server, form("en_arctic_a0024.wav", &[])).await;
     assert_eq!(response.status(), 200);
+    websocket_upload(&server, "en_harvard_birch_canoe.wav", 4).await;
     let after = scrape().await;
+    let accepted = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("earshot_chunks_total{result=\"accepted\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(accepted(&after) >= accepted(&before) + 4.0, "{after}");
     for name in [
+        "earshot_connections_total",
         "earshot_uploads_completed_total",
         "earshot_jobs_completed_total",
         "earshot_job_duration_seconds_count",
@@ -515,6 +524,59 @@ async fn metrics_count_work_and_readiness_reports_checks() {
         .unwrap();
     assert_eq!(ready.status(), 503, "a disk below the floor is not ready");
     full.shutdown().await;
+}
+
+/// Uploads a corpus file over the WebSocket protocol in `chunks` JSON chunks.
+async fn websocket_upload(server: &TestServer, name: &str, chunks: usize) {
+    use futures_util::SinkExt;
+    use md5::{Digest, Md5};
+    use tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    let data = std::fs::read(common::corpus_file(name)).unwrap();
+    let size = data.len().div_ceil(chunks);
+    let request = serde_json::json!({"type": "upload_request", "data": {
+        "file_name": name, "file_size": data.len(), "file_hash": hex::encode(Md5::digest(&data)),
+        "chunk_size": size, "total_chunks": chunks, "upload_mode": "chunked"}});
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    let ready = next_json(&mut ws).await;
+    let task_id = ready["data"]["task_id"]
+        .as_str()
+        .expect("upload_ready")
+        .to_string();
+    for (i, c) in data.chunks(size).enumerate() {
+        let msg = serde_json::json!({"type": "upload_chunk", "data": {"task_id": task_id,
+            "chunk_index": i, "chunk_size": c.len(), "chunk_hash": hex::encode(Md5::digest(c)),
+            "chunk_data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c),
+            "is_last": i == chunks - 1}});
+        ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+    loop {
+        let msg = next_json(&mut ws).await;
+        if msg["type"] == "transcription_complete" {
+            break;
+        }
+        assert_ne!(msg["type"], "error", "{msg}");
+    }
+}
+
+/// The next JSON text message.
+async fn next_json<S>(ws: &mut S) -> Value
+where
+    S: futures_util::Stream<Item = Result<tungstenite::Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .expect("socket open")
+            .expect("no socket error");
+        if let tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON");
+        }
+    }
 }
 
 #[test]
