@@ -22,8 +22,21 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// Log line format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, env = "EARSHOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with span fields (connection id, peer).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,10 +65,22 @@ pub struct FetchModelArgs {
 
 /// Parses arguments, sets up logging and runs the chosen command.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.log);
+    let (cli, matches) = match parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            eprintln!("earshot: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => {
+            let serve = serve_command();
+            let sub = matches
+                .subcommand_matches("serve")
+                .expect("serve was parsed");
+            serve::run(args, sub, &serve)
+        }
         Command::Transcribe(args) => transcribe::run(args),
         Command::FetchModel(args) => fetch_model(args),
         Command::Upload(args) => upload::run(args),
@@ -76,11 +101,44 @@ fn fetch_model(args: FetchModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(filter: &str) {
+/// Parses the command line; for `serve --config FILE`, applies the file's settings under the
+/// flags and environment (see [`crate::server::settings`]) by parsing again with them added.
+/// Help, version and usage errors exit here, as clap does.
+fn parse(args: Vec<std::ffi::OsString>) -> anyhow::Result<(Cli, clap::ArgMatches)> {
+    use clap::{CommandFactory, FromArgMatches};
+    let first = Cli::command().get_matches_from(&args);
+    let file = first
+        .subcommand_matches("serve")
+        .and_then(|sub| Some((sub, sub.get_one::<std::path::PathBuf>("config_file")?)));
+    let matches = match file {
+        Some((sub, path)) => {
+            let table = crate::server::settings::read_file(path)?;
+            let extra = crate::server::settings::file_args(&serve_command(), sub, &table)?;
+            Cli::command().get_matches_from(args.into_iter().chain(extra))
+        }
+        None => first,
+    };
+    Ok((Cli::from_arg_matches(&matches)?, matches))
+}
+
+/// The built `serve` subcommand (global flags included), for the settings file layer.
+fn serve_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand("serve")
+        .expect("serve is a subcommand")
+        .clone()
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
 }

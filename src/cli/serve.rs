@@ -10,10 +10,25 @@ use crate::server::{self, AppState, ServerConfig};
 pub struct ServeArgs {
     #[command(flatten)]
     pub config: ServerConfig,
+
+    /// TOML settings file; keys are the long flag names (`max-file-bytes = "2GiB"`). Flags and
+    /// EARSHOT_* variables override it.
+    #[arg(long = "config", env = "EARSHOT_CONFIG", value_name = "FILE")]
+    pub config_file: Option<std::path::PathBuf>,
+
+    /// Print the effective settings as TOML (usable with --config) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+/// Runs the server; `matches` are the parsed `serve` arguments, for `--print-config`.
+pub fn run(args: ServeArgs, matches: &clap::ArgMatches, command: &clap::Command) -> Result<()> {
+    if args.print_config {
+        print!("{}", server::settings::to_toml(command, matches));
+        return Ok(());
+    }
     let config = args.config;
+    warn_if_open(&config);
     let model = models::ensure(&config.model, &config.models_dir, true)?;
     let vad = models::ensure(models::VAD_MODEL, &config.models_dir, true)
         .map_err(|e| tracing::warn!("no VAD model ({e}); cutting windows by energy"))
@@ -36,6 +51,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Warns when the server is reachable from other machines without any API key.
+fn warn_if_open(config: &ServerConfig) {
+    if !config.listen.ip().is_loopback() && config.api_keys.is_empty() {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening on a non-loopback address without --api-key: anyone who can reach this \
+             port can use it (set --api-key or EARSHOT_API_KEYS, and put TLS in front)"
+        );
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

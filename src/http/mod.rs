@@ -4,7 +4,7 @@
 //!   `/v1/models`.
 //! - [`tasks`]: `/v1/tasks/{id}`, any task's status and result.
 //! - [`metrics`]: Prometheus `/metrics` and the one-line counters the rest of the code calls.
-//! - [`ready`]: `/readyz`.
+//! - [`ready`]: `GET /readyz`, whether to send traffic here.
 //! - [`auth`]: API keys, allowed origins and per-client limits, in front of every route
 //!   (WebSocket upgrades included).
 //!

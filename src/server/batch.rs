@@ -1,6 +1,6 @@
-//! Transcribing uploaded files: queued behind the processing semaphore (seed: 3 at once),
-//! decoded in windows on the blocking pool, progress and segments published to the task
-//! registry as they are produced.
+//! Transcribing uploaded files (WebSocket uploads and HTTP API requests): queued behind the
+//! processing semaphore (seed: 3 at once), decoded in windows on the blocking pool, progress
+//! and segments published to the task registry as they are produced.
 //!
 //! This module must not talk to clients; followers relay what it publishes.
 

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod config;
 mod page;
 mod routes;
+pub mod settings;
 
 use std::future::Future;
 use std::path::PathBuf;

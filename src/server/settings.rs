@@ -43,7 +43,9 @@ pub enum SettingsError {
     #[error("unknown setting {0:?} in the config file (keys are the long flag names of `earshot serve --help`)")]
     UnknownKey(String),
     /// A value of a type no setting takes (tables, dates).
-    #[error("setting {0:?} in the config file must be a string, number, boolean or a list of them")]
+    #[error(
+        "setting {0:?} in the config file must be a string, number, boolean or a list of them"
+    )]
     BadValue(String),
 }
 
@@ -141,8 +143,8 @@ pub fn to_toml(cmd: &Command, matches: &ArgMatches) -> String {
             out.push_str(&format!("# {long}: {} set (not printed)\n", values.len()));
             continue;
         }
-        let many = matches!(arg.get_action(), ArgAction::Append)
-            || arg.get_value_delimiter().is_some();
+        let many =
+            matches!(arg.get_action(), ArgAction::Append) || arg.get_value_delimiter().is_some();
         let line = if many {
             let items: Vec<toml::Value> = values.iter().map(|v| typed(v)).collect();
             toml::Value::Array(items).to_string()
@@ -176,9 +178,18 @@ mod tests {
 
     fn cmd() -> Command {
         let mut cmd = Command::new("t")
-            .arg(Arg::new("workers").long("workers").env("T_WORKERS_TEST").default_value("1"))
+            .arg(
+                Arg::new("workers")
+                    .long("workers")
+                    .env("T_WORKERS_TEST")
+                    .default_value("1"),
+            )
             .arg(Arg::new("queue").long("queue").default_value("16"))
-            .arg(Arg::new("max_file_bytes").long("max-file-bytes").default_value("4GiB"))
+            .arg(
+                Arg::new("max_file_bytes")
+                    .long("max-file-bytes")
+                    .default_value("4GiB"),
+            )
             .arg(
                 Arg::new("api_keys")
                     .long("api-key")

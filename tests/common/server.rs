@@ -28,6 +28,16 @@ pub static TINY: LazyLock<Pool> = LazyLock::new(|| {
     .expect("the tiny.en pool starts")
 });
 
+/// A multilingual pool (base, q5_1) for tests of other languages and translation.
+pub static MULTILINGUAL: LazyLock<Pool> = LazyLock::new(|| {
+    Pool::start(PoolConfig {
+        model_path: super::model("ggml-base-q5_1.bin"),
+        workers: 1,
+        queue_capacity: 16,
+    })
+    .expect("the base-q5_1 pool starts")
+});
+
 /// A running server; shuts down when dropped.
 pub struct TestServer {
     /// Where it listens.
@@ -48,11 +58,15 @@ impl TestServer {
 
     /// Starts a server after `tweak` adjusts its settings.
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        Self::start_with_pool(TINY.clone(), tweak).await
+    }
+
+    /// Starts a server on the given pool (e.g. [`MULTILINGUAL`]) after `tweak`.
+    pub async fn start_with_pool(pool: Pool, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let data_dir = tempfile::tempdir().expect("a temp dir");
         let mut config = ServerConfig::for_tests("tiny.en", data_dir.path().to_path_buf());
         config.threads = 2;
         tweak(&mut config);
-        let pool = TINY.clone();
         let vad = Some(super::model("ggml-silero-v6.2.0.bin"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -78,6 +92,11 @@ impl TestServer {
     /// `ws://addr/`.
     pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)
+    }
+
+    /// `http://addr`, for the HTTP API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Stops the server and waits for it to drain.

@@ -1,0 +1,629 @@
+//! The HTTP side of the server over real sockets with the real tiny.en model: the
+//! OpenAI-compatible endpoints (reqwest and curl), task lookup, access control, metrics,
+//! readiness, and the settings file precedence of the real binary.
+
+mod common;
+
+use common::server::TestServer;
+use futures_util::StreamExt;
+use reqwest::multipart::{Form, Part};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite;
+
+const JFK: &str = "en_jfk.wav";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn audio_part(name: &str) -> Part {
+    let bytes = std::fs::read(common::corpus_file(name)).expect("read corpus file");
+    Part::bytes(bytes).file_name(name.to_string())
+}
+
+/// A transcription request for a corpus file with extra text fields.
+fn form(file: &str, fields: &[(&str, &str)]) -> Form {
+    let mut form = Form::new()
+        .part("file", audio_part(file))
+        .text("model", "whisper-1");
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form
+}
+
+async fn transcribe(server: &TestServer, form: Form) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/audio/transcriptions", server.http_url()))
+        .multipart(form)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// Asserts an OpenAI-shaped error with the given status and returns its `error` object.
+async fn expect_error(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.expect("JSON error body");
+    let error = body["error"].clone();
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    for field in ["param", "code"] {
+        assert!(error.as_object().unwrap().contains_key(field), "{body}");
+    }
+    error
+}
+
+fn assert_jfk(text: &str) {
+    let wer = earshot::eval::wer(&common::reference(JFK), text);
+    assert!(wer <= 0.2, "WER {wer} for {text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_format_renders_the_recording() {
+    let server = TestServer::start().await;
+
+    let response = transcribe(&server, form(JFK, &[])).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["x-earshot-task-id"].to_str().is_ok());
+    let json: Value = response.json().await.unwrap();
+    assert_jfk(json["text"].as_str().unwrap());
+
+    let response = transcribe(&server, form(JFK, &[("response_format", "text")])).await;
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_jfk(&response.text().await.unwrap());
+
+    let srt = transcribe(&server, form(JFK, &[("response_format", "srt")]))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(srt.starts_with("1\n00:00:"), "{srt}");
+    assert!(srt.contains(" --> "), "{srt}");
+
+    let vtt = transcribe(&server, form(JFK, &[("response_format", "vtt")]))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(vtt.starts_with("WEBVTT\n\n00:00:"), "{vtt}");
+
+    let fields = [
+        ("response_format", "verbose_json"),
+        ("timestamp_granularities[]", "word"),
+        ("timestamp_granularities[]", "segment"),
+        ("language", "en"),
+        ("prompt", "Ask not."),
+        ("temperature", "0"),
+    ];
+    let verbose: Value = transcribe(&server, form(JFK, &fields))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verbose["task"], "transcribe");
+    assert_eq!(verbose["language"], "english");
+    assert!((verbose["duration"].as_f64().unwrap() - 11.0).abs() < 0.1);
+    assert_jfk(verbose["text"].as_str().unwrap());
+    let segments = verbose["segments"].as_array().unwrap();
+    let words = verbose["words"]
+        .as_array()
+        .expect("words with word granularity");
+    assert!(words.len() >= 15, "{} words", words.len());
+    let first = segments.first().unwrap()["start"].as_f64().unwrap();
+    let last = segments.last().unwrap()["end"].as_f64().unwrap();
+    for w in words {
+        let (start, end) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+        assert!(start <= end, "{w}");
+        assert!(
+            start >= first - 0.01 && end <= last + 0.01,
+            "{w} outside {first}..{last}"
+        );
+        assert!(
+            segments.iter().any(|s| {
+                s["start"].as_f64().unwrap() - 0.01 <= start
+                    && end <= s["end"].as_f64().unwrap() + 0.01
+            }),
+            "{w} is inside no segment"
+        );
+    }
+
+    let plain: Value = transcribe(&server, form(JFK, &[("response_format", "verbose_json")]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(plain.get("words").is_none(), "no words unless asked");
+
+    let translated = client()
+        .post(format!("{}/v1/audio/translations", server.http_url()))
+        .multipart(form(JFK, &[("response_format", "verbose_json")]))
+        .send()
+        .await
+        .unwrap();
+    let translated: Value = translated.json().await.unwrap();
+    assert_eq!(translated["task"], "translate");
+    assert_jfk(translated["text"].as_str().unwrap());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors() {
+    let server = TestServer::start_with(|c| c.max_file_bytes = bytesize::ByteSize::kib(200)).await;
+
+    let not_audio = Form::new()
+        .part(
+            "file",
+            Part::bytes(b"these are meeting notes, not audio ".repeat(100)).file_name("notes.wav"),
+        )
+        .text("model", "whisper-1");
+    let error = expect_error(
+        transcribe(&server, not_audio).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
+    assert_eq!(error["code"], "unsupported_audio");
+    assert_eq!(error["param"], "file");
+
+    let no_file = Form::new().text("model", "whisper-1");
+    let error = expect_error(transcribe(&server, no_file).await, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error["param"], "file");
+
+    let error = expect_error(
+        transcribe(
+            &server,
+            form("en_arctic_a0024.wav", &[("response_format", "xml")]),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(error["param"], "response_format");
+
+    let words_without_verbose = form(
+        "en_arctic_a0024.wav",
+        &[("timestamp_granularities[]", "word")],
+    );
+    let error = expect_error(
+        transcribe(&server, words_without_verbose).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(error["param"], "timestamp_granularities");
+
+    let not_multipart = client()
+        .post(format!("{}/v1/audio/transcriptions", server.http_url()))
+        .json(&serde_json::json!({"file": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(not_multipart, StatusCode::BAD_REQUEST).await;
+
+    // 352 kB > 200 KiB: refused while streaming (the declared size is within the slack).
+    let error = expect_error(
+        transcribe(&server, form(JFK, &[])).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_eq!(error["code"], "file_too_large");
+    // Far over: refused from Content-Length before the body is read.
+    let huge = Form::new().part("file", Part::bytes(vec![0u8; 3 << 20]).file_name("big.wav"));
+    expect_error(
+        transcribe(&server, huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+
+    let spool = server.data_path().join("http");
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "refused uploads leave no files"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_tasks_can_be_looked_up() {
+    let server = TestServer::start().await;
+    let base = server.http_url();
+
+    let models: Value = client()
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    let id = models["data"][0]["id"].as_str().unwrap();
+    assert!(id.contains("tiny.en"), "{models}");
+
+    let response = transcribe(&server, form("en_harvard_birch_canoe.wav", &[])).await;
+    let task_id = response.headers()["x-earshot-task-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = response.json::<Value>().await.unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let status: Value = client()
+        .get(format!("{base}/v1/tasks/{task_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["id"], task_id.as_str());
+    assert_eq!(status["text"], text.as_str());
+    assert!(!status["result"]["segments"].as_array().unwrap().is_empty());
+
+    let srt = client()
+        .get(format!("{base}/v1/tasks/{task_id}?response_format=srt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(srt.status(), 200);
+    assert!(srt.text().await.unwrap().starts_with("1\n00:00:"));
+
+    for unknown in [uuid_like(), "not-a-task".to_string()] {
+        let response = client()
+            .get(format!("{base}/v1/tasks/{unknown}"))
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::NOT_FOUND).await;
+    }
+    server.shutdown().await;
+}
+
+fn uuid_like() -> String {
+    "0b6f3d62-5c1e-4e7a-9a43-0f3f5d0e9b11".to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_posts_a_file_like_the_openai_docs_show() {
+    let server = TestServer::start().await;
+    let url = format!("{}/v1/audio/transcriptions", server.http_url());
+    let file = format!("file=@{}", common::corpus_file(JFK).display());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", &url])
+            .args([
+                "-F",
+                &file,
+                "-F",
+                "model=whisper-1",
+                "-F",
+                "response_format=text",
+            ])
+            .output()
+            .expect("curl runs (install curl)")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_jfk(&String::from_utf8(output.stdout).unwrap());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_http_and_websocket_alike() {
+    let server = TestServer::start_with(|c| {
+        c.api_keys = vec!["sekret".into(), "other".into()];
+        c.allowed_origins = vec!["https://good.example".into()];
+    })
+    .await;
+    let base = server.http_url();
+    let models = format!("{base}/v1/models");
+
+    let none = client().get(&models).send().await.unwrap();
+    let error = expect_error(none, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(error["code"], "invalid_api_key");
+    let wrong = client()
+        .get(&models)
+        .bearer_auth("sekret2")
+        .send()
+        .await
+        .unwrap();
+    expect_error(wrong, StatusCode::UNAUTHORIZED).await;
+    let right = client()
+        .get(&models)
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let also = client()
+        .get(&models)
+        .bearer_auth("other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(also.status(), 200);
+    let health = client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "liveness needs no key");
+    let no_key_upload = transcribe(&server, form("en_arctic_a0024.wav", &[])).await;
+    expect_error(no_key_upload, StatusCode::UNAUTHORIZED).await;
+
+    let refused = tokio_tungstenite::connect_async(server.url()).await;
+    assert_http_refusal(refused, 401);
+
+    let with_token = format!("{}?token=sekret", server.url());
+    let (mut ws, _) = tokio_tungstenite::connect_async(with_token)
+        .await
+        .expect("upgrade with ?token= accepted");
+    let hello = ws.next().await.unwrap().unwrap();
+    assert!(
+        hello.to_text().unwrap().contains("\"connected\""),
+        "{hello:?}"
+    );
+
+    let mut evil = format!("{}?token=sekret", server.url())
+        .into_client_request()
+        .unwrap();
+    evil.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert_http_refusal(tokio_tungstenite::connect_async(evil).await, 403);
+    let mut good = format!("{}?token=sekret", server.url())
+        .into_client_request()
+        .unwrap();
+    good.headers_mut()
+        .insert("origin", "https://good.example".parse().unwrap());
+    tokio_tungstenite::connect_async(good)
+        .await
+        .expect("an allowed origin connects");
+    server.shutdown().await;
+}
+
+use tungstenite::client::IntoClientRequest;
+
+fn assert_http_refusal<T: std::fmt::Debug>(result: Result<T, tungstenite::Error>, status: u16) {
+    match result {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), status),
+        other => panic!("expected an HTTP {status} refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_limits_answer_429() {
+    let server = TestServer::start_with(|c| c.rate_limit_per_minute = 3).await;
+    let url = format!("{}/v1/models", server.http_url());
+    for _ in 0..3 {
+        assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    }
+    let limited = client().get(&url).send().await.unwrap();
+    assert!(
+        limited.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let error = expect_error(limited, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    server.shutdown().await;
+
+    let server = TestServer::start_with(|c| c.max_connections_per_ip = 1).await;
+    let (mut first, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    first.next().await.unwrap().unwrap();
+    assert_http_refusal(tokio_tungstenite::connect_async(server.url()).await, 429);
+    drop(first);
+    // The slot comes back when the session ends.
+    let mut reconnected = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(server.url()).await {
+            reconnected = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reconnected.is_some(), "the address's slot was given back");
+    server.shutdown().await;
+}
+
+/// The value of an unlabelled sample, or the sum over a metric's labelled samples.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_work_and_readiness_reports_checks() {
+    let server = TestServer::start().await;
+    let base = server.http_url();
+    let scrape = || async {
+        let response = client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let before = scrape().await;
+    for name in [
+        "earshot_connections_active",
+        "earshot_connections_total",
+        "earshot_uploads_active",
+        "earshot_uploads_completed_total",
+        "earshot_uploads_failed_total",
+        "earshot_chunks_total",
+        "earshot_received_bytes_total",
+        "earshot_queue_depth",
+        "earshot_workers_busy",
+        "earshot_jobs_completed_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(before.contains(name), "{name} missing from:\n{before}");
+    }
+    assert!(metric(&before, "process_resident_memory_bytes") > 1e6);
+
+    let response = transcribe(&server, form("en_arctic_a0024.wav", &[])).await;
+    assert_eq!(response.status(), 200);
+    websocket_upload(&server, "en_harvard_birch_canoe.wav", 4).await;
+    let after = scrape().await;
+    let accepted = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("earshot_chunks_total{result=\"accepted\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(accepted(&after) >= accepted(&before) + 4.0, "{after}");
+    for name in [
+        "earshot_connections_total",
+        "earshot_uploads_completed_total",
+        "earshot_jobs_completed_total",
+        "earshot_job_duration_seconds_count",
+        "earshot_job_real_time_factor_count",
+    ] {
+        assert!(
+            metric(&after, name) > metric(&before, name),
+            "{name} did not move:\n{after}"
+        );
+    }
+    assert!(
+        metric(&after, "earshot_received_bytes_total")
+            >= metric(&before, "earshot_received_bytes_total") + 100_000.0
+    );
+
+    let ready = client().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["model_loaded"], true);
+    assert_eq!(body["data_dir_writable"], true);
+    server.shutdown().await;
+
+    let full = TestServer::start_with(|c| c.min_free_disk = bytesize::ByteSize::pib(1000)).await;
+    let ready = client()
+        .get(format!("{}/readyz", full.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "a disk below the floor is not ready");
+    full.shutdown().await;
+}
+
+/// Uploads a corpus file over the WebSocket protocol in `chunks` JSON chunks.
+async fn websocket_upload(server: &TestServer, name: &str, chunks: usize) {
+    use futures_util::SinkExt;
+    use md5::{Digest, Md5};
+    use tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    let data = std::fs::read(common::corpus_file(name)).unwrap();
+    let size = data.len().div_ceil(chunks);
+    let request = serde_json::json!({"type": "upload_request", "data": {
+        "file_name": name, "file_size": data.len(), "file_hash": hex::encode(Md5::digest(&data)),
+        "chunk_size": size, "total_chunks": chunks, "upload_mode": "chunked"}});
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    let ready = next_json(&mut ws).await;
+    let task_id = ready["data"]["task_id"]
+        .as_str()
+        .expect("upload_ready")
+        .to_string();
+    for (i, c) in data.chunks(size).enumerate() {
+        let msg = serde_json::json!({"type": "upload_chunk", "data": {"task_id": task_id,
+            "chunk_index": i, "chunk_size": c.len(), "chunk_hash": hex::encode(Md5::digest(c)),
+            "chunk_data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c),
+            "is_last": i == chunks - 1}});
+        ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+    loop {
+        let msg = next_json(&mut ws).await;
+        if msg["type"] == "transcription_complete" {
+            break;
+        }
+        assert_ne!(msg["type"], "error", "{msg}");
+    }
+}
+
+/// The next JSON text message.
+async fn next_json<S>(ws: &mut S) -> Value
+where
+    S: futures_util::Stream<Item = Result<tungstenite::Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .expect("socket open")
+            .expect("no socket error");
+        if let tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON");
+        }
+    }
+}
+
+#[test]
+fn print_config_layers_flags_over_env_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("earshot.toml");
+    std::fs::write(
+        &file,
+        "workers = 3\nqueue = 5\nmax_uploads = 7\nmax-file-bytes = \"1GiB\"\napi-key = [\"filekey\"]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_earshot"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .args(["--max-uploads", "9", "--print-config"])
+        .env("EARSHOT_QUEUE", "6")
+        .env("EARSHOT_MAX_UPLOADS", "8")
+        .env_remove("EARSHOT_WORKERS")
+        .env_remove("EARSHOT_API_KEYS")
+        .output()
+        .expect("the earshot binary runs");
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let settings: toml::Table = printed.parse().expect("print-config prints TOML");
+    assert_eq!(
+        settings["workers"].as_integer(),
+        Some(3),
+        "file over default"
+    );
+    assert_eq!(settings["queue"].as_integer(), Some(6), "env over file");
+    assert_eq!(
+        settings["max-uploads"].as_integer(),
+        Some(9),
+        "flag over env"
+    );
+    assert_eq!(settings["max-file-bytes"].as_str(), Some("1GiB"));
+    assert_eq!(settings["max-processing"].as_integer(), Some(3), "default");
+    assert!(!printed.contains("filekey"), "keys are never printed");
+    assert!(printed.contains("# api-key: 1 set"), "{printed}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "wokers = 2\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_earshot"))
+        .args(["serve", "--print-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("wokers"));
+}
