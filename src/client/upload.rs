@@ -343,11 +343,9 @@ impl<'a> Job<'a> {
                     sent: 0,
                 };
                 let sent = if chunks.is_empty() {
-                    // Every chunk is stored but the server never finished the upload (the
-                    // connection dropped at the last ack). It finalises only when a chunk
-                    // arrives, and a duplicate binary chunk is enough — whatever the protocol.
-                    let last = BTreeSet::from([plan.total_chunks - 1]);
-                    self.send_binary(&mut sender, last, 1, on_event).await
+                    // Every chunk is stored: the server finalises the upload on resume
+                    // (docs/PROTOCOL.md §6); what follows is upload_complete and the result.
+                    Ok(())
                 } else {
                     match self.options.protocol {
                         UploadProtocol::Binary => {
