@@ -1,15 +1,22 @@
 //! `earshot transcribe FILE...`: local transcription with a progress bar, text to stdout or files.
+//!
+//! Each file is decoded, cut into windows at pauses and transcribed in turn; a file that fails
+//! is reported on stderr in one line and the others still run. This module must not hold a
+//! whole file's audio (it streams through [`long::transcribe`]) and must not print logs to
+//! stdout, which carries only transcripts.
 
+use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::audio::decode::DecodeLimits;
 use crate::audio::AudioStream;
-use crate::format::{render, OutputFormat};
-use crate::inference::engine::Options;
+use crate::format::{render_task, OutputFormat, Task};
+use crate::inference::engine::{self, Options};
 use crate::inference::long::{self, LongEvent};
 use crate::inference::pool::{Pool, PoolConfig};
 use crate::models;
@@ -18,21 +25,42 @@ use crate::transcript::Transcript;
 /// Inputs shorter than this get no progress bar: it would only flicker.
 const PROGRESS_MIN_SECS: f64 = 5.0;
 
+/// Audio that ends this much earlier than its header declares counts as truncated (decoders
+/// and containers disagree by a few frames on complete files).
+const TRUNCATION_SLACK_SECS: f64 = 1.0;
+
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "\
+Output: with one format per run, transcripts go to stdout one file after the other (nothing is \
+printed for audio without speech), or with --output-dir into DIR/NAME.EXT where NAME is the \
+input's file name (en_jfk.wav -> en_jfk.wav.srt; json and verbose_json both use .json). \
+A progress bar is drawn on stderr for inputs longer than a few seconds when stderr is a terminal.
+
+Models: a name such as tiny.en resolves to MODELS_DIR/ggml-tiny.en.bin; a missing file is fetched \
+(with progress) from EARSHOT_MODEL_MIRROR (a directory or URL) first, then the public hub, and \
+verified before use. The Silero VAD model (silero-v6.2.0) is fetched the same way; without it \
+windows are cut by an energy detector.
+
+Errors: a file that cannot be transcribed is reported on stderr as `earshot: FILE: reason` and \
+the remaining files are still transcribed; the exit status is then 1. A file whose audio ends \
+before the length its header declares (truncated download, damaged header) is transcribed as \
+far as it can be read, and also counts as failed. Model and option errors stop before any file.")]
 pub struct TranscribeArgs {
     /// Audio files (WAV, FLAC, MP3, Ogg/Vorbis, Opus, AAC/M4A, ALAC, AIFF, CAF, MKV/WebM).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Whisper model: a name (fetched into --models-dir when missing) or a path to a ggml file.
+    /// Whisper model: a name (tiny.en, base, base-q5_1, small, …; fetched into --models-dir when
+    /// missing) or a path to a ggml file.
     #[arg(long, short, env = "EARSHOT_MODEL", default_value = models::DEFAULT_MODEL)]
     pub model: String,
     /// Where model files are kept.
     #[arg(long, env = "EARSHOT_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
-    /// Spoken language (`auto` to detect; English-only models always use `en`).
+    /// Spoken language: `auto` to detect it, or a code such as en, zh, de, fr, ja
+    /// (English-only `.en` models always use `en`).
     #[arg(long, short, default_value = "auto")]
     pub language: String,
-    /// Translate to English instead of transcribing.
+    /// Translate to English instead of transcribing (multilingual models only).
     #[arg(long)]
     pub translate: bool,
     /// Output format.
@@ -47,13 +75,16 @@ pub struct TranscribeArgs {
     /// Text that primes Whisper's vocabulary and style (names, jargon).
     #[arg(long)]
     pub prompt: Option<String>,
-    /// Write FILE.<format> into this directory instead of printing to stdout.
+    /// Write one file per input, DIR/NAME.EXT (created if needed), instead of printing to stdout.
     #[arg(long, short)]
     pub output_dir: Option<PathBuf>,
 }
 
+/// Transcribes every file; fails (after trying them all) if any file failed.
 pub fn run(args: TranscribeArgs) -> Result<()> {
-    let model = models::ensure(&args.model, &args.models_dir, true)?;
+    let options = options(&args);
+    engine::validate(&options).map_err(|e| anyhow!("{e}"))?;
+    let model = models::ensure(&args.model, &args.models_dir, true).map_err(|e| anyhow!("{e}"))?;
     let vad = models::ensure(models::VAD_MODEL, &args.models_dir, true)
         .map_err(|e| tracing::warn!("no VAD model ({e}); cutting windows by energy"))
         .ok();
@@ -62,41 +93,92 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         workers: 1,
         queue_capacity: 2,
     })
-    .context("loading the model")?;
-    let options = Options {
-        language: language_option(&args.language),
+    .map_err(|e| anyhow!("{e}"))?;
+    if args.translate && !pool.is_multilingual() {
+        tracing::warn!(
+            "{} is English-only: --translate has no effect",
+            pool.model_name()
+        );
+    }
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut written = HashSet::new();
+    let mut failed = 0;
+    for file in &args.files {
+        if let Err(reason) =
+            transcribe_and_emit(&args, &pool, &options, vad.as_deref(), file, &mut written)
+        {
+            let line = format!("{}: {reason}", file.display());
+            if args.files.len() == 1 {
+                bail!(line);
+            }
+            eprintln!("earshot: {line}");
+            failed += 1;
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => bail!("{n} of {} files failed", args.files.len()),
+    }
+}
+
+/// Whisper options from the command line.
+fn options(args: &TranscribeArgs) -> Options {
+    Options {
+        language: (args.language != "auto").then(|| args.language.clone()),
         translate: args.translate,
         initial_prompt: args.prompt.clone(),
         beam_size: args.beam_size,
         threads: args.threads,
         token_timestamps: matches!(args.format, OutputFormat::VerboseJson),
         low_latency: false,
-    };
-    if let Some(dir) = &args.output_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    for file in &args.files {
-        let transcript = transcribe_file(&pool, file, &options, vad.as_deref())
-            .with_context(|| format!("{}", file.display()))?;
-        emit(&args, file, &transcript)?;
-    }
-    Ok(())
 }
 
-fn language_option(language: &str) -> Option<String> {
-    (language != "auto").then(|| language.to_string())
+/// One file: transcribe, write the result, and say why if it failed (a user-facing reason).
+fn transcribe_and_emit(
+    args: &TranscribeArgs,
+    pool: &Pool,
+    options: &Options,
+    vad: Option<&Path>,
+    file: &Path,
+    written: &mut HashSet<PathBuf>,
+) -> Result<(), String> {
+    let (transcript, declared) = transcribe_file(pool, file, options, vad)?;
+    let task = if options.translate && pool.is_multilingual() {
+        Task::Translate
+    } else {
+        Task::Transcribe
+    };
+    emit(
+        args,
+        file,
+        &render_task(&transcript, args.format, task),
+        written,
+    )?;
+    match declared {
+        Some(declared) if transcript.duration + TRUNCATION_SLACK_SECS < declared => Err(format!(
+            "the audio ends after {:.1} s although the file declares {:.1} s (truncated or \
+             damaged); only that part was transcribed",
+            transcript.duration, declared
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes and transcribes one file in windows, showing progress for long inputs.
+/// Returns the transcript and the duration the file's header declares, when it does.
 pub fn transcribe_file(
     pool: &Pool,
     file: &Path,
     options: &Options,
     vad: Option<&Path>,
-) -> Result<Transcript> {
-    let mut audio = AudioStream::open(file, DecodeLimits::default())?;
-    let total = audio.duration_hint().unwrap_or(0.0);
-    let bar = progress_bar(total);
+) -> Result<(Transcript, Option<f64>), String> {
+    let mut audio = AudioStream::open(file, DecodeLimits::default()).map_err(|e| e.to_string())?;
+    let declared = audio.duration_hint();
+    let bar = progress_bar(declared);
     let transcript = long::transcribe(
         pool,
         || audio.next_chunk(),
@@ -107,33 +189,79 @@ pub fn transcribe_file(
                 bar.set_position((processed_secs * 10.0) as u64);
             }
         },
-    )?;
+    );
     bar.finish_and_clear();
-    Ok(transcript)
+    Ok((transcript.map_err(|e| e.to_string())?, declared))
 }
 
-fn progress_bar(total_secs: f64) -> ProgressBar {
-    if total_secs < PROGRESS_MIN_SECS {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new((total_secs * 10.0) as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {percent}% audio, eta {eta}",
-        )
-        .expect("a valid template"),
-    );
+/// A bar over the declared duration, a spinner when it is unknown, nothing for short inputs.
+/// indicatif draws nothing when stderr is not a terminal.
+fn progress_bar(declared_secs: Option<f64>) -> ProgressBar {
+    let template = match declared_secs {
+        Some(secs) if secs < PROGRESS_MIN_SECS => return ProgressBar::hidden(),
+        Some(_) => "{spinner} [{elapsed_precise}] {wide_bar} {percent}% of the audio, eta {eta}",
+        None => "{spinner} [{elapsed_precise}] transcribing…",
+    };
+    let bar = match declared_secs {
+        Some(secs) => ProgressBar::new((secs * 10.0) as u64),
+        None => ProgressBar::no_length(),
+    };
+    bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 
-fn emit(args: &TranscribeArgs, file: &Path, transcript: &Transcript) -> Result<()> {
-    let text = render(transcript, args.format);
+/// Prints `text` (nothing when empty) or writes it to `DIR/NAME.EXT`, refusing to overwrite
+/// an output written earlier in this run (two inputs with the same file name).
+fn emit(
+    args: &TranscribeArgs,
+    file: &Path,
+    text: &str,
+    written: &mut HashSet<PathBuf>,
+) -> Result<(), String> {
     let Some(dir) = &args.output_dir else {
-        println!("{}", text.trim_end());
-        return Ok(());
+        let text = text.trim_end();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut stdout = std::io::stdout().lock();
+        return writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"));
     };
-    let stem = file.file_stem().unwrap_or(file.as_os_str());
-    let out = dir.join(stem).with_extension(args.format.extension());
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))
+    let out = output_path(dir, file, args.format);
+    if !written.insert(out.clone()) {
+        return Err(format!(
+            "{} was already written for another input with the same name in this run",
+            out.display()
+        ));
+    }
+    std::fs::write(&out, text).map_err(|e| format!("cannot write {}: {e}", out.display()))
+}
+
+/// `DIR/NAME.EXT` with NAME the input's whole file name, so en_jfk.wav and en_jfk.mp3 do not
+/// overwrite each other.
+fn output_path(dir: &Path, file: &Path, format: OutputFormat) -> PathBuf {
+    let mut name = file.file_name().unwrap_or(file.as_os_str()).to_os_string();
+    name.push(".");
+    name.push(format.extension());
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_keep_the_input_extension() {
+        let dir = Path::new("/out");
+        assert_eq!(
+            output_path(dir, Path::new("a/talk.2024.mp3"), OutputFormat::Srt),
+            PathBuf::from("/out/talk.2024.mp3.srt")
+        );
+        assert_eq!(
+            output_path(dir, Path::new("en_jfk.wav"), OutputFormat::VerboseJson),
+            PathBuf::from("/out/en_jfk.wav.json")
+        );
+    }
 }
