@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::format::Task;
 use crate::transcript::{Segment, Transcript};
 
 /// Events buffered per task for followers that read slowly; past that they catch up from a snapshot.
@@ -30,6 +31,10 @@ pub struct TaskResult {
     pub transcript: Transcript,
     /// Wall-clock seconds from the start of transcription to its end.
     pub processing_seconds: f64,
+    /// Whether the text is a transcription or an English translation, so a result fetched
+    /// later (`/v1/tasks/{id}`) names the task the client asked for.
+    #[serde(default)]
+    pub task: Task,
 }
 
 /// Where a task stands.
@@ -236,6 +241,7 @@ mod tests {
                 segments: vec![seg("hello")],
             },
             processing_seconds: 0.5,
+            task: Task::Transcribe,
         }
     }
 

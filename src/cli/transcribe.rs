@@ -75,6 +75,10 @@ pub struct TranscribeArgs {
     /// Text that primes Whisper's vocabulary and style (names, jargon).
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Sampling temperature to start at, 0 to 1 (0: most likely text; Whisper raises it on
+    /// its own when a window decodes to repetitive or unlikely text).
+    #[arg(long, default_value_t = 0.0, value_parser = temperature)]
+    pub temperature: f32,
     /// Write one file per input, DIR/NAME.EXT (created if needed), instead of printing to stdout.
     #[arg(long, short)]
     pub output_dir: Option<PathBuf>,
@@ -134,6 +138,14 @@ fn options(args: &TranscribeArgs) -> Options {
         threads: args.threads,
         token_timestamps: matches!(args.format, OutputFormat::VerboseJson),
         low_latency: false,
+        temperature: args.temperature,
+    }
+}
+
+fn temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+        _ => Err("must be a number from 0 to 1".into()),
     }
 }
 

@@ -18,6 +18,9 @@ use super::{metrics, ApiError};
 const MAX_FIELD_BYTES: usize = 64 * 1024;
 /// Most text parts one request may carry.
 const MAX_FIELDS: usize = 32;
+/// How much of an oversized file is still read (and thrown away) before answering 413, so a
+/// client that is still sending sees the answer instead of a reset connection.
+const DRAIN_BYTES: u64 = 2 * 1024 * 1024;
 
 /// The parts of one request.
 #[derive(Debug, Default)]
@@ -134,6 +137,7 @@ async fn spool(
         spooled.bytes += chunk.len() as u64;
         metrics::bytes_received(chunk.len());
         if spooled.bytes > max_file_bytes {
+            drain(field, DRAIN_BYTES).await;
             return Err(too_large(max_file_bytes));
         }
         out.write_all(&chunk).await.map_err(|err| {
@@ -143,6 +147,17 @@ async fn spool(
     }
     out.flush().await.map_err(|_| ApiError::internal())?;
     Ok(spooled)
+}
+
+/// Reads and discards up to `limit` more bytes of a refused part.
+async fn drain(mut field: Field<'_>, limit: u64) {
+    let mut left = limit;
+    while let Ok(Some(chunk)) = field.chunk().await {
+        match left.checked_sub(chunk.len() as u64) {
+            Some(rest) => left = rest,
+            None => break,
+        }
+    }
 }
 
 async fn text(mut field: Field<'_>, name: &str) -> Result<String, ApiError> {

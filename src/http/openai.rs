@@ -188,17 +188,7 @@ fn parse_params(
 ) -> Result<Params, ApiError> {
     let format = output_format(form.get("response_format").unwrap_or("json"))?;
     let words = granularities(form, format)?;
-    if let Some(t) = form.get("temperature") {
-        match t.parse::<f32>() {
-            Ok(t) if (0.0..=1.0).contains(&t) => {}
-            _ => {
-                return Err(
-                    ApiError::bad_request("temperature must be a number from 0 to 1")
-                        .param("temperature"),
-                )
-            }
-        }
-    }
+    let temperature = temperature(form)?;
     let language = form.get("language").map(str::to_ascii_lowercase);
     if !multilingual
         && language
@@ -216,6 +206,7 @@ fn parse_params(
         initial_prompt: form.get("prompt").map(str::to_string),
         threads,
         token_timestamps: words,
+        temperature,
         ..Options::default()
     };
     engine::validate(&options).map_err(|e| {
@@ -235,6 +226,17 @@ fn parse_params(
         options,
         task,
     })
+}
+
+/// OpenAI's `temperature`: a number from 0 (the default) to 1.
+fn temperature(form: &Form) -> Result<f32, ApiError> {
+    match form.get("temperature").map(str::parse::<f32>) {
+        None => Ok(0.0),
+        Some(Ok(t)) if (0.0..=1.0).contains(&t) => Ok(t),
+        Some(_) => Err(
+            ApiError::bad_request("temperature must be a number from 0 to 1").param("temperature"),
+        ),
+    }
 }
 
 /// OpenAI's `response_format` names.
@@ -411,6 +413,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.options.language.as_deref(), Some("fr"));
         assert_eq!(p.options.initial_prompt.as_deref(), Some("Zoë"));
+        assert_eq!(p.options.temperature, 0.2);
+        assert_eq!(parse(&[]).unwrap().options.temperature, 0.0);
         assert_eq!(
             parse(&[("language", "xx")]).unwrap_err().param,
             Some("language")
@@ -421,6 +425,10 @@ mod tests {
         );
         assert_eq!(
             parse(&[("temperature", "hot")]).unwrap_err().param,
+            Some("temperature")
+        );
+        assert_eq!(
+            parse(&[("temperature", "NaN")]).unwrap_err().param,
             Some("temperature")
         );
         let english_only = parse_params(&form(&[("language", "de")]), Task::Transcribe, false, 2);

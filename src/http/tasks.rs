@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::openai::{output_format, respond, task_error};
 use super::{ApiError, Http};
-use crate::format::{OutputFormat, Task};
+use crate::format::OutputFormat;
 use crate::protocol::TaskId;
 use crate::tasks::{Snapshot, TaskState};
 
@@ -47,9 +47,7 @@ fn lookup(http: &Http, task_id: &str, format: Option<&str>) -> Result<Response, 
         .snapshot(&id.to_string())
         .ok_or_else(not_found)?;
     match (&snapshot.state, format) {
-        (TaskState::Done(result), Some(format)) => {
-            Ok(respond(id, result, format, Task::Transcribe))
-        }
+        (TaskState::Done(result), Some(format)) => Ok(respond(id, result, format, result.task)),
         (TaskState::Failed { code, message }, Some(_)) => Err(task_error(code, message)),
         (_, Some(_)) => Ok((StatusCode::ACCEPTED, Json(status(id, &snapshot))).into_response()),
         (_, None) => Ok(Json(status(id, &snapshot)).into_response()),
@@ -95,6 +93,7 @@ pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Task;
     use crate::tasks::TaskResult;
     use crate::transcript::{Segment, Transcript};
 
@@ -128,6 +127,7 @@ mod tests {
                 segments: vec![segment(" Hello there")],
             },
             processing_seconds: 0.5,
+            task: Task::Transcribe,
         };
         let done = Snapshot {
             state: TaskState::Done(Arc::new(result)),

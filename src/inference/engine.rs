@@ -35,6 +35,10 @@ pub struct Options {
     /// every second anyway: no temperature fallback, one greedy candidate, and an encoder
     /// context cut to the audio's length instead of Whisper's fixed 30 s.
     pub low_latency: bool,
+    /// Sampling temperature Whisper starts at (OpenAI's `temperature`): 0 decodes the most
+    /// likely text; either way whisper.cpp raises it by 0.2 per retry when a window decodes to
+    /// repetitive or unlikely text (not in low-latency mode).
+    pub temperature: f32,
 }
 
 impl Default for Options {
@@ -47,6 +51,7 @@ impl Default for Options {
             threads: 2,
             token_timestamps: false,
             low_latency: false,
+            temperature: 0.0,
         }
     }
 }
@@ -225,7 +230,7 @@ pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '
     params.set_print_timestamps(false);
     params.set_suppress_blank(true);
     params.set_suppress_nst(true);
-    params.set_temperature(0.0);
+    params.set_temperature(options.temperature.clamp(0.0, 1.0));
     params.set_temperature_inc(0.2);
     params.set_entropy_thold(2.4);
     params.set_logprob_thold(-1.0);

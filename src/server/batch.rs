@@ -12,6 +12,7 @@ use std::time::Instant;
 use super::AppState;
 use crate::audio::decode::{DecodeError, DecodeLimits};
 use crate::audio::AudioStream;
+use crate::format::Task;
 use crate::inference::engine::Options;
 use crate::inference::long::{self, LongEvent};
 use crate::protocol::message::TaskOptions;
@@ -135,6 +136,11 @@ fn transcribe(
         (Ok(transcript), _) => Ok(TaskResult {
             transcript,
             processing_seconds: started.elapsed().as_secs_f64(),
+            task: if opts.translate {
+                Task::Translate
+            } else {
+                Task::Transcribe
+            },
         }),
         (Err(_), Some(audio)) => Err(Failure::Audio(audio)),
         (Err(_), None) if stop.load(Ordering::Relaxed) => Err(Failure::Stopped),

@@ -19,6 +19,7 @@ use crate::audio::decode::{
     byte_feed, ByteFeedSender, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
 };
 use crate::audio::resample::Resampler;
+use crate::format::Task;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::live::{LiveConfig, LiveJob, LiveOutput, LivePolicy};
@@ -81,6 +82,7 @@ impl Connection {
             language: std::sync::Mutex::new(None),
         };
         self.state.tracker.spawn(runner.run(rx, decoder));
+        self.adopt(task_id);
         self.live = Some(LiveStream { task_id, input });
         tracing::info!(%task_id, format = start.format.as_str(), "stream started");
         self.send(ServerMessage::StreamStarted(StreamStarted { task_id }))
@@ -391,6 +393,7 @@ impl Runner {
                 segments,
             },
             processing_seconds: started.elapsed().as_secs_f64(),
+            task: Task::Transcribe,
         };
         tracing::info!(task_id = %self.task_id, secs = duration, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);

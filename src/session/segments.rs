@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::Connection;
+use crate::format::Task;
 use crate::inference::engine::Options;
 use crate::inference::long;
 use crate::protocol::message::AudioSegment;
@@ -153,6 +154,7 @@ async fn run(
             segments: all,
         },
         processing_seconds: started.elapsed().as_secs_f64(),
+        task: Task::Transcribe,
     };
     state.tasks.finish(&key, result);
 }
