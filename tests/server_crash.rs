@@ -1,22 +1,25 @@
 //! The real `earshot serve` process killed with SIGKILL mid-upload, restarted on the same data
 //! directory: the upload resumes and the stored file is byte-identical; killed again during
-//! transcription, the restart finishes it; the result survives another restart.
+//! transcription, the restart finishes it; the result survives another restart. The process
+//! logs JSON, and a connection's log lines name the tasks it works on.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{assert_wer, stored_audio, upload_chunk, upload_request, Client};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A running `earshot serve`; killed (SIGKILL) when dropped.
 struct Process {
     child: Child,
     url: String,
+    /// Every JSON log line so far.
+    logs: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Process {
@@ -29,6 +32,8 @@ impl Process {
                 "127.0.0.1:0",
                 "--threads",
                 "2",
+                "--log-format",
+                "json",
                 "--model",
             ])
             .arg(common::model("ggml-tiny.en.bin"))
@@ -45,16 +50,23 @@ impl Process {
             .expect("earshot starts");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
         // Keep draining the log so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("earshot listening: ws://") {
-                    let rest = &line[at + "earshot listening: ".len()..];
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    if line.starts_with("earshot:") {
+                        let _ = tx.send(Err(line));
+                    }
+                    continue;
+                };
+                let message = entry["fields"]["message"].as_str().unwrap_or_default();
+                if let Some(rest) = message.strip_prefix("earshot listening: ") {
                     let url = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(Ok(url));
-                } else if line.starts_with("earshot:") {
-                    let _ = tx.send(Err(line));
                 }
+                kept.lock().unwrap().push(entry);
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(120)) {
@@ -65,7 +77,30 @@ impl Process {
                 panic!("earshot serve did not log its address")
             }
         };
-        Process { child, url }
+        Process { child, url, logs }
+    }
+
+    /// Waits (up to 30 s) for a log line inside a connection span that lists `task`.
+    async fn expect_span_naming(&self, task: &str) -> Value {
+        for _ in 0..300 {
+            let hit = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| {
+                    e["span"]["name"] == "conn"
+                        && e["span"]["tasks"]
+                            .as_str()
+                            .is_some_and(|t| t.split(',').any(|id| id == task))
+                })
+                .cloned();
+            if let Some(hit) = hit {
+                return hit;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no connection log line names task {task}")
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -100,6 +135,8 @@ async fn kill_9_mid_upload_then_resume_after_restart() {
         .as_str()
         .unwrap()
         .to_string();
+    let line = server.expect_span_naming(&task).await;
+    assert!(line["span"]["id"].is_string(), "{line}");
     for i in 0..acked {
         c.send(upload_chunk(&task, &data, chunk, i)).await;
         c.expect("chunk_received").await;

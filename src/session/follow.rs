@@ -20,6 +20,7 @@ impl Connection {
     /// At most one follower per task: asking again (`upload_resume` in a loop) while one runs
     /// adds nothing, so a client cannot pile up followers.
     pub(super) fn follow(&mut self, task_id: TaskId, format: Option<String>) {
+        self.adopt(task_id);
         self.followers.retain(|_, h| !h.is_finished());
         if self.followers.contains_key(&task_id) {
             return;

@@ -55,6 +55,8 @@ const MAX_PENDING_CHUNKS: u32 = 8;
 const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
 /// How long the writer may take to flush the last messages and the close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
+/// Most task ids one connection's log span lists (a long-lived connection keeps the latest).
+const MAX_SPAN_TASKS: usize = 8;
 /// How long pending binary chunks may wait for more before they are synced and acked.
 const GROUP_COMMIT_DELAY: Duration = Duration::from_millis(2);
 
@@ -76,6 +78,11 @@ pub struct Connection {
     segments: HashMap<TaskId, segments::SegmentTask>,
     /// Tasks this connection relays to its client, so each is followed once.
     followers: HashMap<TaskId, tokio::task::JoinHandle<()>>,
+    /// The connection's log span: task ids are recorded on it as the connection takes them
+    /// up, so every later log line of the connection names them.
+    span: tracing::Span,
+    /// The task ids recorded on the span, the latest [`MAX_SPAN_TASKS`] of them.
+    task_ids: Vec<TaskId>,
 }
 
 /// An upload receiving data on this connection.
@@ -106,8 +113,10 @@ pub async fn run<S, E>(
     let (sink, mut stream) = socket.split();
     let (out, rx) = Outbound::new(state.config.ping_timeout);
     let mut writer = tokio::spawn(write_loop(sink, rx));
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let span = tracing::info_span!("conn", %id, %peer, tasks = tracing::field::Empty);
     let mut conn = Connection {
-        id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+        id,
         cancel: state.shutdown.child_token(),
         state,
         out,
@@ -115,8 +124,9 @@ pub async fn run<S, E>(
         live: None,
         segments: HashMap::new(),
         followers: HashMap::new(),
+        span: span.clone(),
+        task_ids: Vec::new(),
     };
-    let span = tracing::info_span!("conn", id = %conn.id, %peer);
     let _enter = span.enter();
     tracing::info!("connected");
     drop(_enter);
@@ -204,6 +214,19 @@ impl Connection {
                 return (code, reason);
             }
         }
+    }
+
+    /// Records that this connection works on `task_id`, for its log span.
+    fn adopt(&mut self, task_id: TaskId) {
+        if self.task_ids.contains(&task_id) {
+            return;
+        }
+        if self.task_ids.len() == MAX_SPAN_TASKS {
+            self.task_ids.remove(0);
+        }
+        self.task_ids.push(task_id);
+        let ids: Vec<String> = self.task_ids.iter().map(TaskId::to_string).collect();
+        self.span.record("tasks", ids.join(",").as_str());
     }
 
     fn connected(&self) -> ServerMessage {

@@ -62,6 +62,7 @@ impl Connection {
         let permit = self.upload_slot()?;
         let new = NewUpload::from_request(&req);
         let task_id = blocking(self, None, move |s| s.create(new)).await?;
+        self.adopt(task_id);
         tracing::info!(%task_id, file = %req.file_name, bytes = req.plan.file_size, "upload started");
         if let UploadMode::Single { data } = &req.mode {
             drop(permit);
@@ -70,6 +71,7 @@ impl Connection {
             self.send(ready(task_id, &req, None)).await?;
             return self.complete(task_id).await;
         }
+        self.adopt(task_id);
         self.uploads.insert(
             task_id,
             ActiveUpload {
@@ -184,6 +186,7 @@ impl Connection {
             .with_task(task_id));
         }
         let permit = self.upload_slot()?;
+        self.adopt(task_id);
         self.uploads.insert(
             task_id,
             ActiveUpload {
