@@ -1,6 +1,7 @@
 //! The web page in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`
 //! from tests/browser/): a fake microphone fed from a corpus WAV, an upload through the file
-//! picker, and an upload whose connection is cut half way and must resume.
+//! picker, one dropped on the page and paused half way, and an upload whose connection is cut
+//! half way and must resume.
 //!
 //! Each test starts the real server in-process and runs `node tests/browser/run.mjs URL
 //! SCENARIO …`, which prints `RESULT {json}` with what the page showed. Screenshots go to
@@ -296,4 +297,44 @@ async fn page_reloaded_mid_upload_resumes_when_the_same_file_is_chosen_again() {
     );
     assert_eq!(number(&result, "/stats/chunksSent"), missing, "{result}");
     assert!(result["saved"].is_null(), "a finished upload is forgotten");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_dropped_on_the_page_pauses_and_resumes() {
+    check_setup();
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start().await;
+    let shots = tempfile::tempdir().unwrap();
+    let file = "en_jfk_44k_stereo.flac";
+    let path = common::corpus_file(file);
+    let chunk_size = 16 * 1024;
+    let total = std::fs::metadata(&path).unwrap().len().div_ceil(chunk_size);
+    let result = run(
+        &server,
+        "pause",
+        &[
+            format!("file={}", path.display()),
+            format!("chunk_size={chunk_size}"),
+            format!("screenshot={}", screenshot("page-paused.png", &shots)),
+        ],
+    )
+    .await;
+    assert_eq!(text(&result, "/label"), "Resume", "{result}");
+    assert_eq!(text(&result, "/resumedLabel"), "Pause", "{result}");
+    let paused = number(&result, "/paused/sent");
+    assert!(paused >= 8 && paused < total, "paused part way: {result}");
+    assert_eq!(
+        number(&result, "/later/sent"),
+        paused,
+        "nothing is sent while paused: {result}"
+    );
+    assert_eq!(result["later"]["progress"], result["paused"]["progress"]);
+    assert!(
+        text(&result, "/later/upload").starts_with("Paused"),
+        "{result}"
+    );
+    let heard = assert_transcript(&result, file);
+    assert!(!heard.is_empty());
+    assert_eq!(number(&result, "/stats/uploadsStarted"), 1, "{result}");
+    assert_eq!(number(&result, "/stats/chunksSent"), total, "{result}");
 }

@@ -13,6 +13,10 @@
 //   reload  file=PATH drop_after=BYTES [chunk_size=N] [screenshot=PNG]
 //           as resume, but the page is reloaded while the network is down and the same file
 //           is chosen again
+//   pause   file=PATH [rate=BYTES_PER_S] [chunk_size=N] [screenshot=PNG]
+//           the file is dropped on the drop zone (a real drop event carrying the file), the
+//           page's traffic goes through a proxy throttled to `rate`; Pause is clicked once
+//           some chunks are sent, nothing may be sent while paused, then Resume finishes it
 //   hashes                                             checks web/hash.js and web/formats.js in Node
 //
 // The browser's console and errors go to stderr, so a failing test shows them.
@@ -158,7 +162,7 @@ async function uploadScenario(pageUrl = url, after = async () => {}, shot = opts
  * (both sides destroyed, as a network failure) once the browser has sent `dropAfter` bytes
  * on it; everything else passes untouched.
  */
-function startProxy(target, dropAfter, holdMs) {
+function startProxy(target, dropAfter, holdMs, rate = 0) {
   const report = { websockets: 0, cut: false, bytesBeforeCut: 0, refused: 0 };
   let cutAt = 0;
   const server = net.createServer((client) => {
@@ -193,6 +197,11 @@ function startProxy(target, dropAfter, holdMs) {
         }
       }
       upstream.write(chunk);
+      if (rate > 0) {
+        // Throttle what the browser sends: stop reading for as long as `rate` allows.
+        client.pause();
+        setTimeout(() => client.resume(), (chunk.length / rate) * 1000);
+      }
     });
     upstream.on("data", (chunk) => client.write(chunk));
     const end = () => { client.destroy(); upstream.destroy(); };
@@ -259,6 +268,56 @@ async function reloadScenario() {
   }
 }
 
+/** Drops `file` on the page's drop zone, as a user dragging it from the desktop would. */
+async function dropFile(page, file) {
+  const dataTransfer = await page.evaluateHandle(({ b64, name }) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], name));
+    return dt;
+  }, { b64: readFileSync(file).toString("base64"), name: path.basename(file) });
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    await page.dispatchEvent("#drop", type, { dataTransfer });
+  }
+}
+
+async function pauseScenario() {
+  const target = new URL(url);
+  const proxy = await startProxy(target, Infinity, 0, Number(opts.rate ?? 200000));
+  const chunk = opts.chunk_size ?? "16384";
+  const { page, close } = await launch();
+  const sent = () => page.evaluate(() => window.earshotStats.chunksSent);
+  const progress = () => page.evaluate(() => document.getElementById("upload-progress").value);
+  try {
+    await page.goto(`http://127.0.0.1:${proxy.port}/?chunk_size=${chunk}`);
+    await waitConnected(page);
+    await dropFile(page, opts.file);
+    await page.waitForFunction(() => window.earshotStats.chunksSent >= 8, null, { timeout: 60000 });
+    await page.click("#pause");
+    const label = await page.evaluate(() => document.getElementById("pause").textContent);
+    // Chunks already in flight are still acknowledged; wait until the bar stops moving.
+    for (let last = -1, still = 0; still < 4; ) {
+      await page.waitForTimeout(250);
+      const now = await progress();
+      still = now === last ? still + 1 : 0;
+      last = now;
+    }
+    const paused = { sent: await sent(), progress: await progress() };
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+    await page.waitForTimeout(2500);
+    const later = { sent: await sent(), progress: await progress(), upload: await page.evaluate(() => document.getElementById("upload-stats").textContent) };
+    await page.click("#pause");
+    const resumedLabel = await page.evaluate(() => document.getElementById("pause").textContent);
+    await waitDone(page);
+    const state = await pageState(page);
+    console.error("page after the paused upload:", JSON.stringify(state));
+    result({ ...state, label, resumedLabel, paused, later });
+  } finally {
+    await close();
+    proxy.server.close();
+  }
+}
+
 async function hashesScenario() {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const web = path.join(here, "../../web");
@@ -294,6 +353,7 @@ const scenarios = {
   upload: async () => result(await uploadScenario()),
   resume: resumeScenario,
   reload: reloadScenario,
+  pause: pauseScenario,
   hashes: hashesScenario,
 };
 if (!scenarios[scenario]) {
