@@ -35,13 +35,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use md5::Md5;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tracing::{debug, warn};
 
+use super::digest::{FileHashes, HashKinds, RunningDigest};
 use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
 use crate::protocol::message::{ChunkAck, TaskOptions, Transport, UploadRequest};
 use crate::protocol::{ErrorCode, ProtocolError, TaskId, MAX_MISSING_LISTED};
@@ -53,8 +52,6 @@ const RESULT: &str = "result.json";
 const TMP_PREFIX: &str = ".tmp-";
 /// Bytes per received-log entry (a u32 chunk index).
 const LOG_ENTRY: u64 = 4;
-/// Read size when hashing the assembled file.
-const HASH_BLOCK: usize = 1 << 20;
 /// Version of meta.json's layout, so a later Earshot can migrate old sessions.
 const META_VERSION: u32 = 1;
 
@@ -100,10 +97,9 @@ pub struct NewUpload {
     pub extension: Option<String>,
     /// How the file is cut into chunks.
     pub plan: ChunkPlan,
-    /// Expected MD5 (lowercase hex), verified by [`UploadStore::finalize`].
-    pub file_md5: Option<String>,
-    /// Expected SHA-256 (lowercase hex), verified by [`UploadStore::finalize`].
-    pub file_sha256: Option<String>,
+    /// Expected whole-file hashes (lowercase hex), verified by [`UploadStore::finalize`];
+    /// none yet for a binary upload that declares them later.
+    pub hashes: FileHashes,
     /// How chunks travel, so a resumed upload keeps its transport.
     pub transport: Transport,
     /// Transcription options, so a resumed upload is transcribed as first asked.
@@ -117,8 +113,7 @@ impl NewUpload {
             file_name: request.file_name.clone(),
             extension: request.extension.clone(),
             plan: request.plan,
-            file_md5: request.file_md5.clone(),
-            file_sha256: request.file_sha256.clone(),
+            hashes: request.hashes.clone(),
             transport: request.transport,
             options: request.options.clone(),
         }
@@ -142,6 +137,9 @@ pub struct Meta {
     pub file_md5: Option<String>,
     /// Expected SHA-256, lowercase hex.
     pub file_sha256: Option<String>,
+    /// Expected BLAKE3, lowercase hex.
+    #[serde(default)]
+    pub file_blake3: Option<String>,
     /// Transport the client chose.
     pub transport: Transport,
     /// Transcription options.
@@ -155,6 +153,17 @@ pub struct Meta {
     /// The last failure (hash mismatch, transcription error), for `get_result` and logs.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+impl Meta {
+    /// The whole-file hashes the client declared so far.
+    pub fn declared(&self) -> FileHashes {
+        FileHashes {
+            md5: self.file_md5.clone(),
+            sha256: self.file_sha256.clone(),
+            blake3: self.file_blake3.clone(),
+        }
+    }
 }
 
 /// Where an upload stands, for acks and resume answers.
@@ -210,6 +219,16 @@ pub enum StoreError {
         /// What the operation needed, for the message.
         needed: &'static str,
     },
+    /// Every chunk is in but the client has not yet declared the file's hash (a binary
+    /// upload sends it in `upload_finish`); the upload completes when it does.
+    #[error("waiting for the file's hash (upload_finish)")]
+    AwaitingHash,
+    /// The client declared a hash different from the one it declared before.
+    #[error("this upload's {algorithm} was already declared with a different value")]
+    HashConflict {
+        /// `file_hash` (MD5), `file_sha256` or `file_blake3`.
+        algorithm: &'static str,
+    },
     /// The assembled file does not match the client's hash. `data.part` is kept.
     #[error("assembled file does not match its {algorithm}")]
     HashMismatch {
@@ -244,7 +263,10 @@ impl StoreError {
         match self {
             StoreError::NotFound => ErrorCode::SessionNotFound,
             StoreError::Chunk(e) => ProtocolError::from(e.clone()).code,
-            StoreError::Incomplete { .. } | StoreError::WrongState { .. } => ErrorCode::NotReady,
+            StoreError::Incomplete { .. }
+            | StoreError::WrongState { .. }
+            | StoreError::AwaitingHash => ErrorCode::NotReady,
+            StoreError::HashConflict { .. } => ErrorCode::InvalidMessage,
             StoreError::HashMismatch { .. } => ErrorCode::FileHashMismatch,
             StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             StoreError::Io { .. } | StoreError::Corrupt(_) => ErrorCode::Internal,
@@ -287,6 +309,9 @@ struct Session {
     last_activity: SystemTime,
     /// Set when the session was removed while a caller still held it.
     removed: bool,
+    /// The declared whole-file hashes over the file's leading bytes, advanced as chunks
+    /// arrive so completing the upload reads back only what was never hashed.
+    digest: RunningDigest,
 }
 
 /// A session in the map: its immutable size (for quota sums without locking) and its state.
@@ -430,8 +455,9 @@ impl UploadStore {
             file_name: new.file_name,
             extension: new.extension,
             plan: new.plan,
-            file_md5: new.file_md5,
-            file_sha256: new.file_sha256,
+            file_md5: new.hashes.md5,
+            file_sha256: new.hashes.sha256,
+            file_blake3: new.hashes.blake3,
             transport: new.transport,
             options: new.options,
             created_at: unix_secs(now),
@@ -453,6 +479,7 @@ impl UploadStore {
         fsync_dir(&self.root)?;
         let session = Session {
             received: ReceivedSet::new(meta.plan.total_chunks),
+            digest: new_digest(&meta),
             meta,
             pending: Vec::new(),
             data: None,
@@ -484,18 +511,12 @@ impl UploadStore {
         data: &[u8],
     ) -> Result<Insert, StoreError> {
         self.with_session(task_id, |s, dir| {
-            require_status(s, UploadStatus::Uploading, "uploading")?;
-            s.meta.plan.check_chunk(index, data.len() as u64)?;
-            if s.received.contains(index) || s.pending.contains(&index) {
-                return Ok(Insert::Duplicate);
+            let insert = write_locked(s, dir, index, data)?;
+            if insert == Insert::New && continues_digest(s, index) {
+                s.digest.update(data);
+                advance_digest(s, dir)?;
             }
-            let offset = s.meta.plan.chunk_offset(index).unwrap_or(0);
-            let file = data_file(s, dir)?;
-            file.write_all_at(data, offset)
-                .map_err(io_err("writing a chunk"))?;
-            s.pending.push(index);
-            s.last_activity = SystemTime::now();
-            Ok(Insert::New)
+            Ok(insert)
         })
     }
 
@@ -520,8 +541,28 @@ impl UploadStore {
         index: u32,
         data: &[u8],
     ) -> Result<(Insert, Progress), StoreError> {
-        let insert = self.write_chunk(task_id, index, data)?;
-        Ok((insert, self.sync(task_id)?))
+        self.with_session(task_id, |s, dir| {
+            let insert = write_locked(s, dir, index, data)?;
+            let hash_now = insert == Insert::New && continues_digest(s, index);
+            // The whole-file hash (CPU) runs while the chunk is synced (disk).
+            let mut digest =
+                std::mem::replace(&mut s.digest, RunningDigest::new(HashKinds::default()));
+            let synced = std::thread::scope(|scope| {
+                let hashing = hash_now.then(|| scope.spawn(|| digest.update(data)));
+                let synced = commit_pending(s, dir);
+                (synced, hashing.map(|h| h.join().is_ok()))
+            });
+            s.digest = match synced.1 {
+                Some(false) => new_digest(&s.meta), // cannot happen; hash again at the end
+                _ => digest,
+            };
+            synced.0?;
+            advance_digest(s, dir)?;
+            Ok((
+                insert,
+                progress_of(&s.received, s.received.gaps(MAX_MISSING_LISTED)),
+            ))
+        })
     }
 
     /// Where the upload stands, listing up to `missing_limit` missing chunks (for
@@ -568,7 +609,10 @@ impl UploadStore {
                     missing: s.received.total() - s.received.count(),
                 });
             }
-            if let Err(e) = verify_hashes(&dir.join(DATA), &s.meta) {
+            if s.meta.declared().kinds().is_empty() {
+                return Err(StoreError::AwaitingHash);
+            }
+            if let Err(e) = verify_hashes(s, dir) {
                 if matches!(e, StoreError::HashMismatch { .. }) {
                     s.meta.error = Some(e.to_string());
                     s.meta.updated_at = unix_secs(SystemTime::now());
@@ -584,6 +628,42 @@ impl UploadStore {
             set_status(s, dir, UploadStatus::Uploaded, None)?;
             let _ = fs::remove_file(dir.join(LOG));
             Ok(audio)
+        })
+    }
+
+    /// Records the whole-file hashes a binary upload sends after its chunks
+    /// (`upload_finish`). Declaring the same value again is harmless; a different one is
+    /// refused. Returns the upload's progress, so the caller can finalise a complete upload,
+    /// or `None` when the upload was already verified with these hashes (nothing to do).
+    pub fn declare_hashes(
+        &self,
+        task_id: TaskId,
+        hashes: FileHashes,
+    ) -> Result<Option<Progress>, StoreError> {
+        self.with_session(task_id, |s, dir| {
+            let mut meta = s.meta.clone();
+            declare(&mut meta.file_md5, hashes.md5, "file_hash (MD5)")?;
+            declare(&mut meta.file_sha256, hashes.sha256, "file_sha256")?;
+            declare(&mut meta.file_blake3, hashes.blake3, "file_blake3")?;
+            if s.meta.status != UploadStatus::Uploading {
+                // Verified already; the same hashes again are a late duplicate.
+                return match meta == s.meta {
+                    true => Ok(None),
+                    false => Err(StoreError::WrongState {
+                        status: s.meta.status,
+                        needed: "uploading",
+                    }),
+                };
+            }
+            if meta != s.meta {
+                meta.updated_at = unix_secs(SystemTime::now());
+                write_meta(dir, &meta)?;
+                if !s.digest.computes(meta.declared().kinds()) {
+                    s.digest = RunningDigest::new(meta.declared().kinds());
+                }
+                s.meta = meta;
+            }
+            Ok(Some(progress_of(&s.received, Vec::new())))
         })
     }
 
@@ -802,36 +882,93 @@ fn commit_pending(s: &mut Session, dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn verify_hashes(path: &Path, meta: &Meta) -> Result<(), StoreError> {
-    let mut file = File::open(path).map_err(io_err("opening data.part"))?;
-    let mut md5 = meta.file_md5.as_ref().map(|_| Md5::new());
-    let mut sha = meta.file_sha256.as_ref().map(|_| Sha256::new());
-    let mut buf = vec![0u8; HASH_BLOCK];
+/// Writes a chunk at its offset, not yet durable nor hashed; `Duplicate` if it is stored or
+/// pending already.
+fn write_locked(
+    s: &mut Session,
+    dir: &Path,
+    index: u32,
+    data: &[u8],
+) -> Result<Insert, StoreError> {
+    require_status(s, UploadStatus::Uploading, "uploading")?;
+    s.meta.plan.check_chunk(index, data.len() as u64)?;
+    if s.received.contains(index) || s.pending.contains(&index) {
+        return Ok(Insert::Duplicate);
+    }
+    let offset = s.meta.plan.chunk_offset(index).unwrap_or(0);
+    data_file(s, dir)?
+        .write_all_at(data, offset)
+        .map_err(io_err("writing a chunk"))?;
+    s.pending.push(index);
+    s.last_activity = SystemTime::now();
+    Ok(Insert::New)
+}
+
+/// Whether chunk `index` starts right where the running hash stops.
+fn continues_digest(s: &Session, index: u32) -> bool {
+    s.meta.plan.chunk_offset(index) == Some(s.digest.hashed())
+}
+
+/// The running hashes for a session: the declared ones, or BLAKE3 when the client will
+/// declare its hash after the chunks (what Earshot's client sends then).
+fn new_digest(meta: &Meta) -> RunningDigest {
+    let kinds = meta.declared().kinds();
+    RunningDigest::new(match kinds.is_empty() {
+        true => HashKinds::BLAKE3,
+        false => kinds,
+    })
+}
+
+/// Sets a declared hash, refusing to change one already declared.
+fn declare(
+    slot: &mut Option<String>,
+    value: Option<String>,
+    algorithm: &'static str,
+) -> Result<(), StoreError> {
+    match (slot.as_deref(), value) {
+        (_, None) => Ok(()),
+        (Some(old), Some(new)) if old != new => Err(StoreError::HashConflict { algorithm }),
+        (_, Some(new)) => {
+            *slot = Some(new);
+            Ok(())
+        }
+    }
+}
+
+/// Hashes the chunks that arrived early and now follow the hashed prefix (from the page
+/// cache: they were just written).
+fn advance_digest(s: &mut Session, dir: &Path) -> Result<(), StoreError> {
+    let plan = s.meta.plan;
     loop {
-        let n = file.read(&mut buf).map_err(io_err("reading data.part"))?;
-        if n == 0 {
-            break;
+        let hashed = s.digest.hashed();
+        if hashed >= plan.file_size || !hashed.is_multiple_of(plan.chunk_size) {
+            return Ok(());
         }
-        if let Some(h) = md5.as_mut() {
-            h.update(&buf[..n]);
+        let next = (hashed / plan.chunk_size) as u32;
+        if !s.received.contains(next) && !s.pending.contains(&next) {
+            return Ok(());
         }
-        if let Some(h) = sha.as_mut() {
-            h.update(&buf[..n]);
-        }
+        let end = hashed + plan.chunk_len(next).unwrap_or(0);
+        data_file(s, dir)?;
+        let Session { data, digest, .. } = s;
+        let file = data.as_ref().expect("opened above");
+        digest
+            .update_from_file(file, end)
+            .map_err(io_err("reading data.part"))?;
     }
-    if let (Some(h), Some(expected)) = (md5, &meta.file_md5) {
-        if hex::encode(h.finalize()) != *expected {
-            return Err(StoreError::HashMismatch {
-                algorithm: "file_hash (MD5)",
-            });
-        }
-    }
-    if let (Some(h), Some(expected)) = (sha, &meta.file_sha256) {
-        if hex::encode(h.finalize()) != *expected {
-            return Err(StoreError::HashMismatch {
-                algorithm: "file_sha256",
-            });
-        }
+}
+
+/// Finishes the running hashes (reading whatever was not hashed yet) and compares them with
+/// the declared ones. The running state is spent either way; a later attempt starts over.
+fn verify_hashes(s: &mut Session, dir: &Path) -> Result<(), StoreError> {
+    let mut digest = std::mem::replace(&mut s.digest, new_digest(&s.meta));
+    let size = s.meta.plan.file_size;
+    digest
+        .update_from_file(data_file(s, dir)?, size)
+        .map_err(io_err("reading data.part"))?;
+    let computed = digest.finish();
+    if let Some(algorithm) = s.meta.declared().mismatch(&computed) {
+        return Err(StoreError::HashMismatch { algorithm });
     }
     Ok(())
 }
@@ -885,6 +1022,7 @@ fn load_session(dir: &Path, task_id: TaskId) -> Result<Session, StoreError> {
         .flatten()
         .fold(updated, SystemTime::max);
     Ok(Session {
+        digest: new_digest(&meta),
         meta,
         received,
         pending: Vec::new(),

@@ -1,6 +1,8 @@
 //! Tests for the durable upload store, on real files in temp directories.
 
 use super::*;
+use md5::Md5;
+use sha2::{Digest, Sha256};
 
 const CHUNK: u64 = 1000;
 
@@ -21,14 +23,31 @@ fn new_upload(data: &[u8]) -> NewUpload {
         file_name: "talk.mp3".into(),
         extension: Some("mp3".into()),
         plan,
-        file_md5: Some(hex::encode(Md5::digest(data))),
-        file_sha256: Some(hex::encode(Sha256::digest(data))),
+        hashes: FileHashes {
+            md5: Some(hex::encode(Md5::digest(data))),
+            sha256: Some(hex::encode(Sha256::digest(data))),
+            blake3: None,
+        },
         transport: Transport::Binary,
         options: TaskOptions {
             language: Some("en".into()),
             translate: false,
             format: None,
         },
+    }
+}
+
+fn sha256(hex: String) -> FileHashes {
+    FileHashes {
+        sha256: Some(hex),
+        ..Default::default()
+    }
+}
+
+fn md5(data: &[u8]) -> FileHashes {
+    FileHashes {
+        md5: Some(hex::encode(Md5::digest(data))),
+        ..Default::default()
     }
 }
 
@@ -222,7 +241,7 @@ fn hash_mismatch_keeps_the_data_and_reports_it() {
     let data = file_bytes(2200);
     let store = open(tmp.path());
     let mut upload = new_upload(&data);
-    upload.file_md5 = Some(hex::encode(Md5::digest(b"a different file")));
+    upload.hashes.md5 = Some(hex::encode(Md5::digest(b"a different file")));
     let id = store.create(upload).unwrap();
     for i in 0..3 {
         store.write_chunk(id, i, chunk(&data, i)).unwrap();
@@ -230,6 +249,9 @@ fn hash_mismatch_keeps_the_data_and_reports_it() {
     let e = store.finalize(id).unwrap_err();
     assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
     assert_eq!(e.code(), ErrorCode::FileHashMismatch);
+    // Asked again, it hashes the file afresh and still refuses it.
+    let again = store.finalize(id).unwrap_err();
+    assert!(matches!(again, StoreError::HashMismatch { .. }), "{again}");
     let dir = tmp.path().join("uploads").join(id.to_string());
     assert_eq!(fs::read(dir.join(DATA)).unwrap(), data);
     assert!(!dir.join("audio.mp3").exists());
@@ -249,9 +271,9 @@ fn sha256_alone_is_verified() {
     let data = file_bytes(1500);
     let store = open(tmp.path());
     let mut good = new_upload(&data);
-    good.file_md5 = None;
+    good.hashes.md5 = None;
     let mut bad = good.clone();
-    bad.file_sha256 = Some("00".repeat(32));
+    bad.hashes.sha256 = Some("00".repeat(32));
     let good_id = store.create(good).unwrap();
     let bad_id = store.create(bad).unwrap();
     for id in [good_id, bad_id] {
@@ -433,4 +455,81 @@ fn concurrent_writers_on_one_session() {
     });
     assert!(store.sync(id).unwrap().complete);
     assert_eq!(fs::read(store.finalize(id).unwrap()).unwrap(), data);
+}
+
+#[test]
+fn chunks_are_hashed_as_they_arrive_even_out_of_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(4500);
+    let store = open(tmp.path());
+    let id = store.create(new_upload(&data)).unwrap();
+    let hashed = |store: &UploadStore| lock(&store.entry(id).unwrap().state).digest.hashed();
+    for i in [1, 2] {
+        store.write_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    assert_eq!(hashed(&store), 0, "a gap at the start: nothing hashed yet");
+    store.write_chunk(id, 0, chunk(&data, 0)).unwrap();
+    assert_eq!(hashed(&store), 3000, "chunk 0 and the early ones after it");
+    store.sync(id).unwrap();
+    store.write_chunk(id, 4, chunk(&data, 4)).unwrap();
+    assert_eq!(hashed(&store), 3000);
+    store.write_chunk(id, 3, chunk(&data, 3)).unwrap();
+    assert_eq!(
+        hashed(&store),
+        4500,
+        "the whole file, without reading it back"
+    );
+    store.sync(id).unwrap();
+    assert_eq!(fs::read(store.finalize(id).unwrap()).unwrap(), data);
+}
+
+#[test]
+fn a_hash_declared_after_the_chunks_completes_the_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(2500);
+    let store = open(tmp.path());
+    let mut upload = new_upload(&data);
+    upload.hashes.md5 = None;
+    upload.hashes.sha256 = None;
+    let id = store.create(upload).unwrap();
+    for i in 0..3 {
+        store.write_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    assert!(store.sync(id).unwrap().complete);
+    assert!(matches!(store.finalize(id), Err(StoreError::AwaitingHash)));
+    let sha = hex::encode(Sha256::digest(&data));
+    let progress = store.declare_hashes(id, sha256(sha.clone())).unwrap();
+    assert!(progress.unwrap().complete);
+    // The same value again is fine; another one is refused.
+    store.declare_hashes(id, sha256(sha.clone())).unwrap();
+    let other = hex::encode(Sha256::digest(b"other"));
+    let e = store.declare_hashes(id, sha256(other)).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidMessage);
+    // The declaration survives a restart.
+    drop(store);
+    let store = open(tmp.path());
+    assert_eq!(store.meta(id).unwrap().file_sha256, Some(sha.clone()));
+    assert_eq!(fs::read(store.finalize(id).unwrap()).unwrap(), data);
+    // Once verified, the same hash again needs nothing; another one is refused.
+    assert_eq!(store.declare_hashes(id, sha256(sha)).unwrap(), None);
+    let e = store.declare_hashes(id, md5(b"x")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotReady, "only while uploading");
+}
+
+#[test]
+fn a_wrong_hash_declared_later_is_a_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(1500);
+    let store = open(tmp.path());
+    let mut upload = new_upload(&data);
+    upload.hashes.md5 = None;
+    upload.hashes.sha256 = None;
+    let id = store.create(upload).unwrap();
+    // An MD5 is declared (the running digest computed BLAKE3): the file is read back.
+    store.declare_hashes(id, md5(b"not it")).unwrap();
+    for i in 0..2 {
+        store.write_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    let e = store.finalize(id).unwrap_err();
+    assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
 }
