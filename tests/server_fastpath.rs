@@ -132,3 +132,70 @@ async fn binary_duplicates_are_ignored_and_acked() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_hash_may_follow_the_chunks() {
+    let server = TestServer::start().await;
+    let name = "en_arctic_a0024.wav";
+    let data = std::fs::read(common::corpus_file(name)).unwrap();
+    let chunk = 16 * 1024;
+    let total = data.len().div_ceil(chunk) as u32;
+    let request = json!({"type": "upload_request", "data": {
+        "file_name": name, "file_size": data.len(), "chunk_size": chunk,
+        "total_chunks": total, "upload_mode": "chunked", "transport": "binary"}});
+
+    // A wrong hash after the chunks: the file is refused, not transcribed.
+    let mut c = Client::connect(&server.url()).await;
+    c.send(request.clone()).await;
+    let task = c.expect("upload_ready").await["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send_all(&mut c, &task, &data, chunk).await;
+    loop {
+        let ack = c.expect("chunk_ack").await;
+        if ack["data"]["received_chunks"] == total {
+            break;
+        }
+    }
+    // Every chunk is stored, but without a hash the upload waits.
+    c.send(json!({"type": "get_result", "data": {"task_id": task}}))
+        .await;
+    c.expect_error("not_ready").await;
+    let wrong = sha256_hex(b"another file");
+    c.send(json!({"type": "upload_finish", "data": {"task_id": task, "file_sha256": wrong}}))
+        .await;
+    let err = c.expect_error("file_hash_mismatch").await;
+    assert_eq!(err["task_id"], task.as_str());
+
+    // The right hash, sent straight after the chunks without waiting for their acks.
+    let mut c = Client::connect(&server.url()).await;
+    c.send(request).await;
+    let task = c.expect("upload_ready").await["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send_all(&mut c, &task, &data, chunk).await;
+    let blake3 = blake3::hash(&data).to_hex().to_string();
+    c.send(json!({"type": "upload_finish", "data": {"task_id": task, "file_blake3": blake3}}))
+        .await;
+    loop {
+        let msg = c.recv().await;
+        match msg["type"].as_str().unwrap() {
+            "chunk_ack" => {}
+            "upload_complete" => break,
+            other => panic!("unexpected {other}: {msg}"),
+        }
+    }
+    let (_, done) = c.transcript().await;
+    assert_wer(name, done["data"]["text"].as_str().unwrap(), 0.2);
+    assert_eq!(stored_audio(&server.data_path(), &task), data);
+    server.shutdown().await;
+}
+
+/// Sends every chunk of `data` as binary frames, in order.
+async fn send_all(c: &mut Client, task: &str, data: &[u8], chunk: usize) {
+    for (i, piece) in data.chunks(chunk).enumerate() {
+        c.send_binary(binary_chunk(task, i as u32, piece)).await;
+    }
+}

@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use super::error::{ErrorCode, ProtocolError};
 use super::{file_extension, sanitize_file_name, truncate, Limits, TaskId};
 use crate::transcript::Segment;
+use crate::upload::digest::FileHashes;
 use crate::upload::plan::ChunkPlan;
 
 // ---------------------------------------------------------------------------------------
@@ -31,6 +32,9 @@ pub enum ClientMessage {
     UploadRequest(UploadRequest),
     /// One chunk of a chunked upload sent as JSON + base64 (the seed path).
     UploadChunk(UploadChunk),
+    /// The whole-file hash of a binary upload that did not declare it up front, sent after
+    /// the last chunk so the client can hash while it sends.
+    UploadFinish(UploadFinish),
     /// Ask which chunks of an interrupted upload are still missing.
     UploadResume(TaskRef),
     /// Ask for the result of a finished (or running) task.
@@ -49,6 +53,7 @@ impl ClientMessage {
         match self {
             ClientMessage::UploadRequest(_) => "upload_request",
             ClientMessage::UploadChunk(_) => "upload_chunk",
+            ClientMessage::UploadFinish(_) => "upload_finish",
             ClientMessage::UploadResume(_) => "upload_resume",
             ClientMessage::GetResult(_) => "get_result",
             ClientMessage::AudioSegment(_) => "audio_segment",
@@ -68,10 +73,9 @@ pub struct UploadRequest {
     pub extension: Option<String>,
     /// How the file is cut into chunks (a single upload is one chunk of `file_size`).
     pub plan: ChunkPlan,
-    /// Expected MD5 of the whole file, lowercase hex (`file_hash` on the wire, as in the seed).
-    pub file_md5: Option<String>,
-    /// Expected SHA-256 of the whole file, lowercase hex (fast-path clients).
-    pub file_sha256: Option<String>,
+    /// Expected whole-file hashes: MD5 (`file_hash` on the wire, as in the seed), SHA-256,
+    /// BLAKE3. None at all for a binary upload that sends them in `upload_finish`.
+    pub hashes: FileHashes,
     /// Chunked, or single with the whole file inline.
     pub mode: UploadMode,
     /// How the chunks will travel: JSON messages (seed) or binary frames (fast path).
@@ -155,6 +159,15 @@ impl std::fmt::Debug for UploadChunk {
 pub struct TaskRef {
     /// The task asked about.
     pub task_id: TaskId,
+}
+
+/// A validated `upload_finish`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadFinish {
+    /// The upload.
+    pub task_id: TaskId,
+    /// The whole-file hashes (at least one).
+    pub hashes: FileHashes,
 }
 
 /// A validated `audio_segment`.
@@ -306,6 +319,8 @@ struct WireUploadRequest {
     transport: Option<Transport>,
     /// SHA-256 hex of the whole file (fast path).
     file_sha256: Option<String>,
+    /// BLAKE3 hex of the whole file (fast path).
+    file_blake3: Option<String>,
     /// Spoken language or "auto".
     language: Option<String>,
     /// Translate to English.
@@ -329,6 +344,19 @@ struct WireUploadChunk {
     chunk_data: String,
     /// Client's last-chunk flag.
     is_last: Option<bool>,
+}
+
+/// `upload_finish` as sent.
+#[derive(Deserialize)]
+struct WireUploadFinish {
+    /// Which upload.
+    task_id: String,
+    /// MD5 hex of the whole file.
+    file_hash: Option<String>,
+    /// SHA-256 hex of the whole file.
+    file_sha256: Option<String>,
+    /// BLAKE3 hex of the whole file.
+    file_blake3: Option<String>,
 }
 
 /// `upload_resume` / `get_result` as sent.
@@ -396,6 +424,7 @@ pub fn parse_client(text: &str, limits: &Limits) -> Result<ClientMessage, Protoc
     match envelope.kind.as_str() {
         "upload_request" => validate_upload_request(fields(data)?, limits),
         "upload_chunk" => validate_upload_chunk(fields(data)?, limits),
+        "upload_finish" => validate_upload_finish(fields(data)?),
         "upload_resume" => Ok(ClientMessage::UploadResume(task_ref(fields(data)?)?)),
         "get_result" => Ok(ClientMessage::GetResult(task_ref(fields(data)?)?)),
         "audio_segment" => validate_audio_segment(fields(data)?, limits),
@@ -455,6 +484,46 @@ fn clean_serde_message(msg: &str) -> String {
         None => msg,
     };
     truncate(msg, 160)
+}
+
+/// Parses the optional whole-file hashes into lowercase hex.
+fn file_hashes(
+    md5: &Option<String>,
+    sha256: &Option<String>,
+    blake3: &Option<String>,
+) -> Result<FileHashes, ProtocolError> {
+    let md5 = match md5 {
+        Some(h) => Some(hex::encode(parse_digest::<16>(h, "file_hash")?)),
+        None => None,
+    };
+    let sha256 = match sha256 {
+        Some(h) => Some(hex::encode(parse_digest::<32>(h, "file_sha256")?)),
+        None => None,
+    };
+    let blake3 = match blake3 {
+        Some(h) => Some(hex::encode(parse_digest::<32>(h, "file_blake3")?)),
+        None => None,
+    };
+    Ok(FileHashes {
+        md5,
+        sha256,
+        blake3,
+    })
+}
+
+fn validate_upload_finish(wire: WireUploadFinish) -> Result<ClientMessage, ProtocolError> {
+    let task_id = TaskId::parse(&wire.task_id)?;
+    let hashes = file_hashes(&wire.file_hash, &wire.file_sha256, &wire.file_blake3)?;
+    if hashes.kinds().is_empty() {
+        return Err(ProtocolError::invalid(
+            "missing field `file_blake3` (or `file_sha256`, `file_hash`)",
+        )
+        .with_task(task_id));
+    }
+    Ok(ClientMessage::UploadFinish(UploadFinish {
+        task_id,
+        hashes,
+    }))
 }
 
 fn task_ref(wire: WireTaskRef) -> Result<TaskRef, ProtocolError> {
@@ -533,15 +602,11 @@ fn validate_upload_request(
     limits: &Limits,
 ) -> Result<ClientMessage, ProtocolError> {
     let plan_limits = limits.plan_limits();
-    let file_md5 = match &wire.file_hash {
-        Some(h) => Some(hex::encode(parse_digest::<16>(h, "file_hash")?)),
-        None => None,
-    };
-    let file_sha256 = match &wire.file_sha256 {
-        Some(h) => Some(hex::encode(parse_digest::<32>(h, "file_sha256")?)),
-        None => None,
-    };
-    if file_md5.is_none() && file_sha256.is_none() {
+    let hashes = file_hashes(&wire.file_hash, &wire.file_sha256, &wire.file_blake3)?;
+    let transport = wire.transport.unwrap_or_default();
+    // A chunked binary upload may send its hash in `upload_finish`, after the chunks.
+    let no_hash = hashes.kinds().is_empty();
+    if no_hash && transport != Transport::Binary {
         return Err(ProtocolError::invalid("missing field `file_hash`"));
     }
     // The seed server treats a request without upload_mode as "single"; a request that
@@ -581,15 +646,17 @@ fn validate_upload_request(
             (plan, UploadMode::Single { data })
         }
     };
+    if no_hash && !matches!(mode, UploadMode::Chunked) {
+        return Err(ProtocolError::invalid("missing field `file_hash`"));
+    }
     let file_name = sanitize_file_name(&wire.file_name);
     Ok(ClientMessage::UploadRequest(UploadRequest {
         extension: file_extension(&file_name),
         file_name,
         plan,
-        file_md5,
-        file_sha256,
+        hashes,
         mode,
-        transport: wire.transport.unwrap_or_default(),
+        transport,
         options: TaskOptions {
             language: validate_language(wire.language)?,
             translate: wire.translate.unwrap_or(false),

@@ -55,7 +55,7 @@ fn seed_upload_request_parses() {
     assert_eq!(r.mode, UploadMode::Chunked);
     assert_eq!(r.transport, Transport::Json);
     assert_eq!(r.options, TaskOptions::default());
-    assert_eq!(r.file_md5.as_deref(), Some(md5_hex(b"whatever").as_str()));
+    assert_eq!(r.hashes.md5.as_deref(), Some(md5_hex(b"whatever").as_str()));
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn fast_path_fields_parse() {
         panic!()
     };
     assert_eq!(r.transport, Transport::Binary);
-    assert_eq!(r.file_sha256.unwrap(), "ab".repeat(32));
+    assert_eq!(r.hashes.sha256.unwrap(), "ab".repeat(32));
     assert_eq!(r.options.language.as_deref(), Some("zh"));
     assert!(r.options.translate);
     assert_eq!(r.options.format.as_deref(), Some("srt"));
@@ -603,4 +603,43 @@ fn deep_nesting_and_odd_inputs_never_panic() {
         parse_client(unicode, &limits()).unwrap_err().code,
         ErrorCode::UnknownType
     );
+}
+
+#[test]
+fn binary_uploads_may_send_their_hash_after_the_chunks() {
+    let mut v = seed_request();
+    let d = v["data"].as_object_mut().unwrap();
+    d.remove("file_hash");
+    d.insert("transport".into(), json!("binary"));
+    let ClientMessage::UploadRequest(r) = parse(v.clone()).unwrap() else {
+        panic!()
+    };
+    assert_eq!((r.hashes.md5, r.hashes.sha256), (None, None));
+    // Not for the seed's JSON chunks, and not for a single-message upload.
+    let mut seed = v.clone();
+    seed["data"]["transport"] = json!("json");
+    assert!(err(seed).message.contains("file_hash"));
+    let mut single = v;
+    single["data"]["upload_mode"] = json!("single");
+    single["data"]["file_data"] = json!("AAAA");
+    single["data"]["file_size"] = json!(3);
+    assert!(err(single).message.contains("file_hash"));
+
+    let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    let finish =
+        json!({"type": "upload_finish", "data": {"task_id": id, "file_sha256": "AB".repeat(32)}});
+    let ClientMessage::UploadFinish(f) = parse(finish).unwrap() else {
+        panic!()
+    };
+    assert_eq!(f.task_id.to_string(), id);
+    assert_eq!(f.hashes.sha256, Some("ab".repeat(32)));
+    assert_eq!(f.hashes.md5, None);
+    let no_hash = json!({"type": "upload_finish", "data": {"task_id": id}});
+    let e = err(no_hash);
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("file_blake3"), "{}", e.message);
+    let bad = json!({"type": "upload_finish", "data": {"task_id": id, "file_sha256": "xyz"}});
+    assert!(err(bad).message.contains("file_sha256"));
+    let unknown = json!({"type": "upload_finish", "data": {"task_id": "../x", "file_sha256": "ab".repeat(32)}});
+    assert_eq!(err(unknown).code, ErrorCode::SessionNotFound);
 }

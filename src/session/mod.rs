@@ -279,6 +279,7 @@ impl Connection {
         match msg {
             ClientMessage::UploadRequest(req) => self.upload_request(req).await,
             ClientMessage::UploadChunk(chunk) => self.upload_chunk(chunk).await,
+            ClientMessage::UploadFinish(f) => self.upload_finish(f).await,
             ClientMessage::UploadResume(r) => self.upload_resume(r.task_id).await,
             ClientMessage::GetResult(r) => self.get_result(r.task_id).await,
             ClientMessage::AudioSegment(seg) => self.audio_segment(seg).await,

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use super::follow::{complete_msg, failed_msg};
 use super::{ActiveUpload, Connection, Flow, MAX_PENDING_CHUNKS};
 use crate::protocol::message::{
-    ChunkReceived, UploadChunk, UploadComplete, UploadMode, UploadReady, UploadRequest,
+    ChunkReceived, UploadChunk, UploadComplete, UploadFinish, UploadMode, UploadReady,
+    UploadRequest,
 };
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
 use crate::tasks::TaskState;
@@ -206,12 +207,47 @@ impl Connection {
         }
     }
 
-    /// All chunks are in: verify, announce, transcribe, follow.
+    /// `upload_finish`: the hash of a binary upload, sent after its chunks. Completes the
+    /// upload if every chunk is in (pending ones are committed first).
+    pub(super) async fn upload_finish(
+        &mut self,
+        finish: UploadFinish,
+    ) -> Result<(), ProtocolError> {
+        let UploadFinish { task_id, hashes } = finish;
+        let declared = blocking(self, Some(task_id), move |s| {
+            s.declare_hashes(task_id, hashes)
+        })
+        .await?;
+        let Some(progress) = declared else {
+            return Ok(());
+        };
+        if self.uploads.get(&task_id).is_some_and(|u| u.pending > 0) {
+            return self.commit(task_id).await;
+        }
+        if progress.complete {
+            return self.complete(task_id).await;
+        }
+        Ok(())
+    }
+
+    /// All chunks are in: verify, announce, transcribe, follow. A binary upload whose hash is
+    /// still to come (`upload_finish`) waits for it, keeping its slot.
     async fn complete(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        let finalized = blocking(self, Some(task_id), move |s| match s.finalize(task_id) {
+            Err(StoreError::AwaitingHash) => Ok(None),
+            other => other.map(Some),
+        })
+        .await;
+        let path = match finalized {
+            Ok(None) => return Ok(()),
+            Ok(Some(path)) => path,
+            Err(err) => {
+                self.uploads.remove(&task_id);
+                crate::http::metrics::upload_failed();
+                return Err(err);
+            }
+        };
         self.uploads.remove(&task_id);
-        let path = blocking(self, Some(task_id), move |s| s.finalize(task_id))
-            .await
-            .inspect_err(|_| crate::http::metrics::upload_failed())?;
         crate::http::metrics::upload_completed();
         tracing::info!(%task_id, "upload complete");
         self.send(ServerMessage::UploadComplete(UploadComplete {
