@@ -50,15 +50,16 @@ def rss_kb(pid):
 
 
 class Sampler:
-    """Samples a process's RSS every 20 ms while active; reports the peak."""
+    """Samples a process's RSS every 10 ms while active (or until `done()` says the measured
+    phase is over); reports the peak."""
 
-    def __init__(self, pid):
-        self.pid, self.peak, self.task = pid, 0, None
+    def __init__(self, pid, done=None):
+        self.pid, self.peak, self.task, self.done = pid, 0, None, done
 
     async def _run(self):
-        while True:
+        while not (self.done and self.done()):
             self.peak = max(self.peak, rss_kb(self.pid))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
 
     def __enter__(self):
         self.base = rss_kb(self.pid)
@@ -212,7 +213,9 @@ async def bench_uploads(args, md):
             port = free_port()
             proc = start_earshot(args.binary, args.models, data, port)
             url = f"ws://127.0.0.1:{port}/"
-            with Sampler(proc.pid) as s:
+            # The upload ends when the verified file is renamed to audio.*; transcription follows.
+            uploaded = lambda: any((data / "uploads").glob("*/audio*"))
+            with Sampler(proc.pid, uploaded) as s:
                 if protocol is None:
                     secs = await seed_client_upload(url, src, chunk)
                 else:
@@ -221,8 +224,11 @@ async def bench_uploads(args, md):
             stop(proc)
             shutil.rmtree(data, ignore_errors=True)
         base = mb / rows[0][2]
-        md.append(f"File: {mb:.0f} MB WAV, 1 MiB chunks, loopback. Server RSS growth is the peak during "
-                  "the upload over the RSS just before it.\n")
+        md.append(f"File: {mb:.0f} MB WAV, 1 MiB chunks, loopback, client and server on the same 2 cores. "
+                  "Seconds run from the client's start (hashing included: the Python client hashes the "
+                  "file first, `earshot upload --protocol seed` too, the binary path hashes while it "
+                  "sends) to `upload_complete`. Server RSS growth is the peak while the file is received "
+                  "and verified (until it is renamed to `audio.*`) over the RSS just before.\n")
         md.append("| server | client | seconds | MB/s | × baseline | server RSS growth |")
         md.append("|---|---|---:|---:|---:|---:|")
         for server, client, secs, growth in rows:
@@ -264,7 +270,7 @@ async def live_stream(url, pcm, realtime=True, frame_ms=50):
                                   "data": {"format": "pcm_s16le", "sample_rate": 16000, "channels": 1}}))
         started = await recv_json(ws)
         assert started["type"] == "stream_started", started
-        partials, segments, lags = [], [], []
+        partials, segments, lags, events = [], [], [], []
         t0 = time.perf_counter()
         done = asyncio.get_event_loop().create_future()
 
@@ -275,8 +281,10 @@ async def live_stream(url, pcm, realtime=True, frame_ms=50):
                 kind, data = msg["type"], msg["data"]
                 if kind == "transcript_partial":
                     partials.append((now, data["text"]))
+                    events.append(("partial", now, data["text"]))
                 elif kind == "transcript_segment":
                     segments.append((now, data["end"], data["text"]))
+                    events.append(("final", now, data["text"]))
                 elif kind == "stream_lag":
                     lags.append(data["behind_seconds"])
                 elif kind == "transcription_complete":
@@ -293,7 +301,25 @@ async def live_stream(url, pcm, realtime=True, frame_ms=50):
         await ws.send(json.dumps({"type": "stream_end", "data": {}}))
         done_at = await asyncio.wait_for(done, 300)
         await task
-        return partials, segments, lags, done_at, end_sent
+        return events, segments, lags, done_at, end_sent
+
+
+def word_times(events, count):
+    """When each of the first `count` words was first shown (in a partial or a final segment)
+    and when it became final. A partial holds only the unstable tail after the committed
+    segments, so word i of the speech is word i - committed of the partial."""
+    shown, final = [None] * count, [None] * count
+    committed = 0
+    for kind, t, text in events:
+        n = len(norm_words(text))
+        for i in range(committed, min(count, committed + n)):
+            if shown[i] is None:
+                shown[i] = t
+            if kind == "final" and final[i] is None:
+                final[i] = t
+        if kind == "final":
+            committed += n
+    return shown, final
 
 
 def percentile(values, p):
@@ -317,23 +343,19 @@ async def bench_live(args, md):
     try:
         await live_stream(url, pcm, realtime=False)  # warm-up
         for _ in range(args.runs):
-            partials, segments, _, _, _ = await live_stream(url, pcm)
-            seen = [None] * len(ends)
-            for t, text in partials:
-                for i, _word in enumerate(norm_words(text)[: len(ends)]):
-                    if seen[i] is None:
-                        seen[i] = t
-            partial_lat += [t - e for t, e in zip(seen, ends) if t is not None]
-            final_lat += [t - end for t, end, _ in segments]
+            events, _, _, _, _ = await live_stream(url, pcm)
+            shown, final = word_times(events, len(ends))
+            partial_lat += [t - e for t, e in zip(shown, ends) if t is not None]
+            final_lat += [t - e for t, e in zip(final, ends) if t is not None]
         md.append(f"`en_jfk.wav` streamed at real time in 50 ms PCM frames, {args.runs} runs, tiny.en, "
-                  "1 worker × 2 threads. Partial latency: for each word, from the moment the word ends "
-                  "in the audio (word times from `earshot transcribe --format verbose_json`) to the first "
-                  "partial that contains it. Final latency: from a segment's end in the audio to its "
-                  "`transcript_segment`.\n")
+                  "1 worker × 2 threads. For each word, from the moment it ends in the audio (word times "
+                  "from `earshot transcribe --format verbose_json`) to the first message that shows it "
+                  "(a `transcript_partial`, or a `transcript_segment` if it was committed first), and to "
+                  "the `transcript_segment` that makes it final.\n")
         md.append("| measure | p50 | p95 | goal |")
         md.append("|---|---:|---:|---|")
-        md.append(f"| word → first partial | {percentile(partial_lat, 50):.2f} s | {percentile(partial_lat, 95):.2f} s | ≤ 1.0 s |")
-        md.append(f"| segment end → final segment | {percentile(final_lat, 50):.2f} s | {percentile(final_lat, 95):.2f} s | ≤ 2.0 s |")
+        md.append(f"| word end → shown (partial) | {percentile(partial_lat, 50):.2f} s | {percentile(partial_lat, 95):.2f} s | ≤ 1.0 s |")
+        md.append(f"| word end → final segment | {percentile(final_lat, 50):.2f} s | {percentile(final_lat, 95):.2f} s | ≤ 2.0 s |")
         md.append("")
         await bench_capacity(args, md, url, pcm)
     finally:

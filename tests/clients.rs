@@ -213,7 +213,12 @@ async fn resume_finishes_an_upload_whose_chunks_are_all_stored_but_never_finalis
     let server = TestServer::start().await;
     let file = common::corpus_file("en_jfk.mp3");
     let data = std::fs::read(&file).unwrap();
-    let digest = earshot::client::digest::file_digest(&file).unwrap();
+    let all = earshot::upload::digest::HashKinds {
+        md5: true,
+        sha256: true,
+        blake3: true,
+    };
+    let digest = earshot::client::digest::file_digest(&file, all).unwrap();
     let chunk = 32 * 1024u64;
     let plan = earshot::upload::plan::ChunkPlan {
         file_size: data.len() as u64,
@@ -226,8 +231,7 @@ async fn resume_finishes_an_upload_whose_chunks_are_all_stored_but_never_finalis
             file_name: "en_jfk.mp3".into(),
             extension: Some("mp3".into()),
             plan,
-            file_md5: Some(digest.md5.clone()),
-            file_sha256: Some(digest.sha256.clone()),
+            hashes: digest.hashes.clone(),
             transport: earshot::protocol::message::Transport::Json,
             options: Default::default(),
         })

@@ -181,8 +181,10 @@ fn acknowledged_chunks_survive_a_crash() {
                 file_name: "crash.bin".into(),
                 extension: None,
                 plan,
-                file_md5: Some(hex::encode(Md5::digest(&data))),
-                file_sha256: None,
+                hashes: earshot::upload::digest::FileHashes {
+                    md5: Some(hex::encode(Md5::digest(&data))),
+                    ..Default::default()
+                },
                 transport: Default::default(),
                 options: Default::default(),
             })

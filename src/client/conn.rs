@@ -76,6 +76,14 @@ impl Conn {
         send(&mut self.ws, Message::text(value.to_string())).await
     }
 
+    /// Sends one text frame already serialised (e.g. prepared off the async thread).
+    pub async fn send_text(
+        &mut self,
+        text: tokio_tungstenite::tungstenite::Utf8Bytes,
+    ) -> Result<(), ClientError> {
+        send(&mut self.ws, Message::text(text)).await
+    }
+
     /// Sends one binary frame.
     pub async fn send_binary(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
         send(&mut self.ws, Message::binary(frame)).await

@@ -1,9 +1,10 @@
 //! Upload a file and follow its transcription, surviving dropped connections.
 //!
 //! Two transports (docs/PROTOCOL.md):
-//! - **binary** (default): `upload_request` with `transport: "binary"`, MD5 and SHA-256 of the
-//!   file, then binary chunk frames with up to `chunk_window` chunks in flight past the latest
-//!   cumulative `chunk_ack`; refused chunks are resent.
+//! - **binary** (default): `upload_request` with `transport: "binary"`, then binary chunk
+//!   frames with up to `chunk_window` chunks in flight past the latest cumulative `chunk_ack`
+//!   (refused chunks are resent), then `upload_finish` with the file's BLAKE3, computed while
+//!   the chunks were read — the file is read once.
 //! - **seed**: the seed document's flow exactly — base64 `upload_chunk` messages with their MD5,
 //!   one at a time, each waiting for its `chunk_received`.
 //!
@@ -11,20 +12,20 @@
 //! reconnects, sends `upload_resume` and sends only the chunks the server says are missing;
 //! when the upload was already complete it just follows the result.
 //!
-//! The file is hashed in one streaming pass and read chunk by chunk while sending; it is never
-//! held in memory. This module reports through a callback and must NOT print or draw.
+//! The seed path hashes the file (MD5) in one streaming pass first, as its request needs it.
+//! Either way the file is read chunk by chunk while sending; it is never held in memory. This module reports through a callback and must NOT print or draw.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
-use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::backoff::{Backoff, BackoffConfig};
 use super::conn::{type_name, Conn};
@@ -34,6 +35,7 @@ use crate::protocol::binary::{upload_chunk_header, UPLOAD_CHUNK_HEADER_LEN};
 use crate::protocol::message::{TranscriptSegment, TranscriptionComplete};
 use crate::protocol::{ErrorCode, Limits, ServerMessage, TaskId, MAX_MISSING_LISTED};
 use crate::transcript::Transcript;
+use crate::upload::digest::{HashKinds, RunningDigest};
 use crate::upload::plan::ChunkPlan;
 
 /// How often one chunk may be refused (hash mismatch) before the upload gives up: a chunk that
@@ -143,7 +145,8 @@ pub struct UploadOutcome {
     pub sent_per_connection: Vec<u64>,
     /// Connections that had to be re-opened.
     pub reconnects: u32,
-    /// From the server accepting the upload to `upload_complete`, seconds (includes waits).
+    /// From the start (hashing the file, connecting) to `upload_complete`, seconds (includes
+    /// reconnect waits).
     pub upload_seconds: f64,
     /// From `upload_complete` to the result, seconds (client clock).
     pub transcription_seconds: f64,
@@ -208,7 +211,8 @@ async fn run(
     options: &UploadOptions,
     mut on_event: impl FnMut(UploadEvent<'_>),
 ) -> Result<UploadOutcome, ClientError> {
-    let digest = hash_file(path).await?;
+    let started_at = Instant::now();
+    let digest = hash_file(path, options.protocol).await?;
     if digest.size == 0 {
         return Err(ClientError::InvalidOptions(format!(
             "{} is empty",
@@ -218,11 +222,8 @@ async fn run(
     on_event(UploadEvent::Started {
         file_bytes: digest.size,
     });
-    let mut job = Job::new(url, path, options, digest);
-    if task_id.is_some() {
-        job.task_id = task_id;
-        job.accepted_at = Some(Instant::now());
-    }
+    let mut job = Job::new(url, path, options, digest, started_at);
+    job.task_id = task_id;
     let mut backoff = Backoff::new(options.backoff);
     let mut failures = 0u32;
     loop {
@@ -256,9 +257,15 @@ async fn run(
     }
 }
 
-async fn hash_file(path: &Path) -> Result<FileDigest, ClientError> {
+/// The seed protocol announces the file's MD5 up front; the binary one hashes while it sends
+/// (`upload_finish`), so here it only learns the size.
+async fn hash_file(path: &Path, protocol: UploadProtocol) -> Result<FileDigest, ClientError> {
     let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || file_digest(&owned))
+    let kinds = HashKinds {
+        md5: protocol == UploadProtocol::Seed,
+        ..HashKinds::default()
+    };
+    tokio::task::spawn_blocking(move || file_digest(&owned, kinds))
         .await
         .map_err(|e| ClientError::File {
             path: path.to_path_buf(),
@@ -277,6 +284,10 @@ struct Job<'a> {
     options: &'a UploadOptions,
     /// Size and hashes, announced in the request.
     digest: FileDigest,
+    /// The binary path's whole-file BLAKE3, computed while the chunks are read and sent
+    /// in `upload_finish` after the last one (no pass over the file before sending). `None`
+    /// on the seed path, which announces its MD5 up front.
+    running: Option<RunningDigest>,
     /// Set once the server accepted the upload; later connections resume it.
     task_id: Option<TaskId>,
     /// Counts steps forward (acks, completion, progress); a failure after progress starts a
@@ -284,8 +295,8 @@ struct Job<'a> {
     milestones: u64,
     /// Payload bytes sent per connection.
     sent_per_connection: Vec<u64>,
-    /// When the server first accepted the upload.
-    accepted_at: Option<Instant>,
+    /// When the upload started, before the file was hashed.
+    started_at: Instant,
     /// When the upload was known complete.
     uploaded_at: Option<Instant>,
     /// Segments already reported, so a resumed follow does not repeat them.
@@ -301,16 +312,24 @@ enum Start {
 }
 
 impl<'a> Job<'a> {
-    fn new(url: &'a str, path: &Path, options: &'a UploadOptions, digest: FileDigest) -> Self {
+    fn new(
+        url: &'a str,
+        path: &Path,
+        options: &'a UploadOptions,
+        digest: FileDigest,
+        started_at: Instant,
+    ) -> Self {
         Job {
             url,
             path: path.to_path_buf(),
             options,
+            running: (options.protocol == UploadProtocol::Binary)
+                .then(|| RunningDigest::new(HashKinds::BLAKE3)),
             digest,
             task_id: None,
             milestones: 0,
             sent_per_connection: Vec::new(),
-            accepted_at: None,
+            started_at,
             uploaded_at: None,
             segments_seen: 0,
         }
@@ -330,31 +349,33 @@ impl<'a> Job<'a> {
         };
         let first = match start {
             Start::Send(chunks, window) => {
-                let file = tokio::fs::File::open(&self.path)
-                    .await
+                let file = std::fs::File::open(&self.path)
                     .map_err(|e| ClientError::file(&self.path, e))?;
                 let path = self.path.clone();
                 let mut sender = Sender {
                     conn: &mut conn,
-                    file,
+                    file: Arc::new(file),
                     path: &path,
                     plan,
-                    task_id: self.task_id.expect("set by request/resume"),
+                    task_id: self
+                        .task_id
+                        .ok_or_else(|| ClientError::Protocol("the server named no task".into()))?,
                     sent: 0,
+                    digest: self.running.take(),
                 };
-                let sent = if chunks.is_empty() {
+                let hash_later = self.options.protocol == UploadProtocol::Binary;
+                let sent = match self.options.protocol {
                     // Every chunk is stored: the server finalises the upload on resume
-                    // (docs/PROTOCOL.md §6); what follows is upload_complete and the result.
-                    Ok(())
-                } else {
-                    match self.options.protocol {
-                        UploadProtocol::Binary => {
-                            self.send_binary(&mut sender, chunks, window, on_event)
-                                .await
-                        }
-                        UploadProtocol::Seed => self.send_seed(&mut sender, chunks, on_event).await,
+                    // (docs/PROTOCOL.md §6), once it has the hash.
+                    _ if chunks.is_empty() && hash_later => sender.finish().await,
+                    _ if chunks.is_empty() => Ok(()),
+                    UploadProtocol::Binary => {
+                        self.send_binary(&mut sender, chunks, window, on_event)
+                            .await
                     }
+                    UploadProtocol::Seed => self.send_seed(&mut sender, chunks, on_event).await,
                 };
+                self.running = sender.digest.take().or(self.running.take());
                 *self.sent_per_connection.last_mut().expect("pushed above") += sender.sent;
                 sent?;
                 self.uploaded(on_event);
@@ -394,7 +415,6 @@ impl<'a> Job<'a> {
             match conn.recv().await? {
                 ServerMessage::UploadReady(ready) => {
                     self.task_id = Some(ready.task_id);
-                    self.accepted_at.get_or_insert_with(Instant::now);
                     self.milestones += 1;
                     on_event(UploadEvent::Ready {
                         task_id: ready.task_id,
@@ -418,14 +438,15 @@ impl<'a> Job<'a> {
         let mut data = json!({
             "file_name": file_name,
             "file_size": plan.file_size,
-            "file_hash": self.digest.md5,
             "chunk_size": plan.chunk_size,
             "total_chunks": plan.total_chunks,
             "upload_mode": "chunked",
         });
+        if let Some(md5) = &self.digest.hashes.md5 {
+            data["file_hash"] = json!(md5);
+        }
         if self.options.protocol == UploadProtocol::Binary {
             data["transport"] = json!("binary");
-            data["file_sha256"] = json!(self.digest.sha256);
         }
         if let Some(lang) = &self.options.language {
             data["language"] = json!(lang);
@@ -504,9 +525,14 @@ impl<'a> Job<'a> {
         on_event: &mut impl FnMut(UploadEvent<'_>),
     ) -> Result<(), ClientError> {
         let mut win = SendWindow::new(chunks, window);
+        let mut finish_sent = false;
         loop {
             while let Some(index) = win.next() {
                 sender.send_binary_chunk(index).await?;
+            }
+            if win.all_sent() && !finish_sent {
+                sender.send_finish().await?;
+                finish_sent = true;
             }
             match sender.conn.recv().await? {
                 ServerMessage::ChunkAck(ack) if ack.task_id == sender.task_id => {
@@ -531,7 +557,9 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// The seed's flow: one base64 chunk, then wait for its `chunk_received`.
+    /// The seed's flow: one base64 chunk, then wait for its `chunk_received`. The protocol
+    /// allows one chunk in flight, but not one being prepared: while the server stores chunk
+    /// `i`, chunk `i + 1` is read, hashed and encoded on the blocking pool.
     async fn send_seed(
         &mut self,
         sender: &mut Sender<'_>,
@@ -539,10 +567,17 @@ impl<'a> Job<'a> {
         on_event: &mut impl FnMut(UploadEvent<'_>),
     ) -> Result<(), ClientError> {
         let mut stored = 0u32;
-        for index in chunks {
+        let mut queue = chunks.into_iter();
+        let mut next = queue.next().map(|i| sender.prepare_json_chunk(i));
+        while let Some(preparing) = next.take() {
+            let (index, text, len) = sender.prepared(preparing).await?;
+            // Shared bytes: a resend after a refusal copies nothing.
+            let text = tokio_tungstenite::tungstenite::Utf8Bytes::from(text);
+            next = queue.next().map(|i| sender.prepare_json_chunk(i));
             let mut refusals = 0;
             loop {
-                sender.send_json_chunk(index).await?;
+                sender.conn.send_text(text.clone()).await?;
+                sender.sent += len;
                 match wait_chunk_received(sender, index).await? {
                     Some(received) => {
                         stored = stored.max(received);
@@ -625,7 +660,6 @@ impl<'a> Job<'a> {
 
     fn outcome(&self, result: TranscriptionComplete) -> UploadOutcome {
         let now = Instant::now();
-        let accepted = self.accepted_at.unwrap_or(now);
         let uploaded = self.uploaded_at.unwrap_or(now);
         UploadOutcome {
             task_id: result.task_id,
@@ -633,7 +667,9 @@ impl<'a> Job<'a> {
             bytes_sent: self.sent_per_connection.iter().sum(),
             sent_per_connection: self.sent_per_connection.clone(),
             reconnects: self.sent_per_connection.len().saturating_sub(1) as u32,
-            upload_seconds: uploaded.saturating_duration_since(accepted).as_secs_f64(),
+            upload_seconds: uploaded
+                .saturating_duration_since(self.started_at)
+                .as_secs_f64(),
             transcription_seconds: now.saturating_duration_since(uploaded).as_secs_f64(),
             result,
         }
@@ -644,8 +680,8 @@ impl<'a> Job<'a> {
 struct Sender<'c> {
     /// The connection.
     conn: &'c mut Conn,
-    /// The file, opened for this connection.
-    file: tokio::fs::File,
+    /// The file, opened for this connection; read on the blocking pool.
+    file: Arc<std::fs::File>,
     /// Its path, for error messages.
     path: &'c Path,
     /// How the file is cut.
@@ -654,23 +690,67 @@ struct Sender<'c> {
     task_id: TaskId,
     /// Payload bytes sent on this connection.
     sent: u64,
+    /// The running whole-file hash (binary path), advanced by chunks read in file order.
+    digest: Option<RunningDigest>,
 }
 
 impl Sender<'_> {
-    /// Reads chunk `index` into `buf[room..]`, sized to the chunk.
+    /// Reads chunk `index` into `buf[room..]`, sized to the chunk, on the blocking pool,
+    /// adding it to the running hash when it continues the hashed prefix.
     async fn read_chunk(&mut self, index: u32, room: usize) -> Result<Vec<u8>, ClientError> {
         let offset = self.plan.chunk_offset(index).unwrap_or(0);
         let len = self.plan.chunk_len(index).unwrap_or(0) as usize;
-        let mut buf = vec![0u8; room + len];
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .await
-            .map_err(|e| ClientError::file(self.path, e))?;
-        self.file
-            .read_exact(&mut buf[room..])
-            .await
-            .map_err(|e| ClientError::file(self.path, e))?;
+        let file = self.file.clone();
+        let mut digest = self.digest.take();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; room + len];
+            file.read_exact_at(&mut buf[room..], offset)?;
+            if let Some(d) = digest.as_mut().filter(|d| d.hashed() == offset) {
+                d.update(&buf[room..]);
+            }
+            Ok::<_, std::io::Error>((buf, digest))
+        })
+        .await
+        .map_err(|e| ClientError::file(self.path, std::io::Error::other(e.to_string())))?;
+        let (buf, digest) = read.map_err(|e| ClientError::file(self.path, e))?;
+        self.digest = digest;
         Ok(buf)
+    }
+
+    /// Completes the running hash (reading whatever part of the file it has not seen, e.g.
+    /// after a resume) and sends it in `upload_finish`.
+    async fn send_finish(&mut self) -> Result<(), ClientError> {
+        let file = self.file.clone();
+        let size = self.plan.file_size;
+        let mut digest = self
+            .digest
+            .take()
+            .unwrap_or_else(|| RunningDigest::new(HashKinds::BLAKE3));
+        let hashed = tokio::task::spawn_blocking(move || {
+            digest.update_from_file(&file, size).map(|()| digest)
+        })
+        .await
+        .map_err(|e| ClientError::file(self.path, std::io::Error::other(e.to_string())))?;
+        let digest = hashed.map_err(|e| ClientError::file(self.path, e))?;
+        let blake3 = digest.clone().finish().blake3;
+        self.digest = Some(digest);
+        let msg = json!({"type": "upload_finish", "data": {
+            "task_id": self.task_id,
+            "file_blake3": blake3,
+        }});
+        self.conn.send_json(&msg).await
+    }
+
+    /// `upload_finish` for an upload whose chunks are all stored, then its `upload_complete`.
+    async fn finish(&mut self) -> Result<(), ClientError> {
+        self.send_finish().await?;
+        loop {
+            match self.conn.recv().await? {
+                ServerMessage::UploadComplete(c) if c.task_id == self.task_id => return Ok(()),
+                ServerMessage::Error(e) => return Err(ClientError::from_server(e)),
+                other => tracing::debug!(kind = type_name(&other), "ignored while finishing"),
+            }
+        }
     }
 
     async fn send_binary_chunk(&mut self, index: u32) -> Result<(), ClientError> {
@@ -683,20 +763,48 @@ impl Sender<'_> {
         Ok(())
     }
 
-    async fn send_json_chunk(&mut self, index: u32) -> Result<(), ClientError> {
-        let data = self.read_chunk(index, 0).await?;
-        let msg = json!({"type": "upload_chunk", "data": {
-            "task_id": self.task_id,
-            "chunk_index": index,
-            "chunk_size": data.len(),
-            "chunk_hash": hex::encode(Md5::digest(&data)),
-            "chunk_data": base64::engine::general_purpose::STANDARD.encode(&data),
-            "is_last": index + 1 == self.plan.total_chunks,
-        }});
-        self.conn.send_json(&msg).await?;
-        self.sent += data.len() as u64;
-        Ok(())
+    /// Starts reading and encoding JSON chunk `index` on the blocking pool.
+    fn prepare_json_chunk(&self, index: u32) -> PreparedChunk {
+        let file = self.file.clone();
+        let plan = self.plan;
+        let task_id = self.task_id;
+        tokio::task::spawn_blocking(move || {
+            let text = json_chunk(&file, &plan, task_id, index)?;
+            Ok((index, text, plan.chunk_len(index).unwrap_or(0)))
+        })
     }
+
+    /// Waits for a chunk started by [`prepare_json_chunk`](Self::prepare_json_chunk).
+    async fn prepared(&self, chunk: PreparedChunk) -> Result<(u32, String, u64), ClientError> {
+        chunk
+            .await
+            .map_err(|e| ClientError::file(self.path, std::io::Error::other(e.to_string())))?
+            .map_err(|e| ClientError::file(self.path, e))
+    }
+}
+
+/// A seed chunk being prepared: its index, its `upload_chunk` text and its length.
+type PreparedChunk = tokio::task::JoinHandle<std::io::Result<(u32, String, u64)>>;
+
+/// The seed's `upload_chunk` message for chunk `index`: MD5 and base64 of the bytes.
+fn json_chunk(
+    file: &std::fs::File,
+    plan: &ChunkPlan,
+    task_id: TaskId,
+    index: u32,
+) -> std::io::Result<String> {
+    let offset = plan.chunk_offset(index).unwrap_or(0);
+    let mut data = vec![0u8; plan.chunk_len(index).unwrap_or(0) as usize];
+    file.read_exact_at(&mut data, offset)?;
+    let msg = json!({"type": "upload_chunk", "data": {
+        "task_id": task_id,
+        "chunk_index": index,
+        "chunk_size": data.len(),
+        "chunk_hash": hex::encode(Md5::digest(&data)),
+        "chunk_data": base64::engine::general_purpose::STANDARD.encode(&data),
+        "is_last": index + 1 == plan.total_chunks,
+    }});
+    Ok(msg.to_string())
 }
 
 /// Waits for the answer to JSON chunk `index`: `Some(stored chunks)` when stored (or already
@@ -820,6 +928,11 @@ impl SendWindow {
                 self.queue.insert(index);
             }
         }
+    }
+
+    /// Whether every chunk has been sent at least once (some may still be unacknowledged).
+    pub(crate) fn all_sent(&self) -> bool {
+        self.queue.is_empty()
     }
 
     /// The server refused chunk `index` (hash mismatch): send it again, a few times at most.
