@@ -1,15 +1,19 @@
 //! The commit policy for live streams.
 //!
 //! Whisper re-reads the whole uncommitted buffer each time (about once a second while speech
-//! continues). Text becomes final — a `transcript_segment` — when
-//! - two consecutive hypotheses agree on a complete segment (all but the last one, which may still
-//!   grow), or
+//! continues). A hypothesis is read as a sequence of units: words when Whisper reported token
+//! timings (live jobs ask for them), else whole segments. Text becomes final — a
+//! `transcript_segment` — when
+//! - two consecutive hypotheses agree on its leading units (all but the last unit, which may
+//!   still be half spoken): "local agreement", so a word is final about two steps after it
+//!   is heard, or
 //! - the speaker pauses (trailing silence of [`LiveConfig::pause_secs`]), or
 //! - the buffer reaches [`LiveConfig::max_buffer_secs`] (Whisper's window is 30 s), or
 //! - the stream ends.
 //!
-//! Committed audio is dropped from the buffer, so memory per stream is bounded by
-//! `max_buffer_secs`. Only one hypothesis per stream is in flight at a time; audio that arrives
+//! Audio is dropped from the buffer once a whole Whisper segment is committed (cutting inside a
+//! segment would clip words); words committed earlier are recognised in later hypotheses by
+//! their time and skipped. Memory per stream is bounded by `max_buffer_secs`. Only one hypothesis per stream is in flight at a time; audio that arrives
 //! meanwhile waits in the buffer and the next job takes all of it (latest audio wins, nothing queues
 //! up). This module must not block, spawn or talk to Whisper itself.
 
@@ -84,8 +88,13 @@ pub struct LivePolicy {
     covered: u64,
     /// Whether a job is out; only one at a time per stream.
     in_flight: bool,
-    /// The previous hypothesis' uncommitted segments, to find agreement.
-    previous: Vec<Segment>,
+    /// The previous hypothesis' uncommitted units, to find agreement.
+    previous: Vec<Unit>,
+    /// Timeline second where the committed text ends; units of later hypotheses centred
+    /// before it were committed already.
+    committed_end: f64,
+    /// The last few committed words (normalised), to drop a repeat at the boundary.
+    recent_words: Vec<String>,
     /// Revision of the last partial sent.
     revision: u64,
     /// Text of the last partial sent, to avoid repeating it.
@@ -141,6 +150,8 @@ impl LivePolicy {
             covered: 0,
             in_flight: false,
             previous: Vec::new(),
+            committed_end: 0.0,
+            recent_words: Vec::new(),
             revision: 0,
             last_partial: String::new(),
             trailing_silence: 0,
@@ -260,46 +271,73 @@ impl LivePolicy {
             .map(|s| shift(s, job.offset))
             .filter(|s| !s.text.trim().is_empty())
             .collect();
+        let units = self.new_units(&hyp);
         let job_end = job.offset + secs(job.audio.len() as u64);
         let full = self.buffer.len() as u64 >= samples(self.config.max_buffer_secs);
         let n_commit = if job.is_final {
-            hyp.len()
+            units.len()
         } else if full {
-            hyp.len().saturating_sub(1).max(usize::from(hyp.len() == 1))
+            forced_commit(&units)
         } else {
-            self.agreed_prefix(&hyp)
+            self.agreed_prefix(&units)
         };
         let mut out = Vec::new();
-        let committed: Vec<Segment> = hyp[..n_commit].to_vec();
-        let rest: Vec<Segment> = hyp[n_commit..].to_vec();
-        if !committed.is_empty() || job.is_final {
-            let cut = if job.is_final || rest.is_empty() {
-                job_end
-            } else {
-                committed.last().map_or(job.offset, |s| s.end)
-            };
+        let (committed, rest) = units.split_at(n_commit);
+        if let Some(last) = committed.last() {
+            self.committed_end = last.end;
+            self.remember(committed);
+            out.push(LiveOutput::Commit(segments_of(committed, &hyp)));
+        }
+        if job.is_final {
+            self.committed_end = self.committed_end.max(job_end);
+            self.drop_until(job_end);
+        } else if let Some(cut) = segment_cut(committed, rest, &hyp) {
             self.drop_until(cut);
         }
-        if !committed.is_empty() {
-            out.push(LiveOutput::Commit(committed));
-        }
-        self.previous = rest.clone();
-        self.partial(&rest, &mut out);
+        self.previous = rest.to_vec();
+        let text = rest.iter().map(|u| u.text.as_str()).collect::<Vec<_>>();
+        self.partial(&text.join(" "), &mut out);
         out
     }
 
-    /// How many leading complete segments (all but the last) the previous hypothesis agreed on.
-    fn agreed_prefix(&self, hyp: &[Segment]) -> usize {
-        let complete = hyp.len().saturating_sub(1);
-        hyp[..complete]
+    /// The hypothesis' units that are not committed yet: those centred after the committed
+    /// text, less a repeat of its last words.
+    fn new_units(&self, hyp: &[Segment]) -> Vec<Unit> {
+        let mut units: Vec<Unit> = units_of(hyp)
+            .into_iter()
+            .filter(|u| (u.start + u.end) / 2.0 > self.committed_end)
+            .collect();
+        let max = units.len().min(self.recent_words.len()).min(3);
+        for n in (1..=max).rev() {
+            let tail = &self.recent_words[self.recent_words.len() - n..];
+            if units[..n].iter().map(|u| normalise(&u.text)).eq(tail.iter().cloned()) {
+                units.drain(..n);
+                break;
+            }
+        }
+        units
+    }
+
+    /// Keeps the last committed words for [`new_units`](Self::new_units).
+    fn remember(&mut self, committed: &[Unit]) {
+        self.recent_words
+            .extend(committed.iter().map(|u| normalise(&u.text)));
+        let extra = self.recent_words.len().saturating_sub(3);
+        self.recent_words.drain(..extra);
+    }
+
+    /// How many leading units (all but the last) the previous hypothesis agreed on.
+    fn agreed_prefix(&self, units: &[Unit]) -> usize {
+        let complete = units.len().saturating_sub(1);
+        units[..complete]
             .iter()
             .zip(&self.previous)
             .take_while(|(a, b)| normalise(&a.text) == normalise(&b.text))
             .count()
     }
 
-    fn partial(&mut self, rest: &[Segment], out: &mut Vec<LiveOutput>) {
-        let text = crate::transcript::join_text(rest);
+    fn partial(&mut self, text: &str, out: &mut Vec<LiveOutput>) {
+        let text = text.to_string();
         if text != self.last_partial {
             self.revision += 1;
             self.last_partial.clone_from(&text);
@@ -321,6 +359,107 @@ impl LivePolicy {
             self.trim_silence();
         }
     }
+}
+
+/// A piece of a hypothesis that agreement compares: a word, or a whole segment when Whisper
+/// gave no token timings.
+#[derive(Debug, Clone, PartialEq)]
+struct Unit {
+    /// As Whisper wrote it (punctuation attached); compared normalised.
+    text: String,
+    /// Timeline seconds.
+    start: f64,
+    /// Timeline seconds.
+    end: f64,
+    /// Index of the hypothesis segment it belongs to.
+    segment: usize,
+}
+
+/// The units of a hypothesis, in order.
+fn units_of(hyp: &[Segment]) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (segment, s) in hyp.iter().enumerate() {
+        let words = s.tokens.as_deref().map(words_of).unwrap_or_default();
+        if words.is_empty() {
+            units.push(Unit {
+                text: s.text.clone(),
+                start: s.start,
+                end: s.end,
+                segment,
+            });
+        }
+        units.extend(words.into_iter().map(|(text, start, end)| Unit {
+            text,
+            start: start.clamp(s.start, s.end),
+            end: end.clamp(s.start, s.end),
+            segment,
+        }));
+    }
+    units
+}
+
+/// Joins tokens into words (a token starting with a space starts one); special tokens such
+/// as `[_BEG_]` or `<|endoftext|>` carry no text and are skipped.
+fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
+    let mut words: Vec<(String, f64, f64)> = Vec::new();
+    for t in tokens {
+        let trimmed = t.text.trim();
+        if trimmed.is_empty() || trimmed.starts_with("[_") || trimmed.starts_with("<|") {
+            continue;
+        }
+        match words.last_mut() {
+            Some(word) if !t.text.starts_with(char::is_whitespace) => {
+                word.0.push_str(t.text.trim_end());
+                word.2 = t.end;
+            }
+            _ => words.push((trimmed.to_string(), t.start, t.end)),
+        }
+    }
+    words
+}
+
+/// With the buffer full: everything but the last segment (all of it if there is one).
+fn forced_commit(units: &[Unit]) -> usize {
+    let last = units.last().map_or(0, |u| u.segment);
+    let before = units.iter().take_while(|u| u.segment != last).count();
+    if before == 0 {
+        units.len()
+    } else {
+        before
+    }
+}
+
+/// Committed units grouped back into one segment per hypothesis segment they came from.
+fn segments_of(units: &[Unit], hyp: &[Segment]) -> Vec<Segment> {
+    let mut out: Vec<(usize, Segment)> = Vec::new();
+    for u in units {
+        match out.last_mut() {
+            Some((segment, s)) if *segment == u.segment => {
+                s.text.push(' ');
+                s.text.push_str(&u.text);
+                s.end = u.end;
+            }
+            _ => out.push((
+                u.segment,
+                Segment {
+                    start: u.start,
+                    end: u.end,
+                    text: u.text.clone(),
+                    no_speech_prob: hyp.get(u.segment).map_or(0.0, |s| s.no_speech_prob),
+                    tokens: None,
+                },
+            )),
+        }
+    }
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Where to cut the audio after a commit: the end of the last hypothesis segment the commit
+/// completed, if it completed one.
+fn segment_cut(committed: &[Unit], rest: &[Unit], hyp: &[Segment]) -> Option<f64> {
+    let last = committed.last()?;
+    let completes = rest.first().is_none_or(|next| next.segment != last.segment);
+    completes.then(|| hyp[last.segment].end)
 }
 
 fn shift(mut s: Segment, offset: f64) -> Segment {
@@ -501,5 +640,114 @@ mod tests {
         let out = p.on_result(&job, vec![seg(0.0, 0.4, "hi")]);
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 0.4, "hi")]));
         assert!(p.finish().is_none());
+    }
+
+    fn word_seg(words: &[(&str, f64, f64)]) -> Segment {
+        let tokens = words
+            .iter()
+            .map(|&(w, start, end)| crate::transcript::Token {
+                text: format!(" {w}"),
+                start,
+                end,
+                probability: 0.9,
+            })
+            .collect();
+        Segment {
+            start: words[0].1,
+            end: words[words.len() - 1].2,
+            text: words.iter().map(|w| w.0).collect::<Vec<_>>().join(" "),
+            no_speech_prob: 0.0,
+            tokens: Some(tokens),
+        }
+    }
+
+    #[test]
+    fn words_agreed_by_two_hypotheses_are_final_without_waiting_for_the_segment() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(2.0));
+        let j1 = p.take_job().unwrap();
+        let out = p.on_result(
+            &j1,
+            vec![word_seg(&[("Ask", 0.0, 0.4), ("not", 0.4, 0.8), ("what", 0.8, 1.2)])],
+        );
+        assert!(matches!(out[..], [LiveOutput::Partial { .. }]), "{out:?}");
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        let out = p.on_result(
+            &j2,
+            vec![word_seg(&[
+                ("ask", 0.0, 0.4),
+                ("not", 0.4, 0.8),
+                ("what", 0.8, 1.2),
+                ("your", 1.2, 1.6),
+                ("count", 1.6, 2.9),
+            ])],
+        );
+        // "ask not what your" is in both except "your" (new), and "count" may still grow.
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed.len(), 1);
+        assert_eq!(committed[0].text, "ask not what");
+        assert!((committed[0].end - 1.2).abs() < 1e-6);
+        assert_eq!(
+            out[1],
+            LiveOutput::Partial {
+                text: "your count".into(),
+                revision: 2
+            }
+        );
+        assert_eq!(p.buffer_start, 0.0, "the segment goes on: no audio is cut");
+        // The next hypothesis re-reads the committed words; they are not committed twice.
+        p.push(&tone(1.0));
+        let j3 = p.take_job().unwrap();
+        let out = p.on_result(
+            &j3,
+            vec![word_seg(&[
+                ("ask", 0.0, 0.4),
+                ("not", 0.4, 0.8),
+                ("what", 0.8, 1.25),
+                ("your", 1.25, 1.6),
+                ("country", 1.6, 2.4),
+                ("can", 2.5, 3.9),
+            ])],
+        );
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "your");
+        assert_eq!(
+            out[1],
+            LiveOutput::Partial {
+                text: "country can".into(),
+                revision: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_repeated_boundary_word_is_not_committed_twice() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(1.0));
+        p.push(&silence(0.7));
+        let job = p.take_job().unwrap();
+        assert!(job.is_final);
+        p.on_result(&job, vec![word_seg(&[("fellow", 0.1, 0.5), ("Americans", 0.5, 1.0)])]);
+        // Whisper places the last word of the old audio a little later this time.
+        p.push(&tone(2.0));
+        let j2 = p.take_job().unwrap();
+        let words = [("Americans,", 1.8, 2.2), ("ask", 2.3, 2.6), ("not", 2.6, 3.0)];
+        let shifted: Vec<(&str, f64, f64)> = words
+            .iter()
+            .map(|&(w, s, e)| (w, s - j2.offset, e - j2.offset))
+            .collect();
+        let out = p.on_result(&j2, vec![word_seg(&shifted)]);
+        assert_eq!(
+            out,
+            vec![LiveOutput::Partial {
+                text: "ask not".into(),
+                revision: 1
+            }]
+        );
     }
 }

@@ -76,6 +76,8 @@ impl Connection {
             task_id,
             options: Options {
                 low_latency: true,
+                // Word timings let the commit policy agree word by word.
+                token_timestamps: true,
                 ..crate::server::batch::engine_options(&self.state, &start.options)
             },
             cancel: self.cancel.clone(),
