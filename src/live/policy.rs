@@ -310,7 +310,11 @@ impl LivePolicy {
         let max = units.len().min(self.recent_words.len()).min(3);
         for n in (1..=max).rev() {
             let tail = &self.recent_words[self.recent_words.len() - n..];
-            if units[..n].iter().map(|u| normalise(&u.text)).eq(tail.iter().cloned()) {
+            if units[..n]
+                .iter()
+                .map(|u| normalise(&u.text))
+                .eq(tail.iter().cloned())
+            {
                 units.drain(..n);
                 break;
             }
@@ -326,9 +330,11 @@ impl LivePolicy {
         self.recent_words.drain(..extra);
     }
 
-    /// How many leading units (all but the last) the previous hypothesis agreed on.
+    /// How many leading units (all but the last) the previous hypothesis agreed on. Agreement
+    /// stops where the hypothesis goes back in time: Whisper sometimes repeats the buffer's
+    /// opening words after its end, and two hypotheses may agree on such a repeat.
     fn agreed_prefix(&self, units: &[Unit]) -> usize {
-        let complete = units.len().saturating_sub(1);
+        let complete = units.len().saturating_sub(1).min(in_order(units));
         units[..complete]
             .iter()
             .zip(&self.previous)
@@ -416,6 +422,15 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
         }
     }
     words
+}
+
+/// How many leading units start in time order (within a little jitter).
+fn in_order(units: &[Unit]) -> usize {
+    const JITTER: f64 = 0.3;
+    let back = units
+        .windows(2)
+        .position(|w| w[1].start + JITTER < w[0].start);
+    back.map_or(units.len(), |i| i + 1)
 }
 
 /// With the buffer full: everything but the last segment (all of it if there is one).
@@ -668,7 +683,11 @@ mod tests {
         let j1 = p.take_job().unwrap();
         let out = p.on_result(
             &j1,
-            vec![word_seg(&[("Ask", 0.0, 0.4), ("not", 0.4, 0.8), ("what", 0.8, 1.2)])],
+            vec![word_seg(&[
+                ("Ask", 0.0, 0.4),
+                ("not", 0.4, 0.8),
+                ("what", 0.8, 1.2),
+            ])],
         );
         assert!(matches!(out[..], [LiveOutput::Partial { .. }]), "{out:?}");
         p.push(&tone(1.0));
@@ -732,11 +751,18 @@ mod tests {
         p.push(&silence(0.7));
         let job = p.take_job().unwrap();
         assert!(job.is_final);
-        p.on_result(&job, vec![word_seg(&[("fellow", 0.1, 0.5), ("Americans", 0.5, 1.0)])]);
+        p.on_result(
+            &job,
+            vec![word_seg(&[("fellow", 0.1, 0.5), ("Americans", 0.5, 1.0)])],
+        );
         // Whisper places the last word of the old audio a little later this time.
         p.push(&tone(2.0));
         let j2 = p.take_job().unwrap();
-        let words = [("Americans,", 1.8, 2.2), ("ask", 2.3, 2.6), ("not", 2.6, 3.0)];
+        let words = [
+            ("Americans,", 1.8, 2.2),
+            ("ask", 2.3, 2.6),
+            ("not", 2.6, 3.0),
+        ];
         let shifted: Vec<(&str, f64, f64)> = words
             .iter()
             .map(|&(w, s, e)| (w, s - j2.offset, e - j2.offset))
@@ -749,5 +775,27 @@ mod tests {
                 revision: 1
             }]
         );
+    }
+
+    #[test]
+    fn a_hypothesis_that_repeats_itself_commits_only_up_to_the_repeat() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(3.0));
+        let garbled = || {
+            vec![
+                word_seg(&[("fellow", 1.0, 1.4), ("Americans.", 1.4, 2.0)]),
+                word_seg(&[("And", 0.1, 0.3), ("so", 0.3, 0.5), ("my", 0.5, 0.8)]),
+            ]
+        };
+        let j1 = p.take_job().unwrap();
+        p.on_result(&j1, garbled());
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        let out = p.on_result(&j2, garbled());
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed.len(), 1, "{committed:?}");
+        assert_eq!(committed[0].text, "fellow Americans.");
     }
 }
