@@ -4,7 +4,7 @@
 # kept at real time, idle memory per connection. Writes the "## Server" section of
 # docs/BENCHMARKS.md (replacing it).
 #
-# Usage: scripts/bench-server.sh [--upload-mb 200] [--runs 5] [--max-streams 5] [--only upload|live|idle]
+# Usage: scripts/bench-server.sh [--upload-mb 200] [--upload-runs 5] [--runs 5] [--max-streams 8] [--only upload|live|idle]
 # Needs: python3 with `websockets` (installed here if missing), ../shared (models, corpus, baselines).
 set -euo pipefail
 

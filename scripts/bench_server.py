@@ -4,7 +4,8 @@ server, live-stream latency, live streams per machine, idle memory per connectio
 
 Run through scripts/bench-server.sh (builds the release binary, installs `websockets`). Everything
 runs on 127.0.0.1 with bounded loops; each server is started and stopped here.
-Usage: bench_server.py EARSHOT_BIN MODELS_DIR OUT_MD [--upload-mb 200] [--runs 5] [--max-streams 6]
+Usage: bench_server.py EARSHOT_BIN MODELS_DIR OUT_MD [--upload-mb 200] [--upload-runs 5] [--runs 5]
+                      [--max-streams 8] [--only upload|live|idle]
 """
 import argparse
 import asyncio
@@ -183,57 +184,80 @@ def cli_upload(binary, url, path, protocol, chunk_size):
     return json.loads(out.stdout)["upload_seconds"]
 
 
+async def baseline_upload(work, src, chunk):
+    """One upload to the seed document's server with its own client design."""
+    port = free_port()
+    (work / "seed").mkdir()
+    seed = subprocess.Popen([sys.executable, str(SHARED / "baselines" / "seed_server.py"), str(port),
+                             str(work / "seed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, seed)
+        with Sampler(seed.pid) as s:
+            secs = await seed_client_upload(f"ws://127.0.0.1:{port}", src, chunk)
+        return secs, s.growth_mb
+    finally:
+        stop(seed)
+        shutil.rmtree(work / "seed")
+
+
+async def earshot_upload(args, work, src, chunk, protocol):
+    """One upload to a fresh Earshot server; `protocol` None means the Python seed client."""
+    data = work / f"data-{protocol}"
+    port = free_port()
+    proc = start_earshot(args.binary, args.models, data, port)
+    url = f"ws://127.0.0.1:{port}/"
+    try:
+        # The upload ends when the verified file is renamed to audio.*; transcription follows.
+        uploaded = lambda: any((data / "uploads").glob("*/audio*"))
+        with Sampler(proc.pid, uploaded) as s:
+            if protocol is None:
+                secs = await seed_client_upload(url, src, chunk)
+            else:
+                secs = await asyncio.to_thread(cli_upload, args.binary, url, src, protocol, chunk)
+        return secs, s.growth_mb
+    finally:
+        stop(proc)
+        shutil.rmtree(data, ignore_errors=True)
+
+
 async def bench_uploads(args, md):
     chunk = 1 << 20
     work = Path(tempfile.mkdtemp(prefix="earshot-bench-"))
+    python_seed = "seed client (Python, JSON+base64, stop-and-wait)"
+    configs = [
+        ("seed_server.py (baseline)", python_seed, "baseline"),
+        ("Earshot", python_seed, None),
+        ("Earshot", "`earshot upload --protocol seed`", "seed"),
+        ("Earshot", "`earshot upload` (binary frames, pipelined acks)", "binary"),
+    ]
     try:
         src = work / "upload.wav"
         make_upload_file(src, args.upload_mb)
         mb = src.stat().st_size / 1e6
-        rows = []
-        # Baseline: the seed document's server, its own client design.
-        port = free_port()
-        (work / "seed").mkdir()
-        seed = subprocess.Popen([sys.executable, str(SHARED / "baselines" / "seed_server.py"), str(port),
-                                 str(work / "seed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, seed)
-        with Sampler(seed.pid) as s:
-            secs = await seed_client_upload(f"ws://127.0.0.1:{port}", src, chunk)
-        rows.append(("seed_server.py (baseline)", "seed client (Python, JSON+base64, stop-and-wait)", secs, s.growth_mb))
-        stop(seed)
-        shutil.rmtree(work / "seed")
-        # Earshot: the same Python client, then Earshot's own client on both protocols.
-        runs = [
-            ("Earshot", "seed client (Python, JSON+base64, stop-and-wait)", None),
-            ("Earshot", "`earshot upload --protocol seed`", "seed"),
-            ("Earshot", "`earshot upload` (binary frames, pipelined acks)", "binary"),
-        ]
-        for server, client, protocol in runs:
-            data = work / f"data-{protocol}"
-            port = free_port()
-            proc = start_earshot(args.binary, args.models, data, port)
-            url = f"ws://127.0.0.1:{port}/"
-            # The upload ends when the verified file is renamed to audio.*; transcription follows.
-            uploaded = lambda: any((data / "uploads").glob("*/audio*"))
-            with Sampler(proc.pid, uploaded) as s:
-                if protocol is None:
-                    secs = await seed_client_upload(url, src, chunk)
+        results = {i: [] for i in range(len(configs))}
+        # Rounds interleave the configurations so drift in the machine hits them alike.
+        for _ in range(args.upload_runs):
+            for i, (_, _, protocol) in enumerate(configs):
+                if protocol == "baseline":
+                    results[i].append(await baseline_upload(work, src, chunk))
                 else:
-                    secs = await asyncio.to_thread(cli_upload, args.binary, url, src, protocol, chunk)
-            rows.append((server, client, secs, s.growth_mb))
-            stop(proc)
-            shutil.rmtree(data, ignore_errors=True)
-        base = mb / rows[0][2]
-        md.append(f"File: {mb:.0f} MB WAV, 1 MiB chunks, loopback, client and server on the same 2 cores. "
+                    results[i].append(await earshot_upload(args, work, src, chunk, protocol))
+        median = {i: statistics.median(secs for secs, _ in r) for i, r in results.items()}
+        base = mb / median[0]
+        md.append(f"File: {mb:.0f} MB WAV, 1 MiB chunks, loopback, client and server on the same 2 cores; "
+                  f"median of {args.upload_runs} rounds (the configurations take turns within a round). "
                   "Seconds run from the client's start (hashing included: the Python client hashes the "
                   "file first, `earshot upload --protocol seed` too, the binary path hashes while it "
-                  "sends) to `upload_complete`. Server RSS growth is the peak while the file is received "
-                  "and verified (until it is renamed to `audio.*`) over the RSS just before.\n")
-        md.append("| server | client | seconds | MB/s | × baseline | server RSS growth |")
-        md.append("|---|---|---:|---:|---:|---:|")
-        for server, client, secs, growth in rows:
-            rate = mb / secs
-            md.append(f"| {server} | {client} | {secs:.2f} | {rate:.1f} | {rate / base:.2f} | {growth:.1f} MB |")
+                  "sends) to `upload_complete`. Server RSS growth is the largest peak while the file is "
+                  "received and verified (until it is renamed to `audio.*`) over the RSS just before.\n")
+        md.append("| server | client | seconds (median) | min–max | MB/s | × baseline | server RSS growth |")
+        md.append("|---|---|---:|---:|---:|---:|---:|")
+        for i, (server, client, _) in enumerate(configs):
+            secs = [x for x, _ in results[i]]
+            growth = max(g for _, g in results[i])
+            rate = mb / median[i]
+            md.append(f"| {server} | {client} | {median[i]:.2f} | {min(secs):.2f}–{max(secs):.2f} | "
+                      f"{rate:.1f} | {rate / base:.2f} | {growth:.1f} MB |")
         md.append("")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -412,8 +436,9 @@ async def main():
     ap.add_argument("models")
     ap.add_argument("out")
     ap.add_argument("--upload-mb", type=int, default=200)
+    ap.add_argument("--upload-runs", type=int, default=5)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--max-streams", type=int, default=5)
+    ap.add_argument("--max-streams", type=int, default=8)
     ap.add_argument("--only", choices=["upload", "live", "idle"])
     args = ap.parse_args()
     md = []
