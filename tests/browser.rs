@@ -38,6 +38,19 @@ fn check_setup() {
     );
 }
 
+/// What a browser scenario needs: the one-Chromium-at-a-time guard, a fresh server and a
+/// directory for screenshots.
+async fn browser_scene() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    TestServer,
+    tempfile::TempDir,
+) {
+    check_setup();
+    let one = BROWSER.lock().await;
+    let server = TestServer::start().await;
+    (one, server, tempfile::tempdir().unwrap())
+}
+
 /// Where a scenario's screenshot goes.
 fn screenshot(name: &str, keep: &tempfile::TempDir) -> String {
     let dir = std::env::var_os("EARSHOT_SCREENSHOT_DIR")
@@ -156,10 +169,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_microphone_speaking_jfk_is_transcribed_live() {
-    check_setup();
-    let _one = BROWSER.lock().await;
-    let server = TestServer::start().await;
-    let shots = tempfile::tempdir().unwrap();
+    let (_one, server, shots) = browser_scene().await;
     // Chromium refuses a capture file path containing "..".
     let wav = common::corpus_file("en_jfk.wav").canonicalize().unwrap();
     let result = run(
@@ -183,10 +193,7 @@ async fn fake_microphone_speaking_jfk_is_transcribed_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_chosen_in_the_page_is_uploaded_and_transcribed() {
-    check_setup();
-    let _one = BROWSER.lock().await;
-    let server = TestServer::start().await;
-    let shots = tempfile::tempdir().unwrap();
+    let (_one, server, shots) = browser_scene().await;
     let file = "en_harvard_birch_canoe.wav";
     let result = run(
         &server,
@@ -205,10 +212,7 @@ async fn file_chosen_in_the_page_is_uploaded_and_transcribed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
-    check_setup();
-    let _one = BROWSER.lock().await;
-    let server = TestServer::start().await;
-    let shots = tempfile::tempdir().unwrap();
+    let (_one, server, shots) = browser_scene().await;
     let file = "en_jfk_44k_stereo.flac";
     let path = common::corpus_file(file);
     let size = std::fs::metadata(&path).unwrap().len();
@@ -257,10 +261,7 @@ async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reloaded_mid_upload_resumes_when_the_same_file_is_chosen_again() {
-    check_setup();
-    let _one = BROWSER.lock().await;
-    let server = TestServer::start().await;
-    let shots = tempfile::tempdir().unwrap();
+    let (_one, server, shots) = browser_scene().await;
     let file = "en_jfk_44k_stereo.flac";
     let path = common::corpus_file(file);
     let size = std::fs::metadata(&path).unwrap().len();
@@ -301,10 +302,7 @@ async fn page_reloaded_mid_upload_resumes_when_the_same_file_is_chosen_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_dropped_on_the_page_pauses_and_resumes() {
-    check_setup();
-    let _one = BROWSER.lock().await;
-    let server = TestServer::start().await;
-    let shots = tempfile::tempdir().unwrap();
+    let (_one, server, shots) = browser_scene().await;
     let file = "en_jfk_44k_stereo.flac";
     let path = common::corpus_file(file);
     let chunk_size = 16 * 1024;

@@ -42,6 +42,12 @@ async fn transcribe(server: &TestServer, form: Form) -> reqwest::Response {
         .expect("request sent")
 }
 
+/// GETs a URL and parses its JSON body.
+async fn get_json(url: String) -> Value {
+    let response = client().get(url).send().await.expect("request sent");
+    response.json().await.expect("a JSON body")
+}
+
 /// Asserts an OpenAI-shaped error with the given status and returns its `error` object.
 async fn expect_error(response: reqwest::Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status);
@@ -177,17 +183,11 @@ async fn every_response_format_renders_the_recording() {
     let translated: Value = translated.json().await.unwrap();
     assert_eq!(translated["task"], "translate");
     assert_jfk(translated["text"].as_str().unwrap());
-    let fetched: Value = client()
-        .get(format!(
-            "{}/v1/tasks/{task_id}?response_format=verbose_json",
-            server.http_url()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched: Value = get_json(format!(
+        "{}/v1/tasks/{task_id}?response_format=verbose_json",
+        server.http_url()
+    ))
+    .await;
     assert_eq!(
         fetched["task"], "translate",
         "a fetched result keeps its task"
@@ -279,14 +279,7 @@ async fn models_and_tasks_can_be_looked_up() {
     let server = TestServer::start().await;
     let base = server.http_url();
 
-    let models: Value = client()
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(format!("{base}/v1/models")).await;
     assert_eq!(models["object"], "list");
     let id = models["data"][0]["id"].as_str().unwrap();
     assert!(id.contains("tiny.en"), "{models}");
@@ -301,14 +294,7 @@ async fn models_and_tasks_can_be_looked_up() {
         .unwrap()
         .to_string();
 
-    let status: Value = client()
-        .get(format!("{base}/v1/tasks/{task_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(format!("{base}/v1/tasks/{task_id}")).await;
     assert_eq!(status["status"], "completed", "{status}");
     assert_eq!(status["id"], task_id.as_str());
     assert_eq!(status["text"], text.as_str());
