@@ -327,9 +327,14 @@ async fn file_dropped_on_the_page_pauses_and_resumes() {
         "nothing is sent while paused: {result}"
     );
     assert_eq!(result["later"]["progress"], result["paused"]["progress"]);
-    assert!(
-        text(&result, "/later/upload").starts_with("Paused"),
-        "{result}"
+    let shown = format!(
+        "Paused at {}%",
+        result["later"]["progress"].as_f64().unwrap().floor()
+    );
+    assert_eq!(
+        text(&result, "/later/upload"),
+        shown,
+        "the label follows the acknowledged bytes: {result}"
     );
     let heard = assert_transcript(&result, file);
     assert!(!heard.is_empty());

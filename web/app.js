@@ -593,7 +593,9 @@ function noteRate() {
 
 function showRate() {
   const u = upload;
-  if (!u || u.paused) return;
+  if (!u) return;
+  // Chunks in flight when Pause was pressed are still acknowledged: keep the number true.
+  if (u.paused) return showUploadStats(`Paused at ${Math.floor(ui.progress.value)}%`);
   const done = Math.min(u.file.size, u.received * u.chunkSize);
   let text = `${Math.floor((done / u.file.size) * 100)}% · ${formatBytes(done)} of ${formatBytes(u.file.size)}`;
   if (u.rate.length >= 2) {
