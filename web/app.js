@@ -545,7 +545,8 @@ async function pump() {
   } finally {
     u.sending = false;
   }
-  if (!u.uploaded && !u.failed) showRate();
+  // After a lost connection the page says so; the rate would hide that.
+  if (!u.uploaded && !u.failed && conn.open) showRate();
 }
 
 /** Binary frame kind 0x04: [kind][task id: 16][index: u32 LE][crc32: u32 LE][payload]. */
