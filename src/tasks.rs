@@ -224,13 +224,7 @@ mod tests {
     use super::*;
 
     fn seg(text: &str) -> Segment {
-        Segment {
-            start: 0.0,
-            end: 1.0,
-            text: text.into(),
-            no_speech_prob: 0.0,
-            tokens: None,
-        }
+        Segment::new(0.0, 1.0, text)
     }
 
     fn result() -> TaskResult {

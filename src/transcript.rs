@@ -23,6 +23,19 @@ pub struct Segment {
     pub tokens: Option<Vec<Token>>,
 }
 
+impl Segment {
+    /// A segment of plain text (no token timing, no-speech probability 0).
+    pub fn new(start: f64, end: f64, text: impl Into<String>) -> Self {
+        Segment {
+            start,
+            end,
+            text: text.into(),
+            no_speech_prob: 0.0,
+            tokens: None,
+        }
+    }
+}
+
 /// A single decoded token with its timing, for word-level timestamps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Token {

@@ -98,13 +98,7 @@ mod tests {
     use crate::transcript::{Segment, Transcript};
 
     fn segment(text: &str) -> Segment {
-        Segment {
-            start: 0.0,
-            end: 1.0,
-            text: text.into(),
-            no_speech_prob: 0.0,
-            tokens: None,
-        }
+        Segment::new(0.0, 1.0, text)
     }
 
     #[test]

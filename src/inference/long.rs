@@ -407,13 +407,7 @@ mod tests {
     #[test]
     fn timeline_offsets_and_keeps_order() {
         let mut timeline = Timeline::new(None);
-        let seg = |start, end| Segment {
-            start,
-            end,
-            text: "x".into(),
-            no_speech_prob: 0.0,
-            tokens: None,
-        };
+        let seg = |start, end| Segment::new(start, end, "x");
         let a = timeline.place(seg(0.0, 4.0), 10.0, 20.0);
         assert_eq!((a.start, a.end), (10.0, 14.0));
         let b = timeline.place(seg(3.0, 12.0), 10.0, 20.0);

@@ -431,13 +431,7 @@ mod tests {
     use super::*;
 
     fn segment(text: &str) -> Segment {
-        Segment {
-            start: 0.0,
-            end: 1.0,
-            text: text.into(),
-            no_speech_prob: 0.0,
-            tokens: None,
-        }
+        Segment::new(0.0, 1.0, text)
     }
 
     /// Runs `serve` on a thread with a fake runner, returns the queue sender and shared counters.

@@ -504,13 +504,7 @@ mod tests {
     }
 
     fn seg(start: f64, end: f64, text: &str) -> Segment {
-        Segment {
-            start,
-            end,
-            text: text.into(),
-            no_speech_prob: 0.0,
-            tokens: None,
-        }
+        Segment::new(start, end, text)
     }
 
     #[test]
