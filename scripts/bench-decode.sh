@@ -38,18 +38,5 @@ ${table}
 MD
 )"
 
-mkdir -p docs
-[ -f "$doc" ] || printf '# Benchmarks\n' > "$doc"
-# Replace the existing section (up to the next "## " heading) or append it.
-python3 - "$doc" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2].rstrip() + "\n"
-text = open(path).read()
-pattern = re.compile(r"^## Decode \+ resample\n.*?(?=^## |\Z)", re.S | re.M)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section + "\n", text, count=1)
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text.rstrip() + "\n")
-PY
+printf '%s\n' "$section" | python3 scripts/set-benchmark-section.py "$doc" "Decode + resample" -
 echo "$section"

@@ -105,17 +105,5 @@ Ratio long / short: **${ratio}**.
 MD
 )"
 
-mkdir -p docs
-[ -f "$doc" ] || printf '# Benchmarks\n' > "$doc"
-python3 - "$doc" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2].rstrip() + "\n"
-text = open(path).read()
-pattern = re.compile(r"^## Peak memory \(long audio\)\n.*?(?=^## |\Z)", re.S | re.M)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section + "\n", text, count=1)
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text.rstrip() + "\n")
-PY
+printf '%s\n' "$section" | python3 scripts/set-benchmark-section.py "$doc" "Peak memory (long audio)" -
 echo "$section"

@@ -16,15 +16,5 @@ bin="${CARGO_TARGET_DIR:-target}/release/earshot"
 ulimit -n 8192 || true
 out="$(mktemp)"
 python3 scripts/bench_server.py "$bin" "$models" "$out" "$@"
-python3 - docs/BENCHMARKS.md "$out" <<'PY'
-import re, sys
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip() + "\n"
-text = open(path).read()
-pattern = re.compile(r"^## Server\n.*?(?=^## |\Z)", re.S | re.M)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section + "\n", text, count=1)
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text.rstrip() + "\n")
-PY
+python3 scripts/set-benchmark-section.py docs/BENCHMARKS.md "Server" "$out"
 rm -f "$out"
