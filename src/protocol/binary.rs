@@ -137,30 +137,31 @@ pub fn decode(frame: &[u8]) -> Result<BinaryFrame<'_>, BinaryError> {
 fn decode_chunk(frame: &[u8]) -> Result<ChunkFrame<'_>, BinaryError> {
     // A chunk always carries at least one byte: an empty chunk is never part of a plan.
     need(frame, UPLOAD_CHUNK_HEADER_LEN + 1)?;
-    let task_id = task_id_at(frame, 1);
-    let chunk_index = u32::from_le_bytes(array_at(frame, 17));
     let hash = u64::from_le_bytes(array_at(frame, 21));
-    let payload = &frame[UPLOAD_CHUNK_HEADER_LEN..];
-    if xxh3_64(payload) != hash {
-        return Err(BinaryError::HashMismatch {
-            task_id,
-            chunk_index,
-        });
-    }
-    Ok(ChunkFrame {
-        task_id,
-        chunk_index,
-        payload,
+    checked_chunk(frame, UPLOAD_CHUNK_HEADER_LEN, |payload| {
+        xxh3_64(payload) == hash
     })
 }
 
 fn decode_crc32_chunk(frame: &[u8]) -> Result<ChunkFrame<'_>, BinaryError> {
     need(frame, UPLOAD_CHUNK_CRC32_HEADER_LEN + 1)?;
+    let crc = u32::from_le_bytes(array_at(frame, 21));
+    checked_chunk(frame, UPLOAD_CHUNK_CRC32_HEADER_LEN, |payload| {
+        crc32fast::hash(payload) == crc
+    })
+}
+
+/// The chunk in a frame of either kind (task id at 1, index at 17, payload after `header`),
+/// if `intact` accepts its payload.
+fn checked_chunk(
+    frame: &[u8],
+    header: usize,
+    intact: impl FnOnce(&[u8]) -> bool,
+) -> Result<ChunkFrame<'_>, BinaryError> {
     let task_id = task_id_at(frame, 1);
     let chunk_index = u32::from_le_bytes(array_at(frame, 17));
-    let crc = u32::from_le_bytes(array_at(frame, 21));
-    let payload = &frame[UPLOAD_CHUNK_CRC32_HEADER_LEN..];
-    if crc32fast::hash(payload) != crc {
+    let payload = &frame[header..];
+    if !intact(payload) {
         return Err(BinaryError::HashMismatch {
             task_id,
             chunk_index,
