@@ -117,6 +117,24 @@ impl Drop for Process {
     }
 }
 
+/// Kills the server (SIGKILL) under the client `old`, starts it again on the same
+/// directories and sends `upload_resume` for `task` on a new connection.
+async fn crash_and_resume(
+    server: Process,
+    old: Client,
+    data_dir: &Path,
+    models_dir: &Path,
+    task: &str,
+) -> (Process, Client) {
+    server.kill9();
+    drop(old);
+    let server = Process::start(data_dir, models_dir);
+    let mut c = Client::connect(&server.url).await;
+    c.send(json!({"type": "upload_resume", "data": {"task_id": task}}))
+        .await;
+    (server, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_upload_then_resume_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -145,13 +163,7 @@ async fn kill_9_mid_upload_then_resume_after_restart() {
     for i in acked..acked + 2 {
         c.send(upload_chunk(&task, &data, chunk, i)).await;
     }
-    server.kill9();
-    drop(c);
-
-    let server = Process::start(&data_dir, &models_dir);
-    let mut c = Client::connect(&server.url).await;
-    c.send(json!({"type": "upload_resume", "data": {"task_id": task}}))
-        .await;
+    let (server, mut c) = crash_and_resume(server, c, &data_dir, &models_dir, &task).await;
     let ready = c.expect("upload_ready").await;
     let missing: Vec<usize> = ready["data"]["missing_chunks"]
         .as_array()
@@ -179,13 +191,7 @@ async fn kill_9_mid_upload_then_resume_after_restart() {
     assert_eq!(stored_audio(&data_dir, &task), data, "byte-identical");
     // Killed again while transcribing (or just after): the restart transcribes it again
     // and upload_resume follows it to the end.
-    server.kill9();
-    drop(c);
-
-    let server = Process::start(&data_dir, &models_dir);
-    let mut c = Client::connect(&server.url).await;
-    c.send(json!({"type": "upload_resume", "data": {"task_id": task}}))
-        .await;
+    let (server, mut c) = crash_and_resume(server, c, &data_dir, &models_dir, &task).await;
     let (_, done) = c.transcript().await;
     let text = done["data"]["text"].as_str().unwrap().to_string();
     assert_wer(name, &text, 0.15);
