@@ -210,9 +210,14 @@ async fn file_chosen_in_the_page_is_uploaded_and_transcribed() {
     assert!(result["saved"].is_null(), "a finished upload is forgotten");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
-    let (_one, server, shots) = browser_scene().await;
+/// Runs a scenario whose proxy cuts the page's WebSocket once the browser has sent about 60 %
+/// of `en_jfk_44k_stereo.flac`; returns the file, its number of chunks and the RESULT.
+async fn run_cut(
+    server: &TestServer,
+    scenario: &str,
+    shot: &str,
+    shots: &tempfile::TempDir,
+) -> (&'static str, u64, Value) {
     let file = "en_jfk_44k_stereo.flac";
     let path = common::corpus_file(file);
     let size = std::fs::metadata(&path).unwrap().len();
@@ -221,18 +226,19 @@ async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
     let chunk_size = 32 * 1024;
     let total = size.div_ceil(chunk_size);
     assert!(total > 4, "the file must span several chunks");
-    let result = run(
-        &server,
-        "resume",
-        &[
-            format!("file={}", path.display()),
-            format!("chunk_size={chunk_size}"),
-            // The proxy cuts the WebSocket once the browser has sent about 60% of the file.
-            format!("drop_after={}", size * 3 / 5),
-            format!("screenshot={}", screenshot("page-resume.png", &shots)),
-        ],
-    )
-    .await;
+    let args = [
+        format!("file={}", path.display()),
+        format!("chunk_size={chunk_size}"),
+        format!("drop_after={}", size * 3 / 5),
+        format!("screenshot={}", screenshot(shot, shots)),
+    ];
+    (file, total, run(server, scenario, &args).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
+    let (_one, server, shots) = browser_scene().await;
+    let (file, total, result) = run_cut(&server, "resume", "page-resume.png", &shots).await;
     assert_eq!(
         result["proxy"]["cut"], true,
         "the connection was cut: {result}"
@@ -262,22 +268,7 @@ async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_reloaded_mid_upload_resumes_when_the_same_file_is_chosen_again() {
     let (_one, server, shots) = browser_scene().await;
-    let file = "en_jfk_44k_stereo.flac";
-    let path = common::corpus_file(file);
-    let size = std::fs::metadata(&path).unwrap().len();
-    let chunk_size = 32 * 1024;
-    let total = size.div_ceil(chunk_size);
-    let result = run(
-        &server,
-        "reload",
-        &[
-            format!("file={}", path.display()),
-            format!("chunk_size={chunk_size}"),
-            format!("drop_after={}", size * 3 / 5),
-            format!("screenshot={}", screenshot("page-reload.png", &shots)),
-        ],
-    )
-    .await;
+    let (file, total, result) = run_cut(&server, "reload", "page-reload.png", &shots).await;
     assert_eq!(result["proxy"]["cut"], true, "{result}");
     assert!(
         text(&result, "/banner").contains(file),
