@@ -13,9 +13,11 @@
 //! - [`tasks`]: progress and results of every task, for any connection to follow.
 //! - [`client`]: WebSocket clients for the server (resumable uploads, live streams).
 //! - [`http`]: the OpenAI-compatible HTTP API, task lookup, metrics, readiness, access control.
+//! - [`access`]: who a caller is (key fingerprint, address) and per-client shares.
 //!
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
+pub mod access;
 pub mod audio;
 pub mod cli;
 pub mod client;

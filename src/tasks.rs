@@ -6,7 +6,8 @@
 //! `get_result`/`upload_resume` after a dropped connection. Followers that fall behind lose
 //! individual events but can always catch up from [`TaskRegistry::snapshot`], so a slow reader
 //! never slows a worker. Finished results are written to `results/<task_id>.json` so they
-//! survive a restart, and are swept after the session TTL.
+//! survive a restart, and are swept after the session TTL. Each task remembers its [`Owner`]
+//! (the API key that created it), so readers can be held to their own tasks.
 //!
 //! This module must not run transcription or touch sockets.
 
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::access::{Caller, Owner};
 use crate::format::Task;
 use crate::transcript::{Segment, Transcript};
 
@@ -71,9 +73,26 @@ pub struct Snapshot {
 }
 
 struct Entry {
+    /// Where the task stands.
     state: TaskState,
+    /// Final segments so far, for followers that join late.
     segments: Vec<Segment>,
+    /// Followers' subscriptions.
     events: broadcast::Sender<TaskEvent>,
+    /// Who may read the task (`None`: anyone).
+    owner: Option<Owner>,
+}
+
+/// A result as persisted in `results/<id>.json`: the result plus its owner, which is never
+/// sent to clients (so it is not part of [`TaskResult`]).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// The result.
+    #[serde(flatten)]
+    result: TaskResult,
+    /// Who may read it; absent in results written before owners were kept (readable by all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<Owner>,
 }
 
 /// All live tasks, shared by every connection.
@@ -99,13 +118,14 @@ impl TaskRegistry {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a task (or resets a failed one) and returns a subscription to it.
-    pub fn create(&self, task_id: &str) -> broadcast::Receiver<TaskEvent> {
+    /// Registers a task (or resets a failed one) owned by `owner` and returns a subscription.
+    pub fn create(&self, task_id: &str, owner: Option<Owner>) -> broadcast::Receiver<TaskEvent> {
         let (events, rx) = broadcast::channel(EVENT_BUFFER);
         let entry = Entry {
             state: TaskState::Queued,
             segments: Vec::new(),
             events,
+            owner,
         };
         self.lock().insert(task_id.to_string(), entry);
         rx
@@ -116,20 +136,33 @@ impl TaskRegistry {
         self.lock().get(task_id).map(|e| e.events.subscribe())
     }
 
-    /// The task's state and segments, from memory or from a persisted result.
+    /// The task's state and segments, from memory or from a persisted result, whoever owns it
+    /// (for the server's own bookkeeping; answers to clients use [`TaskRegistry::snapshot_for`]).
     pub fn snapshot(&self, task_id: &str) -> Option<Snapshot> {
+        self.owned_snapshot(task_id).map(|(snapshot, _)| snapshot)
+    }
+
+    /// The task's snapshot if `caller` may see it; a task of another key looks like no task.
+    pub fn snapshot_for(&self, task_id: &str, caller: &Caller) -> Option<Snapshot> {
+        let (snapshot, owner) = self.owned_snapshot(task_id)?;
+        caller.may_see(owner.as_ref()).then_some(snapshot)
+    }
+
+    fn owned_snapshot(&self, task_id: &str) -> Option<(Snapshot, Option<Owner>)> {
         if let Some(e) = self.lock().get(task_id) {
-            return Some(Snapshot {
+            let snapshot = Snapshot {
                 state: e.state.clone(),
                 segments: e.segments.clone(),
-            });
+            };
+            return Some((snapshot, e.owner.clone()));
         }
-        let result = self.load(task_id)?;
-        let segments = result.transcript.segments.clone();
-        Some(Snapshot {
-            state: TaskState::Done(Arc::new(result)),
+        let stored = self.load(task_id)?;
+        let segments = stored.result.transcript.segments.clone();
+        let snapshot = Snapshot {
+            state: TaskState::Done(Arc::new(stored.result)),
             segments,
-        })
+        };
+        Some((snapshot, stored.owner))
     }
 
     /// Marks the task as running with the given progress.
@@ -151,9 +184,11 @@ impl TaskRegistry {
         }
     }
 
-    /// Records the result (persisting it) and tells followers.
+    /// Records the result (persisting it, fsynced) and tells followers. Blocking file I/O:
+    /// producers call it from the blocking pool or a worker thread.
     pub fn finish(&self, task_id: &str, result: TaskResult) {
-        if let Err(err) = self.persist(task_id, &result) {
+        let owner = self.lock().get(task_id).and_then(|e| e.owner.clone());
+        if let Err(err) = self.persist(task_id, result.clone(), owner) {
             tracing::warn!(task_id, %err, "could not persist a result; it stays in memory only");
         }
         self.end(task_id, TaskState::Done(Arc::new(result)));
@@ -182,16 +217,27 @@ impl TaskRegistry {
             .map(|id| self.results_dir.join(format!("{}.json", id.hyphenated())))
     }
 
-    fn persist(&self, task_id: &str, result: &TaskResult) -> std::io::Result<()> {
+    /// Writes the result atomically and durably: temp file, fsync, rename, fsync of the
+    /// directory, so a crash leaves the old state or the whole result, never half of one.
+    fn persist(
+        &self,
+        task_id: &str,
+        result: TaskResult,
+        owner: Option<Owner>,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
         let Some(path) = self.result_path(task_id) else {
             return Ok(());
         };
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(result)?)?;
-        std::fs::rename(tmp, path)
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(&Stored { result, owner })?)?;
+        file.sync_all()?;
+        std::fs::rename(tmp, path)?;
+        std::fs::File::open(&self.results_dir)?.sync_all()
     }
 
-    fn load(&self, task_id: &str) -> Option<TaskResult> {
+    fn load(&self, task_id: &str) -> Option<Stored> {
         let bytes = std::fs::read(self.result_path(task_id)?).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
@@ -244,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = TaskRegistry::new(dir.path()).unwrap();
         let id = uuid::Uuid::new_v4().to_string();
-        let mut rx = reg.create(&id);
+        let mut rx = reg.create(&id, None);
         reg.progress(&id, 50.0);
         reg.segment(&id, seg("a"));
         assert!(matches!(rx.try_recv().unwrap(), TaskEvent::Progress(p) if p == 50.0));
@@ -263,7 +309,7 @@ mod tests {
         let id = uuid::Uuid::new_v4().to_string();
         {
             let reg = TaskRegistry::new(dir.path()).unwrap();
-            reg.create(&id);
+            reg.create(&id, None);
             reg.finish(&id, result());
         }
         let reg = TaskRegistry::new(dir.path()).unwrap();
@@ -271,6 +317,48 @@ mod tests {
         assert_eq!(snap.state, TaskState::Done(Arc::new(result())));
         reg.sweep(Duration::ZERO);
         assert!(reg.snapshot(&id).is_none());
+    }
+
+    #[test]
+    fn only_the_owner_sees_an_owned_task_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let ip = "127.0.0.1".parse().unwrap();
+        let alice = Caller {
+            owner: Some(Owner::of_key("alice")),
+            addr: ip,
+        };
+        let bob = Caller {
+            owner: Some(Owner::of_key("bob")),
+            addr: ip,
+        };
+        {
+            let reg = TaskRegistry::new(dir.path()).unwrap();
+            reg.create(&id, alice.owner.clone());
+            assert!(reg.snapshot_for(&id, &alice).is_some());
+            assert!(reg.snapshot_for(&id, &bob).is_none());
+            assert!(reg.snapshot_for(&id, &Caller::anonymous(ip)).is_none());
+            reg.finish(&id, result());
+        }
+        let reg = TaskRegistry::new(dir.path()).unwrap();
+        assert!(reg.snapshot_for(&id, &alice).is_some());
+        assert!(reg.snapshot_for(&id, &bob).is_none());
+        let bytes = std::fs::read(reg.result_path(&id).unwrap()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("alice"));
+    }
+
+    #[test]
+    fn results_written_before_owners_are_readable_by_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = TaskRegistry::new(dir.path()).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let old = serde_json::to_vec(&result()).unwrap();
+        std::fs::write(reg.result_path(&id).unwrap(), old).unwrap();
+        let bob = Caller {
+            owner: Some(Owner::of_key("bob")),
+            addr: "127.0.0.1".parse().unwrap(),
+        };
+        assert!(reg.snapshot_for(&id, &bob).is_some());
     }
 
     #[test]

@@ -5,10 +5,9 @@
 //! Everything here runs as one middleware in front of every route, before any handler does
 //! work. This module must not look at request bodies, and must never log a key or a token.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, Uri};
@@ -20,6 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{metrics, ApiError, Http};
+use crate::access::{Caller, Owner};
 
 /// Distinct client addresses the rate limiter remembers before it forgets idle ones.
 const RATE_KEYS_BEFORE_SWEEP: usize = 10_000;
@@ -109,64 +109,11 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
 }
 
 /// Open requests and connections per client address.
-pub struct ClientSlots {
-    /// Most each address may hold at once; 0 = unlimited (nothing is tracked).
-    limit: usize,
-    /// Held slots per address; an address leaves the map when its count drops to zero.
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
+pub type ClientSlots = crate::access::Shares<IpAddr>;
 
-/// One held slot; released when dropped. Upgrades move it into the WebSocket session.
-pub struct ClientSlot {
-    /// The map to give the slot back to, `None` when no limit is configured.
-    slots: Option<Arc<ClientSlots>>,
-    /// Whose slot it is.
-    ip: IpAddr,
-}
-
-impl ClientSlots {
-    /// A tracker allowing `limit` per address (0 = unlimited).
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(ClientSlots {
-            limit,
-            held: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes a slot for `ip`, or `None` when it already holds the limit.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        if self.limit == 0 {
-            return Some(ClientSlot { slots: None, ip });
-        }
-        let mut held = self.lock();
-        let count = held.entry(ip).or_insert(0);
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            slots: Some(self.clone()),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let Some(slots) = &self.slots else { return };
-        let mut held = slots.lock();
-        if let Some(count) = held.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
-}
+/// One held per-address slot; released when dropped. Upgrades move it into the WebSocket
+/// session.
+pub type ClientSlot = crate::access::Share<IpAddr>;
 
 /// A per-address request-rate limiter (token bucket), or none.
 pub struct RateLimit {
@@ -211,12 +158,14 @@ pub async fn guard(
 ) -> Response {
     let response = match admit(&http, peer.ip(), &request) {
         Err(err) => err.into_response(),
-        Ok(slot) if is_upgrade(request.method(), request.headers()) => {
+        Ok((slot, caller)) if is_upgrade(request.method(), request.headers()) => {
+            request.extensions_mut().insert(caller);
             // The session keeps the slot for its whole life (see server::routes).
             request.extensions_mut().insert(Arc::new(slot));
             next.run(request).await
         }
-        Ok(slot) => {
+        Ok((slot, caller)) => {
+            request.extensions_mut().insert(caller);
             let response = next.run(request).await;
             drop(slot);
             response
@@ -226,7 +175,9 @@ pub async fn guard(
     response
 }
 
-fn admit(http: &Http, ip: IpAddr, request: &Request) -> Result<ClientSlot, ApiError> {
+/// Admits a request or refuses it; an admitted one gets its per-address slot and its
+/// [`Caller`] (whose key, for task ownership and per-client shares).
+fn admit(http: &Http, ip: IpAddr, request: &Request) -> Result<(ClientSlot, Caller), ApiError> {
     let (method, headers, uri) = (request.method(), request.headers(), request.uri());
     if let Err(secs) = http.rate.check(ip) {
         metrics::rejected("rate");
@@ -237,13 +188,15 @@ fn admit(http: &Http, ip: IpAddr, request: &Request) -> Result<ClientSlot, ApiEr
         ));
     }
     let upgrade = is_upgrade(method, headers);
+    let mut caller = Caller::anonymous(ip);
     if http.keys.required() && !is_public(method, uri.path()) {
-        let ok = presented_key(headers, uri, upgrade).is_some_and(|k| http.keys.accepts(&k));
-        if !ok {
+        let key = presented_key(headers, uri, upgrade).filter(|k| http.keys.accepts(k));
+        let Some(key) = key else {
             metrics::rejected("unauthorized");
             tracing::info!(%ip, path = uri.path(), "refused: missing or wrong API key");
             return Err(ApiError::unauthorized());
-        }
+        };
+        caller.owner = Some(Owner::of_key(&key));
     }
     if upgrade {
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
@@ -253,11 +206,12 @@ fn admit(http: &Http, ip: IpAddr, request: &Request) -> Result<ClientSlot, ApiEr
             return Err(ApiError::forbidden_origin());
         }
     }
-    http.clients.acquire(ip).ok_or_else(|| {
+    let slot = http.clients.acquire(ip).ok_or_else(|| {
         metrics::rejected("client_connections");
         tracing::info!(%ip, "refused: at --max-connections-per-ip");
         ApiError::rate_limited("too many open connections from this address", 1)
-    })
+    })?;
+    Ok((slot, caller))
 }
 
 #[cfg(test)]
@@ -299,22 +253,6 @@ mod tests {
         assert!(origin_allowed(&allowed, Some("https://APP.example.com/")));
         assert!(!origin_allowed(&allowed, Some("https://evil.example")));
         assert!(origin_allowed(&[], Some("https://evil.example")));
-    }
-
-    #[test]
-    fn client_slots_are_per_address_and_given_back() {
-        let slots = ClientSlots::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = slots.acquire(a).unwrap();
-        let _second = slots.acquire(a).unwrap();
-        assert!(slots.acquire(a).is_none());
-        assert!(slots.acquire(b).is_some());
-        drop(first);
-        assert!(slots.acquire(a).is_some());
-        let unlimited = ClientSlots::new(0);
-        let held: Vec<_> = (0..100).filter_map(|_| unlimited.acquire(a)).collect();
-        assert_eq!(held.len(), 100);
     }
 
     #[test]

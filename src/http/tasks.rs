@@ -11,12 +11,13 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::openai::{output_format, respond, task_error};
 use super::{ApiError, Http};
+use crate::access::Caller;
 use crate::format::OutputFormat;
 use crate::protocol::TaskId;
 use crate::tasks::{Snapshot, TaskState};
@@ -30,21 +31,30 @@ pub struct TaskQuery {
 }
 
 /// `GET /v1/tasks/{task_id}`.
+/// With API keys on, only the key that created a task sees it; others get 404, as for an id
+/// that does not exist.
 pub async fn get(
     State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
     Path(task_id): Path<String>,
     Query(query): Query<TaskQuery>,
 ) -> Response {
-    lookup(&http, &task_id, query.response_format.as_deref()).unwrap_or_else(|e| e.into_response())
+    let format = query.response_format.as_deref();
+    lookup(&http, &caller, &task_id, format).unwrap_or_else(|e| e.into_response())
 }
 
-fn lookup(http: &Http, task_id: &str, format: Option<&str>) -> Result<Response, ApiError> {
+fn lookup(
+    http: &Http,
+    caller: &Caller,
+    task_id: &str,
+    format: Option<&str>,
+) -> Result<Response, ApiError> {
     let format = format.map(output_format).transpose()?;
     let id = TaskId::parse(task_id).map_err(|_| not_found())?;
     let snapshot = http
         .app
         .tasks
-        .snapshot(&id.to_string())
+        .snapshot_for(&id.to_string(), caller)
         .ok_or_else(not_found)?;
     match (&snapshot.state, format) {
         (TaskState::Done(result), Some(format)) => Ok(respond(id, result, format, result.task)),

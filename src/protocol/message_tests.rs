@@ -426,6 +426,32 @@ fn seed_audio_segment_parses() {
 }
 
 #[test]
+fn client_chosen_ids_must_be_random_v4_uuids() {
+    let guessable = [
+        "00000000-0000-0000-0000-000000000000",
+        "00000000-0000-1000-8000-000000000001", // v1 (time-based)
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8", // v1
+        "00000000-0000-4000-0000-000000000000", // v4 bits, but not the RFC 4122 variant
+    ];
+    for id in guessable {
+        let segment = json!({"type": "audio_segment", "data": {
+            "task_id": id, "segment_index": 0, "audio_data": ""}});
+        let e = err(segment);
+        assert_eq!(e.code, ErrorCode::InvalidMessage, "{id}");
+        assert!(e.message.contains("version 4"), "{id}: {}", e.message);
+        let start = json!({"type": "stream_start", "data": {"task_id": id}});
+        assert_eq!(err(start).code, ErrorCode::InvalidMessage, "{id}");
+    }
+    let fresh = uuid::Uuid::new_v4().to_string();
+    let segment = json!({"type": "audio_segment", "data": {
+        "task_id": fresh, "segment_index": 0, "audio_data": ""}});
+    assert!(parse(segment).is_ok());
+    // Server-chosen ids are only looked up, whatever their version.
+    let lookup = json!({"type": "get_result", "data": {"task_id": guessable[0]}});
+    assert!(parse(lookup).is_ok());
+}
+
+#[test]
 fn stream_start_defaults_and_checks() {
     let ClientMessage::StreamStart(s) = parse(json!({"type": "stream_start", "data": {}})).unwrap()
     else {
@@ -479,6 +505,7 @@ fn server_messages_serialise_as_type_and_data() {
         missing_chunks: Some(vec![1, 2]),
         received_chunks: Some(1),
         total_chunks: Some(3),
+        awaiting_hash: None,
     });
     let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
     assert_eq!(v["type"], "upload_ready");

@@ -105,6 +105,22 @@ impl TaskId {
         Uuid::try_parse(s).map(TaskId).map_err(|_| not_found())
     }
 
+    /// A task id a client chose for a new task (`audio_segment`, `stream_start`): it must be
+    /// a random (version 4, RFC 4122 variant) UUID, so ids like all zeros, counters or
+    /// timestamps, which others could guess, are refused.
+    pub fn parse_chosen(s: &str) -> Result<Self, ProtocolError> {
+        let id = TaskId::parse(s)?;
+        let random = id.0.get_version() == Some(uuid::Version::Random)
+            && id.0.get_variant() == uuid::Variant::RFC4122;
+        match random {
+            true => Ok(id),
+            false => Err(ProtocolError::invalid(
+                "task_id must be a random (version 4) UUID, e.g. from uuid.uuid4(); ids others \
+                 could guess are refused",
+            )),
+        }
+    }
+
     /// From the 16 raw bytes of a binary frame.
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         TaskId(Uuid::from_bytes(bytes))

@@ -15,6 +15,7 @@ use axum::routing::get;
 use axum::Extension;
 use axum::{Json, Router};
 
+use crate::access::Caller;
 use crate::protocol::{ErrorCode, ProtocolError};
 
 use super::AppState;
@@ -50,8 +51,10 @@ async fn upgrade_or_hello(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     client: Option<Extension<Arc<crate::http::ClientSlot>>>,
+    caller: Option<Extension<Caller>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let caller = caller.map_or_else(|| Caller::anonymous(peer.ip()), |Extension(c)| c);
     let Ok(ws) = ws else {
         return super::page::index();
     };
@@ -63,11 +66,11 @@ async fn upgrade_or_hello(
         .max_write_buffer_size(cap + WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _client = client; // the per-address slot is held for the session's life
-            accept(socket, state, peer).await
+            accept(socket, state, peer, caller).await
         })
 }
 
-async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr) {
+async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr, caller: Caller) {
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "connection refused: at --max-connections");
         refuse_busy(&mut socket).await;
@@ -75,7 +78,7 @@ async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr) {
     };
     let tracker = state.tracker.clone();
     tracker
-        .track_future(crate::session::run(socket, state, peer, permit))
+        .track_future(crate::session::run(socket, state, peer, caller, permit))
         .await;
 }
 

@@ -61,14 +61,11 @@ impl Connection {
             ));
         }
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
-        if self.state.tasks.snapshot(&task_id.to_string()).is_some() {
-            return Err(ProtocolError::invalid(
-                "task_id is already in use; omit it and the server picks one",
-            )
-            .with_task(task_id));
-        }
+        self.claim(task_id, "omit it and the server picks one")?;
         let decoder = InputDecoder::new(&start)?;
-        self.state.tasks.create(&task_id.to_string());
+        self.state
+            .tasks
+            .create(&task_id.to_string(), self.caller.owner.clone());
         let (input, rx) = mpsc::channel(INPUT_FRAMES);
         let runner = Runner {
             state: self.state.clone(),

@@ -70,14 +70,7 @@ impl Connection {
             ))
             .with_task(task_id));
         }
-        let taken = self.state.tasks.snapshot(&task_id.to_string()).is_some()
-            || self.state.uploads.meta(task_id).is_ok();
-        if taken {
-            return Err(ProtocolError::invalid(
-                "task_id is already in use; choose a new one (uuid4) for each recording",
-            )
-            .with_task(task_id));
-        }
+        self.claim(task_id, "choose a new one (uuid4) for each recording")?;
         if self.segments.len() >= MAX_OPEN_TASKS {
             return Err(ProtocolError::new(
                 ErrorCode::Busy,
@@ -86,7 +79,9 @@ impl Connection {
             .with_task(task_id)
             .with_retry_after_ms(RETRY_MS));
         }
-        self.state.tasks.create(&task_id.to_string());
+        self.state
+            .tasks
+            .create(&task_id.to_string(), self.caller.owner.clone());
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
         let options = crate::server::batch::engine_options(&self.state, &Default::default());
         let state = self.state.clone();
