@@ -234,6 +234,8 @@ async fn resume_finishes_an_upload_whose_chunks_are_all_stored_but_never_finalis
             hashes: digest.hashes.clone(),
             transport: earshot::protocol::message::Transport::Json,
             options: Default::default(),
+            owner: None,
+            client: String::new(),
         })
         .unwrap();
     for (i, c) in data.chunks(chunk as usize).enumerate() {

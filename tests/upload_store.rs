@@ -53,7 +53,9 @@ fn seed_json_upload_of_a_real_file() {
     };
     assert_eq!(req.file_name, "en_JFK_inaugural_146s.ogg");
     assert_eq!(req.mode, UploadMode::Chunked);
-    let task_id = store.create(NewUpload::from_request(&req)).unwrap();
+    let task_id = store
+        .create(NewUpload::from_request(&req, None, String::new()))
+        .unwrap();
 
     // Send the chunks in reverse, each twice, as a retrying client might.
     for i in (0..total).rev() {
@@ -98,7 +100,9 @@ fn binary_fast_path_with_group_commit() {
     else {
         panic!("expected upload_request")
     };
-    let task_id = store.create(NewUpload::from_request(&req)).unwrap();
+    let task_id = store
+        .create(NewUpload::from_request(&req, None, String::new()))
+        .unwrap();
     let window = limits().chunk_window as usize;
 
     let mut received_through = 0usize;
@@ -187,6 +191,8 @@ fn acknowledged_chunks_survive_a_crash() {
                 },
                 transport: Default::default(),
                 options: Default::default(),
+                owner: None,
+                client: String::new(),
             })
             .unwrap()
     };

@@ -290,9 +290,13 @@ struct Job<'a> {
     running: Option<RunningDigest>,
     /// Set once the server accepted the upload; later connections resume it.
     task_id: Option<TaskId>,
-    /// Counts steps forward (acks, completion, progress); a failure after progress starts a
-    /// fresh run of retries.
+    /// Counts steps forward (chunks stored, completion, progress); a failure after progress
+    /// starts a fresh run of retries. A resume alone is no step: a server that fails every
+    /// chunk after accepting the resume must still make the client give up.
     milestones: u64,
+    /// The server's upload has no whole-file hash yet (a binary upload resumed with the seed
+    /// protocol): send `upload_finish` after the chunks.
+    awaiting_hash: bool,
     /// Payload bytes sent per connection.
     sent_per_connection: Vec<u64>,
     /// When the upload started, before the file was hashed.
@@ -328,6 +332,7 @@ impl<'a> Job<'a> {
             digest,
             task_id: None,
             milestones: 0,
+            awaiting_hash: false,
             sent_per_connection: Vec::new(),
             started_at,
             uploaded_at: None,
@@ -363,7 +368,8 @@ impl<'a> Job<'a> {
                     sent: 0,
                     digest: self.running.take(),
                 };
-                let hash_later = self.options.protocol == UploadProtocol::Binary;
+                let hash_later =
+                    self.options.protocol == UploadProtocol::Binary || self.awaiting_hash;
                 let sent = match self.options.protocol {
                     // Every chunk is stored: the server finalises the upload on resume
                     // (docs/PROTOCOL.md §6), once it has the hash.
@@ -482,7 +488,7 @@ impl<'a> Job<'a> {
                             ready.total_chunks, plan.total_chunks
                         )));
                     }
-                    self.milestones += 1;
+                    self.awaiting_hash = ready.awaiting_hash == Some(true);
                     on_event(UploadEvent::Ready {
                         task_id,
                         resumed: true,
@@ -600,6 +606,11 @@ impl<'a> Job<'a> {
         loop {
             match sender.conn.recv().await? {
                 ServerMessage::UploadComplete(c) if c.task_id == sender.task_id => return Ok(()),
+                // All chunks are in but the upload never had a hash (it started on the fast
+                // path): the server asks for upload_finish after the last chunk.
+                ServerMessage::Error(e) if e.code == ErrorCode::NotReady && self.awaiting_hash => {
+                    return sender.finish().await;
+                }
                 ServerMessage::Error(e) => return Err(ClientError::from_server(e)),
                 other => tracing::debug!(kind = type_name(&other), "ignored while finishing"),
             }

@@ -118,6 +118,19 @@ impl ApiError {
         e
     }
 
+    /// 507: the server's disk has no room for this upload (or ran out while it was written);
+    /// retrying later may work, retrying at once will not.
+    pub fn disk_full() -> Self {
+        let mut e = Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server_error",
+            "the server is out of disk space for uploads; try again later",
+        )
+        .code("quota_exceeded");
+        e.retry_after = Some(60);
+        e
+    }
+
     /// 500: our fault; the details are in the server log.
     pub fn internal() -> Self {
         Self::new(

@@ -140,12 +140,12 @@ async fn spool(
             drain(field, DRAIN_BYTES).await;
             return Err(too_large(max_file_bytes));
         }
-        out.write_all(&chunk).await.map_err(|err| {
-            tracing::error!(%err, "writing an HTTP upload");
-            ApiError::internal()
-        })?;
+        if let Err(err) = out.write_all(&chunk).await {
+            drain(field, DRAIN_BYTES).await;
+            return Err(write_error(err));
+        }
     }
-    out.flush().await.map_err(|_| ApiError::internal())?;
+    out.flush().await.map_err(write_error)?;
     Ok(spooled)
 }
 
@@ -156,6 +156,21 @@ async fn drain(mut field: Field<'_>, limit: u64) {
         match left.checked_sub(chunk.len() as u64) {
             Some(rest) => left = rest,
             None => break,
+        }
+    }
+}
+
+/// A failed write of the spool file: a full disk is the client's 507 (try later), anything
+/// else ours (logged). The partial file is removed when the `SpooledFile` drops.
+fn write_error(err: std::io::Error) -> ApiError {
+    match err.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            tracing::warn!(%err, "an HTTP upload ran out of disk space");
+            ApiError::disk_full()
+        }
+        _ => {
+            tracing::error!(%err, "writing an HTTP upload");
+            ApiError::internal()
         }
     }
 }

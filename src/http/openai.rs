@@ -16,18 +16,21 @@ use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::form::{self, Form};
 use super::{metrics, ApiError, Http};
+use crate::access::Caller;
 use crate::audio::decode::DecodeLimits;
 use crate::audio::AudioStream;
 use crate::format::{OutputFormat, Task};
 use crate::inference::engine::{self, Options};
 use crate::protocol::{ErrorCode, TaskId};
+use crate::server::NoSlot;
 use crate::tasks::{TaskEvent, TaskResult, TaskState};
+use crate::upload::store::StoreError;
 
 /// The response header naming the task, for `/v1/tasks/{id}`.
 pub const TASK_ID_HEADER: &str = "x-earshot-task-id";
@@ -39,10 +42,11 @@ const RETRY_SECS: u64 = 5;
 /// `POST /v1/audio/transcriptions`.
 pub async fn transcriptions(
     State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    handle(http, headers, multipart, Task::Transcribe)
+    handle(http, caller, headers, multipart, Task::Transcribe)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -50,10 +54,11 @@ pub async fn transcriptions(
 /// `POST /v1/audio/translations`: speech in any language to English text.
 pub async fn translations(
     State(http): State<Arc<Http>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    handle(http, headers, multipart, Task::Translate)
+    handle(http, caller, headers, multipart, Task::Translate)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -85,6 +90,7 @@ pub struct Params {
 
 async fn handle(
     http: Arc<Http>,
+    caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
     task: Task,
@@ -101,13 +107,14 @@ async fn handle(
             RETRY_SECS,
         )
     })?;
-    let upload_slot = http
-        .app
-        .upload_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::busy("too many uploads in progress; retry later", RETRY_SECS))?;
-    let _reservation = reserve_space(&http, &headers)?;
+    let upload_slot = http.app.upload_slot(&caller).map_err(|why| match why {
+        NoSlot::Full => ApiError::busy("too many uploads in progress; retry later", RETRY_SECS),
+        NoSlot::ClientShare => ApiError::rate_limited(
+            "this client already has as many uploads in progress as it may; retry later",
+            RETRY_SECS,
+        ),
+    })?;
+    let _reservation = reserve_space(&http, &caller, &headers)?;
     let task_id = TaskId::new_v4();
     let max = http.app.config.max_file_bytes.as_u64();
     let form = form::read(multipart, &http.spool, &task_id.to_string(), max)
@@ -121,14 +128,25 @@ async fn handle(
     probe(&file.path).await?;
     metrics::upload_completed();
     tracing::info!(%task_id, bytes = file.bytes, ?task, "HTTP transcription");
-    crate::server::batch::start_file(&http.app, task_id, file.keep(), params.options.clone());
+    let owner = caller.owner.clone();
+    crate::server::batch::start_file(
+        &http.app,
+        task_id,
+        file.keep(),
+        params.options.clone(),
+        owner,
+    );
     let result = wait(&http, task_id).await?;
     Ok(respond(task_id, &result, params.format, params.task))
 }
 
 /// Checks a declared body size against the file limit and the disk quota, and holds the bytes
 /// against the quota until the request is done.
-fn reserve_space(http: &Arc<Http>, headers: &HeaderMap) -> Result<Reservation, ApiError> {
+fn reserve_space(
+    http: &Arc<Http>,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Reservation, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -144,12 +162,14 @@ fn reserve_space(http: &Arc<Http>, headers: &HeaderMap) -> Result<Reservation, A
         http: http.clone(),
         bytes: declared,
     };
-    if http.app.uploads.check_quota(held + declared).is_err() {
+    let client = caller.client().to_string();
+    if let Err(err) = http.app.uploads.check_quota(&client, held + declared) {
         metrics::upload_failed();
-        return Err(ApiError::too_large(
-            "the server's disk quota for uploads is full; retry later",
-        )
-        .code("quota_exceeded"));
+        return Err(match err {
+            StoreError::DiskFull => ApiError::disk_full(),
+            _ => ApiError::too_large("the server's disk quota for uploads is full; retry later")
+                .code("quota_exceeded"),
+        });
     }
     Ok(reservation)
 }

@@ -15,6 +15,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::Http;
+use crate::upload::store::free_bytes;
 
 /// `GET /readyz`.
 pub async fn readyz(State(http): State<Arc<Http>>) -> Response {
@@ -49,12 +50,6 @@ fn writable(dir: &Path) -> bool {
     let ok = std::fs::write(&probe, b"ok").is_ok();
     let _ = std::fs::remove_file(&probe);
     ok
-}
-
-/// Bytes available to this (unprivileged) process on the file system holding `dir`.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
 }
 
 #[cfg(test)]

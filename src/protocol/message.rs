@@ -710,7 +710,7 @@ fn validate_audio_segment(
     wire: WireAudioSegment,
     limits: &Limits,
 ) -> Result<ClientMessage, ProtocolError> {
-    let task_id = TaskId::parse(&wire.task_id)?;
+    let task_id = TaskId::parse_chosen(&wire.task_id)?;
     let tag = |e: ProtocolError| e.with_task(task_id);
     if let Some(d) = wire.segment_duration {
         if !d.is_finite() || d < 0.0 {
@@ -742,7 +742,11 @@ fn validate_audio_segment(
 }
 
 fn validate_stream_start(wire: WireStreamStart) -> Result<ClientMessage, ProtocolError> {
-    let task_id = wire.task_id.as_deref().map(TaskId::parse).transpose()?;
+    let task_id = wire
+        .task_id
+        .as_deref()
+        .map(TaskId::parse_chosen)
+        .transpose()?;
     let format = match wire.format.as_deref() {
         None => AudioFormat::PcmS16le,
         Some(name) => AudioFormat::parse(name).ok_or_else(|| {
@@ -867,6 +871,11 @@ pub struct UploadReady {
     /// On resume: the plan's chunk count, so the client can check it resumes the right file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_chunks: Option<u32>,
+    /// On resume: `true` when the upload has no whole-file hash yet (a binary upload that had
+    /// not sent `upload_finish`), so the client must send one after the chunks, whatever
+    /// transport it resumes with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_hash: Option<bool>,
 }
 
 /// Status of a chunk that did not add anything.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::AppState;
+use crate::access::Owner;
 use crate::audio::decode::{DecodeError, DecodeLimits};
 use crate::audio::AudioStream;
 use crate::format::Task;
@@ -18,20 +19,34 @@ use crate::inference::long::{self, LongEvent};
 use crate::protocol::message::TaskOptions;
 use crate::protocol::{ErrorCode, TaskId};
 use crate::tasks::TaskResult;
-use crate::upload::store::UploadStatus;
+use crate::upload::store::{Meta, UploadStatus};
 
-/// Queues the transcription of an uploaded file; returns at once.
-pub fn start(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: TaskOptions) {
-    let opts = engine_options(state, &options);
-    spawn(state, task_id, path, opts, Source::Upload);
+/// Queues the transcription of an uploaded file; returns at once. The task belongs to the
+/// upload's owner.
+pub fn start(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, meta: &Meta) {
+    let opts = engine_options(state, &meta.options);
+    spawn(
+        state,
+        task_id,
+        path,
+        opts,
+        Source::Upload,
+        meta.owner.clone(),
+    );
 }
 
 /// Queues the transcription of a file that arrived outside the upload protocol (an HTTP
 /// request): same processing slots, long-audio path and task registry as uploads; there is no
 /// upload session to update, and the file is deleted once transcribed. Returns at once; follow
 /// the task through [`AppState::tasks`].
-pub fn start_file(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, options: Options) {
-    spawn(state, task_id, path, options, Source::File);
+pub fn start_file(
+    state: &Arc<AppState>,
+    task_id: TaskId,
+    path: PathBuf,
+    options: Options,
+    owner: Option<Owner>,
+) {
+    spawn(state, task_id, path, options, Source::File, owner);
 }
 
 /// Where a task's audio came from, which decides what is updated and cleaned up at the end.
@@ -43,9 +58,16 @@ enum Source {
     File,
 }
 
-fn spawn(state: &Arc<AppState>, task_id: TaskId, path: PathBuf, opts: Options, source: Source) {
+fn spawn(
+    state: &Arc<AppState>,
+    task_id: TaskId,
+    path: PathBuf,
+    opts: Options,
+    source: Source,
+    owner: Option<Owner>,
+) {
     let key = task_id.to_string();
-    state.tasks.create(&key);
+    state.tasks.create(&key, owner);
     let state = state.clone();
     state.clone().tracker.spawn(async move {
         let Ok(_slot) = state.processing_slots.clone().acquire_owned().await else {
@@ -82,7 +104,7 @@ pub fn resume_unfinished(state: &Arc<AppState>) {
         };
         if state.tasks.snapshot(&task_id.to_string()).is_none() {
             tracing::info!(%task_id, "resuming an unfinished transcription");
-            start(state, task_id, path, meta.options);
+            start(state, task_id, path, &meta);
         }
     }
 }

@@ -45,6 +45,16 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_MAX_UPLOADS", default_value_t = 5)]
     pub max_uploads: usize,
 
+    /// Upload slots one client (its API key, or its address without keys) may hold at once,
+    /// so one client cannot take them all; 0 = no per-client limit.
+    #[arg(long, env = "EARSHOT_MAX_UPLOADS_PER_CLIENT", default_value_t = 3)]
+    pub max_uploads_per_client: usize,
+
+    /// An upload that receives nothing for this long gives its slot back (it can resume
+    /// later, taking a free slot again), so idle uploads cannot hold slots others need.
+    #[arg(long, env = "EARSHOT_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upload_idle_timeout: Duration,
+
     /// Files transcribed at once (the seed's processing semaphore); more wait their turn.
     #[arg(long, env = "EARSHOT_MAX_PROCESSING", default_value_t = 3)]
     pub max_processing: usize,
@@ -60,6 +70,15 @@ pub struct ServerConfig {
     /// Disk space all unfinished uploads together may claim.
     #[arg(long, env = "EARSHOT_DISK_QUOTA_BYTES", default_value = "20GiB")]
     pub disk_quota_bytes: ByteSize,
+
+    /// Disk space the unfinished uploads of one client (key or address) may claim.
+    #[arg(long, env = "EARSHOT_DISK_QUOTA_PER_CLIENT", default_value = "10GiB")]
+    pub disk_quota_per_client: ByteSize,
+
+    /// How long an unfinished upload that receives nothing keeps its whole declared size
+    /// reserved; after that it reserves only the bytes it holds until it resumes.
+    #[arg(long, env = "EARSHOT_RESERVATION_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub reservation_ttl: Duration,
 
     /// Largest WebSocket message; bigger ones close the connection with 1009 (seed: 10 MB).
     #[arg(long, env = "EARSHOT_MAX_MESSAGE_BYTES", default_value = "10MiB")]
@@ -106,7 +125,8 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
     pub rate_limit_per_minute: u32,
 
-    /// Free disk space in the data directory below which /readyz reports not ready.
+    /// Free disk space in the data directory below which /readyz reports not ready, and which
+    /// uploads may not eat into: one that would is refused with `quota_exceeded` (HTTP 507).
     #[arg(long, env = "EARSHOT_MIN_FREE_DISK", default_value = "1GiB")]
     pub min_free_disk: ByteSize,
 }

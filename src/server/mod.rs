@@ -17,12 +17,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::ServerConfig;
 
+use crate::access::{Caller, ClientKey, Share, Shares};
 use crate::inference::pool::Pool;
 use crate::tasks::TaskRegistry;
 use crate::upload::store::UploadStore;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub tasks: Arc<TaskRegistry>,
     /// Uploads receiving data at once (seed: 5); a connection holds one permit per active upload.
     pub upload_slots: Arc<Semaphore>,
+    /// Upload slots held per client (key or address), so one client cannot hold them all.
+    pub upload_shares: Arc<Shares<ClientKey>>,
     /// Files transcribed at once (seed: 3); the rest wait queued.
     pub processing_slots: Arc<Semaphore>,
     /// Open connections; a session holds one owned permit for its whole life.
@@ -61,6 +64,9 @@ impl AppState {
     ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
         let store_config = crate::upload::store::StoreConfig {
             quota_bytes: config.disk_quota_bytes.as_u64(),
+            client_quota_bytes: config.disk_quota_per_client.as_u64(),
+            reservation_ttl: config.reservation_ttl,
+            min_free_bytes: config.min_free_disk.as_u64(),
         };
         let uploads = UploadStore::open(&config.data_dir, store_config)?;
         let tasks = TaskRegistry::new(&config.data_dir).map_err(|source| {
@@ -71,6 +77,7 @@ impl AppState {
         })?;
         Ok(Arc::new(Self {
             upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
+            upload_shares: Shares::new(config.max_uploads_per_client),
             processing_slots: Arc::new(Semaphore::new(config.max_processing)),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             shutdown: CancellationToken::new(),
@@ -84,7 +91,42 @@ impl AppState {
     }
 }
 
+/// One upload slot held for a client: the server-wide permit and the client's share. Both are
+/// given back when it is dropped.
+pub struct UploadSlot {
+    /// The server-wide permit (seed: 5 at once).
+    _permit: OwnedSemaphorePermit,
+    /// The client's share (`--max-uploads-per-client`).
+    _share: Share<ClientKey>,
+}
+
+/// Why no upload slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// Every slot of the server is taken.
+    Full,
+    /// This client holds its share already.
+    ClientShare,
+}
+
 impl AppState {
+    /// Takes an upload slot for `caller`, without waiting.
+    pub fn upload_slot(&self, caller: &Caller) -> Result<UploadSlot, NoSlot> {
+        let share = self
+            .upload_shares
+            .acquire(caller.client())
+            .ok_or(NoSlot::ClientShare)?;
+        let permit = self
+            .upload_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NoSlot::Full)?;
+        Ok(UploadSlot {
+            _permit: permit,
+            _share: share,
+        })
+    }
+
     /// The limits announced in `connected` and enforced by the parser.
     pub fn limits(&self) -> crate::protocol::Limits {
         limits_for(&self.config)

@@ -8,6 +8,8 @@
 //!
 //! A session owns nothing that outlives it except tasks it registered: uploads are durable in
 //! the store and transcriptions keep running so a client can fetch results after a reconnect.
+//! It serves its [`Caller`] only: with API keys on, tasks of other keys look like no task.
+//! An upload that sends nothing for `--upload-idle-timeout` gives its slot back.
 
 mod follow;
 mod live;
@@ -24,12 +26,14 @@ use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
 pub use outbound::{Closed, Outbound};
 
+use crate::access::Caller;
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, TaskId};
-use crate::server::AppState;
+use crate::server::{AppState, UploadSlot};
 
 /// Close codes this server uses (RFC 6455 §7.4.1).
 pub mod close {
@@ -66,6 +70,8 @@ pub struct Connection {
     pub id: String,
     /// Server-wide state.
     pub state: Arc<AppState>,
+    /// Who is connected: whose tasks it may see, whose share of slots and quota it uses.
+    pub caller: Caller,
     /// Towards the client.
     pub out: Outbound,
     /// Cancelled when the connection ends; stops its followers and live stream.
@@ -87,10 +93,23 @@ pub struct Connection {
 
 /// An upload receiving data on this connection.
 struct ActiveUpload {
-    /// The upload slot (seed: 5 at once); released when the upload completes or the client goes.
-    _permit: OwnedSemaphorePermit,
+    /// The upload slot (seed: 5 at once) and the client's share; released when the upload
+    /// completes, sits idle past `--upload-idle-timeout`, or the client goes.
+    _slot: UploadSlot,
     /// Binary chunks written but not yet synced/acked (group commit).
     pending: u32,
+    /// When the upload last received something, for the idle release.
+    last_active: TokioInstant,
+}
+
+impl ActiveUpload {
+    fn new(slot: UploadSlot) -> Self {
+        ActiveUpload {
+            _slot: slot,
+            pending: 0,
+            last_active: TokioInstant::now(),
+        }
+    }
 }
 
 /// How the read loop should go on after a frame.
@@ -104,6 +123,7 @@ pub async fn run<S, E>(
     socket: S,
     state: Arc<AppState>,
     peer: SocketAddr,
+    caller: Caller,
     _permit: OwnedSemaphorePermit,
 ) where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
@@ -119,6 +139,7 @@ pub async fn run<S, E>(
         id,
         cancel: state.shutdown.child_token(),
         state,
+        caller,
         out,
         uploads: HashMap::new(),
         live: None,
@@ -184,6 +205,7 @@ impl Connection {
         let mut last_seen = Instant::now();
         loop {
             let pending = self.uploads.values().any(|u| u.pending > 0);
+            let idle_check = self.next_idle_check(config.upload_idle_timeout);
             let flow = tokio::select! {
                 frame = stream.next() => {
                     last_seen = Instant::now();
@@ -195,6 +217,10 @@ impl Connection {
                 }
                 _ = tokio::time::sleep(GROUP_COMMIT_DELAY), if pending => {
                     self.flush_pending().await
+                }
+                _ = sleep_until_some(idle_check) => {
+                    self.release_idle_uploads(config.upload_idle_timeout);
+                    Flow::Continue
                 }
                 _ = ping.tick() => {
                     if last_seen.elapsed() > config.ping_timeout {
@@ -214,6 +240,38 @@ impl Connection {
                 return (code, reason);
             }
         }
+    }
+
+    /// Checks that a client-chosen id for a new task is free: no task and no upload has it,
+    /// whoever owns them (a new task must never replace another's). `hint` says what to do.
+    fn claim(&self, task_id: TaskId, hint: &str) -> Result<(), ProtocolError> {
+        let taken = self.state.tasks.snapshot(&task_id.to_string()).is_some()
+            || self.state.uploads.meta(task_id).is_ok();
+        match taken {
+            true => Err(
+                ProtocolError::invalid(format!("task_id is already in use; {hint}"))
+                    .with_task(task_id),
+            ),
+            false => Ok(()),
+        }
+    }
+
+    /// When the first of this connection's uploads becomes idle, if it has any.
+    fn next_idle_check(&self, timeout: Duration) -> Option<TokioInstant> {
+        self.uploads.values().map(|u| u.last_active + timeout).min()
+    }
+
+    /// Gives back the slots of uploads that received nothing for `timeout`; they stay
+    /// resumable and take a slot again with their next chunk.
+    fn release_idle_uploads(&mut self, timeout: Duration) {
+        let now = TokioInstant::now();
+        self.uploads.retain(|task_id, u| {
+            let idle = u.pending == 0 && now.duration_since(u.last_active) >= timeout;
+            if idle {
+                tracing::info!(%task_id, "idle upload gave its slot back");
+            }
+            !idle
+        });
     }
 
     /// Records that this connection works on `task_id`, for its log span.
@@ -326,6 +384,14 @@ impl Connection {
             Ok(()) => Flow::Continue,
             Err(Closed) => Flow::Close(close::NORMAL, ""),
         }
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<TokioInstant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,20 +3,22 @@
 //!
 //! Every disk operation runs on the blocking pool; a chunk is acknowledged only after the store
 //! has made it durable. When the last chunk is in, the file is verified, `upload_complete` sent,
-//! and transcription started; this connection then follows the task.
+//! and transcription started; this connection then follows the task. Uploads of another API
+//! key are answered as if they did not exist.
 
 use bytes::Bytes;
 
 use super::follow::{complete_msg, failed_msg};
 use super::{ActiveUpload, Connection, Flow, MAX_PENDING_CHUNKS};
 use crate::protocol::message::{
-    ChunkReceived, UploadChunk, UploadComplete, UploadFinish, UploadMode, UploadReady,
+    ChunkAck, ChunkReceived, UploadChunk, UploadComplete, UploadFinish, UploadMode, UploadReady,
     UploadRequest,
 };
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
+use crate::server::NoSlot;
 use crate::tasks::TaskState;
 use crate::upload::plan::Insert;
-use crate::upload::store::{NewUpload, Progress, StoreError, UploadStatus, UploadStore};
+use crate::upload::store::{Meta, NewUpload, Progress, StoreError, UploadStatus, UploadStore};
 
 /// How long a client is asked to wait when every upload slot is taken.
 const UPLOAD_RETRY_MS: u64 = 2_000;
@@ -37,49 +39,70 @@ where
     result.map_err(|e| store_error(e, task_id))
 }
 
+/// The client-facing error for a store failure; file system details go to the log only.
 fn store_error(err: StoreError, task_id: Option<TaskId>) -> ProtocolError {
-    if matches!(err, StoreError::Io { .. } | StoreError::Corrupt(_)) {
-        tracing::error!(%err, "upload store");
+    match &err {
+        StoreError::Io { .. } | StoreError::Corrupt(_) => tracing::error!(%err, "upload store"),
+        StoreError::DiskFull => tracing::warn!(%err, "upload refused: disk full"),
+        _ => {}
     }
+    let sanitized = err.to_protocol(task_id.unwrap_or_else(TaskId::new_v4));
     match task_id {
-        Some(id) => err.to_protocol(id),
-        None => ProtocolError::new(err.code(), err.to_string()),
+        Some(_) => sanitized,
+        None => ProtocolError::new(sanitized.code, sanitized.message),
     }
 }
 
+/// The answer for a task that does not exist, or belongs to another API key.
+fn no_such_task(task_id: TaskId) -> ProtocolError {
+    ProtocolError::new(ErrorCode::SessionNotFound, "no such task (or it expired)")
+        .with_task(task_id)
+}
+
 impl Connection {
-    fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProtocolError> {
-        self.state
-            .upload_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                ProtocolError::new(ErrorCode::Busy, "too many uploads in progress; retry later")
-                    .with_retry_after_ms(UPLOAD_RETRY_MS)
-            })
+    fn upload_slot(&self) -> Result<crate::server::UploadSlot, ProtocolError> {
+        self.state.upload_slot(&self.caller).map_err(|why| {
+            let message = match why {
+                NoSlot::Full => "too many uploads in progress; retry later",
+                NoSlot::ClientShare => {
+                    "this client already has as many uploads in progress as it may; finish one \
+                     or retry later"
+                }
+            };
+            ProtocolError::new(ErrorCode::Busy, message).with_retry_after_ms(UPLOAD_RETRY_MS)
+        })
+    }
+
+    /// The upload's meta, if this connection's caller may see it.
+    async fn owned_meta(&self, task_id: TaskId) -> Result<Meta, ProtocolError> {
+        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id))
+            .await
+            .map_err(|e| match e.code {
+                ErrorCode::SessionNotFound => no_such_task(task_id),
+                _ => e,
+            })?;
+        match self.caller.may_see(meta.owner.as_ref()) {
+            true => Ok(meta),
+            false => Err(no_such_task(task_id)),
+        }
     }
 
     pub(super) async fn upload_request(&mut self, req: UploadRequest) -> Result<(), ProtocolError> {
-        let permit = self.upload_slot()?;
-        let new = NewUpload::from_request(&req);
+        let slot = self.upload_slot()?;
+        let owner = self.caller.owner.clone();
+        let new = NewUpload::from_request(&req, owner, self.caller.client().to_string());
         let task_id = blocking(self, None, move |s| s.create(new)).await?;
         self.adopt(task_id);
         tracing::info!(%task_id, file = %req.file_name, bytes = req.plan.file_size, "upload started");
         if let UploadMode::Single { data } = &req.mode {
-            drop(permit);
+            drop(slot);
             let data = data.clone();
             blocking(self, Some(task_id), move |s| s.put_chunk(task_id, 0, &data)).await?;
             self.send(ready(task_id, &req, None)).await?;
-            return self.complete(task_id).await;
+            self.complete(task_id).await?;
+            return Ok(());
         }
-        self.adopt(task_id);
-        self.uploads.insert(
-            task_id,
-            ActiveUpload {
-                _permit: permit,
-                pending: 0,
-            },
-        );
+        self.uploads.insert(task_id, ActiveUpload::new(slot));
         self.send(ready(task_id, &req, Some(self.state.limits().chunk_window)))
             .await
     }
@@ -106,8 +129,10 @@ impl Connection {
             Insert::New => ChunkReceived::stored(task_id, chunk_index, progress.progress),
         };
         self.send(ServerMessage::ChunkReceived(reply)).await?;
-        if progress.complete && insert == Insert::New {
-            return self.complete(task_id).await;
+        if progress.complete && insert == Insert::New && !self.complete(task_id).await? {
+            // The seed path has no upload_finish of its own: say what is missing instead of
+            // leaving the client waiting for an upload_complete that cannot come.
+            return Err(ProtocolError::new(ErrorCode::NotReady, AWAITING_HASH).with_task(task_id));
         }
         Ok(())
     }
@@ -129,7 +154,9 @@ impl Connection {
             e.with_chunk(index)
         })?;
         crate::http::metrics::chunk(insert == Insert::Duplicate);
-        let upload = self.uploads.get_mut(&task_id).expect("slot ensured above");
+        let Some(upload) = self.uploads.get_mut(&task_id) else {
+            return Ok(()); // released while the chunk was written (cannot happen: one task)
+        };
         if insert == Insert::New {
             upload.pending += 1;
         }
@@ -161,11 +188,12 @@ impl Connection {
         if let Some(u) = self.uploads.get_mut(&task_id) {
             u.pending = 0;
         }
-        let progress: Progress = blocking(self, Some(task_id), move |s| s.sync(task_id)).await?;
+        let synced = blocking(self, Some(task_id), move |s| s.sync(task_id)).await;
+        let progress: Progress = synced.inspect_err(|e| self.release_if_gone(task_id, e))?;
         self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
             .await?;
         if progress.complete {
-            return self.complete(task_id).await;
+            self.complete(task_id).await?;
         }
         Ok(())
     }
@@ -175,10 +203,11 @@ impl Connection {
     /// a chunk for an unknown or finished upload is refused without taking a slot, so stray
     /// chunks can neither use up the server's upload slots nor be answered `busy`.
     async fn ensure_slot(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
-        if self.uploads.contains_key(&task_id) {
+        if let Some(upload) = self.uploads.get_mut(&task_id) {
+            upload.last_active = tokio::time::Instant::now();
             return Ok(());
         }
-        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id)).await?;
+        let meta = self.owned_meta(task_id).await?;
         if meta.status != UploadStatus::Uploading {
             return Err(ProtocolError::new(
                 ErrorCode::NotReady,
@@ -186,60 +215,66 @@ impl Connection {
             )
             .with_task(task_id));
         }
-        let permit = self.upload_slot()?;
+        let slot = self.upload_slot()?;
         self.adopt(task_id);
-        self.uploads.insert(
-            task_id,
-            ActiveUpload {
-                _permit: permit,
-                pending: 0,
-            },
-        );
+        self.uploads.insert(task_id, ActiveUpload::new(slot));
         Ok(())
     }
 
     /// Gives the slot back when a chunk shows the upload is gone or no longer receiving
-    /// (completed from another connection, expired).
+    /// (completed from another connection, expired, removed because the disk filled up).
     fn release_if_gone(&mut self, task_id: TaskId, err: &ProtocolError) {
-        let gone = matches!(err.code, ErrorCode::SessionNotFound | ErrorCode::NotReady);
+        let gone = matches!(
+            err.code,
+            ErrorCode::SessionNotFound | ErrorCode::NotReady | ErrorCode::QuotaExceeded
+        );
         if gone && self.uploads.get(&task_id).is_some_and(|u| u.pending == 0) {
             self.uploads.remove(&task_id);
         }
     }
 
     /// `upload_finish`: the hash of a binary upload, sent after its chunks. Completes the
-    /// upload if every chunk is in (pending ones are committed first).
+    /// upload if every chunk is in (pending ones are committed first); otherwise it is answered
+    /// with a `chunk_ack` saying what is stored, so every `upload_finish` gets an answer.
     pub(super) async fn upload_finish(
         &mut self,
         finish: UploadFinish,
     ) -> Result<(), ProtocolError> {
         let UploadFinish { task_id, hashes } = finish;
+        let meta = self.owned_meta(task_id).await?;
         let declared = blocking(self, Some(task_id), move |s| {
             s.declare_hashes(task_id, hashes)
         })
         .await?;
         let Some(progress) = declared else {
-            return Ok(());
+            // Verified already with these hashes: a late duplicate.
+            let total = meta.plan.total_chunks;
+            return self
+                .send(ServerMessage::ChunkAck(all_stored(task_id, total)))
+                .await;
         };
         if self.uploads.get(&task_id).is_some_and(|u| u.pending > 0) {
             return self.commit(task_id).await;
         }
         if progress.complete {
-            return self.complete(task_id).await;
+            self.complete(task_id).await?;
+            return Ok(());
         }
-        Ok(())
+        self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
+            .await
     }
 
     /// All chunks are in: verify, announce, transcribe, follow. A binary upload whose hash is
-    /// still to come (`upload_finish`) waits for it, keeping its slot.
-    async fn complete(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+    /// still to come (`upload_finish`) waits for it, keeping its slot: then this returns
+    /// `false`.
+    async fn complete(&mut self, task_id: TaskId) -> Result<bool, ProtocolError> {
         let finalized = blocking(self, Some(task_id), move |s| match s.finalize(task_id) {
             Err(StoreError::AwaitingHash) => Ok(None),
             other => other.map(Some),
         })
         .await;
         let path = match finalized {
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(false),
             Ok(Some(path)) => path,
             Err(err) => {
                 self.uploads.remove(&task_id);
@@ -256,13 +291,13 @@ impl Connection {
         }))
         .await?;
         let meta = blocking(self, Some(task_id), move |s| s.meta(task_id)).await?;
-        crate::server::batch::start(&self.state, task_id, path, meta.options.clone());
+        crate::server::batch::start(&self.state, task_id, path, &meta);
         self.follow(task_id, meta.options.format);
-        Ok(())
+        Ok(true)
     }
 
     pub(super) async fn upload_resume(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
-        let meta = match blocking(self, Some(task_id), move |s| s.meta(task_id)).await {
+        let meta = match self.owned_meta(task_id).await {
             Ok(meta) => meta,
             Err(e) if e.code == ErrorCode::SessionNotFound => {
                 return self.get_result(task_id).await
@@ -271,14 +306,14 @@ impl Connection {
         };
         let known = self.state.tasks.snapshot(&task_id.to_string()).is_some();
         match meta.status {
-            UploadStatus::Uploading => self.resume_upload(task_id).await,
+            UploadStatus::Uploading => self.resume_upload(task_id, &meta).await,
             _ if known => {
                 self.follow(task_id, meta.options.format);
                 Ok(())
             }
             UploadStatus::Uploaded => {
                 let path = blocking(self, Some(task_id), move |s| s.audio_path(task_id)).await?;
-                crate::server::batch::start(&self.state, task_id, path, meta.options.clone());
+                crate::server::batch::start(&self.state, task_id, path, &meta);
                 self.follow(task_id, meta.options.format);
                 Ok(())
             }
@@ -290,7 +325,7 @@ impl Connection {
     /// Lists what an interrupted upload still needs. When nothing is missing (the connection
     /// or the server went down between the last chunk and the verification) it finalises now,
     /// as `docs/PROTOCOL.md` §6 promises; otherwise the client would wait forever.
-    async fn resume_upload(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+    async fn resume_upload(&mut self, task_id: TaskId, meta: &Meta) -> Result<(), ProtocolError> {
         self.ensure_slot(task_id).await?;
         let p = blocking(self, Some(task_id), move |s| {
             s.progress(task_id, MAX_MISSING_LISTED)
@@ -303,10 +338,11 @@ impl Connection {
             missing_chunks: Some(p.missing),
             received_chunks: Some(p.received_chunks),
             total_chunks: Some(p.total_chunks),
+            awaiting_hash: meta.declared().kinds().is_empty().then_some(true),
         }))
         .await?;
         if p.complete {
-            return self.complete(task_id).await;
+            self.complete(task_id).await?;
         }
         Ok(())
     }
@@ -315,7 +351,11 @@ impl Connection {
     /// uploading or transcribing (`docs/PROTOCOL.md` §7). Answered inline, so a client that
     /// asks faster than it reads is slowed down by its own socket instead of piling up work.
     pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
-        if let Some(snap) = self.state.tasks.snapshot(&task_id.to_string()) {
+        let snapshot = self
+            .state
+            .tasks
+            .snapshot_for(&task_id.to_string(), &self.caller);
+        if let Some(snap) = snapshot {
             return match snap.state {
                 TaskState::Done(result) => {
                     let format = blocking(self, Some(task_id), move |s| s.meta(task_id))
@@ -334,15 +374,7 @@ impl Connection {
                 )),
             };
         }
-        let meta = blocking(self, Some(task_id), move |s| s.meta(task_id))
-            .await
-            .map_err(|e| match e.code {
-                ErrorCode::SessionNotFound => {
-                    ProtocolError::new(ErrorCode::SessionNotFound, "no such task (or it expired)")
-                        .with_task(task_id)
-                }
-                _ => e,
-            })?;
+        let meta = self.owned_meta(task_id).await?;
         Err(match meta.status {
             UploadStatus::Uploading if meta.error.is_some() => ProtocolError::new(
                 ErrorCode::FileHashMismatch,
@@ -374,6 +406,21 @@ impl Connection {
     }
 }
 
+/// What a client hears when all chunks are stored but no whole-file hash was declared.
+const AWAITING_HASH: &str = "all chunks are stored, but this upload has no whole-file hash yet: \
+     send upload_finish with file_hash (MD5), file_sha256 or file_blake3";
+
+/// The ack for an upload whose chunks are all stored and verified.
+fn all_stored(task_id: TaskId, total_chunks: u32) -> ChunkAck {
+    ChunkAck {
+        task_id,
+        received_through: total_chunks,
+        received_chunks: total_chunks,
+        progress: 100.0,
+        missing: None,
+    }
+}
+
 /// How long a client is asked to wait before asking for a result again.
 const RESULT_RETRY_MS: u64 = 2_000;
 
@@ -392,5 +439,6 @@ fn ready(task_id: TaskId, req: &UploadRequest, window: Option<u32>) -> ServerMes
         missing_chunks: None,
         received_chunks: None,
         total_chunks: Some(req.plan.total_chunks),
+        awaiting_hash: None,
     })
 }

@@ -32,6 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,7 @@ use tracing::{debug, warn};
 
 use super::digest::{FileHashes, HashKinds, RunningDigest};
 use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
+use crate::access::Owner;
 use crate::protocol::message::{ChunkAck, TaskOptions, Transport, UploadRequest};
 use crate::protocol::{ErrorCode, ProtocolError, TaskId, MAX_MISSING_LISTED};
 
@@ -58,15 +60,28 @@ const META_VERSION: u32 = 1;
 /// Store-wide settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Most bytes all sessions on disk may reserve together (sum of their `file_size`);
+    /// Most bytes all sessions on disk may reserve together (see [`UploadStore::reserved_bytes`]);
     /// a new upload beyond it is refused with `quota_exceeded` instead of filling the disk.
     pub quota_bytes: u64,
+    /// Most bytes the uploads of one client (key or address) may reserve, so one client cannot
+    /// take the whole quota; 0 = no per-client limit.
+    pub client_quota_bytes: u64,
+    /// How long an incomplete upload keeps its whole file size reserved without receiving a
+    /// chunk. After that it reserves only the bytes it holds, and takes the rest again (if
+    /// there is room) when it resumes: declared sizes alone cannot lock others out for long.
+    pub reservation_ttl: Duration,
+    /// Free space the file system must keep beyond what uploads still need; a new upload that
+    /// would eat into it is refused, whatever the quota says.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             quota_bytes: 20 << 30,
+            client_quota_bytes: 0,
+            reservation_ttl: Duration::from_secs(15 * 60),
+            min_free_bytes: 0,
         }
     }
 }
@@ -104,11 +119,15 @@ pub struct NewUpload {
     pub transport: Transport,
     /// Transcription options, so a resumed upload is transcribed as first asked.
     pub options: TaskOptions,
+    /// The API key that may resume it and read its result (`None`: anyone).
+    pub owner: Option<Owner>,
+    /// Whose share of the quota it uses (`ClientKey`'s text form).
+    pub client: String,
 }
 
 impl NewUpload {
-    /// The store's view of a validated `upload_request`.
-    pub fn from_request(request: &UploadRequest) -> Self {
+    /// The store's view of a validated `upload_request` from `owner` / `client`.
+    pub fn from_request(request: &UploadRequest, owner: Option<Owner>, client: String) -> Self {
         NewUpload {
             file_name: request.file_name.clone(),
             extension: request.extension.clone(),
@@ -116,6 +135,8 @@ impl NewUpload {
             hashes: request.hashes.clone(),
             transport: request.transport,
             options: request.options.clone(),
+            owner,
+            client,
         }
     }
 }
@@ -153,6 +174,13 @@ pub struct Meta {
     /// The last failure (hash mismatch, transcription error), for `get_result` and logs.
     #[serde(default)]
     pub error: Option<String>,
+    /// The API key (fingerprint) that may resume the upload and read its result; `None` for
+    /// sessions of an open server (and those written before owners were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Whose share of the quota the upload uses; empty in sessions written before shares.
+    #[serde(default)]
+    pub client: String,
 }
 
 impl Meta {
@@ -243,6 +271,21 @@ pub enum StoreError {
         /// Bytes left under the quota.
         available: u64,
     },
+    /// Accepting this upload would exceed the client's own share of the quota.
+    #[error(
+        "this client's uploads already reserve its share of the server's storage: {needed} \
+         bytes needed, {available} available; finish or let go of other uploads first"
+    )]
+    ClientQuotaExceeded {
+        /// Bytes the new upload needs.
+        needed: u64,
+        /// Bytes left in the client's share.
+        available: u64,
+    },
+    /// The file system has not enough free space (or ran out while writing). An upload that
+    /// ran out while writing is removed, so what it took is free again.
+    #[error("the server is out of disk space for uploads; try again later")]
+    DiskFull,
     /// A filesystem error (details for logs only).
     #[error("{context}: {source}")]
     Io {
@@ -268,7 +311,9 @@ impl StoreError {
             | StoreError::AwaitingHash => ErrorCode::NotReady,
             StoreError::HashConflict { .. } => ErrorCode::InvalidMessage,
             StoreError::HashMismatch { .. } => ErrorCode::FileHashMismatch,
-            StoreError::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+            StoreError::QuotaExceeded { .. }
+            | StoreError::ClientQuotaExceeded { .. }
+            | StoreError::DiskFull => ErrorCode::QuotaExceeded,
             StoreError::Io { .. } | StoreError::Corrupt(_) => ErrorCode::Internal,
         }
     }
@@ -286,8 +331,18 @@ impl StoreError {
     }
 }
 
+/// Maps an I/O error; a full disk (or quota of the file system) becomes [`StoreError::DiskFull`].
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> StoreError {
-    move |source| StoreError::Io { context, source }
+    move |source| match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::DiskFull,
+        _ => StoreError::Io { context, source },
+    }
+}
+
+/// Bytes available to this (unprivileged) process on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
 }
 
 /// One session's in-memory state.
@@ -314,12 +369,77 @@ struct Session {
     digest: RunningDigest,
 }
 
-/// A session in the map: its immutable size (for quota sums without locking) and its state.
+/// A session in the map: what the quota needs to know, readable without locking the session
+/// (quota sums run while another session's lock is held), and the session itself.
 struct Entry {
-    /// The plan's file size, summed for the quota.
+    /// The plan's file size.
     file_size: u64,
+    /// Whose share of the quota the session uses.
+    client: String,
+    /// Bytes of the chunks durably stored (what an idle upload still reserves).
+    received_bytes: AtomicU64,
+    /// Unix milliseconds of the last chunk or resume: an upload idle past the reservation TTL
+    /// reserves only `received_bytes`.
+    active_ms: AtomicU64,
+    /// Whether the session is still receiving chunks (its reservation can lapse).
+    uploading: AtomicBool,
     /// The session, locked per operation.
     state: Mutex<Session>,
+}
+
+impl Entry {
+    fn new(session: Session) -> Self {
+        let plan = session.meta.plan;
+        let received = stored_bytes(&plan, &session.received);
+        Entry {
+            file_size: plan.file_size,
+            client: session.meta.client.clone(),
+            received_bytes: AtomicU64::new(received),
+            active_ms: AtomicU64::new(unix_ms(session.last_activity)),
+            uploading: AtomicBool::new(session.meta.status == UploadStatus::Uploading),
+            state: Mutex::new(session),
+        }
+    }
+
+    /// Whether the upload's full reservation has lapsed at `now_ms`.
+    fn lapsed(&self, now_ms: u64, ttl: Duration) -> bool {
+        let idle = now_ms.saturating_sub(self.active_ms.load(Ordering::Relaxed));
+        self.uploading.load(Ordering::Relaxed) && u128::from(idle) > ttl.as_millis()
+    }
+
+    /// Bytes this session counts against the quota at `now_ms`.
+    fn reserved(&self, now_ms: u64, ttl: Duration) -> u64 {
+        match self.lapsed(now_ms, ttl) {
+            true => self.received_bytes.load(Ordering::Relaxed),
+            false => self.file_size,
+        }
+    }
+
+    /// Bytes this session may still write to disk at `now_ms` (reserved, not yet stored).
+    fn outstanding(&self, now_ms: u64, ttl: Duration) -> u64 {
+        match self.uploading.load(Ordering::Relaxed) {
+            true => self
+                .reserved(now_ms, ttl)
+                .saturating_sub(self.received_bytes.load(Ordering::Relaxed)),
+            false => 0,
+        }
+    }
+
+    /// Copies the session's state into the lock-free fields.
+    fn publish(&self, s: &Session) {
+        let received = stored_bytes(&s.meta.plan, &s.received);
+        self.received_bytes.store(received, Ordering::Relaxed);
+        self.active_ms
+            .store(unix_ms(s.last_activity), Ordering::Relaxed);
+        self.uploading
+            .store(s.meta.status == UploadStatus::Uploading, Ordering::Relaxed);
+    }
+}
+
+/// Bytes of the stored chunks of `plan` (the last chunk may be short).
+fn stored_bytes(plan: &ChunkPlan, received: &ReceivedSet) -> u64 {
+    let whole = u64::from(received.count()).saturating_mul(plan.chunk_size);
+    whole.min(plan.file_size)
 }
 
 /// All upload sessions under one data directory.
@@ -331,6 +451,10 @@ pub struct UploadStore {
     /// Sessions by id. Held only to look up, insert or remove; never during file I/O on a
     /// session (except create/remove, which touch only their own directory).
     sessions: RwLock<HashMap<TaskId, Arc<Entry>>>,
+    /// Held while a reservation is decided (a create, an idle upload taking its reservation
+    /// back), so two of them cannot both squeeze under the quota. Lock order: a session, then
+    /// this, then the map.
+    reserving: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -339,6 +463,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -391,14 +520,7 @@ impl UploadStore {
             };
             match load_session(&entry.path(), task_id) {
                 Ok(session) => {
-                    let file_size = session.meta.plan.file_size;
-                    sessions.insert(
-                        task_id,
-                        Arc::new(Entry {
-                            file_size,
-                            state: Mutex::new(session),
-                        }),
-                    );
+                    sessions.insert(task_id, Arc::new(Entry::new(session)));
                 }
                 Err(e) => warn!(%task_id, error = %e, "skipping unreadable upload session"),
             }
@@ -408,6 +530,7 @@ impl UploadStore {
             root,
             config,
             sessions: RwLock::new(sessions),
+            reserving: Mutex::new(()),
         })
     }
 
@@ -420,7 +543,7 @@ impl UploadStore {
         map.get(&task_id).cloned().ok_or(StoreError::NotFound)
     }
 
-    /// Runs `f` on the live session `task_id`.
+    /// Runs `f` on the live session `task_id`, then publishes its state for quota sums.
     fn with_session<T>(
         &self,
         task_id: TaskId,
@@ -431,18 +554,113 @@ impl UploadStore {
         if session.removed {
             return Err(StoreError::NotFound);
         }
-        f(&mut session, &self.dir(task_id))
+        let result = f(&mut session, &self.dir(task_id));
+        entry.publish(&session);
+        result
     }
 
-    /// Bytes all sessions on disk reserve (sum of their `file_size`).
+    /// Runs a write on a session that is receiving chunks: an upload whose reservation lapsed
+    /// takes it back first (or is refused, if the room went to others meanwhile). A full disk
+    /// removes the upload, freeing what it took; the caller answers `quota_exceeded`.
+    fn with_receiving<T>(
+        &self,
+        task_id: TaskId,
+        f: impl FnOnce(&mut Session, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let entry = self.entry(task_id)?;
+        let result = self.with_session(task_id, |s, dir| {
+            let now = SystemTime::now();
+            if entry.lapsed(unix_ms(now), self.config.reservation_ttl) {
+                self.reclaim(task_id, &entry)?;
+            }
+            f(s, dir)
+        });
+        if matches!(result, Err(StoreError::DiskFull)) {
+            warn!(%task_id, "the disk is full; removing the upload to free its space");
+            let _ = self.remove(task_id);
+        }
+        result
+    }
+
+    /// Takes back the full reservation of an upload that was idle past the TTL.
+    fn reclaim(&self, task_id: TaskId, entry: &Entry) -> Result<(), StoreError> {
+        let _reserving = lock(&self.reserving);
+        let to_write = entry.file_size - entry.received_bytes.load(Ordering::Relaxed);
+        self.check_room(Some(task_id), &entry.client, entry.file_size, to_write)?;
+        entry
+            .active_ms
+            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        debug!(%task_id, "an idle upload took its reservation back");
+        Ok(())
+    }
+
+    /// Bytes all sessions on disk reserve now: the file size of each, except incomplete
+    /// uploads idle past the reservation TTL, which reserve only what they hold.
     pub fn reserved_bytes(&self) -> u64 {
+        let now = unix_ms(SystemTime::now());
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        map.values().map(|e| e.file_size).sum()
+        map.values()
+            .map(|e| e.reserved(now, self.config.reservation_ttl))
+            .sum()
     }
 
-    /// Whether a new upload of `file_size` bytes fits under the quota now.
-    pub fn check_quota(&self, file_size: u64) -> Result<(), StoreError> {
-        check_quota(self.reserved_bytes(), file_size, self.config.quota_bytes)
+    /// Whether `client` may reserve `bytes` now (of which `to_write` are still to be written):
+    /// under the quota, under its share, and with the file system keeping `min_free_bytes`
+    /// after every upload has written what it reserved. `except` is left out of the sums (it
+    /// is the one asking).
+    fn check_room(
+        &self,
+        except: Option<TaskId>,
+        client: &str,
+        bytes: u64,
+        to_write: u64,
+    ) -> Result<(), StoreError> {
+        let now = unix_ms(SystemTime::now());
+        let ttl = self.config.reservation_ttl;
+        let (mut reserved, mut by_client, mut outstanding) = (0u64, 0u64, 0u64);
+        {
+            let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            let others = map.iter().filter(|(id, _)| Some(**id) != except);
+            for e in others.map(|(_, e)| e) {
+                let r = e.reserved(now, ttl);
+                reserved += r;
+                outstanding += e.outstanding(now, ttl);
+                if e.client == client && !client.is_empty() {
+                    by_client += r;
+                }
+            }
+        }
+        check_quota(reserved, bytes, self.config.quota_bytes)?;
+        if self.config.client_quota_bytes > 0 {
+            let available = self.config.client_quota_bytes.saturating_sub(by_client);
+            if bytes > available {
+                return Err(StoreError::ClientQuotaExceeded {
+                    needed: bytes,
+                    available,
+                });
+            }
+        }
+        let free = free_bytes(&self.root).unwrap_or(u64::MAX);
+        let usable = free
+            .saturating_sub(self.config.min_free_bytes)
+            .saturating_sub(outstanding);
+        if to_write > usable {
+            warn!(
+                free,
+                needed = to_write,
+                outstanding,
+                "refusing an upload: not enough free disk"
+            );
+            return Err(StoreError::DiskFull);
+        }
+        Ok(())
+    }
+
+    /// Whether `client` may add `file_size` bytes now (quota, its share, free disk space);
+    /// for uploads that do not go through the store (HTTP requests).
+    pub fn check_quota(&self, client: &str, file_size: u64) -> Result<(), StoreError> {
+        let _reserving = lock(&self.reserving);
+        self.check_room(None, client, file_size, file_size)
     }
 
     /// Creates a session: reserves `data.part`, writes meta and an empty log, durably.
@@ -464,18 +682,22 @@ impl UploadStore {
             updated_at: unix_secs(now),
             status: UploadStatus::Uploading,
             error: None,
+            owner: new.owner,
+            client: new.client,
         };
-        // The map lock is held across the quota check and the insert so two creates
-        // cannot both squeeze under the quota.
-        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        let reserved = map.values().map(|e| e.file_size).sum();
-        check_quota(reserved, meta.plan.file_size, self.config.quota_bytes)?;
+        // Held across the check and the insert so two creates cannot both squeeze in.
+        let _reserving = lock(&self.reserving);
+        let size = meta.plan.file_size;
+        self.check_room(None, &meta.client, size, size)?;
         let tmp = self.root.join(format!("{TMP_PREFIX}{task_id}"));
         if let Err(e) = create_session_dir(&tmp, &meta) {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, self.dir(task_id)).map_err(io_err("publishing a session"))?;
+        if let Err(e) = fs::rename(&tmp, self.dir(task_id)) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(io_err("publishing a session")(e));
+        }
         fsync_dir(&self.root)?;
         let session = Session {
             received: ReceivedSet::new(meta.plan.total_chunks),
@@ -488,13 +710,8 @@ impl UploadStore {
             last_activity: now,
             removed: false,
         };
-        map.insert(
-            task_id,
-            Arc::new(Entry {
-                file_size: session.meta.plan.file_size,
-                state: Mutex::new(session),
-            }),
-        );
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(task_id, Arc::new(Entry::new(session)));
         debug!(%task_id, "created upload session");
         Ok(task_id)
     }
@@ -510,7 +727,7 @@ impl UploadStore {
         index: u32,
         data: &[u8],
     ) -> Result<Insert, StoreError> {
-        self.with_session(task_id, |s, dir| {
+        self.with_receiving(task_id, |s, dir| {
             let insert = write_locked(s, dir, index, data)?;
             if insert == Insert::New && continues_digest(s, index) {
                 s.digest.update(data);
@@ -525,7 +742,7 @@ impl UploadStore {
     /// gaps below the highest stored chunk (capped), which is what a pipelined sender
     /// must resend.
     pub fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError> {
-        self.with_session(task_id, |s, dir| {
+        self.with_receiving(task_id, |s, dir| {
             commit_pending(s, dir)?;
             Ok(progress_of(
                 &s.received,
@@ -541,7 +758,7 @@ impl UploadStore {
         index: u32,
         data: &[u8],
     ) -> Result<(Insert, Progress), StoreError> {
-        self.with_session(task_id, |s, dir| {
+        self.with_receiving(task_id, |s, dir| {
             let insert = write_locked(s, dir, index, data)?;
             let hash_now = insert == Insert::New && continues_digest(s, index);
             // The whole-file hash (CPU) runs while the chunk is synced (disk).
@@ -663,7 +880,10 @@ impl UploadStore {
                 }
                 s.meta = meta;
             }
-            Ok(Some(progress_of(&s.received, Vec::new())))
+            Ok(Some(progress_of(
+                &s.received,
+                s.received.gaps(MAX_MISSING_LISTED),
+            )))
         })
     }
 

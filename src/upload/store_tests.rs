@@ -34,6 +34,8 @@ fn new_upload(data: &[u8]) -> NewUpload {
             translate: false,
             format: None,
         },
+        owner: None,
+        client: "ip:127.0.0.1".into(),
     }
 }
 
@@ -360,11 +362,18 @@ fn sweep_removes_idle_sessions_only() {
 #[test]
 fn quota_counts_reserved_file_sizes() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = UploadStore::open(tmp.path(), StoreConfig { quota_bytes: 5000 }).unwrap();
+    let store = UploadStore::open(
+        tmp.path(),
+        StoreConfig {
+            quota_bytes: 5000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let big = file_bytes(3000);
     let a = store.create(new_upload(&big)).unwrap();
     assert_eq!(store.reserved_bytes(), 3000);
-    assert!(store.check_quota(2000).is_ok());
+    assert!(store.check_quota("ip:127.0.0.1", 2000).is_ok());
     let e = store.create(new_upload(&big)).unwrap_err();
     assert!(matches!(
         e,
@@ -374,10 +383,118 @@ fn quota_counts_reserved_file_sizes() {
         }
     ));
     assert_eq!(e.code(), ErrorCode::QuotaExceeded);
-    assert!(store.check_quota(2001).is_err());
+    assert!(store.check_quota("ip:127.0.0.1", 2001).is_err());
     store.remove(a).unwrap();
     assert_eq!(store.reserved_bytes(), 0);
     assert!(store.create(new_upload(&big)).is_ok());
+}
+
+fn store_with(tmp: &Path, config: StoreConfig) -> UploadStore {
+    UploadStore::open(tmp, config).unwrap()
+}
+
+fn upload_from(client: &str, data: &[u8]) -> NewUpload {
+    NewUpload {
+        client: client.into(),
+        ..new_upload(data)
+    }
+}
+
+#[test]
+fn an_idle_upload_reserves_only_what_it_holds_until_it_takes_its_room_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_millis(200);
+    let config = StoreConfig {
+        quota_bytes: 5000,
+        reservation_ttl: ttl,
+        ..Default::default()
+    };
+    let store = store_with(tmp.path(), config);
+    let data = file_bytes(3000);
+    let idle = store.create(new_upload(&data)).unwrap();
+    store.put_chunk(idle, 0, chunk(&data, 0)).unwrap();
+    assert_eq!(store.reserved_bytes(), 3000);
+    assert!(
+        store.create(new_upload(&data)).is_err(),
+        "3000 + 3000 > 5000"
+    );
+    std::thread::sleep(ttl * 2);
+    assert_eq!(store.reserved_bytes(), 1000, "only its one stored chunk");
+    let other = store.create(new_upload(&data)).unwrap();
+    // The idle upload's next chunk needs its 2000 bytes back: 1000 + 3000 + 2000 > 5000.
+    let e = store.put_chunk(idle, 1, chunk(&data, 1)).unwrap_err();
+    assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e:?}");
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    store.remove(other).unwrap();
+    store.put_chunk(idle, 1, chunk(&data, 1)).unwrap();
+    assert_eq!(store.reserved_bytes(), 3000);
+    store.put_chunk(idle, 2, chunk(&data, 2)).unwrap();
+    store.finalize(idle).unwrap();
+    std::thread::sleep(ttl * 2);
+    assert_eq!(
+        store.reserved_bytes(),
+        3000,
+        "a finished file's bytes stay reserved"
+    );
+}
+
+#[test]
+fn one_client_cannot_take_the_whole_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        quota_bytes: 10_000,
+        client_quota_bytes: 5000,
+        ..Default::default()
+    };
+    let store = store_with(tmp.path(), config);
+    let data = file_bytes(3000);
+    store.create(upload_from("key:a", &data)).unwrap();
+    let e = store.create(upload_from("key:a", &data)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::ClientQuotaExceeded {
+                needed: 3000,
+                available: 2000
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    store.create(upload_from("key:b", &data)).unwrap();
+    store.create(upload_from("ip:10.0.0.1", &data)).unwrap();
+}
+
+/// An upload of `size` bytes in 4 MiB chunks (nothing is written by creating it).
+fn sized_upload(size: u64) -> NewUpload {
+    let chunk = 4 << 20;
+    let plan = ChunkPlan::new(size, chunk, size.div_ceil(chunk), &Default::default()).unwrap();
+    NewUpload {
+        plan,
+        ..new_upload(b"x")
+    }
+}
+
+#[test]
+fn uploads_are_refused_when_the_disk_would_fall_below_its_floor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let free = free_bytes(tmp.path()).unwrap();
+    assert!(free > 2 << 30, "the test needs 2 GiB free in the temp dir");
+    // 1 GiB may still be used: one 600 MiB upload fits, a second does not (its bytes are not
+    // written yet, but the first upload still needs its own).
+    let config = StoreConfig {
+        quota_bytes: u64::MAX,
+        min_free_bytes: free - (1 << 30),
+        ..Default::default()
+    };
+    let store = store_with(tmp.path(), config);
+    let first = store.create(sized_upload(600 << 20)).unwrap();
+    let e = store.create(sized_upload(600 << 20)).unwrap_err();
+    assert!(matches!(e, StoreError::DiskFull), "{e:?}");
+    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+    assert!(!e.to_protocol(first).message.contains("os error"));
+    store.remove(first).unwrap();
+    store.create(sized_upload(600 << 20)).unwrap();
 }
 
 #[test]
