@@ -52,7 +52,7 @@ pub struct ServerConfig {
 
     /// An upload that receives nothing for this long gives its slot back (it can resume
     /// later, taking a free slot again), so idle uploads cannot hold slots others need.
-    #[arg(long, env = "EARSHOT_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "EARSHOT_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub upload_idle_timeout: Duration,
 
     /// Files transcribed at once (the seed's processing semaphore); more wait their turn.

@@ -256,9 +256,11 @@ impl Connection {
         }
     }
 
-    /// When the first of this connection's uploads becomes idle, if it has any.
+    /// When the first of this connection's uploads becomes idle, if it has any (uploads with
+    /// chunks waiting for their group commit are not idle).
     fn next_idle_check(&self, timeout: Duration) -> Option<TokioInstant> {
-        self.uploads.values().map(|u| u.last_active + timeout).min()
+        let waiting = self.uploads.values().filter(|u| u.pending == 0);
+        waiting.map(|u| u.last_active + timeout).min()
     }
 
     /// Gives back the slots of uploads that received nothing for `timeout`; they stay

@@ -46,10 +46,9 @@ fn store_error(err: StoreError, task_id: Option<TaskId>) -> ProtocolError {
         StoreError::DiskFull => tracing::warn!(%err, "upload refused: disk full"),
         _ => {}
     }
-    let sanitized = err.to_protocol(task_id.unwrap_or_else(TaskId::new_v4));
     match task_id {
-        Some(_) => sanitized,
-        None => ProtocolError::new(sanitized.code, sanitized.message),
+        Some(id) => err.to_protocol().with_task(id),
+        None => err.to_protocol(),
     }
 }
 

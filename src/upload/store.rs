@@ -319,15 +319,14 @@ impl StoreError {
     }
 
     /// The client-facing error; I/O and corruption details are replaced by a generic text.
-    pub fn to_protocol(&self, task_id: TaskId) -> ProtocolError {
-        let err = match self {
+    pub fn to_protocol(&self) -> ProtocolError {
+        match self {
             StoreError::Chunk(e) => ProtocolError::from(e.clone()),
             StoreError::Io { .. } | StoreError::Corrupt(_) => {
                 ProtocolError::new(ErrorCode::Internal, "internal storage error")
             }
             other => ProtocolError::new(self.code(), other.to_string()),
-        };
-        err.with_task(task_id)
+        }
     }
 }
 

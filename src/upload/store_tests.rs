@@ -175,7 +175,7 @@ fn duplicates_and_bad_chunks() {
         StoreError::Chunk(PlanError::IndexOutOfRange { .. })
     ));
     assert_eq!(e.code(), ErrorCode::InvalidChunk);
-    assert_eq!(e.to_protocol(id).chunk_index, Some(3));
+    assert_eq!(e.to_protocol().chunk_index, Some(3));
     // The last chunk must be exactly 500 bytes, the others exactly 1000.
     let e = store.write_chunk(id, 2, chunk(&data, 1)).unwrap_err();
     assert!(matches!(
@@ -492,7 +492,7 @@ fn uploads_are_refused_when_the_disk_would_fall_below_its_floor() {
     let e = store.create(sized_upload(600 << 20)).unwrap_err();
     assert!(matches!(e, StoreError::DiskFull), "{e:?}");
     assert_eq!(e.code(), ErrorCode::QuotaExceeded);
-    assert!(!e.to_protocol(first).message.contains("os error"));
+    assert!(!e.to_protocol().message.contains("os error"));
     store.remove(first).unwrap();
     store.create(sized_upload(600 << 20)).unwrap();
 }
@@ -546,7 +546,7 @@ fn io_errors_do_not_leak_details_to_clients() {
         context: "opening data.part",
         source: io::Error::other("/secret/path"),
     };
-    let p = e.to_protocol(TaskId::new_v4());
+    let p = e.to_protocol();
     assert_eq!(p.code, ErrorCode::Internal);
     assert!(!p.message.contains("secret") && !p.message.contains("data.part"));
 }
