@@ -38,6 +38,8 @@ const REAL_TIME_FACTOR: &str = "earshot_job_real_time_factor";
 const LIVE_LAG: &str = "earshot_live_lag_seconds";
 const HTTP_RESPONSES: &str = "earshot_http_responses_total";
 const REJECTED: &str = "earshot_rejected_total";
+const CONNECTIONS_SHED: &str = "earshot_connections_shed_total";
+const CONNECTIONS_PENDING: &str = "earshot_connections_pending";
 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(10);
@@ -103,7 +105,11 @@ fn register_zeroes() {
     for result in ["accepted", "duplicate", "mismatched"] {
         counter!(CHUNKS, "result" => result).increment(0);
     }
+    for reason in SHED_REASONS {
+        counter!(CONNECTIONS_SHED, "reason" => reason).increment(0);
+    }
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
+    gauge!(CONNECTIONS_PENDING).increment(0.0);
 }
 
 /// `GET /metrics`: Prometheus text exposition format.
@@ -214,4 +220,20 @@ pub fn http_response(status: u16) {
 /// A request was refused before any work: `unauthorized`, `origin`, `rate`, `client_connections`.
 pub fn rejected(reason: &'static str) {
     counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+/// Why a connection can be closed before it made a request or finished its upgrade.
+const SHED_REASONS: [&str; 3] = ["head_timeout", "evicted", "handshake_timeout"];
+
+/// A connection was closed before it made a request: `head_timeout` (no complete request head
+/// in time), `evicted` (too many were waiting for a head and it had waited longest),
+/// `handshake_timeout` (a WebSocket upgrade not finished in time).
+pub fn connection_shed(reason: &'static str) {
+    debug_assert!(SHED_REASONS.contains(&reason), "{reason}");
+    counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
+}
+
+/// How many accepted connections wait for a request head now.
+pub fn pending_connections(count: usize) {
+    gauge!(CONNECTIONS_PENDING).set(count as f64);
 }

@@ -63,6 +63,23 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_MAX_CONNECTIONS", default_value_t = 2048)]
     pub max_connections: usize,
 
+    /// Accepted connections still waiting for a complete request head (new ones, and idle
+    /// keep-alive ones between requests; not WebSockets, not requests in progress). At the cap
+    /// the oldest is closed to make room, so a flood of silent sockets cannot lock out a
+    /// health check.
+    #[arg(long, env = "EARSHOT_MAX_PENDING_CONNECTIONS", default_value_t = 256, value_parser = at_least_one)]
+    pub max_pending_connections: usize,
+
+    /// Time a connection has to send a whole request head (also between keep-alive requests);
+    /// then it is closed. Counts from the first byte it may send, so dripping bytes buys nothing.
+    #[arg(long, env = "EARSHOT_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Time from a WebSocket upgrade request's head to a finished upgrade (the socket handed
+    /// to a session, or a refused one closed).
+    #[arg(long, env = "EARSHOT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+
     /// Largest file one upload may announce.
     #[arg(long, env = "EARSHOT_MAX_FILE_BYTES", default_value = "4GiB")]
     pub max_file_bytes: ByteSize,
@@ -129,6 +146,24 @@ pub struct ServerConfig {
     /// uploads may not eat into: one that would is refused with `quota_exceeded` (HTTP 507).
     #[arg(long, env = "EARSHOT_MIN_FREE_DISK", default_value = "1GiB")]
     pub min_free_disk: ByteSize,
+}
+
+/// A count that must not be zero (a cap of zero would refuse everything).
+fn at_least_one(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration that must not be zero (a zero deadline would close every connection at once).
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(raw) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// All cores but none beyond four: whisper.cpp gains little past that on small models.

@@ -1,13 +1,15 @@
 //! The network edge: one port serving WebSocket sessions (`/` and `/ws`) and health checks.
 //!
 //! [`run`] takes a bound listener and a shutdown future, as mini-redis does, so tests start the
-//! real server on `127.0.0.1:0` and binaries decide about signals. Shared state lives in
+//! real server on `127.0.0.1:0` and binaries decide about signals. Connections are accepted and
+//! held to their deadlines and caps by [`listen`]. Shared state lives in
 //! [`AppState`]; each connection runs a [`crate::session`] over the socket.
 //!
 //! This module wires things together: it must not parse protocol messages or decode audio.
 
 pub mod batch;
 pub mod config;
+mod listen;
 mod page;
 mod routes;
 pub mod settings;
@@ -163,18 +165,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = routes::router(state.clone());
-    let token = state.shutdown.clone();
     let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
     batch::resume_unfinished(&state);
-    let serve = axum::serve(
+    listen::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app,
+        &state.config,
+        shutdown,
+        state.shutdown.clone(),
     )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        token.cancel();
-    });
-    serve.await?;
+    .await;
     state.shutdown.cancel();
     sweeper.abort();
     state.tracker.close();

@@ -73,7 +73,9 @@ async fn upgrade_or_hello(
 async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr, caller: Caller) {
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "connection refused: at --max-connections");
-        refuse_busy(&mut socket).await;
+        // A client that does not read must not keep a refused socket open.
+        let refusal = refuse_busy(&mut socket);
+        let _ = tokio::time::timeout(state.config.handshake_timeout, refusal).await;
         return;
     };
     let tracker = state.tracker.clone();
