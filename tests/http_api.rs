@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::server::TestServer;
+use common::server::{assert_wer, TestServer};
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -26,6 +26,19 @@ fn audio_part(name: &str) -> Part {
 fn form(file: &str, fields: &[(&str, &str)]) -> Form {
     let mut form = Form::new()
         .part("file", audio_part(file))
+        .text("model", "whisper-1");
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form
+}
+
+/// A transcription request for a file outside the corpus (made by a test).
+fn file_form(path: &std::path::Path, fields: &[(&str, &str)]) -> Form {
+    let bytes = std::fs::read(path).expect("read the test file");
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut form = Form::new()
+        .part("file", Part::bytes(bytes).file_name(name))
         .text("model", "whisper-1");
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
@@ -193,6 +206,19 @@ async fn every_response_format_renders_the_recording() {
         "a fetched result keeps its task"
     );
     assert_eq!(fetched["text"], translated["text"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_infinite_and_huge_samples_in_a_float_wav_still_transcribe() {
+    // Before sanitising, rubato panicked on the NaN and the answer was a 500 `internal`.
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = common::jfk_with_bad_samples(dir.path());
+    let response = transcribe(&server, file_form(&wav, &[])).await;
+    assert_eq!(response.status(), 200);
+    let json: Value = response.json().await.unwrap();
+    assert_wer(JFK, json["text"].as_str().unwrap(), 0.15);
     server.shutdown().await;
 }
 

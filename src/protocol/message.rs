@@ -181,7 +181,7 @@ pub struct AudioSegment {
     pub segment_duration: Option<f64>,
     /// Last segment of the task: transcribe and send `transcription_complete`.
     pub is_final: bool,
-    /// 16 kHz mono samples; non-finite values were replaced by 0.
+    /// 16 kHz mono samples, sanitised: NaN replaced by 0, the rest clamped to [-1, 1].
     pub samples: Vec<f32>,
 }
 
@@ -730,7 +730,7 @@ fn validate_audio_segment(
     let samples = bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .map(|s| if s.is_finite() { s } else { 0.0 })
+        .map(crate::audio::sanitize_sample)
         .collect();
     Ok(ClientMessage::AudioSegment(AudioSegment {
         task_id,

@@ -399,16 +399,16 @@ fn resume_get_result_and_stream_end() {
 
 #[test]
 fn seed_audio_segment_parses() {
-    let samples = [0.5f32, -0.25, f32::NAN, 1.0];
+    let samples = [0.5f32, -0.25, f32::NAN, 1.0, f32::INFINITY, -1e30, f32::MAX];
     let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
     let v = json!({"type": "audio_segment", "data": {
-        "task_id": ID, "segment_index": 0, "segment_duration": 4.0 / 16000.0,
+        "task_id": ID, "segment_index": 0, "segment_duration": 7.0 / 16000.0,
         "is_final": true, "audio_data": B64.encode(&bytes)
     }});
     let ClientMessage::AudioSegment(a) = parse(v).unwrap() else {
         panic!()
     };
-    assert_eq!(a.samples, vec![0.5, -0.25, 0.0, 1.0]);
+    assert_eq!(a.samples, vec![0.5, -0.25, 0.0, 1.0, 1.0, -1.0, 1.0]);
     assert!(a.is_final);
 
     let v = json!({"type": "audio_segment", "data": {
