@@ -76,7 +76,37 @@ async fn chunks_out_of_order_duplicated_and_corrupted_still_make_the_file() {
     assert!(!segments.is_empty(), "segments stream before the result");
     assert_eq!(done["data"]["task_id"], task.as_str());
     assert_wer(BIRCH, done["data"]["text"].as_str().unwrap(), 0.15);
+    assert!(
+        done["data"].get("truncated").is_none(),
+        "a complete file is not truncated: {done}"
+    );
     assert_eq!(stored_audio(&server.data_path(), &task), data);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_upload_is_transcribed_and_says_so() {
+    // Before, only the command line told a cut file from a complete one.
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::read(common::first_half(dir.path(), "en_jfk.wav")).unwrap();
+    seed_upload(&mut c, "half_en_jfk.wav", &data, 64 * 1024).await;
+    let (_, done) = c.transcript().await;
+    let truncated = &done["data"]["truncated"];
+    let declared = truncated["declared_seconds"]
+        .as_f64()
+        .expect("declared_seconds");
+    let decoded = truncated["decoded_seconds"]
+        .as_f64()
+        .expect("decoded_seconds");
+    assert!((declared - 11.0).abs() < 0.01, "{done}");
+    assert!((decoded - 5.5).abs() < 0.1, "{done}");
+    let text = done["data"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("fellow Americans"),
+        "the first half: {text:?}"
+    );
     server.shutdown().await;
 }
 

@@ -264,6 +264,14 @@ impl Decoder {
         self.duration_hint
     }
 
+    /// Seconds of audio decoded so far (all of it once [`Decoder::next_block`] returned `None`).
+    pub fn decoded_secs(&self) -> f64 {
+        if self.sample_rate == 0 {
+            return 0.0;
+        }
+        self.decoded_samples as f64 / f64::from(self.sample_rate)
+    }
+
     /// The next block of mono samples at [`Decoder::sample_rate`]; `None` at the end.
     pub fn next_block(&mut self) -> Result<Option<Vec<f32>>, DecodeError> {
         if let Some(block) = self.pending.take() {

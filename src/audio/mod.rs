@@ -3,7 +3,8 @@
 //! - [`decode`]: incremental demux + decode with symphonia (and libopus), down-mixed to mono
 //!   at the source rate. Never reads a whole file into memory.
 //! - [`resample`]: a stateful rubato resampler to 16 kHz that keeps leftovers between calls.
-//! - [`AudioStream`]: both together, 16 kHz mono chunks from a file or a byte stream.
+//! - [`AudioStream`]: both together, 16 kHz mono chunks from a file or a byte stream, and
+//!   whether the file held less audio than it declares ([`Truncation`]).
 //! - [`sanitize_sample`]: the one bound every sample passes before resampling, whatever path
 //!   it came by (decoded file, live PCM, the seed's `audio_segment`).
 //!
@@ -11,6 +12,7 @@
 
 pub mod decode;
 pub mod resample;
+mod truncation;
 
 use std::path::Path;
 
@@ -19,6 +21,7 @@ pub use decode::{
     PcmDecoder, PcmFormat,
 };
 pub use resample::{ResampleError, Resampler};
+pub use truncation::{Truncation, TRUNCATION_SLACK_SECS};
 
 /// The sample rate Whisper expects, and the rate everything after this module works at.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -97,6 +100,16 @@ impl AudioStream {
             }
         }
         Ok(None)
+    }
+
+    /// Once [`AudioStream::next_chunk`] has returned `None`: whether the audio ended well
+    /// before the duration the container declares (a cut download, a damaged header). `None`
+    /// while chunks remain, for complete files and for files that declare no duration.
+    pub fn truncation(&self) -> Option<Truncation> {
+        if !self.finished {
+            return None;
+        }
+        Truncation::detect(self.decoder.decoded_secs(), self.duration_hint())
     }
 }
 

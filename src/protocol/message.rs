@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use super::error::{ErrorCode, ProtocolError};
 use super::{file_extension, sanitize_file_name, truncate, Limits, TaskId};
+use crate::audio::Truncation;
 use crate::transcript::Segment;
 use crate::upload::digest::FileHashes;
 use crate::upload::plan::ChunkPlan;
@@ -993,6 +994,10 @@ pub struct TranscriptionComplete {
     /// The text rendered in the format the client asked for (`format`), when it asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formatted: Option<String>,
+    /// Present when the file ended before the duration it declares: the text covers only
+    /// `decoded_seconds` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncation>,
 }
 
 /// `stream_started`.

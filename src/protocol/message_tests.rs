@@ -496,6 +496,33 @@ fn server_messages_serialise_as_type_and_data() {
 }
 
 #[test]
+fn a_truncated_result_says_so_and_a_complete_one_does_not() {
+    let complete = TranscriptionComplete {
+        task_id: TaskId::parse(ID).unwrap(),
+        text: "hello".into(),
+        segments: vec![],
+        language: "en".into(),
+        duration: 5.5,
+        processing_seconds: 0.2,
+        formatted: None,
+        truncated: None,
+    };
+    let cut = TranscriptionComplete {
+        truncated: crate::audio::Truncation::detect(5.5, Some(11.0)),
+        ..complete.clone()
+    };
+    let v = serde_json::to_value(ServerMessage::TranscriptionComplete(cut.clone())).unwrap();
+    assert_eq!(
+        v["data"]["truncated"],
+        json!({"decoded_seconds": 5.5, "declared_seconds": 11.0})
+    );
+    let back: ServerMessage = serde_json::from_value(v).unwrap();
+    assert_eq!(back, ServerMessage::TranscriptionComplete(cut));
+    let v = serde_json::to_value(ServerMessage::TranscriptionComplete(complete)).unwrap();
+    assert!(v["data"].get("truncated").is_none(), "{v}");
+}
+
+#[test]
 fn every_server_message_round_trips() {
     let id = TaskId::new_v4();
     let seg = Segment {
@@ -541,6 +568,7 @@ fn every_server_message_round_trips() {
             duration: 1.5,
             processing_seconds: 0.2,
             formatted: None,
+            truncated: None,
         }),
         ServerMessage::StreamStarted(StreamStarted { task_id: id }),
         ServerMessage::StreamLag(StreamLag {

@@ -414,6 +414,7 @@ impl Runner {
             },
             processing_seconds: started.elapsed().as_secs_f64(),
             task: Task::Transcribe,
+            truncated: None,
         };
         tracing::info!(task_id = %self.task_id, secs = duration, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);

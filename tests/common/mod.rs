@@ -156,3 +156,12 @@ fn upsample_3x(x: &[f32]) -> Vec<f32> {
     }
     out
 }
+
+/// The first half of a corpus file's bytes: its header still declares the whole duration
+/// (a cut download). Written into `dir`; returns the path.
+pub fn first_half(dir: &std::path::Path, name: &str) -> PathBuf {
+    let bytes = std::fs::read(corpus_file(name)).expect("read a corpus file");
+    let path = dir.join(format!("half_{name}"));
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write the cut file");
+    path
+}
