@@ -70,8 +70,18 @@ pub fn render_task(t: &Transcript, f: OutputFormat, task: Task) -> String {
         OutputFormat::Txt => txt(t),
         OutputFormat::Srt => srt(t),
         OutputFormat::Vtt => vtt(t),
-        OutputFormat::Json => json!({ "text": t.text() }).to_string() + "\n",
-        OutputFormat::VerboseJson => verbose_json(t, task).to_string() + "\n",
+        OutputFormat::Json => json_body(t, false, task).to_string() + "\n",
+        OutputFormat::VerboseJson => json_body(t, true, task).to_string() + "\n",
+    }
+}
+
+/// OpenAI's `json` (`{"text"}`) or, when `verbose`, `verbose_json` body as a value, for a
+/// caller that adds its own fields next to OpenAI's.
+pub fn json_body(t: &Transcript, verbose: bool, task: Task) -> serde_json::Value {
+    if verbose {
+        verbose_json(t, task)
+    } else {
+        json!({ "text": t.text() })
     }
 }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::access::{Caller, Owner};
+use crate::audio::Truncation;
 use crate::format::Task;
 use crate::transcript::{Segment, Transcript};
 
@@ -37,6 +38,10 @@ pub struct TaskResult {
     /// later (`/v1/tasks/{id}`) names the task the client asked for.
     #[serde(default)]
     pub task: Task,
+    /// Set when the file held less audio than it declares, so every interface can say the
+    /// transcript is partial. Absent in results stored before it existed, and for streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncation>,
 }
 
 /// Where a task stands.
@@ -282,6 +287,7 @@ mod tests {
             },
             processing_seconds: 0.5,
             task: Task::Transcribe,
+            truncated: None,
         }
     }
 
@@ -359,6 +365,30 @@ mod tests {
             addr: "127.0.0.1".parse().unwrap(),
         };
         assert!(reg.snapshot_for(&id, &bob).is_some());
+    }
+
+    #[test]
+    fn a_truncation_is_persisted_and_older_results_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let cut = TaskResult {
+            truncated: Truncation::detect(5.5, Some(11.0)),
+            ..result()
+        };
+        let reg = TaskRegistry::new(dir.path()).unwrap();
+        reg.create(&id, None);
+        reg.finish(&id, cut.clone());
+        let reloaded = TaskRegistry::new(dir.path()).unwrap();
+        assert_eq!(
+            reloaded.snapshot(&id).unwrap().state,
+            TaskState::Done(Arc::new(cut))
+        );
+
+        let mut old = serde_json::to_value(result()).unwrap();
+        assert!(old.get("truncated").is_none(), "absent unless truncated");
+        old.as_object_mut().unwrap().remove("task");
+        let loaded: TaskResult = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded.truncated, None);
     }
 
     #[test]

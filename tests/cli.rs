@@ -422,6 +422,18 @@ fn bad_inputs_fail_with_one_clear_line() {
 }
 
 #[test]
+fn nan_infinite_and_huge_samples_in_a_float_wav_still_transcribe() {
+    // Before sanitising, rubato panicked on the NaN and the binary died with status 101.
+    let dir = tempfile::tempdir().unwrap();
+    let wav = common::jfk_with_bad_samples(dir.path());
+    let output = checked(transcribe(&[], &[wav]));
+    let text = stdout(&output);
+    let score = wer(&reference("en_jfk.wav"), &text);
+    eprintln!("float WAV with bad samples WER {score:.3}: {}", text.trim());
+    assert!(score <= 0.15, "WER {score:.3}: {text}");
+}
+
+#[test]
 fn a_bad_file_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let files = vec![

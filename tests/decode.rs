@@ -262,6 +262,20 @@ fn truncated_mp3_decodes_partially_or_errors_cleanly() {
 }
 
 #[test]
+fn nan_infinite_and_huge_float_samples_come_out_finite_and_bounded() {
+    // Before sanitising, the 48 kHz → 16 kHz resampler panicked on the NaN.
+    let dir = tempfile::tempdir().unwrap();
+    let samples = stream_all(&common::jfk_with_bad_samples(dir.path()))
+        .expect("a float WAV with bad samples still decodes");
+    assert!((samples.len() as f64 / 16_000.0 - 11.0).abs() < 0.01);
+    assert!(
+        samples.iter().all(|s| s.is_finite() && s.abs() <= 1.5),
+        "every sample is finite and near [-1, 1] (the resampler may ring a little)"
+    );
+    assert!(rms(&samples) > 0.01, "the speech is still there");
+}
+
+#[test]
 fn wav_claiming_4gb_decodes_only_the_real_data() {
     // Streaming WAV writers put 0xFFFFFFFF as the data size; the real audio must still decode,
     // without trusting the header for any allocation.

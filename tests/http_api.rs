@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::server::TestServer;
+use common::server::{assert_wer, TestServer};
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -12,6 +12,8 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite;
 
 const JFK: &str = "en_jfk.wav";
+/// The header that marks a transcript of a truncated file.
+const TRUNCATED: &str = "x-earshot-truncated";
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -26,6 +28,19 @@ fn audio_part(name: &str) -> Part {
 fn form(file: &str, fields: &[(&str, &str)]) -> Form {
     let mut form = Form::new()
         .part("file", audio_part(file))
+        .text("model", "whisper-1");
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form
+}
+
+/// A transcription request for a file outside the corpus (made by a test).
+fn file_form(path: &std::path::Path, fields: &[(&str, &str)]) -> Form {
+    let bytes = std::fs::read(path).expect("read the test file");
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut form = Form::new()
+        .part("file", Part::bytes(bytes).file_name(name))
         .text("model", "whisper-1");
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
@@ -94,8 +109,17 @@ async fn every_response_format_renders_the_recording() {
     let response = transcribe(&server, form(JFK, &[])).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["x-earshot-task-id"].to_str().is_ok());
+    assert!(
+        response.headers().get(TRUNCATED).is_none(),
+        "a complete file is not truncated"
+    );
     let json: Value = response.json().await.unwrap();
     assert_jfk(json["text"].as_str().unwrap());
+    assert_eq!(
+        json.as_object().unwrap().len(),
+        1,
+        "OpenAI's json shape: {json}"
+    );
 
     let response = transcribe(&server, form(JFK, &[("response_format", "text")])).await;
     assert!(response.headers()["content-type"]
@@ -133,6 +157,7 @@ async fn every_response_format_renders_the_recording() {
         .await
         .unwrap();
     assert_eq!(verbose["task"], "transcribe");
+    assert!(verbose.get("truncated").is_none(), "{verbose}");
     assert_eq!(verbose["language"], "english");
     assert!((verbose["duration"].as_f64().unwrap() - 11.0).abs() < 0.1);
     assert_jfk(verbose["text"].as_str().unwrap());
@@ -193,6 +218,90 @@ async fn every_response_format_renders_the_recording() {
         "a fetched result keeps its task"
     );
     assert_eq!(fetched["text"], translated["text"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_infinite_and_huge_samples_in_a_float_wav_still_transcribe() {
+    // Before sanitising, rubato panicked on the NaN and the answer was a 500 `internal`.
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = common::jfk_with_bad_samples(dir.path());
+    let response = transcribe(&server, file_form(&wav, &[])).await;
+    assert_eq!(response.status(), 200);
+    let json: Value = response.json().await.unwrap();
+    assert_wer(JFK, json["text"].as_str().unwrap(), 0.15);
+    server.shutdown().await;
+}
+
+/// The `x-earshot-truncated` header as (decoded, declared) seconds.
+fn truncated_header(response: &reqwest::Response) -> (f64, f64) {
+    let value = response.headers()[TRUNCATED].to_str().unwrap().to_string();
+    let number = |key: &str| -> f64 {
+        let part = value
+            .split("; ")
+            .find_map(|p| p.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {value:?}"));
+        part.parse()
+            .unwrap_or_else(|_| panic!("bad number in {value:?}"))
+    };
+    (number("decoded="), number("declared="))
+}
+
+/// `{"decoded_seconds", "declared_seconds"}` checked against half of the 11 s recording.
+fn assert_half_of_jfk(truncated: &Value) {
+    let decoded = truncated["decoded_seconds"]
+        .as_f64()
+        .expect("decoded_seconds");
+    let declared = truncated["declared_seconds"]
+        .as_f64()
+        .expect("declared_seconds");
+    assert!((declared - 11.0).abs() < 0.01, "{truncated}");
+    assert!((decoded - 5.5).abs() < 0.1, "{truncated}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_file_is_transcribed_and_says_so() {
+    // Before, the CLI failed such a file but HTTP answered 200 with no sign the text is partial.
+    let server = TestServer::start().await;
+    let base = server.http_url();
+    let dir = tempfile::tempdir().unwrap();
+    let half = common::first_half(dir.path(), JFK);
+
+    let response = transcribe(&server, file_form(&half, &[])).await;
+    assert_eq!(response.status(), 200);
+    let (decoded, declared) = truncated_header(&response);
+    let task_id = response.headers()["x-earshot-task-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let json: Value = response.json().await.unwrap();
+    assert_half_of_jfk(&json["truncated"]);
+    assert_eq!(json["truncated"]["decoded_seconds"], decoded);
+    assert_eq!(json["truncated"]["declared_seconds"], declared);
+    let text = json["text"].as_str().unwrap();
+    assert!(
+        text.contains("fellow Americans"),
+        "the first half: {text:?}"
+    );
+    let words = |t: &str| t.split_whitespace().count();
+    assert!(
+        words(text) < words(&common::reference(JFK)),
+        "only part of the speech: {text:?}"
+    );
+
+    // The stored result says it too, in every rendering.
+    let url = |format: &str| format!("{base}/v1/tasks/{task_id}?response_format={format}");
+    let verbose = client().get(url("verbose_json")).send().await.unwrap();
+    assert_eq!(truncated_header(&verbose), (decoded, declared));
+    let verbose: Value = verbose.json().await.unwrap();
+    assert_half_of_jfk(&verbose["truncated"]);
+    assert_eq!(verbose["text"], text);
+    let srt = client().get(url("srt")).send().await.unwrap();
+    assert_eq!(truncated_header(&srt), (decoded, declared));
+    assert!(srt.text().await.unwrap().starts_with("1\n00:00:"));
+    let status: Value = get_json(format!("{base}/v1/tasks/{task_id}")).await;
+    assert_half_of_jfk(&status["truncated"]);
     server.shutdown().await;
 }
 

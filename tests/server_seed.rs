@@ -6,7 +6,8 @@
 mod common;
 
 use common::server::{
-    assert_wer, b64, md5_hex, stored_audio, upload_chunk, upload_request, Client, TestServer,
+    assert_wer, b64, md5_hex, seed_upload, stored_audio, upload_chunk, upload_request, Client,
+    TestServer,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,7 +76,50 @@ async fn chunks_out_of_order_duplicated_and_corrupted_still_make_the_file() {
     assert!(!segments.is_empty(), "segments stream before the result");
     assert_eq!(done["data"]["task_id"], task.as_str());
     assert_wer(BIRCH, done["data"]["text"].as_str().unwrap(), 0.15);
+    assert!(
+        done["data"].get("truncated").is_none(),
+        "a complete file is not truncated: {done}"
+    );
     assert_eq!(stored_audio(&server.data_path(), &task), data);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_upload_is_transcribed_and_says_so() {
+    // Before, only the command line told a cut file from a complete one.
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::read(common::first_half(dir.path(), "en_jfk.wav")).unwrap();
+    seed_upload(&mut c, "half_en_jfk.wav", &data, 64 * 1024).await;
+    let (_, done) = c.transcript().await;
+    let truncated = &done["data"]["truncated"];
+    let declared = truncated["declared_seconds"]
+        .as_f64()
+        .expect("declared_seconds");
+    let decoded = truncated["decoded_seconds"]
+        .as_f64()
+        .expect("decoded_seconds");
+    assert!((declared - 11.0).abs() < 0.01, "{done}");
+    assert!((decoded - 5.5).abs() < 0.1, "{done}");
+    let text = done["data"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("fellow Americans"),
+        "the first half: {text:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_infinite_and_huge_samples_in_an_upload_still_transcribe() {
+    // Before sanitising, rubato panicked on the NaN and the upload failed with `internal`.
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::read(common::jfk_with_bad_samples(dir.path())).unwrap();
+    seed_upload(&mut c, "jfk_bad_samples.wav", &data, 512 * 1024).await;
+    let (_, done) = c.transcript().await;
+    assert_wer("en_jfk.wav", done["data"]["text"].as_str().unwrap(), 0.15);
     server.shutdown().await;
 }
 

@@ -6,7 +6,8 @@
 //! - [`PcmDecoder`]: raw interleaved PCM (`s16le` / `f32le`) for live streams.
 //!
 //! Hostile input is expected: every demuxer/decoder call runs under `catch_unwind`, channel counts
-//! and packet sizes are bounded, and the decoded length is capped by [`DecodeLimits`].
+//! and packet sizes are bounded, the decoded length is capped by [`DecodeLimits`], and every
+//! sample handed out is finite and within [-1, 1] ([`crate::audio::sanitize_sample`]).
 //!
 //! This module must NOT resample (see [`crate::audio::resample`]), must not read a whole input
 //! into memory, and knows nothing about Whisper or the network.
@@ -115,10 +116,19 @@ fn io_reason(err: &io::Error) -> String {
     }
 }
 
-/// Runs a symphonia call, turning a panic into [`DecodeError::Panicked`].
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, DecodeError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
-        tracing::warn!("symphonia panicked on hostile input; contained");
+/// Runs a symphonia (or rubato) call, turning a panic into [`DecodeError::Panicked`]. The
+/// panic's message is logged, never put in the error: clients see only that decoding failed.
+pub(super) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, DecodeError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let detail = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        tracing::warn!(
+            detail,
+            "audio decoding panicked on hostile input; contained"
+        );
         DecodeError::Panicked
     })
 }
@@ -252,6 +262,14 @@ impl Decoder {
     /// Duration announced by the container, in seconds, when it states one.
     pub fn duration_hint(&self) -> Option<f64> {
         self.duration_hint
+    }
+
+    /// Seconds of audio decoded so far (all of it once [`Decoder::next_block`] returned `None`).
+    pub fn decoded_secs(&self) -> f64 {
+        if self.sample_rate == 0 {
+            return 0.0;
+        }
+        self.decoded_samples as f64 / f64::from(self.sample_rate)
     }
 
     /// The next block of mono samples at [`Decoder::sample_rate`]; `None` at the end.
@@ -495,21 +513,23 @@ fn mix_to_mono(
     Ok(Some((rate, samples)))
 }
 
-/// Converts each plane to `f32` and averages them sample by sample.
+/// Converts each plane to `f32` (sanitised: float formats can hold NaN, infinities and values
+/// far outside [-1, 1]) and averages them sample by sample.
 fn average_planes<S>(buf: &AudioBuffer<S>) -> Vec<f32>
 where
     S: Sample,
     f32: FromSample<S>,
 {
+    let convert = |s: S| super::sanitize_sample(f32::from_sample(s));
     let mut planes = buf.iter_planes();
     let Some(first) = planes.next() else {
         return Vec::new();
     };
-    let mut out: Vec<f32> = first.iter().map(|&s| f32::from_sample(s)).collect();
+    let mut out: Vec<f32> = first.iter().map(|&s| convert(s)).collect();
     let mut count = 1usize;
     for plane in planes {
         for (o, &s) in out.iter_mut().zip(plane) {
-            *o += f32::from_sample(s);
+            *o += convert(s);
         }
         count += 1;
     }

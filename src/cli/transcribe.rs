@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::audio::decode::DecodeLimits;
-use crate::audio::AudioStream;
+use crate::audio::{AudioStream, Truncation};
 use crate::format::{render_task, OutputFormat, Task};
 use crate::inference::engine::{self, Options};
 use crate::inference::long::{self, LongEvent};
@@ -24,10 +24,6 @@ use crate::transcript::Transcript;
 
 /// Inputs shorter than this get no progress bar: it would only flicker.
 const PROGRESS_MIN_SECS: f64 = 5.0;
-
-/// Audio that ends this much earlier than its header declares counts as truncated (decoders
-/// and containers disagree by a few frames on complete files).
-const TRUNCATION_SLACK_SECS: f64 = 1.0;
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
@@ -158,7 +154,7 @@ fn transcribe_and_emit(
     file: &Path,
     written: &mut HashSet<PathBuf>,
 ) -> Result<(), String> {
-    let (transcript, declared) = transcribe_file(pool, file, options, vad)?;
+    let (transcript, truncated) = transcribe_file(pool, file, options, vad)?;
     let task = if options.translate && pool.is_multilingual() {
         Task::Translate
     } else {
@@ -170,24 +166,20 @@ fn transcribe_and_emit(
         &render_task(&transcript, args.format, task),
         written,
     )?;
-    match declared {
-        Some(declared) if transcript.duration + TRUNCATION_SLACK_SECS < declared => Err(format!(
-            "the audio ends after {:.1} s although the file declares {:.1} s (truncated or \
-             damaged); only that part was transcribed",
-            transcript.duration, declared
-        )),
-        _ => Ok(()),
+    match truncated {
+        Some(cut) => Err(cut.to_string()),
+        None => Ok(()),
     }
 }
 
 /// Decodes and transcribes one file in windows, showing progress for long inputs.
-/// Returns the transcript and the duration the file's header declares, when it does.
+/// Returns the transcript and, when the audio ends well before its header says, by how much.
 pub fn transcribe_file(
     pool: &Pool,
     file: &Path,
     options: &Options,
     vad: Option<&Path>,
-) -> Result<(Transcript, Option<f64>), String> {
+) -> Result<(Transcript, Option<Truncation>), String> {
     let mut audio = AudioStream::open(file, DecodeLimits::default()).map_err(|e| e.to_string())?;
     let declared = audio.duration_hint();
     let bar = progress_bar(declared);
@@ -203,7 +195,8 @@ pub fn transcribe_file(
         },
     );
     bar.finish_and_clear();
-    Ok((transcript.map_err(|e| e.to_string())?, declared))
+    let transcript = transcript.map_err(|e| e.to_string())?;
+    Ok((transcript, audio.truncation()))
 }
 
 /// A bar over the declared duration, a spinner when it is unknown, nothing for short inputs.

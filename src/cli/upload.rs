@@ -1,5 +1,6 @@
 //! `earshot upload URL FILE`: upload a file to a running server (resuming after dropped
-//! connections), show progress on stderr, print the transcript on stdout.
+//! connections), show progress on stderr, print the transcript on stdout (and a line on stderr
+//! when the server found the file truncated).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,6 +83,9 @@ pub fn run(args: UploadArgs) -> Result<()> {
     } else {
         print!("{}", render(&outcome.transcript(), args.format));
     }
+    if let Some(cut) = &outcome.result.truncated {
+        eprintln!("earshot: {}: {cut}", args.file.display());
+    }
     Ok(())
 }
 
@@ -102,6 +106,7 @@ fn summary(args: &UploadArgs, o: &UploadOutcome) -> serde_json::Value {
         "duration": r.duration,
         "text": r.text,
         "segments": r.segments,
+        "truncated": r.truncated,
     })
 }
 

@@ -5,7 +5,9 @@
 //! decodable, then transcribed through the same processing slots, long-audio path and task
 //! registry as WebSocket uploads ([`crate::server::batch::start_file`]); the handler waits for
 //! the task and renders it with [`crate::format`]. The task id is returned in
-//! `x-earshot-task-id`, so a client that drops can fetch the result from `/v1/tasks/{id}`.
+//! `x-earshot-task-id`, so a client that drops can fetch the result from `/v1/tasks/{id}`; a
+//! transcript of a truncated file carries `x-earshot-truncated` (and, in the JSON formats, a
+//! `truncated` field), since its 200 would otherwise look complete.
 //!
 //! This module must not run Whisper itself or hold the audio in memory.
 
@@ -24,7 +26,7 @@ use super::form::{self, Form};
 use super::{metrics, ApiError, Http};
 use crate::access::Caller;
 use crate::audio::decode::DecodeLimits;
-use crate::audio::AudioStream;
+use crate::audio::{AudioStream, Truncation};
 use crate::format::{OutputFormat, Task};
 use crate::inference::engine::{self, Options};
 use crate::protocol::{ErrorCode, TaskId};
@@ -34,6 +36,9 @@ use crate::upload::store::StoreError;
 
 /// The response header naming the task, for `/v1/tasks/{id}`.
 pub const TASK_ID_HEADER: &str = "x-earshot-task-id";
+/// The response header on a transcript of a truncated file, in every format:
+/// `decoded=7.6; declared=11.0` (seconds).
+pub const TRUNCATED_HEADER: &str = "x-earshot-truncated";
 /// Room for the multipart framing and text fields around the file in a declared body size.
 const FORM_OVERHEAD: u64 = 1024 * 1024;
 /// Seconds a busy client is asked to wait.
@@ -354,14 +359,46 @@ pub fn task_error(code: &str, message: &str) -> ApiError {
     }
 }
 
-/// The transcript rendered as asked, with the task id header.
+/// The transcript rendered as asked, with the task id header (and the truncation header when
+/// the file was cut short).
 pub fn respond(task_id: TaskId, result: &TaskResult, format: OutputFormat, task: Task) -> Response {
-    let body = crate::format::render_task(&result.transcript, format, task);
+    let body = render(result, format, task);
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    let headers = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&task_id.to_string()) {
-        response.headers_mut().insert(TASK_ID_HEADER, id);
+        headers.insert(TASK_ID_HEADER, id);
+    }
+    if let Some(cut) = &result.truncated {
+        if let Ok(value) = HeaderValue::from_str(&truncated_header(cut)) {
+            headers.insert(TRUNCATED_HEADER, value);
+        }
     }
     response
+}
+
+/// The body: [`crate::format`]'s rendering, plus `truncated` in the two JSON shapes (an extra
+/// field, so OpenAI's clients still parse them).
+fn render(result: &TaskResult, format: OutputFormat, task: Task) -> String {
+    let verbose = match format {
+        OutputFormat::Json => false,
+        OutputFormat::VerboseJson => true,
+        OutputFormat::Txt | OutputFormat::Srt | OutputFormat::Vtt => {
+            return crate::format::render_task(&result.transcript, format, task)
+        }
+    };
+    let mut body = crate::format::json_body(&result.transcript, verbose, task);
+    if let Some(cut) = &result.truncated {
+        body["truncated"] = json!(cut);
+    }
+    body.to_string() + "\n"
+}
+
+/// `decoded=7.6; declared=11.0`: the same numbers as the JSON field.
+fn truncated_header(cut: &Truncation) -> String {
+    format!(
+        "decoded={:?}; declared={:?}",
+        cut.decoded_seconds, cut.declared_seconds
+    )
 }
 
 #[cfg(test)]
@@ -461,6 +498,60 @@ mod tests {
         let p = parse_params(&form(&[]), Task::Translate, true, 2).unwrap();
         assert!(p.options.translate);
         assert_eq!(p.task, Task::Translate);
+    }
+
+    fn result(truncated: Option<Truncation>) -> TaskResult {
+        TaskResult {
+            transcript: crate::transcript::Transcript {
+                language: "en".into(),
+                duration: 5.5,
+                segments: vec![crate::transcript::Segment::new(0.0, 5.0, " And so")],
+            },
+            processing_seconds: 0.1,
+            task: Task::Transcribe,
+            truncated,
+        }
+    }
+
+    #[test]
+    fn truncated_results_carry_a_field_and_a_header() {
+        let cut = Truncation::detect(7.6, Some(11.0));
+        for format in [OutputFormat::Json, OutputFormat::VerboseJson] {
+            let body: serde_json::Value =
+                serde_json::from_str(&render(&result(cut), format, Task::Transcribe)).unwrap();
+            assert_eq!(body["text"], "And so");
+            assert_eq!(
+                body["truncated"],
+                json!({"decoded_seconds": 7.6, "declared_seconds": 11.0})
+            );
+        }
+        let response = respond(
+            TaskId::new_v4(),
+            &result(cut),
+            OutputFormat::Srt,
+            Task::Transcribe,
+        );
+        assert_eq!(
+            response.headers()[TRUNCATED_HEADER],
+            "decoded=7.6; declared=11.0"
+        );
+    }
+
+    #[test]
+    fn complete_results_keep_openai_shapes_exactly() {
+        for format in [
+            OutputFormat::Json,
+            OutputFormat::VerboseJson,
+            OutputFormat::Txt,
+            OutputFormat::Srt,
+            OutputFormat::Vtt,
+        ] {
+            let plain =
+                crate::format::render_task(&result(None).transcript, format, Task::Transcribe);
+            assert_eq!(render(&result(None), format, Task::Transcribe), plain);
+            let response = respond(TaskId::new_v4(), &result(None), format, Task::Transcribe);
+            assert!(response.headers().get(TRUNCATED_HEADER).is_none());
+        }
     }
 
     #[test]

@@ -68,7 +68,8 @@ fn not_found() -> ApiError {
     ApiError::not_found("no such task (or its result has expired)")
 }
 
-/// The status object: state, progress, the text so far, and the full result when done.
+/// The status object: state, progress, the text so far, and the full result when done (with
+/// `truncated` when the file ended before its declared duration).
 pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
     let text = crate::transcript::join_text(&snapshot.segments);
     let (status, progress) = match &snapshot.state {
@@ -91,6 +92,9 @@ pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
             body["result"] = serde_json::from_str(&rendered).unwrap_or_default();
             body["text"] = json!(result.transcript.text());
             body["processing_seconds"] = json!(result.processing_seconds);
+            if let Some(cut) = &result.truncated {
+                body["truncated"] = json!(cut);
+            }
         }
         TaskState::Failed { code, message } => {
             body["error"] = json!({"code": code, "message": message});
@@ -132,6 +136,7 @@ mod tests {
             },
             processing_seconds: 0.5,
             task: Task::Transcribe,
+            truncated: None,
         };
         let done = Snapshot {
             state: TaskState::Done(Arc::new(result)),
@@ -141,6 +146,7 @@ mod tests {
         assert_eq!(body["status"], "completed");
         assert_eq!(body["text"], "Hello there");
         assert_eq!(body["result"]["segments"][0]["text"], " Hello there");
+        assert!(body.get("truncated").is_none(), "{body}");
 
         let failed = Snapshot {
             state: TaskState::Failed {

@@ -190,13 +190,8 @@ fn detected_language(state: &WhisperState) -> String {
 fn prepare_audio(audio: &[f32]) -> Vec<f32> {
     let mut prepared: Vec<f32> = audio
         .iter()
-        .map(|&s| {
-            if s.is_finite() {
-                s.clamp(-1.0, 1.0)
-            } else {
-                0.0
-            }
-        })
+        .copied()
+        .map(crate::audio::sanitize_sample)
         .collect();
     if prepared.len() < MIN_SAMPLES {
         prepared.resize(MIN_SAMPLES, 0.0);

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use super::error::{ErrorCode, ProtocolError};
 use super::{file_extension, sanitize_file_name, truncate, Limits, TaskId};
+use crate::audio::Truncation;
 use crate::transcript::Segment;
 use crate::upload::digest::FileHashes;
 use crate::upload::plan::ChunkPlan;
@@ -181,7 +182,7 @@ pub struct AudioSegment {
     pub segment_duration: Option<f64>,
     /// Last segment of the task: transcribe and send `transcription_complete`.
     pub is_final: bool,
-    /// 16 kHz mono samples; non-finite values were replaced by 0.
+    /// 16 kHz mono samples, sanitised: NaN replaced by 0, the rest clamped to [-1, 1].
     pub samples: Vec<f32>,
 }
 
@@ -730,7 +731,7 @@ fn validate_audio_segment(
     let samples = bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .map(|s| if s.is_finite() { s } else { 0.0 })
+        .map(crate::audio::sanitize_sample)
         .collect();
     Ok(ClientMessage::AudioSegment(AudioSegment {
         task_id,
@@ -1002,6 +1003,10 @@ pub struct TranscriptionComplete {
     /// The text rendered in the format the client asked for (`format`), when it asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formatted: Option<String>,
+    /// Present when the file ended before the duration it declares: the text covers only
+    /// `decoded_seconds` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncation>,
 }
 
 /// `stream_started`.

@@ -399,16 +399,16 @@ fn resume_get_result_and_stream_end() {
 
 #[test]
 fn seed_audio_segment_parses() {
-    let samples = [0.5f32, -0.25, f32::NAN, 1.0];
+    let samples = [0.5f32, -0.25, f32::NAN, 1.0, f32::INFINITY, -1e30, f32::MAX];
     let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
     let v = json!({"type": "audio_segment", "data": {
-        "task_id": ID, "segment_index": 0, "segment_duration": 4.0 / 16000.0,
+        "task_id": ID, "segment_index": 0, "segment_duration": 7.0 / 16000.0,
         "is_final": true, "audio_data": B64.encode(&bytes)
     }});
     let ClientMessage::AudioSegment(a) = parse(v).unwrap() else {
         panic!()
     };
-    assert_eq!(a.samples, vec![0.5, -0.25, 0.0, 1.0]);
+    assert_eq!(a.samples, vec![0.5, -0.25, 0.0, 1.0, 1.0, -1.0, 1.0]);
     assert!(a.is_final);
 
     let v = json!({"type": "audio_segment", "data": {
@@ -523,6 +523,33 @@ fn server_messages_serialise_as_type_and_data() {
 }
 
 #[test]
+fn a_truncated_result_says_so_and_a_complete_one_does_not() {
+    let complete = TranscriptionComplete {
+        task_id: TaskId::parse(ID).unwrap(),
+        text: "hello".into(),
+        segments: vec![],
+        language: "en".into(),
+        duration: 5.5,
+        processing_seconds: 0.2,
+        formatted: None,
+        truncated: None,
+    };
+    let cut = TranscriptionComplete {
+        truncated: crate::audio::Truncation::detect(5.5, Some(11.0)),
+        ..complete.clone()
+    };
+    let v = serde_json::to_value(ServerMessage::TranscriptionComplete(cut.clone())).unwrap();
+    assert_eq!(
+        v["data"]["truncated"],
+        json!({"decoded_seconds": 5.5, "declared_seconds": 11.0})
+    );
+    let back: ServerMessage = serde_json::from_value(v).unwrap();
+    assert_eq!(back, ServerMessage::TranscriptionComplete(cut));
+    let v = serde_json::to_value(ServerMessage::TranscriptionComplete(complete)).unwrap();
+    assert!(v["data"].get("truncated").is_none(), "{v}");
+}
+
+#[test]
 fn every_server_message_round_trips() {
     let id = TaskId::new_v4();
     let seg = Segment {
@@ -568,6 +595,7 @@ fn every_server_message_round_trips() {
             duration: 1.5,
             processing_seconds: 0.2,
             formatted: None,
+            truncated: None,
         }),
         ServerMessage::StreamStarted(StreamStarted { task_id: id }),
         ServerMessage::StreamLag(StreamLag {

@@ -1,6 +1,7 @@
 //! Transcribing uploaded files (WebSocket uploads and HTTP API requests): queued behind the
 //! processing semaphore (seed: 3 at once), decoded in windows on the blocking pool, progress
-//! and segments published to the task registry as they are produced.
+//! and segments published to the task registry as they are produced. A file that ends before
+//! its declared duration still gets its partial transcript, marked `truncated` on the result.
 //!
 //! This module must not talk to clients; followers relay what it publishes.
 
@@ -163,6 +164,7 @@ fn transcribe(
             } else {
                 Task::Transcribe
             },
+            truncated: audio.truncation(),
         }),
         (Err(_), Some(audio)) => Err(Failure::Audio(audio)),
         (Err(_), None) if stop.load(Ordering::Relaxed) => Err(Failure::Stopped),
@@ -207,6 +209,9 @@ fn finish(
     match outcome {
         Ok(Ok(result)) => {
             tracing::info!(%task_id, secs = result.processing_seconds, "transcribed");
+            if let Some(cut) = &result.truncated {
+                tracing::warn!(%task_id, %cut, "the file is truncated");
+            }
             crate::http::metrics::job_done(&result);
             state.tasks.finish(&key, result);
             status(UploadStatus::Done, None);

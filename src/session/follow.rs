@@ -140,6 +140,7 @@ pub fn complete_msg(task_id: TaskId, result: &TaskResult, format: Option<&str>) 
         duration: t.duration,
         processing_seconds: result.processing_seconds,
         formatted,
+        truncated: result.truncated,
     })
 }
 

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::follow::segment_msg;
 use super::{Connection, Outbound};
 use crate::audio::decode::{
-    byte_feed, ByteFeedSender, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
+    byte_feed, ByteFeedSender, DecodeError, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
 };
+use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
 use crate::format::Task;
 use crate::inference::engine::Options;
@@ -216,11 +217,17 @@ impl Runner {
         let mut last_lag_report = Instant::now();
         loop {
             tokio::select! {
-                frame = input.recv(), if !input_done => match frame {
-                    Some(Input::Audio(bytes)) => self.feed(&mut decoder, &mut policy, bytes).await,
-                    Some(Input::End) | None => {
-                        input_done = true;
-                        decoder_done = finish_input(&mut decoder, &mut policy);
+                frame = input.recv(), if !input_done => {
+                    let fed = match frame {
+                        Some(Input::Audio(bytes)) => self.feed(&mut decoder, &mut policy, bytes).await,
+                        Some(Input::End) | None => {
+                            input_done = true;
+                            finish_input(&mut decoder, &mut policy).map(|done| decoder_done = done)
+                        }
+                    };
+                    if fed.is_err() {
+                        self.undecodable().await;
+                        return;
                     }
                 },
                 block = decoded(&mut decoder), if !decoder_done => match block {
@@ -269,17 +276,28 @@ impl Runner {
         let _ = self.out.send(err.to_message()).await;
     }
 
-    async fn feed(&self, decoder: &mut InputDecoder, policy: &mut LivePolicy, bytes: Bytes) {
+    /// Hands the client's bytes to the decoder; fails only if resampling raw PCM panicked.
+    async fn feed(
+        &self,
+        decoder: &mut InputDecoder,
+        policy: &mut LivePolicy,
+        bytes: Bytes,
+    ) -> Result<(), DecodeError> {
         match decoder {
-            InputDecoder::Pcm(pcm, res) => policy.push(&res.process(&pcm.push(&bytes))),
+            InputDecoder::Pcm(pcm, res) => {
+                policy.push(&guarded_resample(res, Some(&pcm.push(&bytes)))?);
+            }
             InputDecoder::Container(feed, _) => {
-                let Some(sender) = feed.as_ref() else { return };
+                let Some(sender) = feed.as_ref() else {
+                    return Ok(());
+                };
                 if let Ok(Some(block)) = sender.try_send(bytes.to_vec()) {
                     let sender = sender.clone();
                     let _ = tokio::task::spawn_blocking(move || sender.send(block)).await;
                 }
             }
         }
+        Ok(())
     }
 
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
@@ -393,6 +411,7 @@ impl Runner {
             },
             processing_seconds: started.elapsed().as_secs_f64(),
             task: Task::Transcribe,
+            truncated: None,
         };
         tracing::info!(task_id = %self.task_id, secs = duration, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);
@@ -403,15 +422,15 @@ impl Runner {
 
 /// Ends the input side: flushes PCM leftovers, or closes the container feed.
 /// Returns whether the decoder is done too (PCM is; a container thread still drains).
-fn finish_input(decoder: &mut InputDecoder, policy: &mut LivePolicy) -> bool {
+fn finish_input(decoder: &mut InputDecoder, policy: &mut LivePolicy) -> Result<bool, DecodeError> {
     match decoder {
         InputDecoder::Pcm(_, res) => {
-            policy.push(&res.flush());
-            true
+            policy.push(&guarded_resample(res, None)?);
+            Ok(true)
         }
         InputDecoder::Container(feed, _) => {
             feed.take();
-            false
+            Ok(false)
         }
     }
 }

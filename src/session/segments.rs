@@ -150,6 +150,7 @@ async fn run(
         },
         processing_seconds: started.elapsed().as_secs_f64(),
         task: Task::Transcribe,
+        truncated: None,
     };
     state.tasks.finish(&key, result);
 }

@@ -111,3 +111,57 @@ pub fn reference(file: &str) -> String {
         .reference_transcript
 }
 pub mod server;
+
+/// Where [`jfk_with_bad_samples`] puts its non-finite and absurd samples, in seconds: all
+/// inside the speech.
+pub const BAD_SAMPLE_SECS: [f64; 5] = [1.5, 3.0, 4.5, 6.0, 7.5];
+
+/// `en_jfk.wav` written as a 48 kHz mono 32-bit float WAV (so it must be resampled) with NaN,
+/// +inf, -inf, 1e30 and `f32::MAX` samples poked into the speech at [`BAD_SAMPLE_SECS`]: what a
+/// broken float recorder or a hostile client sends. Returns the file's path inside `dir`.
+pub fn jfk_with_bad_samples(dir: &std::path::Path) -> PathBuf {
+    let mut reader = hound::WavReader::open(corpus_file("en_jfk.wav")).expect("read en_jfk.wav");
+    assert_eq!(reader.spec().sample_rate, 16_000, "en_jfk.wav is 16 kHz");
+    let speech: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("a sample")) / 32768.0)
+        .collect();
+    let mut samples = upsample_3x(&speech);
+    let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, f32::MAX];
+    for (secs, value) in BAD_SAMPLE_SECS.iter().zip(bad) {
+        samples[(secs * 48_000.0) as usize] = value;
+    }
+    let path = dir.join("jfk_bad_samples.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut writer = hound::WavWriter::create(&path, spec).expect("create the float WAV");
+    for s in samples {
+        writer.write_sample(s).expect("write a sample");
+    }
+    writer.finalize().expect("finish the float WAV");
+    path
+}
+
+/// 16 kHz → 48 kHz by linear interpolation: plenty for speech recognition, and independent of
+/// the resampler under test.
+fn upsample_3x(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() * 3);
+    for (i, &a) in x.iter().enumerate() {
+        let b = x.get(i + 1).copied().unwrap_or(a);
+        out.extend([a, a + (b - a) / 3.0, a + 2.0 * (b - a) / 3.0]);
+    }
+    out
+}
+
+/// The first half of a corpus file's bytes: its header still declares the whole duration
+/// (a cut download). Written into `dir`; returns the path.
+pub fn first_half(dir: &std::path::Path, name: &str) -> PathBuf {
+    let bytes = std::fs::read(corpus_file(name)).expect("read a corpus file");
+    let path = dir.join(format!("half_{name}"));
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write the cut file");
+    path
+}

@@ -1,6 +1,7 @@
 //! Raw interleaved PCM (no container) for live streams: bytes in, mono `f32` out.
 //!
-//! Byte pushes may split a frame anywhere; the partial frame is kept for the next push.
+//! Byte pushes may split a frame anywhere; the partial frame is kept for the next push. Float
+//! samples are sanitised ([`crate::audio::sanitize_sample`]) before channels are mixed.
 //! It must NOT resample or buffer more than one partial frame.
 
 use super::DecodeError;
@@ -28,14 +29,9 @@ impl PcmFormat {
     fn sample(self, bytes: &[u8]) -> f32 {
         match self {
             PcmFormat::S16Le => f32::from(i16::from_le_bytes([bytes[0], bytes[1]])) / 32768.0,
-            PcmFormat::F32Le => {
-                let v = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                if v.is_finite() {
-                    v
-                } else {
-                    0.0
-                }
-            }
+            PcmFormat::F32Le => crate::audio::sanitize_sample(f32::from_le_bytes([
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ])),
         }
     }
 }
@@ -146,5 +142,15 @@ mod tests {
     fn non_finite_floats_become_silence() {
         let mut d = PcmDecoder::new(PcmFormat::F32Le, 1).unwrap();
         assert_eq!(d.push(&f32::NAN.to_le_bytes()), vec![0.0]);
+    }
+
+    #[test]
+    fn absurd_floats_are_clamped_before_mixing() {
+        let mut d = PcmDecoder::new(PcmFormat::F32Le, 2).unwrap();
+        let bytes: Vec<u8> = [f32::INFINITY, 0.5, 1e30, -f32::MAX, f32::NAN, -0.5]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        assert_eq!(d.push(&bytes), vec![0.75, 0.0, -0.25]);
     }
 }
