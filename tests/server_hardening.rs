@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::server::{
-    b64, binary_chunk, md5_hex, seed_upload, upload_chunk, upload_request, Client, TestServer,
+    b64, binary_chunk, md5_hex, raw_request, seed_upload, upload_chunk, upload_request, Client,
+    TestServer,
 };
 use earshot::client::upload::{UploadOptions, UploadProtocol};
 
@@ -428,7 +429,12 @@ async fn a_full_disk_is_refused_cleanly_and_what_failed_is_freed() {
         !message.contains("os error") && !message.contains("/"),
         "{e}"
     );
-    let head = http_head_only(&server, 30 << 20).await;
+    let head = raw_request(
+        &server,
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 31457280\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 507"), "{head}");
     assert!(head.contains("quota_exceeded"), "{head}");
 
@@ -482,25 +488,4 @@ async fn a_full_disk_is_refused_cleanly_and_what_failed_is_freed() {
     let (_, done) = c.transcript().await;
     common::server::assert_wer(JFK, done["data"]["text"].as_str().unwrap(), 0.2);
     server.shutdown().await;
-}
-
-/// Sends only the head of an HTTP transcription request declaring `len` body bytes.
-async fn http_head_only(server: &TestServer, len: u64) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let head = format!(
-        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n\
-         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len}\r\n\r\n"
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.ends_with(b"}}") {
-        let read = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf));
-        match read.await.expect("the server answers without the body") {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
 }

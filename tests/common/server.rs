@@ -338,3 +338,21 @@ pub async fn seed_upload(c: &mut Client, name: &str, data: &[u8], chunk: usize) 
     c.expect("upload_complete").await;
     task_id
 }
+
+/// Sends raw request bytes (headers only) and returns what the server answers, up to the end
+/// of the JSON body or the connection's close.
+pub async fn raw_request(server: &TestServer, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"}}") {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), socket.read(&mut buf));
+        match read.await.expect("the server answers without the body") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
