@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::server::{assert_wer, raw_request, TestServer};
+use common::server::{assert_wer, transcription_head_only, TestServer};
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -347,12 +347,7 @@ async fn bad_requests_get_openai_errors() {
     .await;
     assert_eq!(error["code"], "file_too_large");
     // Far over: refused from Content-Length alone, before any of the body is sent.
-    let head = raw_request(
-        &server,
-        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n\
-         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 3145728\r\n\r\n",
-    )
-    .await;
+    let head = transcription_head_only(&server, 3145728).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("file_too_large"), "{head}");
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::server::{
-    b64, binary_chunk, md5_hex, raw_request, seed_upload, upload_chunk, upload_request, Client,
-    TestServer,
+    b64, binary_chunk, md5_hex, seed_upload, transcription_head_only, upload_chunk, upload_request,
+    Client, TestServer,
 };
 use earshot::client::upload::{UploadOptions, UploadProtocol};
 
@@ -429,12 +429,7 @@ async fn a_full_disk_is_refused_cleanly_and_what_failed_is_freed() {
         !message.contains("os error") && !message.contains("/"),
         "{e}"
     );
-    let head = raw_request(
-        &server,
-        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n\
-         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 31457280\r\n\r\n",
-    )
-    .await;
+    let head = transcription_head_only(&server, 31457280).await;
     assert!(head.starts_with("HTTP/1.1 507"), "{head}");
     assert!(head.contains("quota_exceeded"), "{head}");
 

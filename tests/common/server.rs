@@ -356,3 +356,13 @@ pub async fn raw_request(server: &TestServer, request: &str) -> String {
     }
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Sends only the head of a `POST /v1/audio/transcriptions` declaring `len` body bytes, and
+/// returns the answer: what a server must decide from `Content-Length` alone.
+pub async fn transcription_head_only(server: &TestServer, len: u64) -> String {
+    let head = format!(
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len}\r\n\r\n"
+    );
+    raw_request(server, &head).await
+}
