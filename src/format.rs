@@ -4,60 +4,11 @@
 //! Pure functions from a [`Transcript`] to a `String`; this module does no I/O, and never
 //! changes what was recognised (only how it is laid out).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
+use crate::domain::{OutputFormat, Task};
 use crate::transcript::{Segment, Token, Transcript};
-
-/// An output format, named as in OpenAI's `response_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputFormat {
-    /// The text alone.
-    Txt,
-    /// SubRip subtitles.
-    Srt,
-    /// WebVTT subtitles.
-    Vtt,
-    /// `{"text": ...}`.
-    Json,
-    /// OpenAI's verbose JSON: language, duration, segments and (with token timing) words.
-    #[value(name = "verbose_json", alias = "verbose-json")]
-    VerboseJson,
-}
-
-impl OutputFormat {
-    /// File extension for a transcript written in this format.
-    pub fn extension(self) -> &'static str {
-        match self {
-            OutputFormat::Txt => "txt",
-            OutputFormat::Srt => "srt",
-            OutputFormat::Vtt => "vtt",
-            OutputFormat::Json | OutputFormat::VerboseJson => "json",
-        }
-    }
-
-    /// MIME type for serving a transcript in this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            OutputFormat::Txt => "text/plain; charset=utf-8",
-            OutputFormat::Srt => "application/x-subrip; charset=utf-8",
-            OutputFormat::Vtt => "text/vtt; charset=utf-8",
-            OutputFormat::Json | OutputFormat::VerboseJson => "application/json",
-        }
-    }
-}
-
-/// What was asked of Whisper, reported as `task` in verbose JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// Speech to text in the spoken language.
-    #[default]
-    Transcribe,
-    /// Speech to English text.
-    Translate,
-}
 
 /// Renders a transcription (task `transcribe`). Non-empty output ends with a newline.
 pub fn render(t: &Transcript, f: OutputFormat) -> String {

@@ -18,18 +18,21 @@
 //! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
 
 pub mod access;
+pub mod app;
 pub mod audio;
 pub mod cli;
 pub mod client;
+pub mod domain;
 pub mod eval;
 pub mod format;
 pub mod http;
 pub mod inference;
+pub mod jobs;
 pub mod live;
+pub mod metrics;
 pub mod models;
 pub mod protocol;
 pub mod server;
-pub mod session;
-pub mod tasks;
 pub mod transcript;
 pub mod upload;
+pub mod ws;

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 use crate::client::stream::{self, StreamEvent, StreamOptions, StreamSource};
 use crate::client::upload::to_transcript;
-use crate::format::{render, OutputFormat};
+use crate::domain::OutputFormat;
+use crate::format::render;
 
 /// Longest partial shown on the live line (its tail), so it stays on one terminal line.
 const PARTIAL_CHARS: usize = 100;

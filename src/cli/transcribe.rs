@@ -15,7 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, Truncation};
-use crate::format::{render_task, OutputFormat, Task};
+use crate::domain::{OutputFormat, Task};
+use crate::format::render_task;
 use crate::inference::engine::{self, Options};
 use crate::inference::long::{self, LongEvent};
 use crate::inference::pool::{Pool, PoolConfig};
@@ -63,7 +64,7 @@ pub struct TranscribeArgs {
     #[arg(long, short, value_enum, default_value = "txt")]
     pub format: OutputFormat,
     /// CPU threads for Whisper.
-    #[arg(long, short, default_value_t = crate::server::config::default_threads())]
+    #[arg(long, short, default_value_t = crate::app::config::default_threads())]
     pub threads: usize,
     /// Beam search width (default: greedy decoding, faster).
     #[arg(long)]

@@ -10,7 +10,8 @@ use bytesize::ByteSize;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::upload::{self, UploadEvent, UploadOptions, UploadOutcome, UploadProtocol};
-use crate::format::{render, OutputFormat};
+use crate::domain::OutputFormat;
+use crate::format::render;
 use crate::protocol::TaskId;
 
 #[derive(Debug, clap::Args)]

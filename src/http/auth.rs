@@ -18,8 +18,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{metrics, ApiError, Http};
+use super::{ApiError, Http};
 use crate::access::{Caller, Owner};
+use crate::metrics;
 
 /// Distinct client addresses the rate limiter remembers before it forgets idle ones.
 const RATE_KEYS_BEFORE_SWEEP: usize = 10_000;

@@ -12,7 +12,8 @@ use axum::extract::Multipart;
 use axum::http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
-use super::{metrics, ApiError};
+use super::ApiError;
+use crate::metrics;
 
 /// Largest text part (a long `prompt` fits easily).
 const MAX_FIELD_BYTES: usize = 64 * 1024;

@@ -9,7 +9,7 @@
 //!   (WebSocket upgrades included).
 //!
 //! [`wrap`] adds all of it to the WebSocket router. This module must not decode audio or run
-//! Whisper: transcription goes through [`crate::server::batch`] like every upload.
+//! Whisper: transcription goes through [`crate::jobs`] like every upload.
 
 pub mod auth;
 mod error;
@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 pub use auth::ClientSlot;
 pub use error::ApiError;
 
-use crate::server::AppState;
+use crate::app::AppState;
 
 /// State the HTTP routes and the guard share.
 pub struct Http {
@@ -76,7 +76,7 @@ impl Http {
 /// Adds the HTTP API, metrics and readiness to `ws` (the WebSocket and health routes) and puts
 /// the key/origin/limit guard in front of everything.
 pub fn wrap(ws: Router, app: Arc<AppState>) -> Router {
-    metrics::install();
+    crate::metrics::install();
     let http = Http::new(app);
     let api = Router::new()
         .route("/v1/audio/transcriptions", post(openai::transcriptions))

@@ -3,7 +3,7 @@
 //!
 //! A request is admitted (HTTP job slot, upload slot), its file streamed to disk, checked to be
 //! decodable, then transcribed through the same processing slots, long-audio path and task
-//! registry as WebSocket uploads ([`crate::server::batch::start_file`]); the handler waits for
+//! registry as WebSocket uploads ([`crate::jobs::JobQueue`]); the handler waits for
 //! the task and renders it with [`crate::format`]. The task id is returned in
 //! `x-earshot-task-id`, so a client that drops can fetch the result from `/v1/tasks/{id}`; a
 //! transcript of a truncated file carries `x-earshot-truncated` (and, in the JSON formats, a
@@ -23,15 +23,16 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::form::{self, Form};
-use super::{metrics, ApiError, Http};
+use super::{ApiError, Http};
 use crate::access::Caller;
+use crate::app::NoSlot;
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, Truncation};
-use crate::format::{OutputFormat, Task};
+use crate::domain::{FailureCode, OutputFormat, Task};
 use crate::inference::engine::{self, Options};
-use crate::protocol::{ErrorCode, TaskId};
-use crate::server::NoSlot;
-use crate::tasks::{TaskEvent, TaskResult, TaskState};
+use crate::jobs::{Job, Source, TaskEvent, TaskResult, TaskState};
+use crate::metrics;
+use crate::protocol::TaskId;
 use crate::upload::store::StoreError;
 
 /// The response header naming the task, for `/v1/tasks/{id}`.
@@ -133,14 +134,13 @@ async fn handle(
     probe(&file.path).await?;
     metrics::upload_completed();
     tracing::info!(%task_id, bytes = file.bytes, ?task, "HTTP transcription");
-    let owner = caller.owner.clone();
-    crate::server::batch::start_file(
-        &http.app,
+    http.app.jobs.submit(Job {
         task_id,
-        file.keep(),
-        params.options.clone(),
-        owner,
-    );
+        path: file.keep(),
+        options: params.options.clone(),
+        source: Source::File,
+        owner: caller.owner.clone(),
+    });
     let result = wait(&http, task_id).await?;
     Ok(respond(task_id, &result, params.format, params.task))
 }
@@ -320,13 +320,13 @@ async fn probe(path: &std::path::Path) -> Result<(), ApiError> {
 
 /// Waits for the task to end and returns its result or the matching HTTP error.
 async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError> {
-    let key = task_id.to_string();
+    let key = task_id;
     let mut events = http
         .app
         .tasks
-        .subscribe(&key)
+        .subscribe(key)
         .ok_or_else(ApiError::internal)?;
-    let current = http.app.tasks.snapshot(&key).map(|s| s.state);
+    let current = http.app.tasks.snapshot(key).map(|s| s.state);
     let mut state = match current {
         Some(s @ (TaskState::Done(_) | TaskState::Failed { .. })) => s,
         _ => TaskState::Queued,
@@ -335,7 +335,7 @@ async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError>
         state = match events.recv().await {
             Ok(TaskEvent::Finished(s)) => s,
             Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => match http.app.tasks.snapshot(&key) {
+            Err(RecvError::Closed) => match http.app.tasks.snapshot(key) {
                 Some(s) => s.state,
                 None => return Err(ApiError::internal()),
             },
@@ -343,19 +343,19 @@ async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError>
     }
     match state {
         TaskState::Done(result) => Ok(result),
-        TaskState::Failed { code, message } => Err(task_error(&code, &message)),
+        TaskState::Failed { code, message } => Err(task_error(code, &message)),
         TaskState::Queued | TaskState::Running { .. } => Err(ApiError::internal()),
     }
 }
 
 /// The HTTP error for a failed task.
-pub fn task_error(code: &str, message: &str) -> ApiError {
-    if code == ErrorCode::UnsupportedAudio.as_str() {
-        ApiError::unsupported_audio(format!("the file could not be decoded as audio: {message}"))
-    } else if code == ErrorCode::NotReady.as_str() {
-        ApiError::busy(message, RETRY_SECS)
-    } else {
-        ApiError::internal()
+pub fn task_error(code: FailureCode, message: &str) -> ApiError {
+    match code {
+        FailureCode::UnsupportedAudio => ApiError::unsupported_audio(format!(
+            "the file could not be decoded as audio: {message}"
+        )),
+        FailureCode::Stopped => ApiError::busy(message, RETRY_SECS),
+        FailureCode::Internal => ApiError::internal(),
     }
 }
 
@@ -556,8 +556,8 @@ mod tests {
 
     #[test]
     fn failed_tasks_map_to_http_errors() {
-        assert_eq!(task_error("unsupported_audio", "bad").status, 415);
-        assert_eq!(task_error("not_ready", "shut down").status, 503);
-        assert_eq!(task_error("internal", "x").status, 500);
+        assert_eq!(task_error(FailureCode::UnsupportedAudio, "bad").status, 415);
+        assert_eq!(task_error(FailureCode::Stopped, "shut down").status, 503);
+        assert_eq!(task_error(FailureCode::Internal, "x").status, 500);
     }
 }

@@ -18,9 +18,9 @@ use serde_json::json;
 use super::openai::{output_format, respond, task_error};
 use super::{ApiError, Http};
 use crate::access::Caller;
-use crate::format::OutputFormat;
-use crate::protocol::TaskId;
-use crate::tasks::{Snapshot, TaskState};
+use crate::domain::OutputFormat;
+use crate::jobs::{Snapshot, TaskState};
+use crate::protocol::{ErrorCode, TaskId};
 
 /// The query string.
 #[derive(Debug, Deserialize)]
@@ -54,11 +54,11 @@ fn lookup(
     let snapshot = http
         .app
         .tasks
-        .snapshot_for(&id.to_string(), caller)
+        .snapshot_for(id, caller)
         .ok_or_else(not_found)?;
     match (&snapshot.state, format) {
         (TaskState::Done(result), Some(format)) => Ok(respond(id, result, format, result.task)),
-        (TaskState::Failed { code, message }, Some(_)) => Err(task_error(code, message)),
+        (TaskState::Failed { code, message }, Some(_)) => Err(task_error(*code, message)),
         (_, Some(_)) => Ok((StatusCode::ACCEPTED, Json(status(id, &snapshot))).into_response()),
         (_, None) => Ok(Json(status(id, &snapshot)).into_response()),
     }
@@ -97,6 +97,7 @@ pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
             }
         }
         TaskState::Failed { code, message } => {
+            let code = ErrorCode::from(*code);
             body["error"] = json!({"code": code, "message": message});
         }
         _ => {}
@@ -107,8 +108,8 @@ pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Task;
-    use crate::tasks::TaskResult;
+    use crate::domain::{FailureCode, Task};
+    use crate::jobs::TaskResult;
     use crate::transcript::{Segment, Transcript};
 
     fn segment(text: &str) -> Segment {
@@ -150,7 +151,7 @@ mod tests {
 
         let failed = Snapshot {
             state: TaskState::Failed {
-                code: "unsupported_audio".into(),
+                code: FailureCode::UnsupportedAudio,
                 message: "bad".into(),
             },
             segments: vec![],

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::message::{ErrorData, ServerMessage};
-use super::TaskId;
+use crate::domain::{FailureCode, TaskId, TaskIdError};
 use crate::upload::plan::PlanError;
 
 /// The `code` of an `error` message. Serialised snake_case (`"chunk_hash_mismatch"`).
@@ -68,6 +68,28 @@ impl ErrorCode {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<FailureCode> for ErrorCode {
+    /// A task stopped by a shutdown may be asked for again later: `not_ready`.
+    fn from(code: FailureCode) -> Self {
+        match code {
+            FailureCode::UnsupportedAudio => ErrorCode::UnsupportedAudio,
+            FailureCode::Stopped => ErrorCode::NotReady,
+            FailureCode::Internal => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<TaskIdError> for ProtocolError {
+    /// A malformed id names no session; a guessable one is an invalid message.
+    fn from(e: TaskIdError) -> Self {
+        let code = match e {
+            TaskIdError::Malformed(_) => ErrorCode::SessionNotFound,
+            TaskIdError::NotRandom => ErrorCode::InvalidMessage,
+        };
+        ProtocolError::new(code, e.to_string())
     }
 }
 

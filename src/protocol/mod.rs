@@ -18,8 +18,9 @@ pub use binary::{BinaryError, BinaryFrame};
 pub use error::{ErrorCode, ProtocolError};
 pub use message::{parse_client, ClientMessage, ServerMessage};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use uuid::Uuid;
+pub use crate::domain::TaskId;
+
+use serde::{Deserialize, Serialize};
 
 use crate::upload::plan::PlanLimits;
 
@@ -76,81 +77,6 @@ impl Limits {
     }
 }
 
-/// An upload or stream id: a UUID, always written in canonical lowercase hyphenated form.
-///
-/// Because it can only be built from a parsed UUID, its string form is 36 characters of
-/// `[0-9a-f-]` and is safe to use as a directory name. Malformed ids are refused with
-/// `session_not_found`, so no client string ever becomes a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId(Uuid);
-
-impl TaskId {
-    /// A fresh random (v4) id.
-    pub fn new_v4() -> Self {
-        TaskId(Uuid::new_v4())
-    }
-
-    /// Parses the hyphenated 36-character form (any case). Other UUID spellings
-    /// (braced, urn, no hyphens) are refused so one task has one spelling.
-    pub fn parse(s: &str) -> Result<Self, ProtocolError> {
-        let not_found = || {
-            ProtocolError::new(
-                ErrorCode::SessionNotFound,
-                format!("task_id {:?} is not a valid task id", truncate(s, 40)),
-            )
-        };
-        if s.len() != 36 {
-            return Err(not_found());
-        }
-        Uuid::try_parse(s).map(TaskId).map_err(|_| not_found())
-    }
-
-    /// A task id a client chose for a new task (`audio_segment`, `stream_start`): it must be
-    /// a random (version 4, RFC 4122 variant) UUID, so ids like all zeros, counters or
-    /// timestamps, which others could guess, are refused.
-    pub fn parse_chosen(s: &str) -> Result<Self, ProtocolError> {
-        let id = TaskId::parse(s)?;
-        let random = id.0.get_version() == Some(uuid::Version::Random)
-            && id.0.get_variant() == uuid::Variant::RFC4122;
-        match random {
-            true => Ok(id),
-            false => Err(ProtocolError::invalid(
-                "task_id must be a random (version 4) UUID, e.g. from uuid.uuid4(); ids others \
-                 could guess are refused",
-            )),
-        }
-    }
-
-    /// From the 16 raw bytes of a binary frame.
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        TaskId(Uuid::from_bytes(bytes))
-    }
-
-    /// The 16 raw bytes, for binary frames.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
-    }
-}
-
-impl std::fmt::Display for TaskId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.as_hyphenated().fmt(f)
-    }
-}
-
-impl Serialize for TaskId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        TaskId::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// Cuts `s` to at most `max` characters (adding `…`), for echoing client input in messages.
 pub fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -201,34 +127,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_id_round_trips_and_canonicalises() {
-        let id = TaskId::new_v4();
-        let s = id.to_string();
-        assert_eq!(s.len(), 36);
-        assert_eq!(TaskId::parse(&s).unwrap(), id);
-        assert_eq!(TaskId::parse(&s.to_uppercase()).unwrap().to_string(), s);
-        assert_eq!(TaskId::from_bytes(*id.as_bytes()), id);
-        let json = serde_json::to_string(&id).unwrap();
-        assert_eq!(json, format!("\"{s}\""));
-        assert_eq!(serde_json::from_str::<TaskId>(&json).unwrap(), id);
-    }
-
-    #[test]
-    fn task_id_rejects_paths_and_other_spellings() {
-        for bad in [
-            "",
-            "../../etc/passwd",
-            "..",
-            "abc",
-            "67e5504410b1426f9247bb680e5fe0c8",
-            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
-            "67e55044-10b1-426f-9247-bb680e5fe0c/",
-            "67e55044-10b1-426f-9247-bb680e5fe0cg",
-            "67e55044/10b1/426f/9247/bb680e5fe0c8",
-        ] {
-            let e = TaskId::parse(bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::SessionNotFound, "{bad}");
-        }
+    fn bad_task_ids_are_unknown_sessions_and_guessable_ones_invalid() {
+        let e = ProtocolError::from(TaskId::parse("../../etc/passwd").unwrap_err());
+        assert_eq!(e.code, ErrorCode::SessionNotFound);
+        let zeros = "00000000-0000-0000-0000-000000000000";
+        let e = ProtocolError::from(TaskId::parse_chosen(zeros).unwrap_err());
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
     }
 
     #[test]

@@ -3,158 +3,21 @@
 //! [`run`] takes a bound listener and a shutdown future, as mini-redis does, so tests start the
 //! real server on `127.0.0.1:0` and binaries decide about signals. Connections are accepted and
 //! held to their deadlines and caps by [`listen`]. Shared state lives in
-//! [`AppState`]; each connection runs a [`crate::session`] over the socket.
+//! [`AppState`]; each connection runs a [`crate::ws`] over the socket.
 //!
 //! This module wires things together: it must not parse protocol messages or decode audio.
 
-pub mod batch;
-pub mod config;
 mod listen;
 mod page;
 mod routes;
 pub mod settings;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-pub use config::ServerConfig;
-
-use crate::access::{Caller, ClientKey, Share, Shares};
-use crate::inference::pool::Pool;
-use crate::tasks::TaskRegistry;
-use crate::upload::store::UploadStore;
-
-/// Everything connections share. Cloned as an `Arc` into every session.
-pub struct AppState {
-    /// The settings the server was started with.
-    pub config: ServerConfig,
-    /// The Whisper workers; every transcription goes through their bounded queue.
-    pub pool: Pool,
-    /// Silero VAD model for cutting long audio at pauses, when present.
-    pub vad_model: Option<PathBuf>,
-    /// Durable upload sessions under `data_dir/uploads`.
-    pub uploads: UploadStore,
-    /// Progress and results of every task, for any connection to follow.
-    pub tasks: Arc<TaskRegistry>,
-    /// Uploads receiving data at once (seed: 5); a connection holds one permit per active upload.
-    pub upload_slots: Arc<Semaphore>,
-    /// Upload slots held per client (key or address), so one client cannot hold them all.
-    pub upload_shares: Arc<Shares<ClientKey>>,
-    /// Files transcribed at once (seed: 3); the rest wait queued.
-    pub processing_slots: Arc<Semaphore>,
-    /// Open connections; a session holds one owned permit for its whole life.
-    pub connection_slots: Arc<Semaphore>,
-    /// Cancelled when the server begins to shut down; sessions say goodbye and close.
-    pub shutdown: CancellationToken,
-    /// Background work (sessions, transcriptions) the shutdown waits for.
-    pub tracker: TaskTracker,
-}
-
-impl AppState {
-    /// Builds the shared state: opens the upload store (recovering sessions left by a previous
-    /// run) and the task registry.
-    pub fn new(
-        config: ServerConfig,
-        pool: Pool,
-        vad_model: Option<PathBuf>,
-    ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
-        let store_config = crate::upload::store::StoreConfig {
-            quota_bytes: config.disk_quota_bytes.as_u64(),
-            client_quota_bytes: config.disk_quota_per_client.as_u64(),
-            reservation_ttl: config.reservation_ttl,
-            min_free_bytes: config.min_free_disk.as_u64(),
-        };
-        let uploads = UploadStore::open(&config.data_dir, store_config)?;
-        let tasks = TaskRegistry::new(&config.data_dir).map_err(|source| {
-            crate::upload::store::StoreError::Io {
-                context: "creating the results directory",
-                source,
-            }
-        })?;
-        Ok(Arc::new(Self {
-            upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
-            upload_shares: Shares::new(config.max_uploads_per_client),
-            processing_slots: Arc::new(Semaphore::new(config.max_processing)),
-            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            config,
-            pool,
-            vad_model,
-            uploads,
-            tasks,
-        }))
-    }
-}
-
-/// One upload slot held for a client: the server-wide permit and the client's share. Both are
-/// given back when it is dropped.
-pub struct UploadSlot {
-    /// The server-wide permit (seed: 5 at once).
-    _permit: OwnedSemaphorePermit,
-    /// The client's share (`--max-uploads-per-client`).
-    _share: Share<ClientKey>,
-}
-
-/// Why no upload slot was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoSlot {
-    /// Every slot of the server is taken.
-    Full,
-    /// This client holds its share already.
-    ClientShare,
-}
-
-impl AppState {
-    /// Takes an upload slot for `caller`, without waiting.
-    pub fn upload_slot(&self, caller: &Caller) -> Result<UploadSlot, NoSlot> {
-        let share = self
-            .upload_shares
-            .acquire(caller.client())
-            .ok_or(NoSlot::ClientShare)?;
-        let permit = self
-            .upload_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| NoSlot::Full)?;
-        Ok(UploadSlot {
-            _permit: permit,
-            _share: share,
-        })
-    }
-
-    /// The limits announced in `connected` and enforced by the parser.
-    pub fn limits(&self) -> crate::protocol::Limits {
-        limits_for(&self.config)
-    }
-}
-
-/// The protocol limits a configuration implies.
-fn limits_for(config: &ServerConfig) -> crate::protocol::Limits {
-    let defaults = crate::protocol::Limits::default();
-    let max_message_bytes = config.max_message_bytes.as_u64();
-    crate::protocol::Limits {
-        max_message_bytes,
-        max_file_bytes: config.max_file_bytes.as_u64(),
-        // base64 grows a chunk by 4/3; leave room for the JSON around it. Saturating: a
-        // tiny --max-message-bytes must give small chunks, not an overflow (a panic in
-        // debug builds, a huge chunk limit in release ones).
-        max_chunk_bytes: defaults
-            .max_chunk_bytes
-            .min((max_message_bytes / 4 * 3).saturating_sub(JSON_ROOM))
-            .max(1),
-        ..defaults
-    }
-}
-
-/// Bytes of a text message kept for the JSON around a base64 chunk.
-const JSON_ROOM: u64 = 4096;
+pub use crate::app::{AppState, ServerConfig};
 
 /// Serves until `shutdown` completes, then drains: sessions are told `server_shutdown` and
 /// closed with 1001, upload state is already durable, running transcriptions get
@@ -166,7 +29,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let app = routes::router(state.clone());
     let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
-    batch::resume_unfinished(&state);
+    state.jobs.resume_unfinished();
     listen::serve(
         listener,
         app,
@@ -203,35 +66,5 @@ async fn sweep_loop(state: Arc<AppState>) {
             }
         })
         .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(max_message: &str) -> ServerConfig {
-        let mut c = ServerConfig::for_tests("tiny.en", PathBuf::from("unused"));
-        c.max_message_bytes = max_message.parse().unwrap();
-        c
-    }
-
-    #[test]
-    fn chunks_fit_in_a_message_whatever_the_cap() {
-        for cap in ["10MiB", "64KiB", "8KiB", "4KiB", "100B"] {
-            let l = limits_for(&config(cap));
-            assert!(l.max_chunk_bytes >= 1, "{cap}");
-            assert!(
-                l.max_chunk_bytes <= l.max_message_bytes,
-                "{cap}: chunk {} > message {}",
-                l.max_chunk_bytes,
-                l.max_message_bytes
-            );
-        }
-        let l = limits_for(&config("10MiB"));
-        assert_eq!(
-            l.max_chunk_bytes,
-            crate::protocol::Limits::default().max_chunk_bytes
-        );
     }
 }

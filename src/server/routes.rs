@@ -2,7 +2,7 @@
 //! `GET /healthz`; the HTTP API and the access guard are added by [`crate::http::wrap`].
 //!
 //! Upgrades are configured here (message cap, buffer sizes) and handed to
-//! [`crate::session::run`]; the connection cap is enforced before any session state exists.
+//! [`crate::ws::run`]; the connection cap is enforced before any session state exists.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ async fn accept(mut socket: WebSocket, state: Arc<AppState>, peer: SocketAddr, c
     };
     let tracker = state.tracker.clone();
     tracker
-        .track_future(crate::session::run(socket, state, peer, caller, permit))
+        .track_future(crate::ws::run(socket, state, peer, caller, permit))
         .await;
 }
 

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 
 use super::pending::Pending;
 use super::Socket;
-use crate::http::metrics;
+use crate::metrics;
 
 /// What every connection of one server shares.
 pub struct Shared {

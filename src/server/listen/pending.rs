@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::http::metrics;
+use crate::metrics;
 
 /// The queue of waiting connections.
 pub struct Pending {

@@ -15,21 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::follow::segment_msg;
 use super::{Connection, Outbound};
+use crate::app::AppState;
 use crate::audio::decode::{
     byte_feed, ByteFeedSender, DecodeError, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
 };
 use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
-use crate::format::Task;
+use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
+use crate::jobs::TaskResult;
 use crate::live::{LiveConfig, LiveJob, LiveOutput, LivePolicy};
 use crate::protocol::message::{
     AudioFormat, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId};
-use crate::server::AppState;
-use crate::tasks::TaskResult;
 use crate::transcript::{Segment, Transcript};
 
 /// Audio frames buffered between the socket and the stream's task.
@@ -64,9 +64,7 @@ impl Connection {
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
         self.claim(task_id, "omit it and the server picks one")?;
         let decoder = InputDecoder::new(&start)?;
-        self.state
-            .tasks
-            .create(&task_id.to_string(), self.caller.owner.clone());
+        self.state.tasks.create(task_id, self.caller.owner.clone());
         let (input, rx) = mpsc::channel(INPUT_FRAMES);
         let runner = Runner {
             state: self.state.clone(),
@@ -76,7 +74,7 @@ impl Connection {
                 low_latency: true,
                 // Word timings let the commit policy agree word by word.
                 token_timestamps: true,
-                ..crate::server::batch::engine_options(&self.state, &start.options)
+                ..self.state.engine_options(&start.options)
             },
             cancel: self.cancel.clone(),
             language: std::sync::Mutex::new(None),
@@ -267,11 +265,8 @@ impl Runner {
     /// Tells the client its audio could not be decoded and records the task as failed.
     async fn undecodable(&self) {
         let message = "the stream's audio could not be decoded in the announced format";
-        self.state.tasks.fail(
-            &self.task_id.to_string(),
-            ErrorCode::UnsupportedAudio.as_str(),
-            message,
-        );
+        let code = FailureCode::UnsupportedAudio;
+        self.state.tasks.fail(self.task_id, code, message);
         let err = ProtocolError::new(ErrorCode::UnsupportedAudio, message).with_task(self.task_id);
         let _ = self.out.send(err.to_message()).await;
     }
@@ -360,7 +355,6 @@ impl Runner {
     }
 
     async fn emit(&self, output: LiveOutput, committed: &mut Vec<Segment>) {
-        let key = self.task_id.to_string();
         match output {
             LiveOutput::Partial { text, revision } => {
                 self.out
@@ -373,7 +367,7 @@ impl Runner {
             LiveOutput::Commit(segments) => {
                 for s in segments {
                     let msg = segment_msg(self.task_id, committed.len(), &s);
-                    self.state.tasks.segment(&key, s.clone());
+                    self.state.tasks.segment(self.task_id, s.clone());
                     committed.push(s);
                     let _ = self.out.send(msg).await;
                 }
@@ -383,7 +377,7 @@ impl Runner {
 
     fn report_lag(&self, policy: &LivePolicy, last: &mut Instant) {
         let lag = policy.lag_secs();
-        crate::http::metrics::live_lag(lag);
+        crate::metrics::live_lag(lag);
         if lag >= LAG_REPORT_SECS && policy.in_flight() && last.elapsed() >= Duration::from_secs(1)
         {
             *last = Instant::now();
@@ -415,7 +409,7 @@ impl Runner {
         };
         tracing::info!(task_id = %self.task_id, secs = duration, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);
-        self.state.tasks.finish(&self.task_id.to_string(), result);
+        self.state.tasks.finish(self.task_id, result);
         let _ = self.out.send(msg).await;
     }
 }

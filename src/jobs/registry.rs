@@ -9,7 +9,13 @@
 //! survive a restart, and are swept after the session TTL. Each task remembers its [`Owner`]
 //! (the API key that created it), so readers can be held to their own tasks.
 //!
-//! This module must not run transcription or touch sockets.
+//! [`TaskRegistry`] is the interface the sessions, the HTTP API and the job runner use;
+//! [`LocalRegistry`] is the one-process implementation (memory plus `results/`), and a cluster
+//! implementation can stand behind the same trait.
+//!
+//! This module must not run transcription or touch sockets, and no file I/O may happen in it on
+//! an async thread: callers that write (finish) or may read (snapshot of a swept-out task) call
+//! from the blocking pool or a worker thread.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +27,7 @@ use tokio::sync::broadcast;
 
 use crate::access::{Caller, Owner};
 use crate::audio::Truncation;
-use crate::format::Task;
+use crate::domain::{FailureCode, Task, TaskId};
 use crate::transcript::{Segment, Transcript};
 
 /// Events buffered per task for followers that read slowly; past that they catch up from a snapshot.
@@ -53,8 +59,8 @@ pub enum TaskState {
     Running { progress: f64 },
     /// Finished with a result.
     Done(Arc<TaskResult>),
-    /// Failed; `code` is a protocol error code, `message` safe to show a client.
-    Failed { code: String, message: String },
+    /// Failed: why, and a message safe to show a client.
+    Failed { code: FailureCode, message: String },
 }
 
 /// What followers of a task hear.
@@ -100,15 +106,40 @@ struct Stored {
     owner: Option<Owner>,
 }
 
-/// All live tasks, shared by every connection.
-pub struct TaskRegistry {
+/// Progress and results of tasks, for producers to publish and followers to read. Producers
+/// never block on followers; see the module docs.
+pub trait TaskRegistry: Send + Sync {
+    /// Registers a task (or resets a failed one) owned by `owner` and returns a subscription.
+    fn create(&self, task_id: TaskId, owner: Option<Owner>) -> broadcast::Receiver<TaskEvent>;
+    /// Follows a task that is running or recently finished.
+    fn subscribe(&self, task_id: TaskId) -> Option<broadcast::Receiver<TaskEvent>>;
+    /// The task's state and segments whoever owns it (for the server's own bookkeeping;
+    /// answers to clients use [`TaskRegistry::snapshot_for`]).
+    fn snapshot(&self, task_id: TaskId) -> Option<Snapshot>;
+    /// The task's snapshot if `caller` may see it; a task of another key looks like no task.
+    fn snapshot_for(&self, task_id: TaskId, caller: &Caller) -> Option<Snapshot>;
+    /// Marks the task as running with the given progress (0–100).
+    fn progress(&self, task_id: TaskId, progress: f64);
+    /// Publishes a final segment.
+    fn segment(&self, task_id: TaskId, segment: Segment);
+    /// Records the result durably and tells followers. May block on I/O.
+    fn finish(&self, task_id: TaskId, result: TaskResult);
+    /// Records a failure and tells followers.
+    fn fail(&self, task_id: TaskId, code: FailureCode, message: &str);
+    /// Forgets finished tasks and deletes results older than `ttl`. May block on I/O.
+    fn sweep(&self, ttl: Duration);
+}
+
+/// All tasks of this process, shared by every connection: in memory while they run, results
+/// persisted under `results/`.
+pub struct LocalRegistry {
     /// In-memory tasks by id; finished ones stay until swept.
-    tasks: Mutex<HashMap<String, Entry>>,
+    tasks: Mutex<HashMap<TaskId, Entry>>,
     /// Where finished results are persisted.
     results_dir: PathBuf,
 }
 
-impl TaskRegistry {
+impl LocalRegistry {
     /// A registry persisting results under `data_dir/results`.
     pub fn new(data_dir: &std::path::Path) -> std::io::Result<Arc<Self>> {
         let results_dir = data_dir.join("results");
@@ -119,42 +150,12 @@ impl TaskRegistry {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Entry>> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a task (or resets a failed one) owned by `owner` and returns a subscription.
-    pub fn create(&self, task_id: &str, owner: Option<Owner>) -> broadcast::Receiver<TaskEvent> {
-        let (events, rx) = broadcast::channel(EVENT_BUFFER);
-        let entry = Entry {
-            state: TaskState::Queued,
-            segments: Vec::new(),
-            events,
-            owner,
-        };
-        self.lock().insert(task_id.to_string(), entry);
-        rx
-    }
-
-    /// Follows a task already known in memory.
-    pub fn subscribe(&self, task_id: &str) -> Option<broadcast::Receiver<TaskEvent>> {
-        self.lock().get(task_id).map(|e| e.events.subscribe())
-    }
-
-    /// The task's state and segments, from memory or from a persisted result, whoever owns it
-    /// (for the server's own bookkeeping; answers to clients use [`TaskRegistry::snapshot_for`]).
-    pub fn snapshot(&self, task_id: &str) -> Option<Snapshot> {
-        self.owned_snapshot(task_id).map(|(snapshot, _)| snapshot)
-    }
-
-    /// The task's snapshot if `caller` may see it; a task of another key looks like no task.
-    pub fn snapshot_for(&self, task_id: &str, caller: &Caller) -> Option<Snapshot> {
-        let (snapshot, owner) = self.owned_snapshot(task_id)?;
-        caller.may_see(owner.as_ref()).then_some(snapshot)
-    }
-
-    fn owned_snapshot(&self, task_id: &str) -> Option<(Snapshot, Option<Owner>)> {
-        if let Some(e) = self.lock().get(task_id) {
+    fn owned_snapshot(&self, task_id: TaskId) -> Option<(Snapshot, Option<Owner>)> {
+        if let Some(e) = self.lock().get(&task_id) {
             let snapshot = Snapshot {
                 state: e.state.clone(),
                 segments: e.segments.clone(),
@@ -170,70 +171,28 @@ impl TaskRegistry {
         Some((snapshot, stored.owner))
     }
 
-    /// Marks the task as running with the given progress.
-    pub fn progress(&self, task_id: &str, progress: f64) {
+    fn end(&self, task_id: TaskId, state: TaskState) {
         let mut tasks = self.lock();
-        if let Some(e) = tasks.get_mut(task_id) {
-            e.state = TaskState::Running { progress };
-            let _ = e.events.send(TaskEvent::Progress(progress));
-        }
-    }
-
-    /// Publishes a final segment.
-    pub fn segment(&self, task_id: &str, segment: Segment) {
-        let mut tasks = self.lock();
-        if let Some(e) = tasks.get_mut(task_id) {
-            let index = e.segments.len();
-            e.segments.push(segment.clone());
-            let _ = e.events.send(TaskEvent::Segment { index, segment });
-        }
-    }
-
-    /// Records the result (persisting it, fsynced) and tells followers. Blocking file I/O:
-    /// producers call it from the blocking pool or a worker thread.
-    pub fn finish(&self, task_id: &str, result: TaskResult) {
-        let owner = self.lock().get(task_id).and_then(|e| e.owner.clone());
-        if let Err(err) = self.persist(task_id, result.clone(), owner) {
-            tracing::warn!(task_id, %err, "could not persist a result; it stays in memory only");
-        }
-        self.end(task_id, TaskState::Done(Arc::new(result)));
-    }
-
-    /// Records a failure and tells followers.
-    pub fn fail(&self, task_id: &str, code: &str, message: &str) {
-        let state = TaskState::Failed {
-            code: code.to_string(),
-            message: message.to_string(),
-        };
-        self.end(task_id, state);
-    }
-
-    fn end(&self, task_id: &str, state: TaskState) {
-        let mut tasks = self.lock();
-        if let Some(e) = tasks.get_mut(task_id) {
+        if let Some(e) = tasks.get_mut(&task_id) {
             e.state = state.clone();
             let _ = e.events.send(TaskEvent::Finished(state));
         }
     }
 
-    fn result_path(&self, task_id: &str) -> Option<PathBuf> {
-        uuid::Uuid::parse_str(task_id)
-            .ok()
-            .map(|id| self.results_dir.join(format!("{}.json", id.hyphenated())))
+    fn result_path(&self, task_id: TaskId) -> PathBuf {
+        self.results_dir.join(format!("{task_id}.json"))
     }
 
     /// Writes the result atomically and durably: temp file, fsync, rename, fsync of the
     /// directory, so a crash leaves the old state or the whole result, never half of one.
     fn persist(
         &self,
-        task_id: &str,
+        task_id: TaskId,
         result: TaskResult,
         owner: Option<Owner>,
     ) -> std::io::Result<()> {
         use std::io::Write;
-        let Some(path) = self.result_path(task_id) else {
-            return Ok(());
-        };
+        let path = self.result_path(task_id);
         let tmp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&serde_json::to_vec(&Stored { result, owner })?)?;
@@ -242,13 +201,69 @@ impl TaskRegistry {
         std::fs::File::open(&self.results_dir)?.sync_all()
     }
 
-    fn load(&self, task_id: &str) -> Option<Stored> {
-        let bytes = std::fs::read(self.result_path(task_id)?).ok()?;
+    fn load(&self, task_id: TaskId) -> Option<Stored> {
+        let bytes = std::fs::read(self.result_path(task_id)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
 
-    /// Forgets finished tasks and deletes persisted results older than `ttl`.
-    pub fn sweep(&self, ttl: Duration) {
+impl TaskRegistry for LocalRegistry {
+    fn create(&self, task_id: TaskId, owner: Option<Owner>) -> broadcast::Receiver<TaskEvent> {
+        let (events, rx) = broadcast::channel(EVENT_BUFFER);
+        let entry = Entry {
+            state: TaskState::Queued,
+            segments: Vec::new(),
+            events,
+            owner,
+        };
+        self.lock().insert(task_id, entry);
+        rx
+    }
+
+    fn subscribe(&self, task_id: TaskId) -> Option<broadcast::Receiver<TaskEvent>> {
+        self.lock().get(&task_id).map(|e| e.events.subscribe())
+    }
+
+    fn snapshot(&self, task_id: TaskId) -> Option<Snapshot> {
+        self.owned_snapshot(task_id).map(|(snapshot, _)| snapshot)
+    }
+
+    fn snapshot_for(&self, task_id: TaskId, caller: &Caller) -> Option<Snapshot> {
+        let (snapshot, owner) = self.owned_snapshot(task_id)?;
+        caller.may_see(owner.as_ref()).then_some(snapshot)
+    }
+
+    fn progress(&self, task_id: TaskId, progress: f64) {
+        let mut tasks = self.lock();
+        if let Some(e) = tasks.get_mut(&task_id) {
+            e.state = TaskState::Running { progress };
+            let _ = e.events.send(TaskEvent::Progress(progress));
+        }
+    }
+
+    fn segment(&self, task_id: TaskId, segment: Segment) {
+        let mut tasks = self.lock();
+        if let Some(e) = tasks.get_mut(&task_id) {
+            let index = e.segments.len();
+            e.segments.push(segment.clone());
+            let _ = e.events.send(TaskEvent::Segment { index, segment });
+        }
+    }
+
+    fn finish(&self, task_id: TaskId, result: TaskResult) {
+        let owner = self.lock().get(&task_id).and_then(|e| e.owner.clone());
+        if let Err(err) = self.persist(task_id, result.clone(), owner) {
+            tracing::warn!(%task_id, %err, "could not persist a result; it stays in memory only");
+        }
+        self.end(task_id, TaskState::Done(Arc::new(result)));
+    }
+
+    fn fail(&self, task_id: TaskId, code: FailureCode, message: &str) {
+        let message = message.to_string();
+        self.end(task_id, TaskState::Failed { code, message });
+    }
+
+    fn sweep(&self, ttl: Duration) {
         self.lock().retain(|_, e| {
             !matches!(e.state, TaskState::Done(_) | TaskState::Failed { .. })
                 || e.events.receiver_count() > 0
@@ -294,17 +309,17 @@ mod tests {
     #[test]
     fn followers_hear_events_and_late_joiners_get_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = TaskRegistry::new(dir.path()).unwrap();
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut rx = reg.create(&id, None);
-        reg.progress(&id, 50.0);
-        reg.segment(&id, seg("a"));
+        let reg = LocalRegistry::new(dir.path()).unwrap();
+        let id = TaskId::new_v4();
+        let mut rx = reg.create(id, None);
+        reg.progress(id, 50.0);
+        reg.segment(id, seg("a"));
         assert!(matches!(rx.try_recv().unwrap(), TaskEvent::Progress(p) if p == 50.0));
         assert!(matches!(
             rx.try_recv().unwrap(),
             TaskEvent::Segment { index: 0, .. }
         ));
-        let snap = reg.snapshot(&id).unwrap();
+        let snap = reg.snapshot(id).unwrap();
         assert_eq!(snap.segments, vec![seg("a")]);
         assert_eq!(snap.state, TaskState::Running { progress: 50.0 });
     }
@@ -312,23 +327,23 @@ mod tests {
     #[test]
     fn results_survive_a_new_registry_and_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = TaskId::new_v4();
         {
-            let reg = TaskRegistry::new(dir.path()).unwrap();
-            reg.create(&id, None);
-            reg.finish(&id, result());
+            let reg = LocalRegistry::new(dir.path()).unwrap();
+            reg.create(id, None);
+            reg.finish(id, result());
         }
-        let reg = TaskRegistry::new(dir.path()).unwrap();
-        let snap = reg.snapshot(&id).expect("result reloaded from disk");
+        let reg = LocalRegistry::new(dir.path()).unwrap();
+        let snap = reg.snapshot(id).expect("result reloaded from disk");
         assert_eq!(snap.state, TaskState::Done(Arc::new(result())));
         reg.sweep(Duration::ZERO);
-        assert!(reg.snapshot(&id).is_none());
+        assert!(reg.snapshot(id).is_none());
     }
 
     #[test]
     fn only_the_owner_sees_an_owned_task_even_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = TaskId::new_v4();
         let ip = "127.0.0.1".parse().unwrap();
         let alice = Caller {
             owner: Some(Owner::of_key("alice")),
@@ -339,48 +354,48 @@ mod tests {
             addr: ip,
         };
         {
-            let reg = TaskRegistry::new(dir.path()).unwrap();
-            reg.create(&id, alice.owner.clone());
-            assert!(reg.snapshot_for(&id, &alice).is_some());
-            assert!(reg.snapshot_for(&id, &bob).is_none());
-            assert!(reg.snapshot_for(&id, &Caller::anonymous(ip)).is_none());
-            reg.finish(&id, result());
+            let reg = LocalRegistry::new(dir.path()).unwrap();
+            reg.create(id, alice.owner.clone());
+            assert!(reg.snapshot_for(id, &alice).is_some());
+            assert!(reg.snapshot_for(id, &bob).is_none());
+            assert!(reg.snapshot_for(id, &Caller::anonymous(ip)).is_none());
+            reg.finish(id, result());
         }
-        let reg = TaskRegistry::new(dir.path()).unwrap();
-        assert!(reg.snapshot_for(&id, &alice).is_some());
-        assert!(reg.snapshot_for(&id, &bob).is_none());
-        let bytes = std::fs::read(reg.result_path(&id).unwrap()).unwrap();
+        let reg = LocalRegistry::new(dir.path()).unwrap();
+        assert!(reg.snapshot_for(id, &alice).is_some());
+        assert!(reg.snapshot_for(id, &bob).is_none());
+        let bytes = std::fs::read(reg.result_path(id)).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("alice"));
     }
 
     #[test]
     fn results_written_before_owners_are_readable_by_all() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = TaskRegistry::new(dir.path()).unwrap();
-        let id = uuid::Uuid::new_v4().to_string();
+        let reg = LocalRegistry::new(dir.path()).unwrap();
+        let id = TaskId::new_v4();
         let old = serde_json::to_vec(&result()).unwrap();
-        std::fs::write(reg.result_path(&id).unwrap(), old).unwrap();
+        std::fs::write(reg.result_path(id), old).unwrap();
         let bob = Caller {
             owner: Some(Owner::of_key("bob")),
             addr: "127.0.0.1".parse().unwrap(),
         };
-        assert!(reg.snapshot_for(&id, &bob).is_some());
+        assert!(reg.snapshot_for(id, &bob).is_some());
     }
 
     #[test]
     fn a_truncation_is_persisted_and_older_results_still_load() {
         let dir = tempfile::tempdir().unwrap();
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = TaskId::new_v4();
         let cut = TaskResult {
             truncated: Truncation::detect(5.5, Some(11.0)),
             ..result()
         };
-        let reg = TaskRegistry::new(dir.path()).unwrap();
-        reg.create(&id, None);
-        reg.finish(&id, cut.clone());
-        let reloaded = TaskRegistry::new(dir.path()).unwrap();
+        let reg = LocalRegistry::new(dir.path()).unwrap();
+        reg.create(id, None);
+        reg.finish(id, cut.clone());
+        let reloaded = LocalRegistry::new(dir.path()).unwrap();
         assert_eq!(
-            reloaded.snapshot(&id).unwrap().state,
+            reloaded.snapshot(id).unwrap().state,
             TaskState::Done(Arc::new(cut))
         );
 
@@ -389,13 +404,5 @@ mod tests {
         old.as_object_mut().unwrap().remove("task");
         let loaded: TaskResult = serde_json::from_value(old).unwrap();
         assert_eq!(loaded.truncated, None);
-    }
-
-    #[test]
-    fn path_like_ids_are_never_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = TaskRegistry::new(dir.path()).unwrap();
-        assert!(reg.snapshot("../../etc/passwd").is_none());
-        assert!(reg.result_path("../x").is_none());
     }
 }

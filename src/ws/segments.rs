@@ -7,13 +7,13 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::Connection;
-use crate::format::Task;
+use crate::app::AppState;
+use crate::domain::Task;
 use crate::inference::engine::Options;
 use crate::inference::long;
+use crate::jobs::TaskResult;
 use crate::protocol::message::AudioSegment;
 use crate::protocol::{ErrorCode, ProtocolError, TaskId};
-use crate::server::AppState;
-use crate::tasks::TaskResult;
 use crate::transcript::{Segment, Transcript};
 
 /// Pieces waiting per task; a client sending faster than Whisper waits on its socket.
@@ -79,11 +79,9 @@ impl Connection {
             .with_task(task_id)
             .with_retry_after_ms(RETRY_MS));
         }
-        self.state
-            .tasks
-            .create(&task_id.to_string(), self.caller.owner.clone());
+        self.state.tasks.create(task_id, self.caller.owner.clone());
         let (tx, rx) = mpsc::channel(QUEUED_PIECES);
-        let options = crate::server::batch::engine_options(&self.state, &Default::default());
+        let options = self.state.engine_options(&Default::default());
         let state = self.state.clone();
         self.state.tracker.spawn(run(state, task_id, options, rx));
         self.segments
@@ -99,7 +97,6 @@ async fn run(
     options: Options,
     mut rx: mpsc::Receiver<AudioSegment>,
 ) {
-    let key = task_id.to_string();
     let started = Instant::now();
     let mut offset = 0.0;
     let mut all: Vec<Segment> = Vec::new();
@@ -130,7 +127,7 @@ async fn run(
                 for mut s in t.segments {
                     s.start += offset;
                     s.end += offset;
-                    state.tasks.segment(&key, s.clone());
+                    state.tasks.segment(task_id, s.clone());
                     all.push(s);
                 }
             }
@@ -152,5 +149,5 @@ async fn run(
         task: Task::Transcribe,
         truncated: None,
     };
-    state.tasks.finish(&key, result);
+    state.tasks.finish(task_id, result);
 }

@@ -10,13 +10,13 @@ use bytes::Bytes;
 
 use super::follow::{complete_msg, failed_msg};
 use super::{ActiveUpload, Connection, Flow, MAX_PENDING_CHUNKS};
+use crate::app::NoSlot;
+use crate::jobs::{Job, TaskState};
 use crate::protocol::message::{
     ChunkAck, ChunkReceived, UploadChunk, UploadComplete, UploadFinish, UploadMode, UploadReady,
     UploadRequest,
 };
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
-use crate::server::NoSlot;
-use crate::tasks::TaskState;
 use crate::upload::plan::Insert;
 use crate::upload::store::{Meta, NewUpload, Progress, StoreError, UploadStatus, UploadStore};
 
@@ -59,7 +59,7 @@ fn no_such_task(task_id: TaskId) -> ProtocolError {
 }
 
 impl Connection {
-    fn upload_slot(&self) -> Result<crate::server::UploadSlot, ProtocolError> {
+    fn upload_slot(&self) -> Result<crate::app::UploadSlot, ProtocolError> {
         self.state.upload_slot(&self.caller).map_err(|why| {
             let message = match why {
                 NoSlot::Full => "too many uploads in progress; retry later",
@@ -122,7 +122,7 @@ impl Connection {
             self.release_if_gone(task_id, &e);
             e.with_chunk(chunk_index)
         })?;
-        crate::http::metrics::chunk(insert == Insert::Duplicate);
+        crate::metrics::chunk(insert == Insert::Duplicate);
         let reply = match insert {
             Insert::Duplicate => ChunkReceived::duplicate(task_id, chunk_index),
             Insert::New => ChunkReceived::stored(task_id, chunk_index, progress.progress),
@@ -152,7 +152,7 @@ impl Connection {
             self.release_if_gone(task_id, &e);
             e.with_chunk(index)
         })?;
-        crate::http::metrics::chunk(insert == Insert::Duplicate);
+        crate::metrics::chunk(insert == Insert::Duplicate);
         let Some(upload) = self.uploads.get_mut(&task_id) else {
             return Ok(()); // released while the chunk was written (cannot happen: one task)
         };
@@ -277,12 +277,12 @@ impl Connection {
             Ok(Some(path)) => path,
             Err(err) => {
                 self.uploads.remove(&task_id);
-                crate::http::metrics::upload_failed();
+                crate::metrics::upload_failed();
                 return Err(err);
             }
         };
         self.uploads.remove(&task_id);
-        crate::http::metrics::upload_completed();
+        crate::metrics::upload_completed();
         tracing::info!(%task_id, "upload complete");
         self.send(ServerMessage::UploadComplete(UploadComplete {
             task_id,
@@ -290,7 +290,7 @@ impl Connection {
         }))
         .await?;
         let meta = blocking(self, Some(task_id), move |s| s.meta(task_id)).await?;
-        crate::server::batch::start(&self.state, task_id, path, &meta);
+        self.state.jobs.submit(Job::upload(task_id, path, &meta));
         self.follow(task_id, meta.options.format);
         Ok(true)
     }
@@ -303,7 +303,7 @@ impl Connection {
             }
             Err(e) => return Err(e),
         };
-        let known = self.state.tasks.snapshot(&task_id.to_string()).is_some();
+        let known = self.state.tasks.snapshot(task_id).is_some();
         match meta.status {
             UploadStatus::Uploading => self.resume_upload(task_id, &meta).await,
             _ if known => {
@@ -312,7 +312,7 @@ impl Connection {
             }
             UploadStatus::Uploaded => {
                 let path = blocking(self, Some(task_id), move |s| s.audio_path(task_id)).await?;
-                crate::server::batch::start(&self.state, task_id, path, &meta);
+                self.state.jobs.submit(Job::upload(task_id, path, &meta));
                 self.follow(task_id, meta.options.format);
                 Ok(())
             }
@@ -350,10 +350,7 @@ impl Connection {
     /// uploading or transcribing (`docs/PROTOCOL.md` §7). Answered inline, so a client that
     /// asks faster than it reads is slowed down by its own socket instead of piling up work.
     pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
-        let snapshot = self
-            .state
-            .tasks
-            .snapshot_for(&task_id.to_string(), &self.caller);
+        let snapshot = self.state.tasks.snapshot_for(task_id, &self.caller);
         if let Some(snap) = snapshot {
             return match snap.state {
                 TaskState::Done(result) => {
@@ -365,7 +362,7 @@ impl Connection {
                         .await
                 }
                 TaskState::Failed { code, message } => {
-                    self.send(failed_msg(task_id, &code, &message)).await
+                    self.send(failed_msg(task_id, code, &message)).await
                 }
                 TaskState::Queued | TaskState::Running { .. } => Err(not_ready(
                     task_id,

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 pub use outbound::{Closed, Outbound};
 
 use crate::access::Caller;
+use crate::app::{AppState, UploadSlot};
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, TaskId};
-use crate::server::{AppState, UploadSlot};
 
 /// Close codes this server uses (RFC 6455 §7.4.1).
 pub mod close {
@@ -129,7 +129,7 @@ pub async fn run<S, E>(
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let _gauge = crate::http::metrics::ConnectionGauge::open();
+    let _gauge = crate::metrics::ConnectionGauge::open();
     let (sink, mut stream) = socket.split();
     let (out, rx) = Outbound::new(state.config.ping_timeout);
     let mut writer = tokio::spawn(write_loop(sink, rx));
@@ -245,7 +245,7 @@ impl Connection {
     /// Checks that a client-chosen id for a new task is free: no task and no upload has it,
     /// whoever owns them (a new task must never replace another's). `hint` says what to do.
     fn claim(&self, task_id: TaskId, hint: &str) -> Result<(), ProtocolError> {
-        let taken = self.state.tasks.snapshot(&task_id.to_string()).is_some()
+        let taken = self.state.tasks.snapshot(task_id).is_some()
             || self.state.uploads.meta(task_id).is_ok();
         match taken {
             true => Err(
@@ -308,7 +308,7 @@ impl Connection {
     }
 
     async fn on_frame(&mut self, msg: Message) -> Flow {
-        crate::http::metrics::frame_received(&msg);
+        crate::metrics::bytes_received(message_len(&msg));
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(data) => self.on_binary(data).await,
@@ -375,7 +375,7 @@ impl Connection {
             return Flow::Close(close::POLICY, "client not reading");
         }
         if err.code == ErrorCode::ChunkHashMismatch {
-            crate::http::metrics::chunk_mismatched();
+            crate::metrics::chunk_mismatched();
         }
         if err.code == ErrorCode::Internal {
             tracing::error!(%err, "internal error answered to client");
@@ -386,6 +386,14 @@ impl Connection {
             Ok(()) => Flow::Continue,
             Err(Closed) => Flow::Close(close::NORMAL, ""),
         }
+    }
+}
+/// A frame's payload length, counted as received bytes.
+fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => 0,
     }
 }
 

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Connection, Outbound};
-use crate::format::{render, OutputFormat};
+use crate::domain::{FailureCode, OutputFormat};
+use crate::format::render;
+use crate::jobs::{TaskEvent, TaskRegistry, TaskResult, TaskState};
 use crate::protocol::message::{TranscriptSegment, TranscriptionComplete, TranscriptionProgress};
-use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId};
-use crate::tasks::{TaskEvent, TaskRegistry, TaskResult, TaskState};
+use crate::protocol::{ProtocolError, ServerMessage, TaskId};
 use crate::transcript::Segment;
 
 impl Connection {
@@ -45,15 +46,14 @@ struct Cursor {
 }
 
 async fn relay(
-    registry: Arc<TaskRegistry>,
+    registry: Arc<dyn TaskRegistry>,
     out: Outbound,
     task_id: TaskId,
     format: Option<String>,
 ) -> Option<()> {
-    let key = task_id.to_string();
-    let mut events = registry.subscribe(&key);
+    let mut events = registry.subscribe(task_id);
     let mut cursor = Cursor { sent: 0 };
-    if catch_up(&registry, &out, task_id, &format, &mut cursor).await? {
+    if catch_up(registry.as_ref(), &out, task_id, &format, &mut cursor).await? {
         return Some(());
     }
     let events = events.as_mut()?;
@@ -70,7 +70,7 @@ async fn relay(
                 return Some(());
             }
             Err(RecvError::Lagged(_)) => {
-                if catch_up(&registry, &out, task_id, &format, &mut cursor).await? {
+                if catch_up(registry.as_ref(), &out, task_id, &format, &mut cursor).await? {
                     return Some(());
                 }
             }
@@ -81,13 +81,13 @@ async fn relay(
 
 /// Sends what the snapshot has beyond the cursor. Returns true when the task is over.
 async fn catch_up(
-    registry: &TaskRegistry,
+    registry: &dyn TaskRegistry,
     out: &Outbound,
     task_id: TaskId,
     format: &Option<String>,
     cursor: &mut Cursor,
 ) -> Option<bool> {
-    let snap = registry.snapshot(&task_id.to_string())?;
+    let snap = registry.snapshot(task_id)?;
     if let TaskState::Done(_) | TaskState::Failed { .. } = snap.state {
         finished(out, task_id, format, &snap.state).await;
         return Some(true);
@@ -105,7 +105,7 @@ async fn catch_up(
 async fn finished(out: &Outbound, task_id: TaskId, format: &Option<String>, state: &TaskState) {
     let msg = match state {
         TaskState::Done(result) => complete_msg(task_id, result, format.as_deref()),
-        TaskState::Failed { code, message } => failed_msg(task_id, code, message),
+        TaskState::Failed { code, message } => failed_msg(task_id, *code, message),
         _ => return,
     };
     let _ = out.send(msg).await;
@@ -145,10 +145,8 @@ pub fn complete_msg(task_id: TaskId, result: &TaskResult, format: Option<&str>) 
 }
 
 /// The `error` message for a failed task.
-pub fn failed_msg(task_id: TaskId, code: &str, message: &str) -> ServerMessage {
-    let code = serde_json::from_value(serde_json::Value::String(code.into()))
-        .unwrap_or(ErrorCode::Internal);
-    ProtocolError::new(code, message)
+pub fn failed_msg(task_id: TaskId, code: FailureCode, message: &str) -> ServerMessage {
+    ProtocolError::new(code.into(), message)
         .with_task(task_id)
         .to_message()
 }

@@ -1,0 +1,69 @@
+//! What a task was asked to do and how it can end: [`Task`], [`OutputFormat`], [`FailureCode`].
+//!
+//! Must not render, parse wire messages or know HTTP statuses: renderers and protocols map
+//! these values to their own shapes.
+
+use serde::{Deserialize, Serialize};
+
+/// An output format, named as in OpenAI's `response_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// The text alone.
+    Txt,
+    /// SubRip subtitles.
+    Srt,
+    /// WebVTT subtitles.
+    Vtt,
+    /// `{"text": ...}`.
+    Json,
+    /// OpenAI's verbose JSON: language, duration, segments and (with token timing) words.
+    #[value(name = "verbose_json", alias = "verbose-json")]
+    VerboseJson,
+}
+
+impl OutputFormat {
+    /// File extension for a transcript written in this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Txt => "txt",
+            OutputFormat::Srt => "srt",
+            OutputFormat::Vtt => "vtt",
+            OutputFormat::Json | OutputFormat::VerboseJson => "json",
+        }
+    }
+
+    /// MIME type for serving a transcript in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Txt => "text/plain; charset=utf-8",
+            OutputFormat::Srt => "application/x-subrip; charset=utf-8",
+            OutputFormat::Vtt => "text/vtt; charset=utf-8",
+            OutputFormat::Json | OutputFormat::VerboseJson => "application/json",
+        }
+    }
+}
+
+/// What was asked of Whisper, reported as `task` in verbose JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Speech to text in the spoken language.
+    #[default]
+    Transcribe,
+    /// Speech to English text.
+    Translate,
+}
+
+/// Why a task ended without a result. Each interface maps it to its own error shape (a
+/// protocol error code, an HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// The audio could not be decoded.
+    UnsupportedAudio,
+    /// The server shut down before the task finished; it may be tried again.
+    Stopped,
+    /// A fault of the server's; details are in its log only.
+    Internal,
+}

@@ -1,0 +1,226 @@
+//! The local job runner, [`Batch`]: transcribes files (finished WebSocket uploads and HTTP
+//! API requests) queued behind the processing semaphore (seed: 3 at once), decoded in windows
+//! on the blocking pool, progress and segments published to the task registry as they are
+//! produced. A file that ends before its declared duration still gets its partial transcript,
+//! marked `truncated` on the result.
+//!
+//! This module must not talk to clients (followers relay what it publishes), and must not
+//! know about sockets or the application state: it gets exactly what it needs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::registry::{TaskRegistry, TaskResult};
+use super::{Job, JobQueue, Source};
+use crate::audio::decode::{DecodeError, DecodeLimits};
+use crate::audio::AudioStream;
+use crate::domain::{FailureCode, Task, TaskId};
+use crate::inference::long::{self, LongEvent};
+use crate::inference::pool::Pool;
+use crate::upload::store::{UploadStatus, UploadStore};
+
+/// Runs transcription jobs in this process. Cheap to clone: each job holds a copy.
+#[derive(Clone)]
+pub struct Batch {
+    /// The Whisper workers; every window goes through their bounded queue.
+    pub pool: Pool,
+    /// Silero VAD model for cutting long audio at pauses, when present.
+    pub vad_model: Option<PathBuf>,
+    /// Where progress, segments and results are published.
+    pub tasks: Arc<dyn TaskRegistry>,
+    /// Upload sessions, whose status follows their transcription.
+    pub uploads: Arc<UploadStore>,
+    /// Files transcribed at once (seed: 3); the rest wait queued.
+    pub processing_slots: Arc<Semaphore>,
+    /// Whisper threads per job, overriding what a job asked.
+    pub threads: usize,
+    /// Background work the server's shutdown waits for.
+    pub tracker: TaskTracker,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+    /// How long running jobs may go on after shutdown began; they stop at 80 % of it, so an
+    /// upload's status can still be written back.
+    pub shutdown_grace: Duration,
+}
+
+impl JobQueue for Batch {
+    fn submit(&self, job: Job) {
+        self.tasks.create(job.task_id, job.owner.clone());
+        let batch = self.clone();
+        self.tracker.spawn(async move { batch.run(job).await });
+    }
+
+    fn resume_unfinished(&self) {
+        for (task_id, status) in self.uploads.list() {
+            if status != UploadStatus::Uploaded {
+                continue;
+            }
+            let (Ok(meta), Ok(path)) =
+                (self.uploads.meta(task_id), self.uploads.audio_path(task_id))
+            else {
+                continue;
+            };
+            if self.tasks.snapshot(task_id).is_none() {
+                tracing::info!(%task_id, "resuming an unfinished transcription");
+                self.submit(Job::upload(task_id, path, &meta));
+            }
+        }
+    }
+}
+
+impl Batch {
+    async fn run(self, mut job: Job) {
+        let Ok(_slot) = self.processing_slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (task_id, source, path) = (job.task_id, job.source, job.path.clone());
+        if source == Source::Upload {
+            self.set_status(task_id, UploadStatus::Transcribing, None);
+        }
+        job.options.threads = self.threads;
+        let stop = Arc::new(AtomicBool::new(false));
+        let guard = self.stop_on_shutdown(stop.clone());
+        let batch = self.clone();
+        let run = tokio::task::spawn_blocking(move || batch.transcribe(&job, &stop));
+        let outcome = run.await;
+        guard.abort();
+        self.finish(task_id, outcome, source);
+        if source == Source::File {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+    }
+
+    fn stop_on_shutdown(&self, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+        let token = self.shutdown.clone();
+        let grace = self.shutdown_grace;
+        tokio::spawn(async move {
+            token.cancelled().await;
+            tokio::time::sleep(grace.mul_f32(0.8)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    }
+}
+
+/// Why a transcription ended without a result.
+enum Failure {
+    Stopped,
+    Audio(DecodeError),
+    Other(String),
+}
+
+impl Batch {
+    fn transcribe(&self, job: &Job, stop: &AtomicBool) -> Result<TaskResult, Failure> {
+        let (key, path, opts) = (job.task_id, job.path.as_path(), &job.options);
+        let started = Instant::now();
+        let mut audio = AudioStream::open(path, DecodeLimits::default()).map_err(Failure::Audio)?;
+        let total = audio.duration_hint().unwrap_or(0.0);
+        let mut bad_audio = None;
+        self.tasks.progress(key, 0.0);
+        let result = long::transcribe(
+            &self.pool,
+            || {
+                if stop.load(Ordering::Relaxed) {
+                    return Err("stopped".to_string());
+                }
+                audio.next_chunk().map_err(|e| {
+                    let msg = e.to_string();
+                    bad_audio = Some(e);
+                    msg
+                })
+            },
+            opts,
+            self.vad_model.as_deref(),
+            |event| self.publish(key, total, event),
+        );
+        match (result, bad_audio) {
+            (Ok(transcript), _) => Ok(TaskResult {
+                transcript,
+                processing_seconds: started.elapsed().as_secs_f64(),
+                task: if opts.translate {
+                    Task::Translate
+                } else {
+                    Task::Transcribe
+                },
+                truncated: audio.truncation(),
+            }),
+            (Err(_), Some(audio)) => Err(Failure::Audio(audio)),
+            (Err(_), None) if stop.load(Ordering::Relaxed) => Err(Failure::Stopped),
+            (Err(e), None) => Err(Failure::Other(e.to_string())),
+        }
+    }
+
+    fn publish(&self, task_id: TaskId, total: f64, event: LongEvent) {
+        match event {
+            LongEvent::Segment(s) => self.tasks.segment(task_id, s),
+            LongEvent::Progress { processed_secs } if total > 0.0 => {
+                let progress = (processed_secs / total * 100.0).min(99.9);
+                self.tasks.progress(task_id, progress);
+            }
+            LongEvent::Progress { .. } => {}
+        }
+    }
+
+    fn finish(
+        &self,
+        task_id: TaskId,
+        outcome: Result<Result<TaskResult, Failure>, tokio::task::JoinError>,
+        source: Source,
+    ) {
+        let status = |status, error| {
+            if source == Source::Upload {
+                self.set_status(task_id, status, error);
+            }
+        };
+        match outcome {
+            Ok(Ok(result)) => {
+                tracing::info!(%task_id, secs = result.processing_seconds, "transcribed");
+                if let Some(cut) = &result.truncated {
+                    tracing::warn!(%task_id, %cut, "the file is truncated");
+                }
+                crate::metrics::job_done(result.processing_seconds, result.transcript.duration);
+                self.tasks.finish(task_id, result);
+                status(UploadStatus::Done, None);
+            }
+            Ok(Err(Failure::Stopped)) if source == Source::Upload => {
+                tracing::info!(%task_id, "transcription stopped by shutdown; it restarts with the server");
+                self.set_status(task_id, UploadStatus::Uploaded, None);
+            }
+            Ok(Err(Failure::Stopped)) => {
+                tracing::info!(%task_id, "transcription stopped by shutdown");
+                self.tasks
+                    .fail(task_id, FailureCode::Stopped, "the server shut down");
+            }
+            Ok(Err(Failure::Audio(err))) => {
+                tracing::warn!(%task_id, %err, "undecodable upload");
+                crate::metrics::job_failed();
+                self.tasks
+                    .fail(task_id, FailureCode::UnsupportedAudio, &err.to_string());
+                status(UploadStatus::Failed, Some(err.to_string()));
+            }
+            Ok(Err(Failure::Other(err))) => self.fail_internal(task_id, &err, source),
+            Err(join) => self.fail_internal(task_id, &join.to_string(), source),
+        }
+    }
+
+    fn fail_internal(&self, task_id: TaskId, err: &str, source: Source) {
+        tracing::error!(%task_id, err, "transcription failed");
+        crate::metrics::job_failed();
+        self.tasks
+            .fail(task_id, FailureCode::Internal, "transcription failed");
+        if source == Source::Upload {
+            self.set_status(task_id, UploadStatus::Failed, Some(err.to_string()));
+        }
+    }
+
+    fn set_status(&self, task_id: TaskId, status: UploadStatus, error: Option<String>) {
+        if let Err(err) = self.uploads.set_status(task_id, status, error) {
+            tracing::warn!(%task_id, %err, "could not record the upload's status");
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Jobs and their results: the task registry ([`registry`]), the one store of every task's
+//! progress and result, and the job runner ([`batch`]) that transcribes files through the
+//! Whisper pool. [`JobQueue`] is the interface the sessions and the HTTP API submit work
+//! through; [`batch::Batch`] runs it in this process.
+//!
+//! This module must not talk to clients or know about sockets, routes or the application
+//! state: it sits below `app`, which composes it.
+
+pub mod batch;
+pub mod registry;
+
+use std::path::PathBuf;
+
+pub use registry::{LocalRegistry, Snapshot, TaskEvent, TaskRegistry, TaskResult, TaskState};
+
+use crate::access::Owner;
+use crate::domain::TaskId;
+use crate::inference::engine::Options;
+use crate::protocol::message::TaskOptions;
+use crate::upload::store::Meta;
+
+/// One file to transcribe.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The task it publishes to.
+    pub task_id: TaskId,
+    /// The audio file.
+    pub path: PathBuf,
+    /// Whisper options as asked; the runner sets its own thread count.
+    pub options: Options,
+    /// Where the file came from, which decides what is updated and cleaned up at the end.
+    pub source: Source,
+    /// Who may read the task's result.
+    pub owner: Option<Owner>,
+}
+
+impl Job {
+    /// The transcription of a finished upload, with the options stored with it; the task
+    /// belongs to the upload's owner.
+    pub fn upload(task_id: TaskId, path: PathBuf, meta: &Meta) -> Self {
+        Job {
+            task_id,
+            path,
+            options: engine_options(&meta.options, 0),
+            source: Source::Upload,
+            owner: meta.owner.clone(),
+        }
+    }
+}
+
+/// Where a job's audio came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A durable upload session: its status is kept in the store, its file kept for resumes.
+    Upload,
+    /// A one-off file (an HTTP request): removed when the job ends.
+    File,
+}
+
+/// Where sessions and the HTTP API hand work; follow a job's task through the registry.
+pub trait JobQueue: Send + Sync {
+    /// Registers the job's task and queues the job; returns at once.
+    fn submit(&self, job: Job);
+
+    /// At start: queues again the jobs a previous run accepted but did not finish.
+    fn resume_unfinished(&self);
+}
+
+/// Whisper options for what a client asked, with `threads` threads.
+pub fn engine_options(options: &TaskOptions, threads: usize) -> Options {
+    Options {
+        language: options.language.clone().filter(|l| l != "auto"),
+        translate: options.translate,
+        threads,
+        ..Options::default()
+    }
+}
