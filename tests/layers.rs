@@ -48,7 +48,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file under `src/` belongs to (`src/ws/live.rs` → `ws`).
 fn owner(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -110,7 +115,10 @@ fn modules_only_use_the_layers_below_them() {
                 || (used_layer == user_layer && SIDEWAYS.contains(&(user.as_str(), used.as_str())));
             if !allowed {
                 let at = format!("{}:{line}", file.strip_prefix(&src).unwrap().display());
-                wrong.entry(format!("{user} -> {used}")).or_default().push(at);
+                wrong
+                    .entry(format!("{user} -> {used}"))
+                    .or_default()
+                    .push(at);
             }
         }
     }

@@ -193,7 +193,12 @@ async fn guessed_ids_are_refused_and_tasks_belong_to_their_key() {
         .await;
     let e = alice.expect_error("invalid_message").await;
     assert!(e["message"].as_str().unwrap().contains("version 4"), "{e}");
-    assert!(server.state.tasks.snapshot(nil.parse().unwrap()).is_none());
+    assert!(server
+        .state
+        .tasks
+        .snapshot(nil.parse().unwrap())
+        .await
+        .is_none());
 
     // Alice's upload, transcribed.
     let data = jfk();

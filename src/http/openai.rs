@@ -326,7 +326,7 @@ async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError>
         .tasks
         .subscribe(key)
         .ok_or_else(ApiError::internal)?;
-    let current = http.app.tasks.snapshot(key).map(|s| s.state);
+    let current = http.app.tasks.snapshot(key).await.map(|s| s.state);
     let mut state = match current {
         Some(s @ (TaskState::Done(_) | TaskState::Failed { .. })) => s,
         _ => TaskState::Queued,
@@ -335,7 +335,7 @@ async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError>
         state = match events.recv().await {
             Ok(TaskEvent::Finished(s)) => s,
             Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => match http.app.tasks.snapshot(key) {
+            Err(RecvError::Closed) => match http.app.tasks.snapshot(key).await {
                 Some(s) => s.state,
                 None => return Err(ApiError::internal()),
             },

@@ -40,10 +40,12 @@ pub async fn get(
     Query(query): Query<TaskQuery>,
 ) -> Response {
     let format = query.response_format.as_deref();
-    lookup(&http, &caller, &task_id, format).unwrap_or_else(|e| e.into_response())
+    lookup(&http, &caller, &task_id, format)
+        .await
+        .unwrap_or_else(|e| e.into_response())
 }
 
-fn lookup(
+async fn lookup(
     http: &Http,
     caller: &Caller,
     task_id: &str,
@@ -55,6 +57,7 @@ fn lookup(
         .app
         .tasks
         .snapshot_for(id, caller)
+        .await
         .ok_or_else(not_found)?;
     match (&snapshot.state, format) {
         (TaskState::Done(result), Some(format)) => Ok(respond(id, result, format, result.task)),

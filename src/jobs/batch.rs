@@ -49,6 +49,7 @@ pub struct Batch {
     pub shutdown_grace: Duration,
 }
 
+#[async_trait::async_trait]
 impl JobQueue for Batch {
     fn submit(&self, job: Job) {
         self.tasks.create(job.task_id, job.owner.clone());
@@ -56,7 +57,7 @@ impl JobQueue for Batch {
         self.tracker.spawn(async move { batch.run(job).await });
     }
 
-    fn resume_unfinished(&self) {
+    async fn resume_unfinished(&self) {
         for (task_id, status) in self.uploads.list() {
             if status != UploadStatus::Uploaded {
                 continue;
@@ -66,7 +67,7 @@ impl JobQueue for Batch {
             else {
                 continue;
             };
-            if self.tasks.snapshot(task_id).is_none() {
+            if self.tasks.snapshot(task_id).await.is_none() {
                 tracing::info!(%task_id, "resuming an unfinished transcription");
                 self.submit(Job::upload(task_id, path, &meta));
             }
@@ -81,7 +82,8 @@ impl Batch {
         };
         let (task_id, source, path) = (job.task_id, job.source, job.path.clone());
         if source == Source::Upload {
-            self.set_status(task_id, UploadStatus::Transcribing, None);
+            self.set_status(task_id, UploadStatus::Transcribing, None)
+                .await;
         }
         job.options.threads = self.threads;
         let stop = Arc::new(AtomicBool::new(false));
@@ -90,7 +92,7 @@ impl Batch {
         let run = tokio::task::spawn_blocking(move || batch.transcribe(&job, &stop));
         let outcome = run.await;
         guard.abort();
-        self.finish(task_id, outcome, source);
+        self.finish(task_id, outcome, source).await;
         if source == Source::File {
             let _ = tokio::fs::remove_file(&path).await;
         }
@@ -166,17 +168,12 @@ impl Batch {
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
         task_id: TaskId,
         outcome: Result<Result<TaskResult, Failure>, tokio::task::JoinError>,
         source: Source,
     ) {
-        let status = |status, error| {
-            if source == Source::Upload {
-                self.set_status(task_id, status, error);
-            }
-        };
         match outcome {
             Ok(Ok(result)) => {
                 tracing::info!(%task_id, secs = result.processing_seconds, "transcribed");
@@ -184,12 +181,14 @@ impl Batch {
                     tracing::warn!(%task_id, %cut, "the file is truncated");
                 }
                 crate::metrics::job_done(result.processing_seconds, result.transcript.duration);
-                self.tasks.finish(task_id, result);
-                status(UploadStatus::Done, None);
+                self.tasks.finish(task_id, result).await;
+                if source == Source::Upload {
+                    self.set_status(task_id, UploadStatus::Done, None).await;
+                }
             }
             Ok(Err(Failure::Stopped)) if source == Source::Upload => {
                 tracing::info!(%task_id, "transcription stopped by shutdown; it restarts with the server");
-                self.set_status(task_id, UploadStatus::Uploaded, None);
+                self.set_status(task_id, UploadStatus::Uploaded, None).await;
             }
             Ok(Err(Failure::Stopped)) => {
                 tracing::info!(%task_id, "transcription stopped by shutdown");
@@ -201,26 +200,35 @@ impl Batch {
                 crate::metrics::job_failed();
                 self.tasks
                     .fail(task_id, FailureCode::UnsupportedAudio, &err.to_string());
-                status(UploadStatus::Failed, Some(err.to_string()));
+                if source == Source::Upload {
+                    let error = Some(err.to_string());
+                    self.set_status(task_id, UploadStatus::Failed, error).await;
+                }
             }
-            Ok(Err(Failure::Other(err))) => self.fail_internal(task_id, &err, source),
-            Err(join) => self.fail_internal(task_id, &join.to_string(), source),
+            Ok(Err(Failure::Other(err))) => self.fail_internal(task_id, &err, source).await,
+            Err(join) => self.fail_internal(task_id, &join.to_string(), source).await,
         }
     }
 
-    fn fail_internal(&self, task_id: TaskId, err: &str, source: Source) {
+    async fn fail_internal(&self, task_id: TaskId, err: &str, source: Source) {
         tracing::error!(%task_id, err, "transcription failed");
         crate::metrics::job_failed();
         self.tasks
             .fail(task_id, FailureCode::Internal, "transcription failed");
         if source == Source::Upload {
-            self.set_status(task_id, UploadStatus::Failed, Some(err.to_string()));
+            let error = Some(err.to_string());
+            self.set_status(task_id, UploadStatus::Failed, error).await;
         }
     }
 
-    fn set_status(&self, task_id: TaskId, status: UploadStatus, error: Option<String>) {
-        if let Err(err) = self.uploads.set_status(task_id, status, error) {
-            tracing::warn!(%task_id, %err, "could not record the upload's status");
+    /// Records an upload's status (a durable meta.json write, on the blocking pool).
+    async fn set_status(&self, task_id: TaskId, status: UploadStatus, error: Option<String>) {
+        let uploads = self.uploads.clone();
+        let write = move || uploads.set_status(task_id, status, error);
+        match tokio::task::spawn_blocking(write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(%task_id, %err, "could not record the upload's status"),
+            Err(err) => tracing::warn!(%task_id, %err, "could not record the upload's status"),
         }
     }
 }

@@ -58,12 +58,13 @@ pub enum Source {
 }
 
 /// Where sessions and the HTTP API hand work; follow a job's task through the registry.
+#[async_trait::async_trait]
 pub trait JobQueue: Send + Sync {
     /// Registers the job's task and queues the job; returns at once.
     fn submit(&self, job: Job);
 
     /// At start: queues again the jobs a previous run accepted but did not finish.
-    fn resume_unfinished(&self);
+    async fn resume_unfinished(&self);
 }
 
 /// Whisper options for what a client asked, with `threads` threads.

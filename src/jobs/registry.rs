@@ -13,9 +13,8 @@
 //! [`LocalRegistry`] is the one-process implementation (memory plus `results/`), and a cluster
 //! implementation can stand behind the same trait.
 //!
-//! This module must not run transcription or touch sockets, and no file I/O may happen in it on
-//! an async thread: callers that write (finish) or may read (snapshot of a swept-out task) call
-//! from the blocking pool or a worker thread.
+//! This module must not run transcription or touch sockets, and must not block an async thread:
+//! its file I/O goes through `tokio::fs`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -107,7 +106,9 @@ struct Stored {
 }
 
 /// Progress and results of tasks, for producers to publish and followers to read. Producers
-/// never block on followers; see the module docs.
+/// never block on followers; see the module docs. What may touch storage (reading a result,
+/// recording one, sweeping) is async, so no implementation blocks an async thread.
+#[async_trait::async_trait]
 pub trait TaskRegistry: Send + Sync {
     /// Registers a task (or resets a failed one) owned by `owner` and returns a subscription.
     fn create(&self, task_id: TaskId, owner: Option<Owner>) -> broadcast::Receiver<TaskEvent>;
@@ -115,19 +116,19 @@ pub trait TaskRegistry: Send + Sync {
     fn subscribe(&self, task_id: TaskId) -> Option<broadcast::Receiver<TaskEvent>>;
     /// The task's state and segments whoever owns it (for the server's own bookkeeping;
     /// answers to clients use [`TaskRegistry::snapshot_for`]).
-    fn snapshot(&self, task_id: TaskId) -> Option<Snapshot>;
+    async fn snapshot(&self, task_id: TaskId) -> Option<Snapshot>;
     /// The task's snapshot if `caller` may see it; a task of another key looks like no task.
-    fn snapshot_for(&self, task_id: TaskId, caller: &Caller) -> Option<Snapshot>;
+    async fn snapshot_for(&self, task_id: TaskId, caller: &Caller) -> Option<Snapshot>;
     /// Marks the task as running with the given progress (0–100).
     fn progress(&self, task_id: TaskId, progress: f64);
     /// Publishes a final segment.
     fn segment(&self, task_id: TaskId, segment: Segment);
     /// Records the result durably and tells followers. May block on I/O.
-    fn finish(&self, task_id: TaskId, result: TaskResult);
+    async fn finish(&self, task_id: TaskId, result: TaskResult);
     /// Records a failure and tells followers.
     fn fail(&self, task_id: TaskId, code: FailureCode, message: &str);
     /// Forgets finished tasks and deletes results older than `ttl`. May block on I/O.
-    fn sweep(&self, ttl: Duration);
+    async fn sweep(&self, ttl: Duration);
 }
 
 /// All tasks of this process, shared by every connection: in memory while they run, results
@@ -154,21 +155,27 @@ impl LocalRegistry {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn owned_snapshot(&self, task_id: TaskId) -> Option<(Snapshot, Option<Owner>)> {
-        if let Some(e) = self.lock().get(&task_id) {
-            let snapshot = Snapshot {
-                state: e.state.clone(),
-                segments: e.segments.clone(),
-            };
-            return Some((snapshot, e.owner.clone()));
+    async fn owned_snapshot(&self, task_id: TaskId) -> Option<(Snapshot, Option<Owner>)> {
+        if let Some(found) = self.in_memory(task_id) {
+            return Some(found);
         }
-        let stored = self.load(task_id)?;
+        let stored = self.load(task_id).await?;
         let segments = stored.result.transcript.segments.clone();
         let snapshot = Snapshot {
             state: TaskState::Done(Arc::new(stored.result)),
             segments,
         };
         Some((snapshot, stored.owner))
+    }
+
+    fn in_memory(&self, task_id: TaskId) -> Option<(Snapshot, Option<Owner>)> {
+        let tasks = self.lock();
+        let e = tasks.get(&task_id)?;
+        let snapshot = Snapshot {
+            state: e.state.clone(),
+            segments: e.segments.clone(),
+        };
+        Some((snapshot, e.owner.clone()))
     }
 
     fn end(&self, task_id: TaskId, state: TaskState) {
@@ -185,28 +192,33 @@ impl LocalRegistry {
 
     /// Writes the result atomically and durably: temp file, fsync, rename, fsync of the
     /// directory, so a crash leaves the old state or the whole result, never half of one.
-    fn persist(
+    async fn persist(
         &self,
         task_id: TaskId,
         result: TaskResult,
         owner: Option<Owner>,
     ) -> std::io::Result<()> {
-        use std::io::Write;
+        use tokio::io::AsyncWriteExt;
         let path = self.result_path(task_id);
         let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(&Stored { result, owner })?)?;
-        file.sync_all()?;
-        std::fs::rename(tmp, path)?;
-        std::fs::File::open(&self.results_dir)?.sync_all()
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        file.write_all(&serde_json::to_vec(&Stored { result, owner })?)
+            .await?;
+        file.sync_all().await?;
+        tokio::fs::rename(tmp, path).await?;
+        tokio::fs::File::open(&self.results_dir)
+            .await?
+            .sync_all()
+            .await
     }
 
-    fn load(&self, task_id: TaskId) -> Option<Stored> {
-        let bytes = std::fs::read(self.result_path(task_id)).ok()?;
+    async fn load(&self, task_id: TaskId) -> Option<Stored> {
+        let bytes = tokio::fs::read(self.result_path(task_id)).await.ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 }
 
+#[async_trait::async_trait]
 impl TaskRegistry for LocalRegistry {
     fn create(&self, task_id: TaskId, owner: Option<Owner>) -> broadcast::Receiver<TaskEvent> {
         let (events, rx) = broadcast::channel(EVENT_BUFFER);
@@ -224,12 +236,14 @@ impl TaskRegistry for LocalRegistry {
         self.lock().get(&task_id).map(|e| e.events.subscribe())
     }
 
-    fn snapshot(&self, task_id: TaskId) -> Option<Snapshot> {
-        self.owned_snapshot(task_id).map(|(snapshot, _)| snapshot)
+    async fn snapshot(&self, task_id: TaskId) -> Option<Snapshot> {
+        self.owned_snapshot(task_id)
+            .await
+            .map(|(snapshot, _)| snapshot)
     }
 
-    fn snapshot_for(&self, task_id: TaskId, caller: &Caller) -> Option<Snapshot> {
-        let (snapshot, owner) = self.owned_snapshot(task_id)?;
+    async fn snapshot_for(&self, task_id: TaskId, caller: &Caller) -> Option<Snapshot> {
+        let (snapshot, owner) = self.owned_snapshot(task_id).await?;
         caller.may_see(owner.as_ref()).then_some(snapshot)
     }
 
@@ -250,9 +264,9 @@ impl TaskRegistry for LocalRegistry {
         }
     }
 
-    fn finish(&self, task_id: TaskId, result: TaskResult) {
+    async fn finish(&self, task_id: TaskId, result: TaskResult) {
         let owner = self.lock().get(&task_id).and_then(|e| e.owner.clone());
-        if let Err(err) = self.persist(task_id, result.clone(), owner) {
+        if let Err(err) = self.persist(task_id, result.clone(), owner).await {
             tracing::warn!(%task_id, %err, "could not persist a result; it stays in memory only");
         }
         self.end(task_id, TaskState::Done(Arc::new(result)));
@@ -263,23 +277,20 @@ impl TaskRegistry for LocalRegistry {
         self.end(task_id, TaskState::Failed { code, message });
     }
 
-    fn sweep(&self, ttl: Duration) {
+    async fn sweep(&self, ttl: Duration) {
         self.lock().retain(|_, e| {
             !matches!(e.state, TaskState::Done(_) | TaskState::Failed { .. })
                 || e.events.receiver_count() > 0
         });
-        let Ok(dir) = std::fs::read_dir(&self.results_dir) else {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.results_dir).await else {
             return;
         };
         let now = SystemTime::now();
-        for entry in dir.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| now.duration_since(t).unwrap_or_default() >= ttl)
-                .unwrap_or(false);
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let modified = entry.metadata().await.and_then(|m| m.modified());
+            let old = modified.is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= ttl);
             if old {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = tokio::fs::remove_file(entry.path()).await;
             }
         }
     }
@@ -306,8 +317,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn followers_hear_events_and_late_joiners_get_a_snapshot() {
+    #[tokio::test]
+    async fn followers_hear_events_and_late_joiners_get_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let reg = LocalRegistry::new(dir.path()).unwrap();
         let id = TaskId::new_v4();
@@ -319,29 +330,29 @@ mod tests {
             rx.try_recv().unwrap(),
             TaskEvent::Segment { index: 0, .. }
         ));
-        let snap = reg.snapshot(id).unwrap();
+        let snap = reg.snapshot(id).await.unwrap();
         assert_eq!(snap.segments, vec![seg("a")]);
         assert_eq!(snap.state, TaskState::Running { progress: 50.0 });
     }
 
-    #[test]
-    fn results_survive_a_new_registry_and_are_swept() {
+    #[tokio::test]
+    async fn results_survive_a_new_registry_and_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let id = TaskId::new_v4();
         {
             let reg = LocalRegistry::new(dir.path()).unwrap();
             reg.create(id, None);
-            reg.finish(id, result());
+            reg.finish(id, result()).await;
         }
         let reg = LocalRegistry::new(dir.path()).unwrap();
-        let snap = reg.snapshot(id).expect("result reloaded from disk");
+        let snap = reg.snapshot(id).await.expect("result reloaded from disk");
         assert_eq!(snap.state, TaskState::Done(Arc::new(result())));
-        reg.sweep(Duration::ZERO);
-        assert!(reg.snapshot(id).is_none());
+        reg.sweep(Duration::ZERO).await;
+        assert!(reg.snapshot(id).await.is_none());
     }
 
-    #[test]
-    fn only_the_owner_sees_an_owned_task_even_after_a_restart() {
+    #[tokio::test]
+    async fn only_the_owner_sees_an_owned_task_even_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let id = TaskId::new_v4();
         let ip = "127.0.0.1".parse().unwrap();
@@ -356,20 +367,20 @@ mod tests {
         {
             let reg = LocalRegistry::new(dir.path()).unwrap();
             reg.create(id, alice.owner.clone());
-            assert!(reg.snapshot_for(id, &alice).is_some());
-            assert!(reg.snapshot_for(id, &bob).is_none());
-            assert!(reg.snapshot_for(id, &Caller::anonymous(ip)).is_none());
-            reg.finish(id, result());
+            assert!(reg.snapshot_for(id, &alice).await.is_some());
+            assert!(reg.snapshot_for(id, &bob).await.is_none());
+            assert!(reg.snapshot_for(id, &Caller::anonymous(ip)).await.is_none());
+            reg.finish(id, result()).await;
         }
         let reg = LocalRegistry::new(dir.path()).unwrap();
-        assert!(reg.snapshot_for(id, &alice).is_some());
-        assert!(reg.snapshot_for(id, &bob).is_none());
+        assert!(reg.snapshot_for(id, &alice).await.is_some());
+        assert!(reg.snapshot_for(id, &bob).await.is_none());
         let bytes = std::fs::read(reg.result_path(id)).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("alice"));
     }
 
-    #[test]
-    fn results_written_before_owners_are_readable_by_all() {
+    #[tokio::test]
+    async fn results_written_before_owners_are_readable_by_all() {
         let dir = tempfile::tempdir().unwrap();
         let reg = LocalRegistry::new(dir.path()).unwrap();
         let id = TaskId::new_v4();
@@ -379,11 +390,11 @@ mod tests {
             owner: Some(Owner::of_key("bob")),
             addr: "127.0.0.1".parse().unwrap(),
         };
-        assert!(reg.snapshot_for(id, &bob).is_some());
+        assert!(reg.snapshot_for(id, &bob).await.is_some());
     }
 
-    #[test]
-    fn a_truncation_is_persisted_and_older_results_still_load() {
+    #[tokio::test]
+    async fn a_truncation_is_persisted_and_older_results_still_load() {
         let dir = tempfile::tempdir().unwrap();
         let id = TaskId::new_v4();
         let cut = TaskResult {
@@ -392,10 +403,10 @@ mod tests {
         };
         let reg = LocalRegistry::new(dir.path()).unwrap();
         reg.create(id, None);
-        reg.finish(id, cut.clone());
+        reg.finish(id, cut.clone()).await;
         let reloaded = LocalRegistry::new(dir.path()).unwrap();
         assert_eq!(
-            reloaded.snapshot(id).unwrap().state,
+            reloaded.snapshot(id).await.unwrap().state,
             TaskState::Done(Arc::new(cut))
         );
 

@@ -29,7 +29,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let app = routes::router(state.clone());
     let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
-    state.jobs.resume_unfinished();
+    state.jobs.resume_unfinished().await;
     listen::serve(
         listener,
         app,
@@ -57,9 +57,9 @@ async fn sweep_loop(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
+        state.tasks.sweep(state.config.session_ttl).await;
         let st = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            st.tasks.sweep(st.config.session_ttl);
             let expired = st.uploads.sweep(st.config.session_ttl);
             if !expired.is_empty() {
                 tracing::info!(count = expired.len(), "expired idle uploads swept");

@@ -87,7 +87,7 @@ async fn catch_up(
     format: &Option<String>,
     cursor: &mut Cursor,
 ) -> Option<bool> {
-    let snap = registry.snapshot(task_id)?;
+    let snap = registry.snapshot(task_id).await?;
     if let TaskState::Done(_) | TaskState::Failed { .. } = snap.state {
         finished(out, task_id, format, &snap.state).await;
         return Some(true);

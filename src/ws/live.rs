@@ -62,7 +62,8 @@ impl Connection {
             ));
         }
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
-        self.claim(task_id, "omit it and the server picks one")?;
+        self.claim(task_id, "omit it and the server picks one")
+            .await?;
         let decoder = InputDecoder::new(&start)?;
         self.state.tasks.create(task_id, self.caller.owner.clone());
         let (input, rx) = mpsc::channel(INPUT_FRAMES);
@@ -409,7 +410,7 @@ impl Runner {
         };
         tracing::info!(task_id = %self.task_id, secs = duration, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);
-        self.state.tasks.finish(self.task_id, result);
+        self.state.tasks.finish(self.task_id, result).await;
         let _ = self.out.send(msg).await;
     }
 }

@@ -244,8 +244,8 @@ impl Connection {
 
     /// Checks that a client-chosen id for a new task is free: no task and no upload has it,
     /// whoever owns them (a new task must never replace another's). `hint` says what to do.
-    fn claim(&self, task_id: TaskId, hint: &str) -> Result<(), ProtocolError> {
-        let taken = self.state.tasks.snapshot(task_id).is_some()
+    async fn claim(&self, task_id: TaskId, hint: &str) -> Result<(), ProtocolError> {
+        let taken = self.state.tasks.snapshot(task_id).await.is_some()
             || self.state.uploads.meta(task_id).is_ok();
         match taken {
             true => Err(

@@ -38,7 +38,7 @@ impl Connection {
         let task_id = seg.task_id;
         let is_final = seg.is_final;
         if !self.segments.contains_key(&task_id) {
-            self.start_segment_task(task_id, seg.segment_index)?;
+            self.start_segment_task(task_id, seg.segment_index).await?;
         }
         let task = self.segments.get_mut(&task_id).expect("started above");
         if seg.segment_index != task.next_index {
@@ -63,14 +63,19 @@ impl Connection {
 
     /// Starts a task for a client-chosen id. The id must be new: reusing one (another
     /// upload's, a finished stream's) would replace that task and its stored result.
-    fn start_segment_task(&mut self, task_id: TaskId, first: u32) -> Result<(), ProtocolError> {
+    async fn start_segment_task(
+        &mut self,
+        task_id: TaskId,
+        first: u32,
+    ) -> Result<(), ProtocolError> {
         if first != 0 {
             return Err(ProtocolError::invalid(format!(
                 "segment_index {first} out of order: a new task starts at 0"
             ))
             .with_task(task_id));
         }
-        self.claim(task_id, "choose a new one (uuid4) for each recording")?;
+        self.claim(task_id, "choose a new one (uuid4) for each recording")
+            .await?;
         if self.segments.len() >= MAX_OPEN_TASKS {
             return Err(ProtocolError::new(
                 ErrorCode::Busy,
@@ -149,5 +154,5 @@ async fn run(
         task: Task::Transcribe,
         truncated: None,
     };
-    state.tasks.finish(task_id, result);
+    state.tasks.finish(task_id, result).await;
 }

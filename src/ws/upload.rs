@@ -303,7 +303,7 @@ impl Connection {
             }
             Err(e) => return Err(e),
         };
-        let known = self.state.tasks.snapshot(task_id).is_some();
+        let known = self.state.tasks.snapshot(task_id).await.is_some();
         match meta.status {
             UploadStatus::Uploading => self.resume_upload(task_id, &meta).await,
             _ if known => {
@@ -350,7 +350,7 @@ impl Connection {
     /// uploading or transcribing (`docs/PROTOCOL.md` §7). Answered inline, so a client that
     /// asks faster than it reads is slowed down by its own socket instead of piling up work.
     pub(super) async fn get_result(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
-        let snapshot = self.state.tasks.snapshot_for(task_id, &self.caller);
+        let snapshot = self.state.tasks.snapshot_for(task_id, &self.caller).await;
         if let Some(snap) = snapshot {
             return match snap.state {
                 TaskState::Done(result) => {
