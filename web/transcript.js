@@ -1,11 +1,16 @@
 // The transcript on screen: one task's finished segments plus the live partial tail, its
-// progress and "Done" line, and the downloads (rendered by formats.js).
+// progress and "Done" line, and the downloads. A download is the server's own rendering of the
+// finished task (GET /v1/tasks/{id}?response_format=…), so TXT, SRT, VTT and JSON from the
+// page are byte for byte what the HTTP API gives.
 //
-// This module must not send protocol messages, or care whether the text comes from the
-// microphone or an upload.
+// This module must not send protocol messages, format a transcript file itself, or care
+// whether the text comes from the microphone or an upload.
 
-import { render, MIME } from "./formats.js";
-import { ui, showStatus, formatDuration } from "./ui.js";
+import { fetchResult } from "./connection.js";
+import { ui, showAlert, showStatus, formatDuration } from "./ui.js";
+
+/** Download button → the server's response_format; the page's JSON is OpenAI's verbose_json. */
+const RESPONSE_FORMAT = { txt: "text", srt: "srt", vtt: "vtt", json: "verbose_json" };
 
 /**
  * What is shown: the task, the name downloads are saved under, its segments by index, the
@@ -14,7 +19,7 @@ import { ui, showStatus, formatDuration } from "./ui.js";
 let shown = blank(null, "transcript");
 
 function blank(taskId, name) {
-  return { taskId, name, segments: [], partial: "", revision: -1, language: null, duration: null, done: false };
+  return { taskId, name, segments: [], partial: "", revision: -1, done: false };
 }
 
 /** Clears the list to show task `taskId` (null until the server names it), saved as `name`. */
@@ -55,8 +60,6 @@ export function onComplete(d) {
   if (d.task_id !== shown.taskId) return;
   shown.segments = d.segments.map((s) => ({ start: s.start, end: s.end, text: s.text }));
   shown.partial = "";
-  shown.language = d.language;
-  shown.duration = d.duration;
   shown.done = true;
   draw();
   showStatus(`Done · ${d.language} · ${formatDuration(d.duration)} of audio`);
@@ -92,7 +95,8 @@ function draw() {
     ui.transcript.append(partial);
   }
   ui.empty.hidden = at > 0 || Boolean(tail);
-  ui.downloads.forEach((b) => { b.disabled = at === 0; });
+  // The server renders a task once it is finished; until then there is nothing to download.
+  ui.downloads.forEach((b) => { b.disabled = !shown.done || at === 0; });
 }
 
 function line(when, text, datetime) {
@@ -115,15 +119,32 @@ function clock(seconds) {
   return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
-/** Saves the text shown as `format` (txt, srt, vtt or json). */
-export function download(format) {
-  const segments = shown.segments.filter(Boolean);
-  const body = render({ segments, language: shown.language, duration: shown.duration }, format);
+/** Saves the shown task as `format` (txt, srt, vtt or json), rendered by the server. */
+export async function download(format) {
+  const { taskId, name } = shown;
+  let body;
+  try {
+    const response = await fetchResult(taskId, RESPONSE_FORMAT[format]);
+    if (response.status !== 200) throw new Error(await refusal(response));
+    body = await response.blob();
+  } catch (err) {
+    return showAlert(`The transcript could not be downloaded: ${err.message}`);
+  }
   const a = document.createElement("a");
-  a.href = URL.createObjectURL(new Blob([body], { type: MIME[format] }));
-  a.download = `${shown.name.replace(/\.[^.]*$/, "")}.${format}`;
+  a.href = URL.createObjectURL(body);
+  a.download = `${name.replace(/\.[^.]*$/, "")}.${format}`;
   document.body.append(a);
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+/** Why the server did not send a transcript, from its error body. */
+async function refusal(response) {
+  if (response.status === 202) return "it is not finished yet";
+  try {
+    return (await response.json()).error?.message ?? `HTTP ${response.status}`;
+  } catch {
+    return `HTTP ${response.status}`;
+  }
 }

@@ -42,7 +42,7 @@ macro_rules! script {
 }
 
 /// Every file the page loads: `app.js` and the modules it imports, the audio worklet, the styles.
-const ASSETS: [Asset; 10] = [
+const ASSETS: [Asset; 9] = [
     script!("app.js"),
     script!("connection.js"),
     script!("upload.js"),
@@ -50,7 +50,6 @@ const ASSETS: [Asset; 10] = [
     script!("transcript.js"),
     script!("ui.js"),
     script!("hash.js"),
-    script!("formats.js"),
     script!("worklet.js"),
     Asset {
         path: "/style.css",
