@@ -116,8 +116,41 @@ fn assert_transcript(result: &Value, file: &str) -> String {
     heard
 }
 
-/// The downloads rendered by the page hold the transcript the page shows.
-fn assert_downloads(result: &Value, heard: &str) {
+/// A download button and the `response_format` the server renders it with.
+const DOWNLOADS: [(&str, &str); 4] = [
+    ("txt", "text"),
+    ("srt", "srt"),
+    ("vtt", "vtt"),
+    ("json", "verbose_json"),
+];
+
+/// The server's own rendering of the task the page last worked on (`GET /v1/tasks/{id}`).
+async fn server_rendering(server: &TestServer, result: &Value, format: &str) -> String {
+    let task_id = text(result, "/taskId");
+    let url = format!(
+        "{}/v1/tasks/{task_id}?response_format={format}",
+        server.http_url()
+    );
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    response.text().await.unwrap()
+}
+
+/// The downloads hold the transcript the page shows, each byte for byte the server's
+/// rendering of the task, saved under the uploaded file's name.
+async fn assert_downloads(server: &TestServer, result: &Value, heard: &str, file: &str) {
+    for (download, format) in DOWNLOADS {
+        assert_eq!(
+            text(result, &format!("/downloads/{download}/body")),
+            server_rendering(server, result, format).await,
+            "the {download} download is the server's {format}"
+        );
+        let stem = file.rsplit_once('.').unwrap().0;
+        assert_eq!(
+            text(result, &format!("/downloads/{download}/name")),
+            format!("{stem}.{download}")
+        );
+    }
     assert_eq!(text(result, "/downloads/txt/body"), format!("{heard}\n"));
     let srt = text(result, "/downloads/srt/body");
     assert!(srt.starts_with("1\n00:00:"), "SRT: {srt:?}");
@@ -130,7 +163,7 @@ fn assert_downloads(result: &Value, heard: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn page_checksums_and_formats_match_references() {
+async fn page_checksums_match_references() {
     check_setup();
     let server = TestServer::start().await;
     let result = run(&server, "hashes", &[]).await;
@@ -185,6 +218,10 @@ async fn fake_microphone_speaking_jfk_is_transcribed_live() {
     .await;
     let heard = assert_transcript(&result, "en_jfk.wav");
     assert_eq!(text(&result, "/txt/body"), format!("{heard}\n"));
+    assert_eq!(
+        text(&result, "/txt/body"),
+        server_rendering(&server, &result, "text").await
+    );
     assert!(
         text(&result, "/txt/name").starts_with("earshot-live-"),
         "{result}"
@@ -205,7 +242,7 @@ async fn file_chosen_in_the_page_is_uploaded_and_transcribed() {
     )
     .await;
     let heard = assert_transcript(&result, file);
-    assert_downloads(&result, &heard);
+    assert_downloads(&server, &result, &heard, file).await;
     assert_eq!(number(&result, "/stats/uploadsStarted"), 1);
     assert!(result["saved"].is_null(), "a finished upload is forgotten");
 }
@@ -250,7 +287,7 @@ async fn upload_cut_half_way_resumes_and_sends_only_what_is_missing() {
     );
     assert!(cut["saved"].is_string(), "the upload was remembered: {cut}");
     let heard = assert_transcript(&result, file);
-    assert_downloads(&result, &heard);
+    assert_downloads(&server, &result, &heard, file).await;
     assert!(number(&result, "/stats/connections") >= 2, "{result}");
     assert!(number(&result, "/stats/resumes") >= 1, "{result}");
     // Resumed, not restarted: one upload_request, and after the resume exactly the chunks

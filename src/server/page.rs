@@ -30,27 +30,27 @@ const INDEX: Asset = Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-const ASSETS: [Asset; 5] = [
-    Asset {
-        path: "/app.js",
-        content_type: JS,
-        body: include_str!("../../web/app.js"),
-    },
-    Asset {
-        path: "/hash.js",
-        content_type: JS,
-        body: include_str!("../../web/hash.js"),
-    },
-    Asset {
-        path: "/formats.js",
-        content_type: JS,
-        body: include_str!("../../web/formats.js"),
-    },
-    Asset {
-        path: "/worklet.js",
-        content_type: JS,
-        body: include_str!("../../web/worklet.js"),
-    },
+/// A script from `web/`, served at `/<name>`.
+macro_rules! script {
+    ($name:literal) => {
+        Asset {
+            path: concat!("/", $name),
+            content_type: JS,
+            body: include_str!(concat!("../../web/", $name)),
+        }
+    };
+}
+
+/// Every file the page loads: `app.js` and the modules it imports, the audio worklet, the styles.
+const ASSETS: [Asset; 9] = [
+    script!("app.js"),
+    script!("connection.js"),
+    script!("upload.js"),
+    script!("live.js"),
+    script!("transcript.js"),
+    script!("ui.js"),
+    script!("hash.js"),
+    script!("worklet.js"),
     Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
