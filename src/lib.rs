@@ -1,21 +1,22 @@
 //! Earshot: a self-hosted speech transcription server.
 //!
-//! The crate is laid out the way audio flows through it:
+//! The modules form layers; each uses only the layers below it (docs/ARCHITECTURE.md, checked
+//! by `tests/layers.rs`). Bottom first:
 //!
-//! - [`audio`]: bytes in any container/codec → 16 kHz mono `f32` (decode, then resample).
-//! - [`inference`]: a bounded pool of Whisper workers, voice-activity windows, long-audio driving.
-//! - [`transcript`]: the segments and transcripts every other module speaks in.
-//! - [`mod@format`]: transcripts rendered as txt, srt, vtt, json.
-//! - [`models`]: model names, where they live, fetching and verifying them.
-//! - [`protocol`]: the WebSocket wire protocol (JSON messages, binary frames, error codes).
-//! - [`upload`]: resumable uploads: chunk bookkeeping and durable on-disk sessions.
-//! - [`live`]: the commit policy that turns a live stream into partials and final segments.
-//! - [`tasks`]: progress and results of every task, for any connection to follow.
-//! - [`client`]: WebSocket clients for the server (resumable uploads, live streams).
-//! - [`http`]: the OpenAI-compatible HTTP API, task lookup, metrics, readiness, access control.
+//! - [`domain`], [`transcript`]: task ids, tasks, output formats, failure codes; segments.
 //! - [`access`]: who a caller is (key fingerprint, address) and per-client shares.
-//!
-//! The binary in `src/bin/earshot.rs` is a thin layer of argument parsing over this library.
+//!   [`mod@format`]: transcripts rendered as txt, srt, vtt, json.
+//!   [`audio`]: bytes in any container/codec → 16 kHz mono `f32`. [`models`]: model files.
+//! - [`inference`]: the bounded pool of Whisper workers, VAD windows, long audio.
+//!   [`live`]: the commit policy of a live stream. [`upload`]: chunk plans, the durable store.
+//! - [`protocol`]: the WebSocket wire protocol (JSON messages, binary frames, error codes).
+//! - [`metrics`]: the counting facade.
+//! - [`jobs`]: the task registry (the one result store) and the job runner.
+//! - [`app`]: the shared state every connection uses, built from the settings.
+//! - [`ws`]: one WebSocket connection. [`http`]: the OpenAI-compatible HTTP API, task lookup,
+//!   metrics scrape, readiness, access control. [`client`]: clients for the server.
+//! - [`server`]: the composition root, `server::run(listener, state, shutdown)`.
+//! - [`cli`]: the `earshot` commands; `src/bin/earshot.rs` is a thin layer over it.
 
 pub mod access;
 pub mod app;

@@ -3,13 +3,14 @@
 //! - [`openai`]: OpenAI-compatible `/v1/audio/transcriptions`, `/v1/audio/translations`,
 //!   `/v1/models`.
 //! - [`tasks`]: `/v1/tasks/{id}`, any task's status and result.
-//! - [`metrics`]: Prometheus `/metrics` and the one-line counters the rest of the code calls.
+//! - [`metrics`]: the Prometheus `/metrics` scrape (the counters are [`crate::metrics`]).
 //! - [`ready`]: `GET /readyz`, whether to send traffic here.
 //! - [`auth`]: API keys, allowed origins and per-client limits, in front of every route
 //!   (WebSocket upgrades included).
 //!
-//! [`wrap`] adds all of it to the WebSocket router. This module must not decode audio or run
-//! Whisper: transcription goes through [`crate::jobs`] like every upload.
+//! [`wrap`] adds all of it to the WebSocket router. This module must not run Whisper (it only
+//! probes that a file decodes): transcription goes through [`crate::jobs`] like every upload,
+//! and it must not import the composition root (`server`) or the WebSocket sessions.
 
 pub mod auth;
 mod error;

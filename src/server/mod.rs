@@ -1,11 +1,13 @@
-//! The network edge: one port serving WebSocket sessions (`/` and `/ws`) and health checks.
+//! The composition root: one port serving the WebSocket sessions ([`crate::ws`], on `/` and
+//! `/ws`), the HTTP API ([`crate::http`]), the page and health checks.
 //!
-//! [`run`] takes a bound listener and a shutdown future, as mini-redis does, so tests start the
-//! real server on `127.0.0.1:0` and binaries decide about signals. Connections are accepted and
-//! held to their deadlines and caps by [`listen`]. Shared state lives in
-//! [`AppState`]; each connection runs a [`crate::ws`] over the socket.
+//! [`run`] takes a bound listener, the shared [`AppState`] and a shutdown future, as mini-redis
+//! does, so tests start the real server on `127.0.0.1:0` and binaries decide about signals.
+//! Connections are accepted and held to their deadlines and caps by [`listen`]; [`settings`]
+//! reads the settings file.
 //!
-//! This module wires things together: it must not parse protocol messages or decode audio.
+//! This module wires things together: it must not parse protocol messages, decode audio or
+//! hold domain logic, and nothing but the CLI may import it.
 
 mod listen;
 mod page;

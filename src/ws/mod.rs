@@ -10,6 +10,10 @@
 //! the store and transcriptions keep running so a client can fetch results after a reconnect.
 //! It serves its [`Caller`] only: with API keys on, tasks of other keys look like no task.
 //! An upload that sends nothing for `--upload-idle-timeout` gives its slot back.
+//!
+//! This module is written against [`AppState`] only: it must not import the composition root
+//! (`server`) or the HTTP API, and must not block its async thread on disk (store calls go
+//! through the blocking pool).
 
 mod follow;
 mod live;
