@@ -8,11 +8,13 @@
 //!
 //! This module must NOT do I/O, hold session state or know about sessions: checks that need
 //! a session (is the chunk index inside *that* upload's plan?) belong to the caller. It must
-//! not panic on any input.
+//! not panic on any input, nor copy a frame's base64 payload before decoding it (a seed
+//! chunk is megabytes): the wire structs borrow it from the frame.
+
+use std::borrow::Cow;
 
 use base64::Engine as _;
 use md5::{Digest, Md5};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -31,7 +33,7 @@ struct Envelope<'a> {
     /// Message name; selects the wire struct.
     #[serde(rename = "type")]
     kind: String,
-    /// The message's fields, borrowed unparsed so a large chunk is not copied twice.
+    /// The message's fields, borrowed unparsed so a large chunk is never copied.
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
@@ -45,11 +47,13 @@ enum WireUploadMode {
 }
 
 // The wire structs below mirror the JSON field for field (see docs/PROTOCOL.md); `Option`
-// marks a field the client may omit. Validation turns them into the types of `client_message`.
+// marks a field the client may omit. Base64 payloads are `Cow<'a, str>` borrowed from the
+// frame, so a chunk's text is decoded where it arrived instead of being copied first; only
+// a payload with JSON escapes in it (e.g. `\/`) is unescaped into an owned string. Validation turns them into the types of `client_message`.
 
 /// `upload_request` as sent.
 #[derive(Deserialize)]
-struct WireUploadRequest {
+struct WireUploadRequest<'a> {
     /// Client's name for the file (sanitised before use).
     file_name: String,
     /// Total bytes.
@@ -62,8 +66,9 @@ struct WireUploadRequest {
     total_chunks: Option<u64>,
     /// Chunked or single; absent means single, as in the seed server.
     upload_mode: Option<WireUploadMode>,
-    /// Whole file, base64 (single mode).
-    file_data: Option<String>,
+    /// Whole file, base64 (single mode), borrowed from the frame.
+    #[serde(borrow)]
+    file_data: Option<Cow<'a, str>>,
     /// JSON or binary chunks (fast path).
     transport: Option<Transport>,
     /// SHA-256 hex of the whole file (fast path).
@@ -80,7 +85,7 @@ struct WireUploadRequest {
 
 /// `upload_chunk` as sent.
 #[derive(Deserialize)]
-struct WireUploadChunk {
+struct WireUploadChunk<'a> {
     /// Which upload.
     task_id: String,
     /// Which chunk; u32 so negative or huge values fail with the field named.
@@ -89,8 +94,9 @@ struct WireUploadChunk {
     chunk_size: Option<u64>,
     /// MD5 hex of the chunk.
     chunk_hash: String,
-    /// The chunk, base64.
-    chunk_data: String,
+    /// The chunk, base64, borrowed from the frame.
+    #[serde(borrow)]
+    chunk_data: Cow<'a, str>,
     /// Client's last-chunk flag.
     is_last: Option<bool>,
 }
@@ -117,7 +123,7 @@ struct WireTaskRef {
 
 /// `audio_segment` as sent.
 #[derive(Deserialize)]
-struct WireAudioSegment {
+struct WireAudioSegment<'a> {
     /// Client-chosen task id.
     task_id: String,
     /// Order within the task.
@@ -126,8 +132,9 @@ struct WireAudioSegment {
     segment_duration: Option<f64>,
     /// Last segment of the task.
     is_final: Option<bool>,
-    /// f32le samples, base64.
-    audio_data: String,
+    /// f32le samples, base64, borrowed from the frame.
+    #[serde(borrow)]
+    audio_data: Cow<'a, str>,
 }
 
 /// `stream_start` as sent.
@@ -212,7 +219,7 @@ fn parse_envelope(text: &str) -> Result<Envelope<'_>, ProtocolError> {
 }
 
 /// Deserialises `data` into a wire struct, naming the offending field on error.
-fn fields<T: DeserializeOwned>(data: &str) -> Result<T, ProtocolError> {
+fn fields<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, ProtocolError> {
     let mut de = serde_json::Deserializer::from_str(data);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -347,7 +354,7 @@ fn validate_output_format(format: Option<String>) -> Result<Option<String>, Prot
 }
 
 fn validate_upload_request(
-    wire: WireUploadRequest,
+    wire: WireUploadRequest<'_>,
     limits: &Limits,
 ) -> Result<ClientMessage, ProtocolError> {
     let plan_limits = limits.plan_limits();
@@ -415,7 +422,7 @@ fn validate_upload_request(
 }
 
 fn validate_upload_chunk(
-    wire: WireUploadChunk,
+    wire: WireUploadChunk<'_>,
     limits: &Limits,
 ) -> Result<ClientMessage, ProtocolError> {
     let task_id = TaskId::parse(&wire.task_id)?;
@@ -456,7 +463,7 @@ fn validate_upload_chunk(
 }
 
 fn validate_audio_segment(
-    wire: WireAudioSegment,
+    wire: WireAudioSegment<'_>,
     limits: &Limits,
 ) -> Result<ClientMessage, ProtocolError> {
     let task_id = TaskId::parse_chosen(&wire.task_id)?;

@@ -321,6 +321,22 @@ fn seed_chunk_parses_and_verifies() {
 }
 
 #[test]
+fn escaped_base64_is_unescaped_before_decoding() {
+    // JSON may escape `/` as `\/` (PHP's json_encode does); the payload then cannot be
+    // borrowed from the frame as it is and must still decode to the same bytes.
+    let data = [0xffu8; 30];
+    let plain = seed_chunk(&data).to_string();
+    assert!(plain.contains("////"));
+    let escaped = plain.replace('/', "\\/");
+    for text in [plain, escaped] {
+        let ClientMessage::UploadChunk(c) = parse_client(&text, &limits()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.data, data);
+    }
+}
+
+#[test]
 fn chunk_with_wrong_hash_is_chunk_hash_mismatch() {
     let mut v = seed_chunk(b"some chunk bytes");
     v["data"]["chunk_hash"] = json!(md5_hex(b"other bytes"));
