@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -314,22 +314,23 @@ impl Connection {
     async fn on_frame(&mut self, msg: Message) -> Flow {
         crate::metrics::bytes_received(message_len(&msg));
         match msg {
-            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Text(text) => self.on_text(text).await,
             Message::Binary(data) => self.on_binary(data).await,
             Message::Ping(_) | Message::Pong(_) => Flow::Continue,
             Message::Close(_) => Flow::Close(close::NORMAL, ""),
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Flow {
+    /// `text` is the frame's shared buffer: a large one moves to the blocking pool as it is,
+    /// and its base64 is decoded from there without a copy.
+    async fn on_text(&mut self, text: Utf8Bytes) -> Flow {
         let limits = self.state.limits();
         let parsed = if text.len() > INLINE_PARSE_BYTES {
-            let owned = text.to_string();
-            tokio::task::spawn_blocking(move || protocol::parse_client(&owned, &limits))
+            tokio::task::spawn_blocking(move || protocol::parse_client(text.as_str(), &limits))
                 .await
                 .unwrap_or_else(|_| Err(ProtocolError::new(ErrorCode::Internal, "internal error")))
         } else {
-            protocol::parse_client(text, &limits)
+            protocol::parse_client(text.as_str(), &limits)
         };
         let result = match parsed {
             Ok(msg) => self.dispatch(msg).await,
