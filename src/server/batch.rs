@@ -6,9 +6,10 @@
 //! This module must not talk to clients; followers relay what it publishes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::access::Owner;
@@ -16,7 +17,7 @@ use crate::audio::decode::{DecodeError, DecodeLimits};
 use crate::audio::AudioStream;
 use crate::format::Task;
 use crate::inference::engine::Options;
-use crate::inference::long::{self, LongEvent};
+use crate::inference::long::{self, LongError, LongEvent};
 use crate::protocol::message::TaskOptions;
 use crate::protocol::{ErrorCode, TaskId};
 use crate::tasks::TaskResult;
@@ -77,7 +78,7 @@ fn spawn(
         if source == Source::Upload {
             set_status(&state, task_id, UploadStatus::Transcribing, None);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
         let guard = stop_on_shutdown(&state, stop.clone());
         let st = state.clone();
         let file = path.clone();
@@ -110,13 +111,13 @@ pub fn resume_unfinished(state: &Arc<AppState>) {
     }
 }
 
-fn stop_on_shutdown(state: &Arc<AppState>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+fn stop_on_shutdown(state: &Arc<AppState>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     let token = state.shutdown.clone();
     let grace = state.config.shutdown_grace;
     tokio::spawn(async move {
         token.cancelled().await;
         tokio::time::sleep(grace.mul_f32(0.8)).await;
-        stop.store(true, Ordering::Relaxed);
+        stop.cancel();
     })
 }
 
@@ -132,31 +133,22 @@ fn transcribe(
     key: &str,
     path: &Path,
     opts: &Options,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<TaskResult, Failure> {
     let started = Instant::now();
     let mut audio = AudioStream::open(path, DecodeLimits::default()).map_err(Failure::Audio)?;
     let total = audio.duration_hint().unwrap_or(0.0);
-    let mut bad_audio = None;
     state.tasks.progress(key, 0.0);
     let result = long::transcribe(
         &state.pool,
-        || {
-            if stop.load(Ordering::Relaxed) {
-                return Err("stopped".to_string());
-            }
-            audio.next_chunk().map_err(|e| {
-                let msg = e.to_string();
-                bad_audio = Some(e);
-                msg
-            })
-        },
+        || audio.next_chunk(),
         opts,
         state.vad_model.as_deref(),
+        stop,
         |event| publish(state, key, total, event),
     );
-    match (result, bad_audio) {
-        (Ok(transcript), _) => Ok(TaskResult {
+    match result {
+        Ok(transcript) => Ok(TaskResult {
             transcript,
             processing_seconds: started.elapsed().as_secs_f64(),
             task: if opts.translate {
@@ -166,9 +158,10 @@ fn transcribe(
             },
             truncated: audio.truncation(),
         }),
-        (Err(_), Some(audio)) => Err(Failure::Audio(audio)),
-        (Err(_), None) if stop.load(Ordering::Relaxed) => Err(Failure::Stopped),
-        (Err(e), None) => Err(Failure::Other(e.to_string())),
+        Err(LongError::Input(err)) => Err(Failure::Audio(err)),
+        // `Stopped`, or a job cut short after the stop (the pool going down with the server).
+        Err(_) if stop.is_cancelled() => Err(Failure::Stopped),
+        Err(e) => Err(Failure::Other(e.to_string())),
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::Connection;
 use crate::format::Task;
@@ -121,6 +122,7 @@ async fn run(
                 || Ok::<_, String>(samples.take()),
                 &opts,
                 st.vad_model.as_deref(),
+                &CancellationToken::new(),
                 |_| {},
             )
         });
