@@ -5,6 +5,8 @@
 //! - [`resample`]: a stateful rubato resampler to 16 kHz that keeps leftovers between calls.
 //! - [`AudioStream`]: both together, 16 kHz mono chunks from a file or a byte stream, and
 //!   whether the file held less audio than it declares ([`Truncation`]).
+//! - [`SharedBuffer`]: audio appended and dropped while [`SharedAudio`] snapshots of it are
+//!   lent out without copying (a live stream's uncommitted audio, handed to each hypothesis).
 //! - [`sanitize_sample`]: the one bound every sample passes before resampling, whatever path
 //!   it came by (decoded file, live PCM, the seed's `audio_segment`).
 //!
@@ -12,6 +14,7 @@
 
 pub mod decode;
 pub mod resample;
+mod shared;
 mod truncation;
 
 use std::path::Path;
@@ -21,6 +24,7 @@ pub use decode::{
     PcmDecoder, PcmFormat,
 };
 pub use resample::{ResampleError, Resampler};
+pub use shared::{SharedAudio, SharedBuffer};
 pub use truncation::{Truncation, TRUNCATION_SLACK_SECS};
 
 /// The sample rate Whisper expects, and the rate everything after this module works at.
