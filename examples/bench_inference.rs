@@ -26,6 +26,7 @@ use earshot::inference::engine::whisper_params;
 use earshot::inference::long::{self, LongEvent};
 use earshot::inference::{Options, Pool, PoolConfig, Vad};
 use earshot::transcript::join_text;
+use tokio_util::sync::CancellationToken;
 use whisper_rs::{WhisperContext, WhisperContextParameters};
 
 const RATE: f64 = 16_000.0;
@@ -227,6 +228,7 @@ fn time_pipeline(bench: &Bench, file: &Path, text: &mut String) -> (f64, usize) 
         || stream.next_chunk(),
         &bench.options,
         Some(&bench.vad),
+        &CancellationToken::new(),
         |event| {
             if let LongEvent::Progress { .. } = event {
                 windows += 1;

@@ -13,6 +13,7 @@ use earshot::eval::{cer, normalize_chars, normalize_words, wer};
 use earshot::inference::long::{self, LongEvent};
 use earshot::inference::{Busy, JobEvent, Options, Pool, PoolConfig};
 use earshot::transcript::Segment;
+use tokio_util::sync::CancellationToken;
 
 const RATE: usize = 16_000;
 const VAD_MODEL: &str = "ggml-silero-v6.2.0.bin";
@@ -210,6 +211,7 @@ fn transcribe_clip(
         || Ok::<_, String>(chunks.next().map(<[f32]>::to_vec)),
         options,
         Some(&model(VAD_MODEL)),
+        &CancellationToken::new(),
         |_| {},
     )
     .expect("transcription succeeds")
@@ -333,6 +335,7 @@ fn twenty_minutes_are_transcribed_in_order_with_bounded_lookahead() {
         },
         &one_thread(),
         Some(&model(VAD_MODEL)),
+        &CancellationToken::new(),
         |event| match event {
             LongEvent::Segment(_) => streamed += 1,
             LongEvent::Progress { processed_secs } => {

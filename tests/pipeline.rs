@@ -15,6 +15,7 @@ use earshot::eval::wer;
 use earshot::inference::long::{self, LongEvent};
 use earshot::inference::{Options, Pool, PoolConfig};
 use earshot::transcript::Segment;
+use tokio_util::sync::CancellationToken;
 
 const RATE: usize = SAMPLE_RATE as usize;
 /// Silence handed out in chunks of this many samples.
@@ -129,6 +130,7 @@ fn twenty_minutes_through_the_decoder_stay_in_order_and_in_range() {
         || playlist.next_chunk(),
         &options,
         Some(&vad),
+        &CancellationToken::new(),
         |event| match event {
             LongEvent::Segment(segment) => streamed.push(segment),
             LongEvent::Progress { processed_secs } => progress.push(processed_secs),

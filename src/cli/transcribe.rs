@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
 
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, Truncation};
@@ -189,6 +190,7 @@ pub fn transcribe_file(
         || audio.next_chunk(),
         options,
         vad,
+        &CancellationToken::new(),
         |event| {
             if let LongEvent::Progress { processed_secs } = event {
                 bar.set_position((processed_secs * 10.0) as u64);

@@ -5,7 +5,9 @@
 //! callback, checked between graph computations.
 //!
 //! This module must not own threads, queues or models: the pool decides who runs what, where.
+//! It must not copy a job's audio unless it has to sanitise or pad it.
 
+use std::borrow::Cow;
 use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,7 +189,12 @@ fn detected_language(state: &WhisperState) -> String {
 }
 
 /// Replaces non-finite samples (which would poison the spectrogram) and pads very short input.
-fn prepare_audio(audio: &[f32]) -> Vec<f32> {
+/// Audio that needs neither (the usual case: every input path bounds its samples) is used as it
+/// is, not copied.
+fn prepare_audio(audio: &[f32]) -> Cow<'_, [f32]> {
+    if audio.len() >= MIN_SAMPLES && crate::audio::is_sanitized(audio) {
+        return Cow::Borrowed(audio);
+    }
     let mut prepared: Vec<f32> = audio
         .iter()
         .copied()
@@ -196,7 +203,7 @@ fn prepare_audio(audio: &[f32]) -> Vec<f32> {
     if prepared.len() < MIN_SAMPLES {
         prepared.resize(MIN_SAMPLES, 0.0);
     }
-    prepared
+    Cow::Owned(prepared)
 }
 
 /// The whisper.cpp parameters a job runs with (thresholds are those of whisper.cpp's CLI),
@@ -516,5 +523,14 @@ mod tests {
         let out = prepare_audio(&[f32::NAN, 2.0, -0.5]);
         assert_eq!(out.len(), MIN_SAMPLES);
         assert_eq!(&out[..3], &[0.0, 1.0, -0.5]);
+        let mut long = vec![0.5; MIN_SAMPLES];
+        assert!(
+            matches!(prepare_audio(&long), Cow::Borrowed(_)),
+            "clean audio is not copied"
+        );
+        long[7] = f32::INFINITY;
+        let out = prepare_audio(&long);
+        assert!(matches!(out, Cow::Owned(_)));
+        assert_eq!((out.len(), out[7]), (MIN_SAMPLES, 1.0));
     }
 }

@@ -7,12 +7,18 @@
 //! text and cost no decoding. While one window is being transcribed the next one is read and
 //! analysed, and segment times are shifted by the window's start so they run on across windows.
 //!
+//! The caller stops a run with a [`CancellationToken`]: it is checked before each pull from the
+//! source, and a cancelled run ends with [`LongError::Stopped`]. The source's own error comes back
+//! unchanged in [`LongError::Input`], so a caller can tell bad input from everything else.
+//!
 //! This module must not decode files or hold the whole input: memory stays flat however long
-//! the audio is. It blocks the calling thread (use `spawn_blocking` from async code).
+//! the audio is. It must not decide what a stop or a bad input means to a client (that is the
+//! caller's), and it blocks the calling thread (use `spawn_blocking` from async code).
 
 use std::ops::Range;
 use std::path::Path;
 
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::engine::{InferenceError, Options};
@@ -45,12 +51,15 @@ pub enum LongEvent {
     },
 }
 
-/// Why a long transcription stopped.
+/// Why a long transcription ended without a transcript. `E` is the audio source's error type.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum LongError {
-    /// The audio source failed (its own message).
+pub enum LongError<E> {
+    /// The caller's cancellation token fired before the input was read to its end.
+    #[error("the transcription was stopped")]
+    Stopped,
+    /// The audio source failed; its own error, untouched.
     #[error("could not read the audio: {0}")]
-    Input(String),
+    Input(E),
     /// Voice-activity detection failed.
     #[error(transparent)]
     Vad(#[from] VadError),
@@ -62,16 +71,17 @@ pub enum LongError {
 /// Transcribes audio of any length pulled from `next_chunk` (16 kHz mono; `Ok(None)` at the
 /// end). Silero VAD is used when `vad_model` is an existing file, an energy detector otherwise.
 /// Every segment and a progress mark after each window go to `on_event`; the whole transcript
-/// is returned at the end.
-pub fn transcribe<E: std::fmt::Display>(
+/// is returned at the end. Cancelling `cancel` stops the run before its next pull from the source.
+pub fn transcribe<E>(
     pool: &Pool,
     next_chunk: impl FnMut() -> Result<Option<Vec<f32>>, E>,
     options: &Options,
     vad_model: Option<&Path>,
+    cancel: &CancellationToken,
     mut on_event: impl FnMut(LongEvent),
-) -> Result<Transcript, LongError> {
+) -> Result<Transcript, LongError<E>> {
     super::engine::validate(options)?;
-    let mut windows = Windows::new(next_chunk, Vad::new(vad_model)?);
+    let mut windows = Windows::new(next_chunk, Vad::new(vad_model)?, cancel.clone());
     let mut timeline = Timeline::new(options.language.clone().filter(|l| l != "auto"));
     let mut options = options.clone();
     let mut in_flight: Option<InFlight> = None;
@@ -134,11 +144,11 @@ impl Timeline {
     }
 
     /// Collects one window's job, emitting its segments on the input's timeline.
-    fn finish(
+    fn finish<E>(
         &mut self,
         window: InFlight,
         on_event: &mut impl FnMut(LongEvent),
-    ) -> Result<(), LongError> {
+    ) -> Result<(), LongError<E>> {
         if let Some(mut job) = window.job {
             let offset = window.speech_start as f64 / RATE as f64;
             let limit = window.speech_end as f64 / RATE as f64;
@@ -207,14 +217,15 @@ struct Windows<F> {
     consumed: usize,
     /// The source has said it has no more audio.
     ended: bool,
+    /// The caller's stop signal, checked before each pull from the source.
+    cancel: CancellationToken,
 }
 
 impl<F, E> Windows<F>
 where
     F: FnMut() -> Result<Option<Vec<f32>>, E>,
-    E: std::fmt::Display,
 {
-    fn new(next_chunk: F, vad: Vad) -> Self {
+    fn new(next_chunk: F, vad: Vad, cancel: CancellationToken) -> Self {
         Windows {
             next_chunk,
             vad,
@@ -222,10 +233,11 @@ where
             buffer_start: 0,
             consumed: 0,
             ended: false,
+            cancel,
         }
     }
 
-    fn next_window(&mut self) -> Result<Option<Window>, LongError> {
+    fn next_window(&mut self) -> Result<Option<Window>, LongError<E>> {
         self.fill()?;
         if self.buffer.is_empty() {
             return Ok(None);
@@ -244,15 +256,18 @@ where
     }
 
     /// Reads until the buffer holds a full window or the source ends.
-    fn fill(&mut self) -> Result<(), LongError> {
+    fn fill(&mut self) -> Result<(), LongError<E>> {
         while !self.ended && self.buffer.len() < WINDOW {
+            if self.cancel.is_cancelled() {
+                return Err(LongError::Stopped);
+            }
             match (self.next_chunk)() {
                 Ok(Some(chunk)) => {
                     self.consumed += chunk.len();
                     self.buffer.extend_from_slice(&chunk);
                 }
                 Ok(None) => self.ended = true,
-                Err(error) => return Err(LongError::Input(error.to_string())),
+                Err(error) => return Err(LongError::Input(error)),
             }
         }
         Ok(())
@@ -415,6 +430,33 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_run_stops_before_its_next_pull() {
+        let cancel = CancellationToken::new();
+        let mut pulls = 0;
+        let source = || -> Result<Option<Vec<f32>>, String> {
+            pulls += 1;
+            Ok(Some(vec![0.0; RATE]))
+        };
+        let mut windows = Windows::new(source, Vad::energy(), cancel.clone());
+        cancel.cancel();
+        assert_eq!(windows.next_window().err(), Some(LongError::Stopped));
+        drop(windows);
+        assert_eq!(pulls, 0);
+    }
+
+    #[test]
+    fn the_source_error_comes_back_as_it_was() {
+        #[derive(Debug, PartialEq)]
+        struct Broken(u32);
+        let source = || -> Result<Option<Vec<f32>>, Broken> { Err(Broken(7)) };
+        let mut windows = Windows::new(source, Vad::energy(), CancellationToken::new());
+        assert_eq!(
+            windows.next_window().err(),
+            Some(LongError::Input(Broken(7)))
+        );
+    }
+
+    #[test]
     fn windows_never_exceed_whisper_context_and_cover_the_input() {
         // 95 s of a tone with a pause every 7 s, fed in 1 s chunks, energy VAD.
         let total = secs(95.0);
@@ -436,7 +478,7 @@ mod tests {
             produced += n;
             Ok(Some(chunk))
         };
-        let mut windows = Windows::new(source, Vad::energy());
+        let mut windows = Windows::new(source, Vad::energy(), CancellationToken::new());
         let mut covered = 0;
         while let Some(window) = windows.next_window().unwrap() {
             assert!(window.end - covered <= WINDOW);

@@ -5,7 +5,9 @@
 //! `queue_capacity` wait. [`Pool::submit`] never blocks: a full queue answers [`Busy`], which a
 //! server turns into "try again later". Each job streams its segments back over a small
 //! bounded channel; dropping the [`JobHandle`] cancels the job (whisper.cpp's abort callback
-//! sees the closed channel), and a job abandoned while still queued is skipped.
+//! sees the closed channel), and a job abandoned while still queued is skipped. A job's audio is
+//! a [`SharedAudio`] handle, so a caller that lends its buffer pays no copy, and the worker lets
+//! go of it before the final event, so the lender has its buffer to itself again when it hears.
 //!
 //! This module must not cut audio into windows or know about files and sockets: it runs the
 //! jobs it is given, in order, and reports what happened.
@@ -23,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use whisper_rs::{WhisperContext, WhisperContextParameters, WhisperState};
 
 use super::engine::{self, InferenceError, Options};
-use crate::audio::SAMPLE_RATE;
+use crate::audio::{SharedAudio, SAMPLE_RATE};
 use crate::transcript::Segment;
 
 /// Events buffered per job before the worker waits for the requester to read them.
@@ -118,8 +120,8 @@ impl JobHandle {
 
 /// One unit of work on the queue.
 struct Job {
-    /// 16 kHz mono samples.
-    audio: Vec<f32>,
+    /// 16 kHz mono samples, possibly shared with the requester (read only).
+    audio: SharedAudio,
     /// How to decode them.
     options: Options,
     /// Where events go; closed by the requester to cancel.
@@ -225,8 +227,12 @@ impl Pool {
     ///
     /// Invalid options are not checked here (that would need another error type); the job then
     /// ends with `JobEvent::Failed(InvalidOptions)`. Call [`engine::validate`] first to fail early.
-    pub fn submit(&self, audio: Vec<f32>, options: Options) -> Result<JobHandle, Busy> {
-        let (job, handle) = new_job(audio, options);
+    pub fn submit(
+        &self,
+        audio: impl Into<SharedAudio>,
+        options: Options,
+    ) -> Result<JobHandle, Busy> {
+        let (job, handle) = new_job(audio.into(), options);
         match self.sender().try_send(job) {
             Ok(()) => Ok(handle),
             // Full means the queue held `capacity` jobs at that instant; reading the length
@@ -247,11 +253,11 @@ impl Pool {
     /// just because the server is busy). Options are validated first.
     pub fn submit_blocking(
         &self,
-        audio: Vec<f32>,
+        audio: impl Into<SharedAudio>,
         options: Options,
     ) -> Result<JobHandle, InferenceError> {
         engine::validate(&options)?;
-        let (job, handle) = new_job(audio, options);
+        let (job, handle) = new_job(audio.into(), options);
         self.sender()
             .send(job)
             .map_err(|_| InferenceError::ShutDown)?;
@@ -326,7 +332,7 @@ fn model_name(path: &std::path::Path) -> String {
     stem.strip_prefix("ggml-").unwrap_or(&stem).to_owned()
 }
 
-fn new_job(audio: Vec<f32>, options: Options) -> (Job, JobHandle) {
+fn new_job(audio: SharedAudio, options: Options) -> (Job, JobHandle) {
     let (reply, events) = mpsc::channel(REPLY_CAPACITY);
     (
         Job {
@@ -384,8 +390,10 @@ fn serve(queue: &Receiver<Job>, shared: &Shared, runner: &mut Runner) {
         shared.busy.fetch_add(1, Ordering::SeqCst);
         let final_event = run_one(&job, runner, shared);
         shared.busy.fetch_sub(1, Ordering::SeqCst);
+        let Job { audio, reply, .. } = job;
+        drop(audio);
         // A closed channel here means the requester left; nothing more to tell.
-        let _ = job.reply.blocking_send(final_event);
+        let _ = reply.blocking_send(final_event);
     }
 }
 
@@ -452,8 +460,8 @@ mod tests {
             on_segment(segment("fine"));
             Ok("en".into())
         }));
-        let (bad, mut bad_handle) = new_job(Vec::new(), Options::default());
-        let (good, good_handle) = new_job(vec![0.0; 16], Options::default());
+        let (bad, mut bad_handle) = new_job(Vec::new().into(), Options::default());
+        let (good, good_handle) = new_job(vec![0.0; 16].into(), Options::default());
         sender.send(bad).unwrap();
         sender.send(good).unwrap();
         assert_eq!(
@@ -472,7 +480,7 @@ mod tests {
     #[test]
     fn a_job_abandoned_in_the_queue_is_skipped() {
         let (sender, shared, thread) = fake_pool(Box::new(|_, _, _| Ok("en".into())));
-        let (job, handle) = new_job(vec![0.0; 16], Options::default());
+        let (job, handle) = new_job(vec![0.0; 16].into(), Options::default());
         drop(handle);
         sender.send(job).unwrap();
         drop(sender);
@@ -491,7 +499,7 @@ mod tests {
             }
             Err(InferenceError::Aborted)
         }));
-        let (job, handle) = new_job(vec![0.0; 16], Options::default());
+        let (job, handle) = new_job(vec![0.0; 16].into(), Options::default());
         sender.send(job).unwrap();
         started_rx.recv().unwrap();
         drop(handle);
@@ -499,6 +507,24 @@ mod tests {
         thread.join().unwrap();
         assert_eq!(shared.aborted.load(Ordering::SeqCst), 1);
         assert_eq!(shared.busy.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_worker_lets_go_of_lent_audio_before_the_final_event() {
+        let (sender, _shared, thread) = fake_pool(Box::new(|_, _, _| Ok("en".into())));
+        let mut buffer = crate::audio::SharedBuffer::default();
+        buffer.push(&[0.1; 16]);
+        let audio = buffer.snapshot();
+        let lent = audio.as_ptr();
+        let (job, handle) = new_job(audio, Options::default());
+        sender.send(job).unwrap();
+        handle.blocking_collect().unwrap();
+        assert!(
+            std::ptr::eq(buffer.as_slice().as_ptr(), lent),
+            "the lender gets its samples back unshared, without a copy"
+        );
+        drop(sender);
+        thread.join().unwrap();
     }
 
     #[test]

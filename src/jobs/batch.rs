@@ -8,7 +8,6 @@
 //! know about sockets or the application state: it gets exactly what it needs.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use super::{Job, JobQueue, Source};
 use crate::audio::decode::{DecodeError, DecodeLimits};
 use crate::audio::AudioStream;
 use crate::domain::{FailureCode, Task, TaskId};
-use crate::inference::long::{self, LongEvent};
+use crate::inference::long::{self, LongError, LongEvent};
 use crate::inference::pool::Pool;
 use crate::upload::store::{UploadStatus, UploadStore};
 
@@ -86,7 +85,7 @@ impl Batch {
                 .await;
         }
         job.options.threads = self.threads;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
         let guard = self.stop_on_shutdown(stop.clone());
         let batch = self.clone();
         let run = tokio::task::spawn_blocking(move || batch.transcribe(&job, &stop));
@@ -98,13 +97,13 @@ impl Batch {
         }
     }
 
-    fn stop_on_shutdown(&self, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    fn stop_on_shutdown(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let token = self.shutdown.clone();
         let grace = self.shutdown_grace;
         tokio::spawn(async move {
             token.cancelled().await;
             tokio::time::sleep(grace.mul_f32(0.8)).await;
-            stop.store(true, Ordering::Relaxed);
+            stop.cancel();
         })
     }
 }
@@ -117,31 +116,22 @@ enum Failure {
 }
 
 impl Batch {
-    fn transcribe(&self, job: &Job, stop: &AtomicBool) -> Result<TaskResult, Failure> {
+    fn transcribe(&self, job: &Job, stop: &CancellationToken) -> Result<TaskResult, Failure> {
         let (key, path, opts) = (job.task_id, job.path.as_path(), &job.options);
         let started = Instant::now();
         let mut audio = AudioStream::open(path, DecodeLimits::default()).map_err(Failure::Audio)?;
         let total = audio.duration_hint().unwrap_or(0.0);
-        let mut bad_audio = None;
         self.tasks.progress(key, 0.0);
         let result = long::transcribe(
             &self.pool,
-            || {
-                if stop.load(Ordering::Relaxed) {
-                    return Err("stopped".to_string());
-                }
-                audio.next_chunk().map_err(|e| {
-                    let msg = e.to_string();
-                    bad_audio = Some(e);
-                    msg
-                })
-            },
+            || audio.next_chunk(),
             opts,
             self.vad_model.as_deref(),
+            stop,
             |event| self.publish(key, total, event),
         );
-        match (result, bad_audio) {
-            (Ok(transcript), _) => Ok(TaskResult {
+        match result {
+            Ok(transcript) => Ok(TaskResult {
                 transcript,
                 processing_seconds: started.elapsed().as_secs_f64(),
                 task: if opts.translate {
@@ -151,9 +141,10 @@ impl Batch {
                 },
                 truncated: audio.truncation(),
             }),
-            (Err(_), Some(audio)) => Err(Failure::Audio(audio)),
-            (Err(_), None) if stop.load(Ordering::Relaxed) => Err(Failure::Stopped),
-            (Err(e), None) => Err(Failure::Other(e.to_string())),
+            Err(LongError::Input(err)) => Err(Failure::Audio(err)),
+            // `Stopped`, or a job cut short after the stop (the pool going down with the server).
+            Err(_) if stop.is_cancelled() => Err(Failure::Stopped),
+            Err(e) => Err(Failure::Other(e.to_string())),
         }
     }
 

@@ -4,7 +4,10 @@
 //! [`policy`] is the pure state machine (no threads, no Whisper, no sockets): it decides when a
 //! stream needs a new hypothesis, which text is final, and how far behind the stream is. The
 //! session layer feeds it audio and Whisper results and sends what it returns.
+//!
+//! This module must not do I/O, spawn, or run Whisper: everything here is testable with plain
+//! values.
 
 pub mod policy;
 
-pub use policy::{LiveConfig, LiveJob, LiveOutput, LivePolicy};
+pub use policy::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};

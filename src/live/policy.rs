@@ -15,9 +15,11 @@
 //! segment would clip words); words committed earlier are recognised in later hypotheses by
 //! their time and skipped. Memory per stream is bounded by `max_buffer_secs`. Only one hypothesis per stream is in flight at a time; audio that arrives
 //! meanwhile waits in the buffer and the next job takes all of it (latest audio wins, nothing queues
-//! up). This module must not block, spawn or talk to Whisper itself.
+//! up). A job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the
+//! [`JobSpan`] it covered. This module must not block, spawn or talk to Whisper itself, and must
+//! not copy the buffer for a job.
 
-use crate::audio::SAMPLE_RATE;
+use crate::audio::{SharedAudio, SharedBuffer, SAMPLE_RATE};
 use crate::transcript::Segment;
 
 /// Tuning knobs of the policy; the defaults suit `tiny.en`/`base` on a small CPU.
@@ -51,13 +53,24 @@ impl Default for LiveConfig {
     }
 }
 
-/// A hypothesis the caller should compute with Whisper and hand back to [`LivePolicy::on_result`].
+/// A hypothesis the caller should compute with Whisper; its result goes back to
+/// [`LivePolicy::on_result`] with the job's [`span`](Self::span).
 #[derive(Debug, Clone)]
 pub struct LiveJob {
-    /// The uncommitted audio, 16 kHz mono.
-    pub audio: Vec<f32>,
-    /// Timeline position (seconds) of `audio[0]`; Whisper's times are relative to it.
+    /// The uncommitted audio, 16 kHz mono, shared with the policy's buffer (move it into the
+    /// job; a copy is never needed).
+    pub audio: SharedAudio,
+    /// What the audio covers, for reading the result.
+    pub span: JobSpan,
+}
+
+/// The stretch of the stream a job covered: all the policy needs to read the job's result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobSpan {
+    /// Timeline position (seconds) of the job's first sample; Whisper's times are relative to it.
     pub offset: f64,
+    /// Samples in the job's audio.
+    pub samples: usize,
     /// True for the last job of a stream (or a pause): everything it returns is committed.
     pub is_final: bool,
 }
@@ -76,8 +89,8 @@ pub enum LiveOutput {
 pub struct LivePolicy {
     /// The knobs, fixed for the stream's life.
     config: LiveConfig,
-    /// Audio not yet committed; bounded because commits drop its head.
-    buffer: Vec<f32>,
+    /// Audio not yet committed; bounded because commits drop its head. Lent to jobs, not copied.
+    buffer: SharedBuffer,
     /// Timeline seconds of `buffer[0]`.
     buffer_start: f64,
     /// Samples received in total, for the timeline and lag.
@@ -143,7 +156,7 @@ impl LivePolicy {
     pub fn new(config: LiveConfig) -> Self {
         Self {
             config,
-            buffer: Vec::new(),
+            buffer: SharedBuffer::default(),
             buffer_start: 0.0,
             received: 0,
             taken_at: 0,
@@ -171,7 +184,7 @@ impl LivePolicy {
             }
         }
         self.received += audio.len() as u64;
-        self.buffer.extend_from_slice(audio);
+        self.buffer.push(audio);
         if !self.heard_sound {
             self.trim_silence();
             // Silence needs no hypothesis: nothing is behind.
@@ -206,7 +219,7 @@ impl LivePolicy {
         let keep = samples(self.config.lead_in_secs) as usize;
         if self.buffer.len() > keep {
             let cut = self.buffer.len() - keep;
-            self.buffer.drain(..cut);
+            self.buffer.drop_front(cut);
             self.buffer_start += secs(cut as u64);
         }
     }
@@ -250,11 +263,13 @@ impl LivePolicy {
     fn job(&mut self, is_final: bool) -> LiveJob {
         self.in_flight = true;
         self.taken_at = self.received;
-        LiveJob {
-            audio: self.buffer.clone(),
+        let audio = self.buffer.snapshot();
+        let span = JobSpan {
             offset: self.buffer_start,
+            samples: audio.len(),
             is_final,
-        }
+        };
+        LiveJob { audio, span }
     }
 
     /// The job was not run (pool busy, error): allow a new one later.
@@ -262,17 +277,18 @@ impl LivePolicy {
         self.in_flight = false;
     }
 
-    /// Takes Whisper's segments for `job` (times relative to the job's audio) and says what to send.
-    pub fn on_result(&mut self, job: &LiveJob, segments: Vec<Segment>) -> Vec<LiveOutput> {
+    /// Takes Whisper's segments for the job that covered `job` (times relative to the job's
+    /// audio) and says what to send.
+    pub fn on_result(&mut self, job: JobSpan, segments: Vec<Segment>) -> Vec<LiveOutput> {
         self.in_flight = false;
-        self.covered = samples(job.offset) + job.audio.len() as u64;
+        self.covered = samples(job.offset) + job.samples as u64;
         let hyp: Vec<Segment> = segments
             .into_iter()
             .map(|s| shift(s, job.offset))
             .filter(|s| !s.text.trim().is_empty())
             .collect();
         let units = self.new_units(&hyp);
-        let job_end = job.offset + secs(job.audio.len() as u64);
+        let job_end = job.offset + secs(job.samples as u64);
         let full = self.buffer.len() as u64 >= samples(self.config.max_buffer_secs);
         let n_commit = if job.is_final {
             units.len()
@@ -357,10 +373,15 @@ impl LivePolicy {
     /// Drops buffered audio before timeline second `t`.
     fn drop_until(&mut self, t: f64) {
         let cut = samples(t - self.buffer_start).min(self.buffer.len() as u64) as usize;
-        self.buffer.drain(..cut);
+        self.buffer.drop_front(cut);
         self.buffer_start += secs(cut as u64);
         let threshold = self.threshold();
-        if self.buffer.chunks(FRAME).all(|f| rms(f) < threshold) {
+        if self
+            .buffer
+            .as_slice()
+            .chunks(FRAME)
+            .all(|f| rms(f) < threshold)
+        {
             self.heard_sound = false;
             self.trim_silence();
         }
@@ -525,10 +546,10 @@ mod tests {
         assert!(p.take_job().is_none(), "half a step is not enough");
         p.push(&tone(0.5));
         let job = p.take_job().expect("a step of sound makes a job");
-        assert!(!job.is_final);
+        assert!(!job.span.is_final);
         p.push(&tone(2.0));
         assert!(p.take_job().is_none(), "one in flight at a time");
-        let out = p.on_result(&job, vec![seg(0.0, 1.0, "hello")]);
+        let out = p.on_result(job.span, vec![seg(0.0, 1.0, "hello")]);
         assert_eq!(
             out,
             vec![LiveOutput::Partial {
@@ -546,13 +567,13 @@ mod tests {
         p.push(&tone(3.0));
         let j1 = p.take_job().unwrap();
         p.on_result(
-            &j1,
+            j1.span,
             vec![seg(0.0, 1.5, "Ask not."), seg(1.5, 3.0, "what your")],
         );
         p.push(&tone(1.0));
         let j2 = p.take_job().unwrap();
         let out = p.on_result(
-            &j2,
+            j2.span,
             vec![seg(0.0, 1.5, "ask not"), seg(1.5, 4.0, "what your country")],
         );
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 1.5, "ask not")]));
@@ -567,7 +588,7 @@ mod tests {
         p.push(&tone(1.0));
         let j3 = p.take_job().unwrap();
         assert!(
-            (j3.offset - 1.5).abs() < 1e-3,
+            (j3.span.offset - 1.5).abs() < 1e-3,
             "committed audio is not re-read"
         );
     }
@@ -579,8 +600,8 @@ mod tests {
         p.push(&tone(1.0));
         p.push(&silence(0.7));
         let job = p.take_job().unwrap();
-        assert!(job.is_final, "a pause makes the job final");
-        let out = p.on_result(&job, vec![seg(0.3, 1.3, "one")]);
+        assert!(job.span.is_final, "a pause makes the job final");
+        let out = p.on_result(job.span, vec![seg(0.3, 1.3, "one")]);
         match &out[0] {
             LiveOutput::Commit(s) => {
                 assert!((s[0].start - 5.0).abs() < 0.05, "start {}", s[0].start);
@@ -604,7 +625,7 @@ mod tests {
         p.push(&hiss(0.7));
         let job = p.take_job().expect("sound then a pause");
         assert!(
-            job.is_final,
+            job.span.is_final,
             "hiss above the fixed threshold is still a pause"
         );
     }
@@ -618,7 +639,7 @@ mod tests {
         let mut p = LivePolicy::new(cfg);
         p.push(&tone(6.0));
         let job = p.take_job().unwrap();
-        let out = p.on_result(&job, vec![seg(0.0, 3.0, "a"), seg(3.0, 6.0, "b")]);
+        let out = p.on_result(job.span, vec![seg(0.0, 3.0, "a"), seg(3.0, 6.0, "b")]);
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 3.0, "a")]));
     }
 
@@ -629,7 +650,7 @@ mod tests {
         let job = p.take_job().unwrap();
         p.push(&tone(4.0));
         assert!((p.lag_secs() - 5.0).abs() < 1e-3);
-        p.on_result(&job, vec![]);
+        p.on_result(job.span, vec![]);
         assert!((p.lag_secs() - 4.0).abs() < 1e-3);
     }
 
@@ -645,8 +666,8 @@ mod tests {
         let mut p = LivePolicy::new(LiveConfig::default());
         p.push(&tone(0.4));
         let job = p.finish().unwrap();
-        assert!(job.is_final);
-        let out = p.on_result(&job, vec![seg(0.0, 0.4, "hi")]);
+        assert!(job.span.is_final);
+        let out = p.on_result(job.span, vec![seg(0.0, 0.4, "hi")]);
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 0.4, "hi")]));
         assert!(p.finish().is_none());
     }
@@ -676,7 +697,7 @@ mod tests {
         p.push(&tone(2.0));
         let j1 = p.take_job().unwrap();
         let out = p.on_result(
-            &j1,
+            j1.span,
             vec![word_seg(&[
                 ("Ask", 0.0, 0.4),
                 ("not", 0.4, 0.8),
@@ -687,7 +708,7 @@ mod tests {
         p.push(&tone(1.0));
         let j2 = p.take_job().unwrap();
         let out = p.on_result(
-            &j2,
+            j2.span,
             vec![word_seg(&[
                 ("ask", 0.0, 0.4),
                 ("not", 0.4, 0.8),
@@ -715,7 +736,7 @@ mod tests {
         p.push(&tone(1.0));
         let j3 = p.take_job().unwrap();
         let out = p.on_result(
-            &j3,
+            j3.span,
             vec![word_seg(&[
                 ("ask", 0.0, 0.4),
                 ("not", 0.4, 0.8),
@@ -744,9 +765,9 @@ mod tests {
         p.push(&tone(1.0));
         p.push(&silence(0.7));
         let job = p.take_job().unwrap();
-        assert!(job.is_final);
+        assert!(job.span.is_final);
         p.on_result(
-            &job,
+            job.span,
             vec![word_seg(&[("fellow", 0.1, 0.5), ("Americans", 0.5, 1.0)])],
         );
         // Whisper places the last word of the old audio a little later this time.
@@ -759,9 +780,9 @@ mod tests {
         ];
         let shifted: Vec<(&str, f64, f64)> = words
             .iter()
-            .map(|&(w, s, e)| (w, s - j2.offset, e - j2.offset))
+            .map(|&(w, s, e)| (w, s - j2.span.offset, e - j2.span.offset))
             .collect();
-        let out = p.on_result(&j2, vec![word_seg(&shifted)]);
+        let out = p.on_result(j2.span, vec![word_seg(&shifted)]);
         assert_eq!(
             out,
             vec![LiveOutput::Partial {
@@ -782,10 +803,10 @@ mod tests {
             ]
         };
         let j1 = p.take_job().unwrap();
-        p.on_result(&j1, garbled());
+        p.on_result(j1.span, garbled());
         p.push(&tone(1.0));
         let j2 = p.take_job().unwrap();
-        let out = p.on_result(&j2, garbled());
+        let out = p.on_result(j2.span, garbled());
         let LiveOutput::Commit(committed) = &out[0] else {
             panic!("{out:?}")
         };

@@ -5,6 +5,9 @@
 //! the [`LivePolicy`](crate::live::LivePolicy), which decides when Whisper should look again.
 //! At most one job per stream is in the pool at a time, so a busy pool makes a stream lag —
 //! reported with `stream_lag` — but never grows a queue.
+//!
+//! This module must not decide what is final (the policy does) and must not copy a hypothesis'
+//! audio: the policy's snapshot is moved into the pool, and only its span is kept here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +28,7 @@ use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::jobs::TaskResult;
-use crate::live::{LiveConfig, LiveJob, LiveOutput, LivePolicy};
+use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
 use crate::protocol::message::{
     AudioFormat, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
@@ -199,7 +202,8 @@ struct Runner {
 
 /// A hypothesis being computed.
 struct Pending {
-    job: LiveJob,
+    /// What the job covers; its audio went to the pool.
+    span: JobSpan,
     handle: JobHandle,
     segments: Vec<Segment>,
 }
@@ -297,13 +301,9 @@ impl Runner {
     }
 
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
-        match self
-            .state
-            .pool
-            .submit(job.audio.clone(), self.options.clone())
-        {
+        match self.state.pool.submit(job.audio, self.options.clone()) {
             Ok(handle) => Some(Pending {
-                job,
+                span: job.span,
                 handle,
                 segments: Vec::new(),
             }),
@@ -333,13 +333,13 @@ impl Runner {
                 tracing::debug!(
                     audio = summary.audio_secs,
                     took = summary.processing_secs,
-                    is_final = p.job.is_final,
+                    is_final = p.span.is_final,
                     segments = p.segments.len(),
                     "live hypothesis"
                 );
                 *self.language.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary.language);
                 let segments = p.segments;
-                for output in policy.on_result(&p.job, segments) {
+                for output in policy.on_result(p.span, segments) {
                     self.emit(output, committed).await;
                 }
             }

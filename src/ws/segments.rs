@@ -1,10 +1,15 @@
 //! The seed's `audio_segment`: 16 kHz f32 audio sent in pieces (e.g. 60 s each) with no prior
 //! request. Each piece is transcribed as it arrives, in order, and its segments are published on
 //! one timeline; `transcription_complete` follows the piece marked `is_final`.
+//!
+//! This module must not queue more than `QUEUED_PIECES` pieces per task or keep more than
+//! `MAX_OPEN_TASKS` tasks open per connection (a faster client waits on its socket), and must
+//! not accept a piece out of order.
 
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::Connection;
 use crate::app::AppState;
@@ -123,6 +128,7 @@ async fn run(
                 || Ok::<_, String>(samples.take()),
                 &opts,
                 st.vad_model.as_deref(),
+                &CancellationToken::new(),
                 |_| {},
             )
         });
