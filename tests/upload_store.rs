@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use earshot::protocol::binary::{self, BinaryFrame};
 use earshot::protocol::message::UploadMode;
+use earshot::protocol::store::{chunk_ack, new_upload};
 use earshot::protocol::{parse_client, ClientMessage, ErrorCode, Limits, TaskId};
 use earshot::upload::plan::Insert;
 use earshot::upload::store::{NewUpload, StoreConfig, UploadStatus, UploadStore};
@@ -54,7 +55,7 @@ fn seed_json_upload_of_a_real_file() {
     assert_eq!(req.file_name, "en_JFK_inaugural_146s.ogg");
     assert_eq!(req.mode, UploadMode::Chunked);
     let task_id = store
-        .create(NewUpload::from_request(&req, None, String::new()))
+        .create(new_upload(&req, None, String::new()))
         .unwrap();
 
     // Send the chunks in reverse, each twice, as a retrying client might.
@@ -101,7 +102,7 @@ fn binary_fast_path_with_group_commit() {
         panic!("expected upload_request")
     };
     let task_id = store
-        .create(NewUpload::from_request(&req, None, String::new()))
+        .create(new_upload(&req, None, String::new()))
         .unwrap();
     let window = limits().chunk_window as usize;
 
@@ -130,7 +131,7 @@ fn binary_fast_path_with_group_commit() {
             }
         }
         let progress = store.sync(task_id).unwrap();
-        let ack = progress.chunk_ack(task_id);
+        let ack = chunk_ack(task_id, &progress);
         if acks == 0 {
             assert_eq!(ack.received_through, 5);
             assert_eq!(ack.missing, Some(vec![5]));

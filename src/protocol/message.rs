@@ -106,16 +106,8 @@ impl std::fmt::Debug for UploadMode {
     }
 }
 
-/// How upload chunks travel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// `upload_chunk` JSON messages, one `chunk_received` per chunk (seed behaviour).
-    #[default]
-    Json,
-    /// Binary chunk frames with pipelined, cumulative `chunk_ack`s.
-    Binary,
-}
+/// How upload chunks travel (`transport`); the upload store keeps it with the upload.
+pub use crate::upload::Transport;
 
 /// Transcription options a client may attach to an upload or a stream. Stored with an
 /// upload so a resumed upload is transcribed as first asked.

@@ -14,11 +14,12 @@ use crate::protocol::message::{
     ChunkAck, ChunkReceived, UploadChunk, UploadComplete, UploadFinish, UploadMode, UploadReady,
     UploadRequest,
 };
+use crate::protocol::store::{chunk_ack, new_upload};
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
 use crate::server::NoSlot;
 use crate::tasks::TaskState;
 use crate::upload::plan::Insert;
-use crate::upload::store::{Meta, NewUpload, Progress, StoreError, UploadStatus, UploadStore};
+use crate::upload::store::{Meta, Progress, StoreError, UploadStatus, UploadStore};
 
 /// How long a client is asked to wait when every upload slot is taken.
 const UPLOAD_RETRY_MS: u64 = 2_000;
@@ -46,9 +47,10 @@ fn store_error(err: StoreError, task_id: Option<TaskId>) -> ProtocolError {
         StoreError::DiskFull => tracing::warn!(%err, "upload refused: disk full"),
         _ => {}
     }
+    let wire = ProtocolError::from(&err);
     match task_id {
-        Some(id) => err.to_protocol().with_task(id),
-        None => err.to_protocol(),
+        Some(id) => wire.with_task(id),
+        None => wire,
     }
 }
 
@@ -89,7 +91,7 @@ impl Connection {
     pub(super) async fn upload_request(&mut self, req: UploadRequest) -> Result<(), ProtocolError> {
         let slot = self.upload_slot()?;
         let owner = self.caller.owner.clone();
-        let new = NewUpload::from_request(&req, owner, self.caller.client().to_string());
+        let new = new_upload(&req, owner, self.caller.client().to_string());
         let task_id = blocking(self, None, move |s| s.create(new)).await?;
         self.adopt(task_id);
         tracing::info!(%task_id, file = %req.file_name, bytes = req.plan.file_size, "upload started");
@@ -189,7 +191,7 @@ impl Connection {
         }
         let synced = blocking(self, Some(task_id), move |s| s.sync(task_id)).await;
         let progress: Progress = synced.inspect_err(|e| self.release_if_gone(task_id, e))?;
-        self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
+        self.send(ServerMessage::ChunkAck(chunk_ack(task_id, &progress)))
             .await?;
         if progress.complete {
             self.complete(task_id).await?;
@@ -259,7 +261,7 @@ impl Connection {
             self.complete(task_id).await?;
             return Ok(());
         }
-        self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
+        self.send(ServerMessage::ChunkAck(chunk_ack(task_id, &progress)))
             .await
     }
 

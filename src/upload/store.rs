@@ -44,8 +44,9 @@ use tracing::{debug, warn};
 use super::digest::{FileHashes, HashKinds, RunningDigest};
 use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
 use crate::access::Owner;
-use crate::protocol::message::{ChunkAck, TaskOptions, Transport, UploadRequest};
-use crate::protocol::{ErrorCode, ProtocolError, TaskId, MAX_MISSING_LISTED};
+use super::{Transport, MAX_MISSING_LISTED};
+use crate::protocol::message::TaskOptions;
+use crate::protocol::TaskId;
 
 const META: &str = "meta.json";
 const DATA: &str = "data.part";
@@ -125,22 +126,6 @@ pub struct NewUpload {
     pub client: String,
 }
 
-impl NewUpload {
-    /// The store's view of a validated `upload_request` from `owner` / `client`.
-    pub fn from_request(request: &UploadRequest, owner: Option<Owner>, client: String) -> Self {
-        NewUpload {
-            file_name: request.file_name.clone(),
-            extension: request.extension.clone(),
-            plan: request.plan,
-            hashes: request.hashes.clone(),
-            transport: request.transport,
-            options: request.options.clone(),
-            owner,
-            client,
-        }
-    }
-}
-
 /// The contents of `meta.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
@@ -209,19 +194,6 @@ pub struct Progress {
     pub complete: bool,
     /// Missing indices, lowest first, capped (see the method that produced this).
     pub missing: Vec<u32>,
-}
-
-impl Progress {
-    /// The fast path's cumulative ack for this state.
-    pub fn chunk_ack(&self, task_id: TaskId) -> ChunkAck {
-        ChunkAck {
-            task_id,
-            received_through: self.received_through,
-            received_chunks: self.received_chunks,
-            progress: self.progress,
-            missing: (!self.missing.is_empty()).then(|| self.missing.clone()),
-        }
-    }
 }
 
 /// Why a store operation failed.
@@ -298,36 +270,6 @@ pub enum StoreError {
     /// A session's files are inconsistent (details for logs only).
     #[error("corrupt upload session: {0}")]
     Corrupt(String),
-}
-
-impl StoreError {
-    /// The wire error code for this failure.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            StoreError::NotFound => ErrorCode::SessionNotFound,
-            StoreError::Chunk(e) => ProtocolError::from(e.clone()).code,
-            StoreError::Incomplete { .. }
-            | StoreError::WrongState { .. }
-            | StoreError::AwaitingHash => ErrorCode::NotReady,
-            StoreError::HashConflict { .. } => ErrorCode::InvalidMessage,
-            StoreError::HashMismatch { .. } => ErrorCode::FileHashMismatch,
-            StoreError::QuotaExceeded { .. }
-            | StoreError::ClientQuotaExceeded { .. }
-            | StoreError::DiskFull => ErrorCode::QuotaExceeded,
-            StoreError::Io { .. } | StoreError::Corrupt(_) => ErrorCode::Internal,
-        }
-    }
-
-    /// The client-facing error; I/O and corruption details are replaced by a generic text.
-    pub fn to_protocol(&self) -> ProtocolError {
-        match self {
-            StoreError::Chunk(e) => ProtocolError::from(e.clone()),
-            StoreError::Io { .. } | StoreError::Corrupt(_) => {
-                ProtocolError::new(ErrorCode::Internal, "internal storage error")
-            }
-            other => ProtocolError::new(self.code(), other.to_string()),
-        }
-    }
 }
 
 /// Maps an I/O error; a full disk (or quota of the file system) becomes [`StoreError::DiskFull`].

@@ -85,8 +85,6 @@ fn write_reopen_resume_finalize() {
     assert_eq!(p.received_through, 1);
     assert_eq!(p.missing, vec![1, 3]);
     assert!(!p.complete);
-    let ack = p.chunk_ack(id);
-    assert_eq!(ack.missing, Some(vec![1, 3]));
     drop(store);
 
     // A restart: the three synced chunks are still there.
@@ -119,7 +117,7 @@ fn write_reopen_resume_finalize() {
     // Idempotent, and chunks after completion are refused.
     assert_eq!(store.finalize(id).unwrap(), audio);
     let e = store.write_chunk(id, 0, chunk(&data, 0)).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::NotReady);
+    assert!(matches!(e, StoreError::WrongState { .. }), "{e:?}");
     drop(store);
 
     let store = open(tmp.path());
@@ -174,8 +172,6 @@ fn duplicates_and_bad_chunks() {
         e,
         StoreError::Chunk(PlanError::IndexOutOfRange { .. })
     ));
-    assert_eq!(e.code(), ErrorCode::InvalidChunk);
-    assert_eq!(e.to_protocol().chunk_index, Some(3));
     // The last chunk must be exactly 500 bytes, the others exactly 1000.
     let e = store.write_chunk(id, 2, chunk(&data, 1)).unwrap_err();
     assert!(matches!(
@@ -250,7 +246,6 @@ fn hash_mismatch_keeps_the_data_and_reports_it() {
     }
     let e = store.finalize(id).unwrap_err();
     assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
-    assert_eq!(e.code(), ErrorCode::FileHashMismatch);
     // Asked again, it hashes the file afresh and still refuses it.
     let again = store.finalize(id).unwrap_err();
     assert!(matches!(again, StoreError::HashMismatch { .. }), "{again}");
@@ -382,7 +377,6 @@ fn quota_counts_reserved_file_sizes() {
             available: 2000
         }
     ));
-    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
     assert!(store.check_quota("ip:127.0.0.1", 2001).is_err());
     store.remove(a).unwrap();
     assert_eq!(store.reserved_bytes(), 0);
@@ -424,7 +418,6 @@ fn an_idle_upload_reserves_only_what_it_holds_until_it_takes_its_room_back() {
     // The idle upload's next chunk needs its 2000 bytes back: 1000 + 3000 + 2000 > 5000.
     let e = store.put_chunk(idle, 1, chunk(&data, 1)).unwrap_err();
     assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e:?}");
-    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
     store.remove(other).unwrap();
     store.put_chunk(idle, 1, chunk(&data, 1)).unwrap();
     assert_eq!(store.reserved_bytes(), 3000);
@@ -460,7 +453,6 @@ fn one_client_cannot_take_the_whole_quota() {
         ),
         "{e:?}"
     );
-    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
     store.create(upload_from("key:b", &data)).unwrap();
     store.create(upload_from("ip:10.0.0.1", &data)).unwrap();
 }
@@ -491,8 +483,6 @@ fn uploads_are_refused_when_the_disk_would_fall_below_its_floor() {
     let first = store.create(sized_upload(600 << 20)).unwrap();
     let e = store.create(sized_upload(600 << 20)).unwrap_err();
     assert!(matches!(e, StoreError::DiskFull), "{e:?}");
-    assert_eq!(e.code(), ErrorCode::QuotaExceeded);
-    assert!(!e.to_protocol().message.contains("os error"));
     store.remove(first).unwrap();
     store.create(sized_upload(600 << 20)).unwrap();
 }
@@ -520,7 +510,7 @@ fn unknown_ids_and_odd_directories() {
     assert!(leftovers.is_empty());
     let missing = TaskId::new_v4();
     let e = store.progress(missing, 1).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::SessionNotFound);
+    assert!(matches!(e, StoreError::NotFound), "{e:?}");
     assert!(store.write_chunk(missing, 0, b"x").is_err());
     assert!(matches!(store.remove(missing), Err(StoreError::NotFound)));
 }
@@ -538,17 +528,6 @@ fn crash_between_rename_and_meta_update_recovers_as_uploaded() {
     let store = open(tmp.path());
     assert_eq!(store.meta(id).unwrap().status, UploadStatus::Uploaded);
     assert_eq!(fs::read(store.audio_path(id).unwrap()).unwrap(), data);
-}
-
-#[test]
-fn io_errors_do_not_leak_details_to_clients() {
-    let e = StoreError::Io {
-        context: "opening data.part",
-        source: io::Error::other("/secret/path"),
-    };
-    let p = e.to_protocol();
-    assert_eq!(p.code, ErrorCode::Internal);
-    assert!(!p.message.contains("secret") && !p.message.contains("data.part"));
 }
 
 #[test]
@@ -621,7 +600,7 @@ fn a_hash_declared_after_the_chunks_completes_the_upload() {
     store.declare_hashes(id, sha256(sha.clone())).unwrap();
     let other = hex::encode(Sha256::digest(b"other"));
     let e = store.declare_hashes(id, sha256(other)).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::InvalidMessage);
+    assert!(matches!(e, StoreError::HashConflict { .. }), "{e:?}");
     // The declaration survives a restart.
     drop(store);
     let store = open(tmp.path());
@@ -630,7 +609,10 @@ fn a_hash_declared_after_the_chunks_completes_the_upload() {
     // Once verified, the same hash again needs nothing; another one is refused.
     assert_eq!(store.declare_hashes(id, sha256(sha)).unwrap(), None);
     let e = store.declare_hashes(id, md5(b"x")).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::NotReady, "only while uploading");
+    assert!(
+        matches!(e, StoreError::WrongState { .. }),
+        "only while uploading: {e:?}"
+    );
 }
 
 #[test]
