@@ -44,12 +44,18 @@ fn main() {
             times[i].push(run(&dir, size, path, &hashes));
         }
     }
-    println!("{size_mb} MB in 1 MiB chunks, {rounds} rounds, store in {}", dir.display());
+    println!(
+        "{size_mb} MB in 1 MiB chunks, {rounds} rounds, store in {}",
+        dir.display()
+    );
     println!("| path | seconds (median) | min–max | MB/s |");
     println!("|---|---:|---:|---:|");
-    for (name, t) in ["seed (put_chunk, MD5)", "fast (write_chunk×16 + sync, BLAKE3)"]
-        .iter()
-        .zip(&mut times)
+    for (name, t) in [
+        "seed (put_chunk, MD5)",
+        "fast (write_chunk×16 + sync, BLAKE3)",
+    ]
+    .iter()
+    .zip(&mut times)
     {
         t.sort();
         let median = t[t.len() / 2].as_secs_f64();

@@ -54,9 +54,7 @@ fn seed_json_upload_of_a_real_file() {
     };
     assert_eq!(req.file_name, "en_JFK_inaugural_146s.ogg");
     assert_eq!(req.mode, UploadMode::Chunked);
-    let task_id = store
-        .create(new_upload(&req, None, String::new()))
-        .unwrap();
+    let task_id = store.create(new_upload(&req, None, String::new())).unwrap();
 
     // Send the chunks in reverse, each twice, as a retrying client might.
     for i in (0..total).rev() {
@@ -101,9 +99,7 @@ fn binary_fast_path_with_group_commit() {
     else {
         panic!("expected upload_request")
     };
-    let task_id = store
-        .create(new_upload(&req, None, String::new()))
-        .unwrap();
+    let task_id = store.create(new_upload(&req, None, String::new())).unwrap();
     let window = limits().chunk_window as usize;
 
     let mut received_through = 0usize;

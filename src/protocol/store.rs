@@ -131,7 +131,10 @@ mod tests {
 
     #[test]
     fn a_chunk_outside_the_plan_names_the_chunk() {
-        let e = wire(StoreError::Chunk(PlanError::IndexOutOfRange { index: 3, total: 3 }));
+        let e = wire(StoreError::Chunk(PlanError::IndexOutOfRange {
+            index: 3,
+            total: 3,
+        }));
         assert_eq!((e.code, e.chunk_index), (ErrorCode::InvalidChunk, Some(3)));
     }
 

@@ -8,7 +8,6 @@
 //! uploads/<task_id>/data.part      file_size bytes; chunk i written at i * chunk_size
 //! uploads/<task_id>/received.log   append-only chunk indices, u32 LE, one per stored chunk
 //! uploads/<task_id>/audio[.ext]    data.part after it was verified (finalise renames it)
-//! uploads/<task_id>/result.json    the transcription result
 //! ```
 //!
 //! Durability rule: a chunk counts as received only once its bytes are in `data.part` AND
@@ -36,22 +35,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{debug, warn};
 
 use super::digest::{FileHashes, HashKinds, RunningDigest};
 use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
-use crate::access::Owner;
 use super::{Transport, MAX_MISSING_LISTED};
+use crate::access::Owner;
 use crate::protocol::message::TaskOptions;
 use crate::protocol::TaskId;
 
 const META: &str = "meta.json";
 const DATA: &str = "data.part";
 const LOG: &str = "received.log";
-const RESULT: &str = "result.json";
 const TMP_PREFIX: &str = ".tmp-";
 /// Bytes per received-log entry (a u32 chunk index).
 const LOG_ENTRY: u64 = 4;
@@ -98,7 +95,7 @@ pub enum UploadStatus {
     Uploaded,
     /// A transcription is running.
     Transcribing,
-    /// `result.json` holds the result.
+    /// Transcribed; the task registry holds the result.
     Done,
     /// Transcription failed; `error` in the meta says why.
     Failed,
@@ -851,34 +848,6 @@ impl UploadStore {
         self.with_session(task_id, |s, dir| set_status(s, dir, status, error))
     }
 
-    /// Stores the result as `result.json` (atomically) and marks the session `Done`.
-    pub fn save_result<T: Serialize>(&self, task_id: TaskId, result: &T) -> Result<(), StoreError> {
-        self.with_session(task_id, |s, dir| {
-            let json =
-                serde_json::to_vec(result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            write_atomic(dir, RESULT, &json)?;
-            set_status(s, dir, UploadStatus::Done, None)
-        })
-    }
-
-    /// The stored result, `None` while there is none yet.
-    pub fn load_result<T: DeserializeOwned>(
-        &self,
-        task_id: TaskId,
-    ) -> Result<Option<T>, StoreError> {
-        self.with_session(task_id, |s, dir| {
-            s.last_activity = SystemTime::now();
-            let bytes = match fs::read(dir.join(RESULT)) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_err("reading a result")(e)),
-            };
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("result.json: {e}")))
-        })
-    }
-
     /// Deletes a session and its files.
     pub fn remove(&self, task_id: TaskId) -> Result<(), StoreError> {
         let entry = {
@@ -1178,10 +1147,7 @@ fn load_session(dir: &Path, task_id: TaskId) -> Result<Session, StoreError> {
         }
     }
     let updated = UNIX_EPOCH + Duration::from_secs(meta.updated_at);
-    let last_activity = [modified(&dir.join(LOG)), modified(&dir.join(RESULT))]
-        .into_iter()
-        .flatten()
-        .fold(updated, SystemTime::max);
+    let last_activity = modified(&dir.join(LOG)).map_or(updated, |m| m.max(updated));
     Ok(Session {
         digest: new_digest(&meta),
         meta,
