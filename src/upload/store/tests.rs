@@ -1,6 +1,16 @@
 //! Tests for the durable upload store, on real files in temp directories.
 
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::local::lock;
+use super::schema::{META, V1_META};
+use super::session::{DATA, LOG, TMP_PREFIX};
 use super::*;
+use crate::protocol::TaskId;
+use crate::upload::plan::Insert;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
@@ -554,7 +564,7 @@ fn chunks_are_hashed_as_they_arrive_even_out_of_order() {
     let data = file_bytes(4500);
     let store = open(tmp.path());
     let id = store.create(new_upload(&data)).unwrap();
-    let hashed = |store: &UploadStore| lock(&store.entry(id).unwrap().state).digest.hashed();
+    let hashed = |store: &UploadStore| lock(&store.entry(id).unwrap().state).hashed();
     for i in [1, 2] {
         store.write_chunk(id, i, chunk(&data, i)).unwrap();
     }
@@ -626,4 +636,40 @@ fn a_wrong_hash_declared_later_is_a_mismatch() {
     }
     let e = store.finalize(id).unwrap_err();
     assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+}
+
+#[test]
+fn a_session_written_in_meta_layout_1_resumes_and_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = file_bytes(4500);
+    let id = TaskId::parse("6f9d2c1e-3b7a-4c5d-8e9f-0a1b2c3d4e5f").unwrap();
+    let dir = tmp.path().join("uploads").join(id.to_string());
+    fs::create_dir_all(&dir).unwrap();
+    // The session as an earlier Earshot left it: chunks 0 and 2 stored, the rest missing.
+    let blake3 = blake3::hash(&data).to_hex().to_string();
+    let stored = "6e1ee5bd2d3c6d4c1e4e5a3a2b8f0f4f3c5d6e7f8091a2b3c4d5e6f708192a3b";
+    fs::write(dir.join(META), V1_META.replace(stored, &blake3)).unwrap();
+    let mut part = data.clone();
+    part[1000..2000].fill(0);
+    part[3000..].fill(0);
+    fs::write(dir.join(DATA), &part).unwrap();
+    let log: Vec<u8> = [0u32, 2].iter().flat_map(|i| i.to_le_bytes()).collect();
+    fs::write(dir.join(LOG), log).unwrap();
+
+    let store = open(tmp.path());
+    let p = store.progress(id, 10).unwrap();
+    assert_eq!((p.received_chunks, p.missing), (2, vec![1, 3, 4]));
+    let meta = store.meta(id).unwrap();
+    assert_eq!(
+        (meta.transport, meta.client.as_str()),
+        (Transport::Binary, "key:0123456789abcdef")
+    );
+    assert_eq!(meta.options.format.as_deref(), Some("srt"));
+    for i in [1, 3, 4] {
+        store.put_chunk(id, i, chunk(&data, i)).unwrap();
+    }
+    assert_eq!(fs::read(store.finalize(id).unwrap()).unwrap(), data);
+    drop(store);
+    let store = open(tmp.path());
+    assert_eq!(store.meta(id).unwrap().status, UploadStatus::Uploaded);
 }
