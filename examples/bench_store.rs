@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use earshot::upload::digest::FileHashes;
 use earshot::upload::plan::ChunkPlan;
-use earshot::upload::store::{NewUpload, StoreConfig, UploadStore};
+use earshot::upload::store::{NewUpload, StoreConfig, UploadStorage, UploadStore};
 
 /// Chunk size of both clients' defaults.
 const CHUNK: usize = 1 << 20;

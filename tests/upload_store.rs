@@ -11,7 +11,7 @@ use earshot::protocol::message::UploadMode;
 use earshot::protocol::store::{chunk_ack, new_upload};
 use earshot::protocol::{parse_client, ClientMessage, ErrorCode, Limits, TaskId};
 use earshot::upload::plan::Insert;
-use earshot::upload::store::{NewUpload, StoreConfig, UploadStatus, UploadStore};
+use earshot::upload::store::{NewUpload, StoreConfig, UploadStatus, UploadStorage, UploadStore};
 use md5::{Digest, Md5};
 use serde_json::json;
 use sha2::Sha256;

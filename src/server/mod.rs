@@ -28,7 +28,7 @@ pub use config::ServerConfig;
 use crate::access::{Caller, ClientKey, Share, Shares};
 use crate::inference::pool::Pool;
 use crate::tasks::TaskRegistry;
-use crate::upload::store::UploadStore;
+use crate::upload::store::{UploadStorage, UploadStore};
 
 /// Everything connections share. Cloned as an `Arc` into every session.
 pub struct AppState {
@@ -38,8 +38,9 @@ pub struct AppState {
     pub pool: Pool,
     /// Silero VAD model for cutting long audio at pauses, when present.
     pub vad_model: Option<PathBuf>,
-    /// Durable upload sessions under `data_dir/uploads`.
-    pub uploads: UploadStore,
+    /// Durable upload sessions (today under `data_dir/uploads`), behind the storage interface
+    /// so another implementation can take its place.
+    pub uploads: Box<dyn UploadStorage>,
     /// Progress and results of every task, for any connection to follow.
     pub tasks: Arc<TaskRegistry>,
     /// Uploads receiving data at once (seed: 5); a connection holds one permit per active upload.
@@ -87,7 +88,7 @@ impl AppState {
             config,
             pool,
             vad_model,
-            uploads,
+            uploads: Box::new(uploads),
             tasks,
         }))
     }

@@ -19,7 +19,7 @@ use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSI
 use crate::server::NoSlot;
 use crate::tasks::TaskState;
 use crate::upload::plan::Insert;
-use crate::upload::store::{Meta, Progress, StoreError, UploadStatus, UploadStore};
+use crate::upload::store::{Meta, Progress, StoreError, UploadStatus, UploadStorage};
 
 /// How long a client is asked to wait when every upload slot is taken.
 const UPLOAD_RETRY_MS: u64 = 2_000;
@@ -31,11 +31,11 @@ async fn blocking<T, F>(
     f: F,
 ) -> Result<T, ProtocolError>
 where
-    F: FnOnce(&UploadStore) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&dyn UploadStorage) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
     let state = conn.state.clone();
-    let joined = tokio::task::spawn_blocking(move || f(&state.uploads)).await;
+    let joined = tokio::task::spawn_blocking(move || f(state.uploads.as_ref())).await;
     let result = joined.map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))?;
     result.map_err(|e| store_error(e, task_id))
 }

@@ -1,5 +1,13 @@
 //! The upload store on one data directory: the map of sessions, the disk quota (overall, per
-//! client, and the file system's free space) and the sweep of idle sessions.
+//! client, and the file system's free space) and the sweep of idle sessions; the local
+//! implementation of [`UploadStorage`].
+//!
+//! How it keeps the interface's promises here: `sync` is one fdatasync of `data.part`, then
+//! one append + fdatasync of `received.log`, for all the chunks written since; `finalize`
+//! hashes only what the running hash has not seen, reading it in blocks; an incomplete upload
+//! idle past the reservation TTL holds only the bytes it has, and takes its full size back
+//! (if there is room) with its next chunk; a disk that fills up while writing removes the
+//! upload, so what it took is free again.
 //!
 //! `UploadStore` is `Send + Sync`: a map lock guards the set of sessions and each session has
 //! its own mutex, so different uploads proceed in parallel and calls on one upload are
@@ -19,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::schema::{Meta, UploadStatus};
 use super::session::Session;
-use super::{io_err, recovery, NewUpload, Progress, StoreError};
+use super::{io_err, recovery, NewUpload, Progress, StoreError, UploadStorage};
 use crate::protocol::TaskId;
 use crate::upload::digest::FileHashes;
 use crate::upload::plan::{ChunkPlan, Insert, ReceivedSet};
@@ -293,126 +301,6 @@ impl UploadStore {
         Ok(())
     }
 
-    /// Whether `client` may add `file_size` bytes now (quota, its share, free disk space);
-    /// for uploads that do not go through the store (HTTP requests).
-    pub fn check_quota(&self, client: &str, file_size: u64) -> Result<(), StoreError> {
-        let _reserving = lock(&self.reserving);
-        self.check_room(None, client, file_size, file_size)
-    }
-
-    /// Creates a session: reserves `data.part`, writes meta and an empty log, durably.
-    pub fn create(&self, new: NewUpload) -> Result<TaskId, StoreError> {
-        let task_id = TaskId::new_v4();
-        let now = SystemTime::now();
-        let meta = Meta::new(task_id, new, now);
-        // Held across the check and the insert so two creates cannot both squeeze in.
-        let _reserving = lock(&self.reserving);
-        let size = meta.plan.file_size;
-        self.check_room(None, &meta.client, size, size)?;
-        let session = Session::create(&self.root, meta, now)?;
-        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(task_id, Arc::new(Entry::new(session)));
-        debug!(%task_id, "created upload session");
-        Ok(task_id)
-    }
-
-    /// Writes chunk `index` at its offset in `data.part` (not yet durable: call [`sync`]
-    /// before acknowledging). `Duplicate` means it was already stored or is pending, and
-    /// nothing was written. The data length must match the plan.
-    ///
-    /// [`sync`]: UploadStore::sync
-    pub fn write_chunk(
-        &self,
-        task_id: TaskId,
-        index: u32,
-        data: &[u8],
-    ) -> Result<Insert, StoreError> {
-        self.with_receiving(task_id, |s| s.write(index, data))
-    }
-
-    /// Makes every pending chunk durable (one fdatasync of the data, then one append +
-    /// fdatasync of the log) and returns the state to acknowledge. `missing` lists the
-    /// gaps below the highest stored chunk (capped), which is what a pipelined sender
-    /// must resend.
-    pub fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError> {
-        self.with_receiving(task_id, |s| {
-            s.commit()?;
-            Ok(s.acked())
-        })
-    }
-
-    /// Write and sync one chunk: the JSON path's per-chunk ack.
-    pub fn put_chunk(
-        &self,
-        task_id: TaskId,
-        index: u32,
-        data: &[u8],
-    ) -> Result<(Insert, Progress), StoreError> {
-        self.with_receiving(task_id, |s| Ok((s.put(index, data)?, s.acked())))
-    }
-
-    /// Where the upload stands, listing up to `missing_limit` missing chunks (for
-    /// `upload_resume`). Pending (unsynced) chunks count as missing.
-    pub fn progress(&self, task_id: TaskId, missing_limit: usize) -> Result<Progress, StoreError> {
-        self.with_session(task_id, |s| Ok(s.progress(missing_limit)))
-    }
-
-    /// A copy of the session's meta.
-    pub fn meta(&self, task_id: TaskId) -> Result<Meta, StoreError> {
-        self.with_session(task_id, |s| Ok(s.meta.clone()))
-    }
-
-    /// Every session and its status (e.g. to queue `Uploaded` ones after a restart).
-    pub fn list(&self) -> Vec<(TaskId, UploadStatus)> {
-        let entries: Vec<_> = {
-            let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-            map.iter().map(|(id, e)| (*id, Arc::clone(e))).collect()
-        };
-        let mut out: Vec<_> = entries
-            .into_iter()
-            .map(|(id, e)| (id, lock(&e.state).meta.status))
-            .collect();
-        out.sort_by_key(|(id, _)| *id);
-        out
-    }
-
-    /// Verifies the assembled file against `file_hash` (MD5) and/or `file_sha256`, streaming
-    /// it in blocks, then renames `data.part` to `audio[.ext]` and marks the session
-    /// `Uploaded`. Returns the audio path. Idempotent once uploaded.
-    ///
-    /// On a hash mismatch nothing is deleted: `data.part` and the log stay as they were,
-    /// the reason is recorded in the meta's `error`, and `HashMismatch` is returned.
-    pub fn finalize(&self, task_id: TaskId) -> Result<PathBuf, StoreError> {
-        self.with_session(task_id, Session::finalize)
-    }
-
-    /// Records the whole-file hashes a binary upload sends after its chunks
-    /// (`upload_finish`). Declaring the same value again is harmless; a different one is
-    /// refused. Returns the upload's progress, so the caller can finalise a complete upload,
-    /// or `None` when the upload was already verified with these hashes (nothing to do).
-    pub fn declare_hashes(
-        &self,
-        task_id: TaskId,
-        hashes: FileHashes,
-    ) -> Result<Option<Progress>, StoreError> {
-        self.with_session(task_id, |s| s.declare_hashes(hashes))
-    }
-
-    /// Path of the verified audio file (status `Uploaded` or later).
-    pub fn audio_path(&self, task_id: TaskId) -> Result<PathBuf, StoreError> {
-        self.with_session(task_id, |s| s.audio_path())
-    }
-
-    /// Records a status change (e.g. `Transcribing`, or `Failed` with a reason).
-    pub fn set_status(
-        &self,
-        task_id: TaskId,
-        status: UploadStatus,
-        error: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.with_session(task_id, |s| s.set_status(status, error))
-    }
-
     /// Deletes a session and its files.
     pub fn remove(&self, task_id: TaskId) -> Result<(), StoreError> {
         let entry = {
@@ -423,13 +311,7 @@ impl UploadStore {
         result
     }
 
-    /// Deletes sessions idle for longer than `ttl` (`Transcribing` ones excepted: their
-    /// worker is still using the file). Returns the removed ids.
-    pub fn sweep(&self, ttl: Duration) -> Vec<TaskId> {
-        self.sweep_at(ttl, SystemTime::now())
-    }
-
-    /// [`sweep`](UploadStore::sweep) as if the time were `now`.
+    /// [`sweep`](UploadStorage::sweep) as if the time were `now`.
     pub fn sweep_at(&self, ttl: Duration, now: SystemTime) -> Vec<TaskId> {
         let candidates: Vec<_> = {
             let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
@@ -457,6 +339,98 @@ impl UploadStore {
             debug!(count = removed.len(), "swept expired upload sessions");
         }
         removed
+    }
+}
+
+impl UploadStorage for UploadStore {
+    fn create(&self, new: NewUpload) -> Result<TaskId, StoreError> {
+        let task_id = TaskId::new_v4();
+        let now = SystemTime::now();
+        let meta = Meta::new(task_id, new, now);
+        // Held across the check and the insert so two creates cannot both squeeze in.
+        let _reserving = lock(&self.reserving);
+        let size = meta.plan.file_size;
+        self.check_room(None, &meta.client, size, size)?;
+        let session = Session::create(&self.root, meta, now)?;
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(task_id, Arc::new(Entry::new(session)));
+        debug!(%task_id, "created upload session");
+        Ok(task_id)
+    }
+
+    fn write_chunk(&self, task_id: TaskId, index: u32, data: &[u8]) -> Result<Insert, StoreError> {
+        self.with_receiving(task_id, |s| s.write(index, data))
+    }
+
+    fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError> {
+        self.with_receiving(task_id, |s| {
+            s.commit()?;
+            Ok(s.acked())
+        })
+    }
+
+    fn put_chunk(
+        &self,
+        task_id: TaskId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(Insert, Progress), StoreError> {
+        self.with_receiving(task_id, |s| Ok((s.put(index, data)?, s.acked())))
+    }
+
+    fn progress(&self, task_id: TaskId, missing_limit: usize) -> Result<Progress, StoreError> {
+        self.with_session(task_id, |s| Ok(s.progress(missing_limit)))
+    }
+
+    fn meta(&self, task_id: TaskId) -> Result<Meta, StoreError> {
+        self.with_session(task_id, |s| Ok(s.meta.clone()))
+    }
+
+    fn declare_hashes(
+        &self,
+        task_id: TaskId,
+        hashes: FileHashes,
+    ) -> Result<Option<Progress>, StoreError> {
+        self.with_session(task_id, |s| s.declare_hashes(hashes))
+    }
+
+    fn finalize(&self, task_id: TaskId) -> Result<PathBuf, StoreError> {
+        self.with_session(task_id, Session::finalize)
+    }
+
+    fn audio_path(&self, task_id: TaskId) -> Result<PathBuf, StoreError> {
+        self.with_session(task_id, |s| s.audio_path())
+    }
+
+    fn set_status(
+        &self,
+        task_id: TaskId,
+        status: UploadStatus,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.with_session(task_id, |s| s.set_status(status, error))
+    }
+
+    fn list(&self) -> Vec<(TaskId, UploadStatus)> {
+        let entries: Vec<_> = {
+            let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            map.iter().map(|(id, e)| (*id, Arc::clone(e))).collect()
+        };
+        let mut out: Vec<_> = entries
+            .into_iter()
+            .map(|(id, e)| (id, lock(&e.state).meta.status))
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
+    fn sweep(&self, ttl: Duration) -> Vec<TaskId> {
+        self.sweep_at(ttl, SystemTime::now())
+    }
+
+    fn check_quota(&self, client: &str, file_size: u64) -> Result<(), StoreError> {
+        let _reserving = lock(&self.reserving);
+        self.check_room(None, client, file_size, file_size)
     }
 }
 

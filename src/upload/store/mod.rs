@@ -5,12 +5,12 @@
 //! The local implementation, [`UploadStore`], keeps each upload in its own directory under
 //! `<data_dir>/uploads` and is split along its seams:
 //!
-//! - [`schema`]: what `meta.json` holds, its layout version, its bytes.
-//! - [`session`]: one upload on disk: `data.part`, `received.log`, the fsync order, atomic
+//! - `schema`: what `meta.json` holds, its layout version, its bytes.
+//! - `session`: one upload on disk: `data.part`, `received.log`, the fsync order, atomic
 //!   replacement, the running whole-file hash.
-//! - [`recovery`]: reading every session back at open, finishing or undoing what a crash
+//! - `recovery`: reading every session back at open, finishing or undoing what a crash
 //!   interrupted.
-//! - [`local`]: the map of sessions, the disk quota and the sweep of idle sessions.
+//! - `local`: the map of sessions, the disk quota and the sweep of idle sessions.
 //!
 //! Durability rule: a chunk counts as received only once its bytes are in `data.part` AND its
 //! index is in `received.log`, both fdatasync'ed, data first. A crash can therefore lose
@@ -18,7 +18,8 @@
 //! separate calls so the fast path can group-commit: write several chunks, sync once, ack
 //! them together.
 //!
-//! The API is synchronous and blocking: call it from `spawn_blocking`.
+//! The API is synchronous and blocking: call it from `spawn_blocking`. Callers hold the store
+//! as a `dyn UploadStorage` and use only the trait's operations.
 //!
 //! This module must NOT speak the wire protocol (its errors and answers are its own;
 //! `crate::protocol::store` maps them), must NOT hold network state, and must NOT read a whole
@@ -31,6 +32,8 @@ mod schema;
 mod session;
 
 use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -38,10 +41,103 @@ pub use local::{free_bytes, StoreConfig, UploadStore};
 pub use schema::{Meta, UploadStatus, META_VERSION};
 
 use super::digest::FileHashes;
-use super::plan::{ChunkPlan, PlanError, ReceivedSet};
+use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
 use super::Transport;
 use crate::access::Owner;
 use crate::protocol::message::TaskOptions;
+use crate::protocol::TaskId;
+
+/// What the WebSocket and HTTP layers and the job runner need from upload storage. One
+/// implementation today, [`UploadStore`] on the local data directory; a cluster store (chunks
+/// in NATS JetStream, a lease per upload) is meant to be the second, behind the same calls.
+///
+/// The contract every implementation keeps:
+///
+/// - **Durable before acknowledged.** [`sync`](Self::sync) and [`put_chunk`](Self::put_chunk)
+///   return only once every chunk they report as received survives a crash of this process
+///   (and, for a cluster, of this node); callers acknowledge exactly what they report.
+///   [`write_chunk`](Self::write_chunk) alone promises nothing.
+/// - **Idempotent chunks.** A chunk stored or written already is a `Duplicate`, never a second
+///   write; a chunk that does not fit the plan is [`StoreError::Chunk`].
+/// - **Verified before used.** [`finalize`](Self::finalize) checks the declared whole-file
+///   hashes before the file may be transcribed; a mismatch keeps what was received.
+/// - **Bounded memory.** No call holds a whole file in memory; answers list at most
+///   [`MAX_MISSING_LISTED`](crate::upload::MAX_MISSING_LISTED) missing chunks unless asked.
+/// - **Unknown is `NotFound`.** An id never created, removed or expired is
+///   [`StoreError::NotFound`]; access control (owners) is the caller's, from [`Meta::owner`].
+///
+/// Calls are synchronous and may block on disk (or network): call them from blocking threads.
+/// Synchronous on purpose: the local store's work is file I/O with no async equivalent worth
+/// having, and one blocking call per chunk keeps the fsync order in one place. Implementations
+/// must NOT speak the wire protocol (the caller maps [`StoreError`] and [`Progress`]) and must
+/// NOT let one upload's calls wait for another's beyond a short map lock.
+pub trait UploadStorage: Send + Sync {
+    /// Starts an upload under a fresh id, if the quotas and the disk have room for its whole
+    /// file size (refused otherwise with `QuotaExceeded`, `ClientQuotaExceeded` or `DiskFull`).
+    fn create(&self, new: NewUpload) -> Result<TaskId, StoreError>;
+
+    /// Stores chunk `index`'s bytes, not yet durably: [`sync`](Self::sync) before
+    /// acknowledging (the fast path's group commit). The length must match the plan.
+    fn write_chunk(&self, task_id: TaskId, index: u32, data: &[u8]) -> Result<Insert, StoreError>;
+
+    /// Makes every chunk written so far durable and returns what to acknowledge; `missing`
+    /// lists the gaps below the highest stored chunk (capped), what a pipelined sender must
+    /// resend.
+    fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError>;
+
+    /// Writes and syncs one chunk: the JSON path's per-chunk ack.
+    fn put_chunk(
+        &self,
+        task_id: TaskId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(Insert, Progress), StoreError>;
+
+    /// Where the upload stands, listing up to `missing_limit` missing chunks (for
+    /// `upload_resume`). Chunks written but not synced count as missing.
+    fn progress(&self, task_id: TaskId, missing_limit: usize) -> Result<Progress, StoreError>;
+
+    /// The upload's record: what was asked, its status, its owner.
+    fn meta(&self, task_id: TaskId) -> Result<Meta, StoreError>;
+
+    /// Records whole-file hashes declared after the chunks (`upload_finish`). The same value
+    /// again is harmless, a different one is `HashConflict`. Returns the progress, so the
+    /// caller can finalise a complete upload, or `None` when the upload was already verified
+    /// with these hashes.
+    fn declare_hashes(
+        &self,
+        task_id: TaskId,
+        hashes: FileHashes,
+    ) -> Result<Option<Progress>, StoreError>;
+
+    /// Verifies the complete file against its declared hashes and marks it `Uploaded`;
+    /// returns the path of the verified file, local to this process, for the decoder.
+    /// `Incomplete` or `AwaitingHash` when it cannot yet; idempotent once uploaded.
+    fn finalize(&self, task_id: TaskId) -> Result<PathBuf, StoreError>;
+
+    /// The path of the verified file (status `Uploaded` or later), as [`finalize`](Self::finalize).
+    fn audio_path(&self, task_id: TaskId) -> Result<PathBuf, StoreError>;
+
+    /// Records a status change (e.g. `Transcribing`, or `Failed` with a reason), durably.
+    fn set_status(
+        &self,
+        task_id: TaskId,
+        status: UploadStatus,
+        error: Option<String>,
+    ) -> Result<(), StoreError>;
+
+    /// Every upload and its status, ordered by id (e.g. to queue `Uploaded` ones after a
+    /// restart).
+    fn list(&self) -> Vec<(TaskId, UploadStatus)>;
+
+    /// Deletes uploads idle for longer than `ttl`, except those being transcribed; returns
+    /// their ids.
+    fn sweep(&self, ttl: Duration) -> Vec<TaskId>;
+
+    /// Whether `client` may add `file_size` bytes now (quota, its share, free space), for
+    /// files that arrive outside the store (HTTP requests).
+    fn check_quota(&self, client: &str, file_size: u64) -> Result<(), StoreError>;
+}
 
 /// What a new upload is, as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +148,7 @@ pub struct NewUpload {
     pub extension: Option<String>,
     /// How the file is cut into chunks.
     pub plan: ChunkPlan,
-    /// Expected whole-file hashes (lowercase hex), verified by [`UploadStore::finalize`];
+    /// Expected whole-file hashes (lowercase hex), verified by [`UploadStorage::finalize`];
     /// none yet for a binary upload that declares them later.
     pub hashes: FileHashes,
     /// How chunks travel, so a resumed upload keeps its transport.

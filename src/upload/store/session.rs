@@ -213,7 +213,7 @@ impl Session {
         Ok(audio)
     }
 
-    /// Records hashes declared after the chunks; see `UploadStore::declare_hashes`.
+    /// Records hashes declared after the chunks; see `UploadStorage::declare_hashes`.
     pub(super) fn declare_hashes(
         &mut self,
         hashes: FileHashes,
