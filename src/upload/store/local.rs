@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 
 use super::schema::{Meta, UploadStatus};
 use super::session::Session;
+use super::syncer::Syncer;
 use super::{io_err, recovery, NewUpload, Progress, StoreError, UploadStorage};
 use crate::protocol::TaskId;
 use crate::upload::digest::FileHashes;
@@ -153,6 +154,8 @@ pub struct UploadStore {
     /// back), so two of them cannot both squeeze under the quota. Lock order: a session, then
     /// this, then the map.
     reserving: Mutex<()>,
+    /// Threads that sync a seed-path chunk while `put_chunk` hashes it.
+    syncer: Syncer,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,6 +183,7 @@ impl UploadStore {
             config,
             sessions: RwLock::new(sessions),
             reserving: Mutex::new(()),
+            syncer: Syncer::new(),
         })
     }
 
@@ -375,7 +379,9 @@ impl UploadStorage for UploadStore {
         index: u32,
         data: &[u8],
     ) -> Result<(Insert, Progress), StoreError> {
-        self.with_receiving(task_id, |s| Ok((s.put(index, data)?, s.acked())))
+        self.with_receiving(task_id, |s| {
+            Ok((s.put(index, data, &self.syncer)?, s.acked()))
+        })
     }
 
     fn progress(&self, task_id: TaskId, missing_limit: usize) -> Result<Progress, StoreError> {

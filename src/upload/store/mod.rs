@@ -11,6 +11,7 @@
 //! - `recovery`: reading every session back at open, finishing or undoing what a crash
 //!   interrupted.
 //! - `local`: the map of sessions, the disk quota and the sweep of idle sessions.
+//! - `syncer`: a few long-lived threads that sync a chunk while the seed path hashes it.
 //!
 //! Durability rule: a chunk counts as received only once its bytes are in `data.part` AND its
 //! index is in `received.log`, both fdatasync'ed, data first. A crash can therefore lose
@@ -30,6 +31,7 @@ mod local;
 mod recovery;
 mod schema;
 mod session;
+mod syncer;
 
 use std::io;
 use std::path::PathBuf;

@@ -22,9 +22,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::schema::{self, unix_secs, Meta, UploadStatus, META};
+use super::syncer::Syncer;
 use super::{io_err, Progress, StoreError};
 use crate::upload::digest::{FileHashes, HashKinds, RunningDigest};
 use crate::upload::plan::{Insert, ReceivedSet};
@@ -49,8 +51,9 @@ pub(super) struct Session {
     pub(super) received: ReceivedSet,
     /// Chunks written to data.part but not yet synced; acked only after [`Session::commit`].
     pending: Vec<u32>,
-    /// Open handle on data.part, opened on first write (keeps idle sessions fd-free).
-    data: Option<File>,
+    /// Open handle on data.part, opened on first write (keeps idle sessions fd-free); shared
+    /// with a sync thread while it syncs the file.
+    data: Option<Arc<File>>,
     /// Open append handle on received.log, opened on first sync.
     log: Option<File>,
     /// Length of received.log known to hold whole, synced entries; a failed append is cut
@@ -119,23 +122,27 @@ impl Session {
         Ok(insert)
     }
 
-    /// [`write`](Self::write) and [`commit`](Self::commit) in one, the whole-file hash (CPU)
-    /// running while the chunk is synced (disk).
-    pub(super) fn put(&mut self, index: u32, data: &[u8]) -> Result<Insert, StoreError> {
+    /// [`write`](Self::write) and [`commit`](Self::commit) in one, for the seed path's
+    /// per-chunk ack: a chunk that continues the running hash is hashed (CPU) while its bytes
+    /// are synced (disk) on one of `syncer`'s threads; the log is written after that sync, as
+    /// in `commit`. With no thread free, or nothing to hash now, it is write then commit.
+    pub(super) fn put(
+        &mut self,
+        index: u32,
+        data: &[u8],
+        syncer: &Syncer,
+    ) -> Result<Insert, StoreError> {
         let insert = self.write_at(index, data)?;
-        let hash_now = insert == Insert::New && self.continues_digest(index);
-        let mut digest =
-            std::mem::replace(&mut self.digest, RunningDigest::new(HashKinds::default()));
-        let synced = std::thread::scope(|scope| {
-            let hashing = hash_now.then(|| scope.spawn(|| digest.update(data)));
-            let synced = self.commit();
-            (synced, hashing.map(|h| h.join().is_ok()))
-        });
-        self.digest = match synced.1 {
-            Some(false) => new_digest(&self.meta), // cannot happen; hash again at the end
-            _ => digest,
-        };
-        synced.0?;
+        if insert == Insert::New && self.continues_digest(index) {
+            self.data_file()?;
+            let syncing = syncer.start(Arc::clone(self.data.as_ref().expect("opened above")));
+            self.digest.update(data);
+            if let Some(syncing) = syncing {
+                syncing.wait().map_err(io_err("syncing data.part"))?;
+                self.append_log()?;
+            }
+        }
+        self.commit()?;
         self.advance_digest()?;
         Ok(insert)
     }
@@ -150,6 +157,12 @@ impl Session {
         self.data_file()?
             .sync_data()
             .map_err(io_err("syncing data.part"))?;
+        self.append_log()
+    }
+
+    /// Appends the pending chunks to the log and syncs it, making them received. Only after
+    /// their bytes in `data.part` were synced.
+    fn append_log(&mut self) -> Result<(), StoreError> {
         let entries: Vec<u8> = self.pending.iter().flat_map(|i| i.to_le_bytes()).collect();
         let good_len = self.log_len;
         let log = self.log_file()?;
@@ -318,9 +331,9 @@ impl Session {
                 .write(true)
                 .open(self.dir.join(DATA))
                 .map_err(io_err("opening data.part"))?;
-            self.data = Some(f);
+            self.data = Some(Arc::new(f));
         }
-        Ok(self.data.as_ref().expect("just opened"))
+        Ok(self.data.as_deref().expect("just opened"))
     }
 
     fn log_file(&mut self) -> Result<&mut File, StoreError> {
@@ -354,7 +367,7 @@ impl Session {
             }
             let end = hashed + plan.chunk_len(next).unwrap_or(0);
             self.data_file()?;
-            let file = self.data.as_ref().expect("opened above");
+            let file = self.data.as_deref().expect("opened above");
             self.digest
                 .update_from_file(file, end)
                 .map_err(io_err("reading data.part"))?;
@@ -443,5 +456,63 @@ fn declare(
             *slot = Some(new);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::TaskId;
+    use crate::upload::plan::ChunkPlan;
+    use crate::upload::store::NewUpload;
+
+    /// Waits until `syncer` has a thread free (probing with a sync of `probe`).
+    fn until_a_thread_waits(syncer: &Syncer, probe: &Arc<File>) {
+        let taken = (0..1000).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(1));
+            syncer.start(Arc::clone(probe))
+        });
+        taken.expect("a sync thread is free").wait().unwrap();
+        std::thread::sleep(Duration::from_millis(5)); // back to waiting
+    }
+
+    #[test]
+    fn put_hashes_while_a_thread_syncs_then_logs() {
+        let root = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
+        let plan = ChunkPlan::new(2500, 1000, 3, &Default::default()).unwrap();
+        let new = NewUpload {
+            file_name: "a.bin".into(),
+            extension: None,
+            plan,
+            hashes: FileHashes {
+                blake3: Some(blake3::hash(&data).to_hex().to_string()),
+                ..Default::default()
+            },
+            transport: Default::default(),
+            options: Default::default(),
+            owner: None,
+            client: String::new(),
+        };
+        let now = SystemTime::now();
+        let meta = Meta::new(TaskId::new_v4(), new, now);
+        let mut s = Session::create(root.path(), meta, now).unwrap();
+        let syncer = Syncer::new();
+        let probe = Arc::new(File::create(root.path().join("probe")).unwrap());
+        for (i, piece) in data.chunks(1000).enumerate() {
+            until_a_thread_waits(&syncer, &probe);
+            assert_eq!(s.put(i as u32, piece, &syncer).unwrap(), Insert::New);
+            assert_eq!(s.hashed(), ((i as u64 + 1) * 1000).min(2500));
+            assert_eq!(s.acked().received_chunks, i as u32 + 1);
+        }
+        let log = fs::read(s.dir.join(LOG)).unwrap();
+        assert_eq!(log, [0u32, 1, 2].map(u32::to_le_bytes).concat());
+        assert_eq!(
+            s.put(1, &data[1000..2000], &syncer).unwrap(),
+            Insert::Duplicate
+        );
+        assert_eq!(fs::read(s.finalize().unwrap()).unwrap(), data);
     }
 }
