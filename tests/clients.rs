@@ -15,7 +15,8 @@ use earshot::client::backoff::BackoffConfig;
 use earshot::client::stream::{self, StreamEvent, StreamOptions, StreamSource};
 use earshot::client::upload::{self, UploadEvent, UploadOptions, UploadProtocol};
 use earshot::client::ClientError;
-use earshot::protocol::{ErrorCode, TaskId};
+use earshot::domain::TaskId;
+use earshot::protocol::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -297,7 +297,7 @@ async fn a_binary_upload_resumed_with_the_seed_protocol_completes() {
         chunk_size: chunk as u64,
         ..UploadOptions::default()
     };
-    let id = earshot::protocol::TaskId::parse(&task_id).unwrap();
+    let id = earshot::domain::TaskId::parse(&task_id).unwrap();
     let url = server.url();
     let resumed = earshot::client::upload::resume(&url, id, &file, &options, |_| {});
     let outcome = tokio::time::timeout(Duration::from_secs(120), resumed)

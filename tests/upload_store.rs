@@ -6,11 +6,13 @@ use std::process::Command;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use earshot::domain::TaskId;
 use earshot::protocol::binary::{self, BinaryFrame};
 use earshot::protocol::message::UploadMode;
-use earshot::protocol::{parse_client, ClientMessage, ErrorCode, Limits, TaskId};
+use earshot::protocol::store::{chunk_ack, new_upload};
+use earshot::protocol::{parse_client, ClientMessage, ErrorCode, Limits};
 use earshot::upload::plan::Insert;
-use earshot::upload::store::{NewUpload, StoreConfig, UploadStatus, UploadStore};
+use earshot::upload::store::{NewUpload, StoreConfig, UploadStatus, UploadStorage, UploadStore};
 use md5::{Digest, Md5};
 use serde_json::json;
 use sha2::Sha256;
@@ -53,9 +55,7 @@ fn seed_json_upload_of_a_real_file() {
     };
     assert_eq!(req.file_name, "en_JFK_inaugural_146s.ogg");
     assert_eq!(req.mode, UploadMode::Chunked);
-    let task_id = store
-        .create(NewUpload::from_request(&req, None, String::new()))
-        .unwrap();
+    let task_id = store.create(new_upload(&req, None, String::new())).unwrap();
 
     // Send the chunks in reverse, each twice, as a retrying client might.
     for i in (0..total).rev() {
@@ -100,9 +100,7 @@ fn binary_fast_path_with_group_commit() {
     else {
         panic!("expected upload_request")
     };
-    let task_id = store
-        .create(NewUpload::from_request(&req, None, String::new()))
-        .unwrap();
+    let task_id = store.create(new_upload(&req, None, String::new())).unwrap();
     let window = limits().chunk_window as usize;
 
     let mut received_through = 0usize;
@@ -130,7 +128,7 @@ fn binary_fast_path_with_group_commit() {
             }
         }
         let progress = store.sync(task_id).unwrap();
-        let ack = progress.chunk_ack(task_id);
+        let ack = chunk_ack(task_id, &progress);
         if acks == 0 {
             assert_eq!(ack.received_through, 5);
             assert_eq!(ack.missing, Some(vec![5]));

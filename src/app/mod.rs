@@ -22,7 +22,7 @@ use crate::inference::engine::Options;
 use crate::inference::pool::Pool;
 use crate::jobs::batch::Batch;
 use crate::jobs::{JobQueue, LocalRegistry, TaskRegistry};
-use crate::upload::store::UploadStore;
+use crate::upload::store::{UploadStorage, UploadStore};
 
 /// Everything connections share. Cloned as an `Arc` into every session.
 pub struct AppState {
@@ -32,8 +32,9 @@ pub struct AppState {
     pub pool: Pool,
     /// Silero VAD model for cutting long audio at pauses, when present.
     pub vad_model: Option<PathBuf>,
-    /// Durable upload sessions under `data_dir/uploads`.
-    pub uploads: Arc<UploadStore>,
+    /// Durable upload sessions (today under `data_dir/uploads`), behind the storage interface
+    /// so another implementation can take its place.
+    pub uploads: Arc<dyn UploadStorage>,
     /// Progress and results of every task, for any connection to follow.
     pub tasks: Arc<dyn TaskRegistry>,
     /// Where finished uploads and HTTP requests are queued for transcription.
@@ -66,7 +67,8 @@ impl AppState {
             reservation_ttl: config.reservation_ttl,
             min_free_bytes: config.min_free_disk.as_u64(),
         };
-        let uploads = Arc::new(UploadStore::open(&config.data_dir, store_config)?);
+        let uploads: Arc<dyn UploadStorage> =
+            Arc::new(UploadStore::open(&config.data_dir, store_config)?);
         let tasks: Arc<dyn TaskRegistry> =
             LocalRegistry::new(&config.data_dir).map_err(|source| {
                 crate::upload::store::StoreError::Io {
@@ -142,7 +144,7 @@ impl AppState {
     }
 
     /// Whisper options for what a client asked, with this server's thread count.
-    pub fn engine_options(&self, options: &crate::protocol::message::TaskOptions) -> Options {
+    pub fn engine_options(&self, options: &crate::domain::TaskOptions) -> Options {
         crate::jobs::engine_options(options, self.config.threads)
     }
 

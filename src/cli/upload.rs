@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::upload::{self, UploadEvent, UploadOptions, UploadOutcome, UploadProtocol};
 use crate::domain::OutputFormat;
+use crate::domain::TaskId;
 use crate::format::render;
-use crate::protocol::TaskId;
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {

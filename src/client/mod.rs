@@ -96,13 +96,13 @@ pub enum ClientError {
         /// Attempts made (the first connection included).
         attempts: u32,
         /// The upload, when the server had accepted it: it can be resumed later.
-        task_id: Option<crate::protocol::TaskId>,
+        task_id: Option<crate::domain::TaskId>,
         /// The error of the last attempt.
         last: Box<ClientError>,
     },
 }
 
-fn resumable(task_id: &Option<crate::protocol::TaskId>) -> String {
+fn resumable(task_id: &Option<crate::domain::TaskId>) -> String {
     match task_id {
         Some(id) => format!(" (the server keeps upload {id}; it can be resumed)"),
         None => String::new(),

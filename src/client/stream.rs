@@ -22,9 +22,10 @@ use super::conn::{self, type_name, Conn};
 use super::ClientError;
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, DecodeError, SAMPLE_RATE};
+use crate::domain::TaskId;
 use crate::protocol::binary::encode_audio;
 use crate::protocol::message::{TranscriptSegment, TranscriptionComplete};
-use crate::protocol::{ServerMessage, TaskId};
+use crate::protocol::ServerMessage;
 
 /// Decoded blocks buffered between the decoder thread and the sender.
 const DECODED_BLOCKS: usize = 4;

@@ -8,5 +8,5 @@
 mod task;
 mod task_id;
 
-pub use task::{FailureCode, OutputFormat, Task};
+pub use task::{FailureCode, OutputFormat, Task, TaskOptions};
 pub use task_id::{TaskId, TaskIdError};

@@ -1,4 +1,5 @@
-//! What a task was asked to do and how it can end: [`Task`], [`OutputFormat`], [`FailureCode`].
+//! What a task was asked to do and how it can end: [`Task`], [`TaskOptions`], [`OutputFormat`],
+//! [`FailureCode`].
 //!
 //! Must not render, parse wire messages or know HTTP statuses: renderers and protocols map
 //! these values to their own shapes.
@@ -66,4 +67,17 @@ pub enum FailureCode {
     Stopped,
     /// A fault of the server's; details are in its log only.
     Internal,
+}
+
+/// Transcription options a client may attach to an upload or a stream. Stored with an upload
+/// so a resumed upload is transcribed as first asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    /// Spoken language code (`en`, `zh`, …); `None` lets the model detect it (`"auto"`).
+    pub language: Option<String>,
+    /// Translate to English instead of transcribing.
+    pub translate: bool,
+    /// Output format the client wants the final text rendered in; `None` = plain
+    /// `transcription_complete` only.
+    pub format: Option<OutputFormat>,
 }

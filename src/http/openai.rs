@@ -28,11 +28,11 @@ use crate::access::Caller;
 use crate::app::NoSlot;
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, Truncation};
+use crate::domain::TaskId;
 use crate::domain::{FailureCode, OutputFormat, Task};
 use crate::inference::engine::{self, Options};
 use crate::jobs::{Job, Source, TaskEvent, TaskResult, TaskState};
 use crate::metrics;
-use crate::protocol::TaskId;
 use crate::upload::store::StoreError;
 
 /// The response header naming the task, for `/v1/tasks/{id}`.

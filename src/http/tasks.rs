@@ -19,8 +19,9 @@ use super::openai::{output_format, respond, task_error};
 use super::{ApiError, Http};
 use crate::access::Caller;
 use crate::domain::OutputFormat;
+use crate::domain::TaskId;
 use crate::jobs::{Snapshot, TaskState};
-use crate::protocol::{ErrorCode, TaskId};
+use crate::protocol::ErrorCode;
 
 /// The query string.
 #[derive(Debug, Deserialize)]

@@ -22,7 +22,7 @@ use crate::audio::AudioStream;
 use crate::domain::{FailureCode, Task, TaskId};
 use crate::inference::long::{self, LongError, LongEvent};
 use crate::inference::pool::Pool;
-use crate::upload::store::{UploadStatus, UploadStore};
+use crate::upload::store::{UploadStatus, UploadStorage};
 
 /// Runs transcription jobs in this process. Cheap to clone: each job holds a copy.
 #[derive(Clone)]
@@ -34,7 +34,7 @@ pub struct Batch {
     /// Where progress, segments and results are published.
     pub tasks: Arc<dyn TaskRegistry>,
     /// Upload sessions, whose status follows their transcription.
-    pub uploads: Arc<UploadStore>,
+    pub uploads: Arc<dyn UploadStorage>,
     /// Files transcribed at once (seed: 3); the rest wait queued.
     pub processing_slots: Arc<Semaphore>,
     /// Whisper threads per job, overriding what a job asked.

@@ -15,8 +15,8 @@ pub use registry::{LocalRegistry, Snapshot, TaskEvent, TaskRegistry, TaskResult,
 
 use crate::access::Owner;
 use crate::domain::TaskId;
+use crate::domain::TaskOptions;
 use crate::inference::engine::Options;
-use crate::protocol::message::TaskOptions;
 use crate::upload::store::Meta;
 
 /// One file to transcribe.

@@ -25,7 +25,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::error::{ErrorCode, ProtocolError};
-use super::TaskId;
+use crate::domain::TaskId;
 
 /// Kind byte of an upload chunk frame.
 pub const KIND_UPLOAD_CHUNK: u8 = 0x01;

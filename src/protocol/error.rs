@@ -1,5 +1,5 @@
-//! Error codes the server sends in `error` messages, and the typed error every parser
-//! and the upload store map into.
+//! Error codes the server sends in `error` messages, and the typed error every parser maps
+//! into (the upload store's errors are mapped in [`super::store`]).
 //!
 //! Messages here go to clients: they must say what was wrong with the client's input and
 //! never carry paths, OS errors or other details meant for logs.

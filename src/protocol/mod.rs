@@ -5,6 +5,8 @@
 //!   [`parse_client`] turns a text frame into a validated [`ClientMessage`].
 //! - [`binary`]: the layout of binary frames (upload chunks with an xxh3 hash, live audio).
 //! - [`error`]: [`ErrorCode`] and [`ProtocolError`], the client-facing errors.
+//! - [`store`]: the upload store's inputs, answers and failures in wire terms (the store
+//!   itself knows nothing of the protocol).
 //!
 //! Everything here is pure: no sockets, no tasks, no disk, no clock. The server owns the
 //! connection and decides what to do with a parsed message; `docs/PROTOCOL.md` is the
@@ -13,12 +15,11 @@
 pub mod binary;
 pub mod error;
 pub mod message;
+pub mod store;
 
 pub use binary::{BinaryError, BinaryFrame};
 pub use error::{ErrorCode, ProtocolError};
 pub use message::{parse_client, ClientMessage, ServerMessage};
-
-pub use crate::domain::TaskId;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,7 @@ pub const PING_INTERVAL_SECS: u64 = 60;
 pub const PING_TIMEOUT_SECS: u64 = 120;
 
 /// Most `missing` chunk indices one message carries; a client asks again (resume) for more.
-pub const MAX_MISSING_LISTED: usize = 1000;
+pub use crate::upload::MAX_MISSING_LISTED;
 
 /// Limits the server enforces, announced to clients in `connected` so they can size chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +126,7 @@ pub fn file_extension(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TaskId;
 
     #[test]
     fn bad_task_ids_are_unknown_sessions_and_guessable_ones_invalid() {

@@ -9,18 +9,19 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Connection, Outbound};
+use crate::domain::TaskId;
 use crate::domain::{FailureCode, OutputFormat};
 use crate::format::render;
 use crate::jobs::{TaskEvent, TaskRegistry, TaskResult, TaskState};
 use crate::protocol::message::{TranscriptSegment, TranscriptionComplete, TranscriptionProgress};
-use crate::protocol::{ProtocolError, ServerMessage, TaskId};
+use crate::protocol::{ProtocolError, ServerMessage};
 use crate::transcript::Segment;
 
 impl Connection {
     /// Starts forwarding `task_id` to this client until it finishes or the connection ends.
     /// At most one follower per task: asking again (`upload_resume` in a loop) while one runs
     /// adds nothing, so a client cannot pile up followers.
-    pub(super) fn follow(&mut self, task_id: TaskId, format: Option<String>) {
+    pub(super) fn follow(&mut self, task_id: TaskId, format: Option<OutputFormat>) {
         self.adopt(task_id);
         self.followers.retain(|_, h| !h.is_finished());
         if self.followers.contains_key(&task_id) {
@@ -49,11 +50,11 @@ async fn relay(
     registry: Arc<dyn TaskRegistry>,
     out: Outbound,
     task_id: TaskId,
-    format: Option<String>,
+    format: Option<OutputFormat>,
 ) -> Option<()> {
     let mut events = registry.subscribe(task_id);
     let mut cursor = Cursor { sent: 0 };
-    if catch_up(registry.as_ref(), &out, task_id, &format, &mut cursor).await? {
+    if catch_up(registry.as_ref(), &out, task_id, format, &mut cursor).await? {
         return Some(());
     }
     let events = events.as_mut()?;
@@ -66,11 +67,11 @@ async fn relay(
             }
             Ok(TaskEvent::Segment { .. }) => {}
             Ok(TaskEvent::Finished(state)) => {
-                finished(&out, task_id, &format, &state).await;
+                finished(&out, task_id, format, &state).await;
                 return Some(());
             }
             Err(RecvError::Lagged(_)) => {
-                if catch_up(registry.as_ref(), &out, task_id, &format, &mut cursor).await? {
+                if catch_up(registry.as_ref(), &out, task_id, format, &mut cursor).await? {
                     return Some(());
                 }
             }
@@ -84,7 +85,7 @@ async fn catch_up(
     registry: &dyn TaskRegistry,
     out: &Outbound,
     task_id: TaskId,
-    format: &Option<String>,
+    format: Option<OutputFormat>,
     cursor: &mut Cursor,
 ) -> Option<bool> {
     let snap = registry.snapshot(task_id).await?;
@@ -102,9 +103,14 @@ async fn catch_up(
     Some(false)
 }
 
-async fn finished(out: &Outbound, task_id: TaskId, format: &Option<String>, state: &TaskState) {
+async fn finished(
+    out: &Outbound,
+    task_id: TaskId,
+    format: Option<OutputFormat>,
+    state: &TaskState,
+) {
     let msg = match state {
-        TaskState::Done(result) => complete_msg(task_id, result, format.as_deref()),
+        TaskState::Done(result) => complete_msg(task_id, result, format),
         TaskState::Failed { code, message } => failed_msg(task_id, *code, message),
         _ => return,
     };
@@ -127,11 +133,13 @@ pub fn segment_msg(task_id: TaskId, index: usize, s: &Segment) -> ServerMessage 
 }
 
 /// The `transcription_complete` message for a result, rendered in `format` when asked.
-pub fn complete_msg(task_id: TaskId, result: &TaskResult, format: Option<&str>) -> ServerMessage {
+pub fn complete_msg(
+    task_id: TaskId,
+    result: &TaskResult,
+    format: Option<OutputFormat>,
+) -> ServerMessage {
     let t = &result.transcript;
-    let formatted = format
-        .and_then(|f| <OutputFormat as clap::ValueEnum>::from_str(f, true).ok())
-        .map(|f| render(t, f));
+    let formatted = format.map(|f| render(t, f));
     ServerMessage::TranscriptionComplete(TranscriptionComplete {
         task_id,
         text: t.text(),

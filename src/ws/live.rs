@@ -24,6 +24,7 @@ use crate::audio::decode::{
 };
 use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
+use crate::domain::TaskId;
 use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
@@ -32,7 +33,7 @@ use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
 use crate::protocol::message::{
     AudioFormat, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
-use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId};
+use crate::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::transcript::{Segment, Transcript};
 
 /// Audio frames buffered between the socket and the stream's task.

@@ -37,7 +37,8 @@ pub use outbound::{Closed, Outbound};
 
 use crate::access::Caller;
 use crate::app::{AppState, UploadSlot};
-use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage, TaskId};
+use crate::domain::TaskId;
+use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage};
 
 /// Close codes this server uses (RFC 6455 §7.4.1).
 pub mod close {

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use super::Connection;
 use crate::app::AppState;
 use crate::domain::Task;
+use crate::domain::TaskId;
 use crate::inference::engine::Options;
 use crate::inference::long;
 use crate::jobs::TaskResult;
 use crate::protocol::message::AudioSegment;
-use crate::protocol::{ErrorCode, ProtocolError, TaskId};
+use crate::protocol::{ErrorCode, ProtocolError};
 use crate::transcript::{Segment, Transcript};
 
 /// Pieces waiting per task; a client sending faster than Whisper waits on its socket.

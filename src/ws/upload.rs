@@ -11,14 +11,16 @@ use bytes::Bytes;
 use super::follow::{complete_msg, failed_msg};
 use super::{ActiveUpload, Connection, Flow, MAX_PENDING_CHUNKS};
 use crate::app::NoSlot;
+use crate::domain::TaskId;
 use crate::jobs::{Job, TaskState};
 use crate::protocol::message::{
     ChunkAck, ChunkReceived, UploadChunk, UploadComplete, UploadFinish, UploadMode, UploadReady,
     UploadRequest,
 };
-use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, TaskId, MAX_MISSING_LISTED};
+use crate::protocol::store::{chunk_ack, new_upload};
+use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, MAX_MISSING_LISTED};
 use crate::upload::plan::Insert;
-use crate::upload::store::{Meta, NewUpload, Progress, StoreError, UploadStatus, UploadStore};
+use crate::upload::store::{Meta, Progress, StoreError, UploadStatus, UploadStorage};
 
 /// How long a client is asked to wait when every upload slot is taken.
 const UPLOAD_RETRY_MS: u64 = 2_000;
@@ -30,11 +32,11 @@ async fn blocking<T, F>(
     f: F,
 ) -> Result<T, ProtocolError>
 where
-    F: FnOnce(&UploadStore) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&dyn UploadStorage) -> Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
     let state = conn.state.clone();
-    let joined = tokio::task::spawn_blocking(move || f(&state.uploads)).await;
+    let joined = tokio::task::spawn_blocking(move || f(state.uploads.as_ref())).await;
     let result = joined.map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))?;
     result.map_err(|e| store_error(e, task_id))
 }
@@ -46,9 +48,10 @@ fn store_error(err: StoreError, task_id: Option<TaskId>) -> ProtocolError {
         StoreError::DiskFull => tracing::warn!(%err, "upload refused: disk full"),
         _ => {}
     }
+    let wire = ProtocolError::from(&err);
     match task_id {
-        Some(id) => err.to_protocol().with_task(id),
-        None => err.to_protocol(),
+        Some(id) => wire.with_task(id),
+        None => wire,
     }
 }
 
@@ -89,7 +92,7 @@ impl Connection {
     pub(super) async fn upload_request(&mut self, req: UploadRequest) -> Result<(), ProtocolError> {
         let slot = self.upload_slot()?;
         let owner = self.caller.owner.clone();
-        let new = NewUpload::from_request(&req, owner, self.caller.client().to_string());
+        let new = new_upload(&req, owner, self.caller.client().to_string());
         let task_id = blocking(self, None, move |s| s.create(new)).await?;
         self.adopt(task_id);
         tracing::info!(%task_id, file = %req.file_name, bytes = req.plan.file_size, "upload started");
@@ -189,7 +192,7 @@ impl Connection {
         }
         let synced = blocking(self, Some(task_id), move |s| s.sync(task_id)).await;
         let progress: Progress = synced.inspect_err(|e| self.release_if_gone(task_id, e))?;
-        self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
+        self.send(ServerMessage::ChunkAck(chunk_ack(task_id, &progress)))
             .await?;
         if progress.complete {
             self.complete(task_id).await?;
@@ -259,7 +262,7 @@ impl Connection {
             self.complete(task_id).await?;
             return Ok(());
         }
-        self.send(ServerMessage::ChunkAck(progress.chunk_ack(task_id)))
+        self.send(ServerMessage::ChunkAck(chunk_ack(task_id, &progress)))
             .await
     }
 
@@ -358,8 +361,7 @@ impl Connection {
                         .await
                         .ok()
                         .and_then(|m| m.options.format);
-                    self.send(complete_msg(task_id, &result, format.as_deref()))
-                        .await
+                    self.send(complete_msg(task_id, &result, format)).await
                 }
                 TaskState::Failed { code, message } => {
                     self.send(failed_msg(task_id, code, &message)).await

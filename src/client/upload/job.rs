@@ -19,8 +19,9 @@ use crate::client::backoff::Backoff;
 use crate::client::conn::{type_name, Conn};
 use crate::client::digest::{file_digest, FileDigest};
 use crate::client::ClientError;
+use crate::domain::TaskId;
 use crate::protocol::message::TranscriptionComplete;
-use crate::protocol::{ErrorCode, Limits, ServerMessage, TaskId, MAX_MISSING_LISTED};
+use crate::protocol::{ErrorCode, Limits, ServerMessage, MAX_MISSING_LISTED};
 use crate::upload::digest::{HashKinds, RunningDigest};
 use crate::upload::plan::ChunkPlan;
 

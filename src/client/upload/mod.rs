@@ -28,8 +28,8 @@ use serde::Serialize;
 
 use super::backoff::BackoffConfig;
 use super::ClientError;
+use crate::domain::TaskId;
 use crate::protocol::message::{TranscriptSegment, TranscriptionComplete};
-use crate::protocol::TaskId;
 use crate::transcript::Transcript;
 
 /// How often one chunk may be refused (hash mismatch) before the upload gives up: a chunk that

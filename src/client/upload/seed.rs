@@ -16,7 +16,8 @@ use super::job::{stored_bytes, Job, Sender};
 use super::{refused_too_often, UploadEvent, MAX_REFUSALS_PER_CHUNK};
 use crate::client::conn::type_name;
 use crate::client::ClientError;
-use crate::protocol::{ErrorCode, ServerMessage, TaskId};
+use crate::domain::TaskId;
+use crate::protocol::{ErrorCode, ServerMessage};
 use crate::upload::plan::ChunkPlan;
 
 impl Job<'_> {

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::TaskId;
+use crate::domain::TaskId;
 use crate::upload::digest::FileHashes;
 use crate::upload::plan::ChunkPlan;
 
@@ -95,29 +95,11 @@ impl std::fmt::Debug for UploadMode {
     }
 }
 
-/// How upload chunks travel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// `upload_chunk` JSON messages, one `chunk_received` per chunk (seed behaviour).
-    #[default]
-    Json,
-    /// Binary chunk frames with pipelined, cumulative `chunk_ack`s.
-    Binary,
-}
+/// How upload chunks travel (`transport`); the upload store keeps it with the upload.
+pub use crate::upload::Transport;
 
-/// Transcription options a client may attach to an upload or a stream. Stored with an
-/// upload so a resumed upload is transcribed as first asked.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskOptions {
-    /// Spoken language code (`en`, `zh`, …); `None` lets the model detect it (`"auto"`).
-    pub language: Option<String>,
-    /// Translate to English instead of transcribing.
-    pub translate: bool,
-    /// Output format the client wants the final text rendered in (`txt`, `srt`, `vtt`,
-    /// `json`, `verbose_json`); `None` = plain `transcription_complete` only.
-    pub format: Option<String>,
-}
+/// Transcription options a client may attach to an upload or a stream.
+pub use crate::domain::TaskOptions;
 
 /// A validated `upload_chunk`: the bytes are decoded and their MD5 already verified.
 #[derive(Clone, PartialEq)]

@@ -10,8 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audio::Truncation;
+use crate::domain::TaskId;
 use crate::protocol::error::ErrorCode;
-use crate::protocol::{Limits, TaskId};
+use crate::protocol::Limits;
 use crate::transcript::Segment;
 
 /// A message from the server. Serialises as `{"type": "<snake_case name>", "data": {…}}`.

@@ -22,8 +22,10 @@ use super::client_message::{
     AudioFormat, AudioSegment, ClientMessage, StreamEnd, StreamStart, TaskOptions, TaskRef,
     Transport, UploadChunk, UploadFinish, UploadMode, UploadRequest,
 };
+use crate::domain::OutputFormat;
+use crate::domain::TaskId;
 use crate::protocol::error::{ErrorCode, ProtocolError};
-use crate::protocol::{file_extension, sanitize_file_name, truncate, Limits, TaskId};
+use crate::protocol::{file_extension, sanitize_file_name, truncate, Limits};
 use crate::upload::digest::FileHashes;
 use crate::upload::plan::ChunkPlan;
 
@@ -338,19 +340,19 @@ fn validate_language(language: Option<String>) -> Result<Option<String>, Protoco
     Ok(Some(lang))
 }
 
-fn validate_output_format(format: Option<String>) -> Result<Option<String>, ProtocolError> {
+fn validate_output_format(format: Option<String>) -> Result<Option<OutputFormat>, ProtocolError> {
     let Some(format) = format else {
         return Ok(None);
     };
     let format = format.to_ascii_lowercase();
-    if OUTPUT_FORMATS.contains(&format.as_str()) {
-        Ok(Some(format))
-    } else {
-        Err(ProtocolError::invalid(format!(
+    if !OUTPUT_FORMATS.contains(&format.as_str()) {
+        return Err(ProtocolError::invalid(format!(
             "field `format` must be one of {}",
             OUTPUT_FORMATS.join(", ")
-        )))
+        )));
     }
+    let value = serde_json::Value::String(format);
+    Ok(serde_json::from_value(value).ok())
 }
 
 fn validate_upload_request(

@@ -75,7 +75,7 @@ fn fast_path_fields_parse() {
     assert_eq!(r.hashes.sha256.unwrap(), "ab".repeat(32));
     assert_eq!(r.options.language.as_deref(), Some("zh"));
     assert!(r.options.translate);
-    assert_eq!(r.options.format.as_deref(), Some("srt"));
+    assert_eq!(r.options.format, Some(crate::domain::OutputFormat::Srt));
 }
 
 #[test]
