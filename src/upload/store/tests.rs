@@ -402,7 +402,9 @@ fn upload_from(client: &str, data: &[u8]) -> NewUpload {
 #[test]
 fn an_idle_upload_reserves_only_what_it_holds_until_it_takes_its_room_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let ttl = Duration::from_millis(200);
+    // Long enough that a loaded machine does not let the reservation lapse between the first
+    // chunk and the refused second upload (200 ms did, once, under parallel builds).
+    let ttl = Duration::from_secs(1);
     let config = StoreConfig {
         quota_bytes: 5000,
         reservation_ttl: ttl,
