@@ -1,5 +1,7 @@
 //! The `earshot` command line. Each subcommand lives in its own file and is a thin layer over the
 //! library; errors get context here (anyhow) and become a one-line reason with a non-zero exit.
+//!
+//! It must not hold logic the library lacks: a command only parses, calls and reports.
 
 mod serve;
 mod stream;

@@ -1,4 +1,6 @@
 //! `earshot serve`: loads the model (fetching it if absent), binds, serves until SIGINT/SIGTERM.
+//!
+//! It must not hold server logic: everything after the bind is `server::run`.
 
 use anyhow::{Context, Result};
 

@@ -1,5 +1,7 @@
 //! `earshot stream URL FILE|-`: stream audio to a running server as a live stream; partials
 //! shown on stderr, final segments printed as they commit.
+//!
+//! It must not speak the protocol itself: the live stream is [`crate::client`]'s.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! `earshot upload URL FILE`: upload a file to a running server (resuming after dropped
 //! connections), show progress on stderr, print the transcript on stdout (and a line on stderr
 //! when the server found the file truncated).
+//!
+//! It must not speak the protocol itself: the resumable upload is [`crate::client`]'s.
 
 use std::path::PathBuf;
 use std::time::Duration;

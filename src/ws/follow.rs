@@ -3,6 +3,8 @@
 //! A follower is a small task per (connection, task). It first catches up from the registry's
 //! snapshot, then relays events; when it lags behind the broadcast buffer it catches up from the
 //! snapshot again, so nothing the client needs is lost and the producer never waits.
+//!
+//! A follower must not block the task's producer or change the task: it only reads and sends.
 
 use std::sync::Arc;
 

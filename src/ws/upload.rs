@@ -5,6 +5,9 @@
 //! has made it durable. When the last chunk is in, the file is verified, `upload_complete` sent,
 //! and transcription started; this connection then follows the task. Uploads of another API
 //! key are answered as if they did not exist.
+//!
+//! This module must not touch disk on an async thread or acknowledge a chunk the store has not
+//! made durable.
 
 use bytes::Bytes;
 
