@@ -49,8 +49,17 @@ fn file_form(path: &std::path::Path, fields: &[(&str, &str)]) -> Form {
 }
 
 async fn transcribe(server: &TestServer, form: Form) -> reqwest::Response {
+    post(server, "transcriptions", form).await
+}
+
+async fn translate(server: &TestServer, form: Form) -> reqwest::Response {
+    post(server, "translations", form).await
+}
+
+/// POSTs a form to `/v1/audio/{endpoint}`.
+async fn post(server: &TestServer, endpoint: &str, form: Form) -> reqwest::Response {
     client()
-        .post(format!("{}/v1/audio/transcriptions", server.http_url()))
+        .post(format!("{}/v1/audio/{endpoint}", server.http_url()))
         .multipart(form)
         .send()
         .await
@@ -177,12 +186,7 @@ async fn every_response_format_renders_the_recording() {
     assert!(plain.get("words").is_none(), "no words unless asked");
     assert_jfk(plain["text"].as_str().unwrap());
 
-    let translated = client()
-        .post(format!("{}/v1/audio/translations", server.http_url()))
-        .multipart(form(JFK, &[("response_format", "verbose_json")]))
-        .send()
-        .await
-        .unwrap();
+    let translated = translate(&server, form(JFK, &[("response_format", "verbose_json")])).await;
     let task_id = translated.headers()["x-earshot-task-id"]
         .to_str()
         .unwrap()
@@ -437,12 +441,7 @@ async fn stream_true_sends_openai_server_sent_events() {
         let error = expect_error(response, StatusCode::BAD_REQUEST).await;
         assert_eq!(error["param"], "response_format");
     }
-    let response = client()
-        .post(format!("{}/v1/audio/translations", server.http_url()))
-        .multipart(form(small, &[("stream", "true")]))
-        .send()
-        .await
-        .unwrap();
+    let response = translate(&server, form(small, &[("stream", "true")])).await;
     let error = expect_error(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(error["param"], "stream");
     let not_audio = Form::new()

@@ -132,6 +132,15 @@ mod tests {
         }
     }
 
+    /// A registry (and the directory it keeps results in) with one task created.
+    fn one_task() -> (tempfile::TempDir, Arc<LocalRegistry>, TaskId) {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = LocalRegistry::new(dir.path()).unwrap();
+        let id = TaskId::new_v4();
+        reg.create(id, None);
+        (dir, reg, id)
+    }
+
     /// Every update until the end, as segment texts and a final word.
     async fn drain(follow: &mut Follow) -> (Vec<String>, String) {
         let mut texts = Vec::new();
@@ -149,10 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn early_and_lagged_segments_come_once_and_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = LocalRegistry::new(dir.path()).unwrap();
-        let id = TaskId::new_v4();
-        reg.create(id, None);
+        let (_dir, reg, id) = one_task();
         let all: Vec<Segment> = (0..300).map(seg).collect();
         // Two before the follower subscribes, then more than the event buffer holds.
         reg.segment(id, all[0].clone());
@@ -171,10 +177,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_task_is_followed_from_its_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = LocalRegistry::new(dir.path()).unwrap();
-        let id = TaskId::new_v4();
-        reg.create(id, None);
+        let (_dir, reg, id) = one_task();
         reg.segment(id, seg(0));
         reg.finish(id, result(vec![seg(0)])).await;
         let mut follow = Follow::new(reg.clone(), id).await.unwrap();
@@ -184,10 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_after_segments_ends_the_updates() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = LocalRegistry::new(dir.path()).unwrap();
-        let id = TaskId::new_v4();
-        reg.create(id, None);
+        let (_dir, reg, id) = one_task();
         let mut follow = Follow::new(reg.clone(), id).await.unwrap();
         reg.segment(id, seg(0));
         reg.fail(id, FailureCode::Internal, "transcription failed");
