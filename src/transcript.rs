@@ -69,10 +69,51 @@ impl Transcript {
 
 /// Joins segment texts with single spaces, skipping empty ones.
 pub fn join_text(segments: &[Segment]) -> String {
-    let parts: Vec<&str> = segments
-        .iter()
-        .map(|s| s.text.trim())
-        .filter(|t| !t.is_empty())
-        .collect();
-    parts.join(" ")
+    let mut joiner = TextJoiner::default();
+    segments.iter().filter_map(|s| joiner.piece(s)).collect()
+}
+
+/// [`join_text`] one segment at a time, for text sent as segments arrive: the pieces of a
+/// task's segments, concatenated, are exactly the text of its transcript.
+#[derive(Debug, Default)]
+pub struct TextJoiner {
+    /// Whether a piece was given out, so the next one starts with the joining space.
+    started: bool,
+}
+
+impl TextJoiner {
+    /// The segment's trimmed text, after a space unless it is the first piece; `None` for a
+    /// segment with no text (it adds nothing to the joined text).
+    pub fn piece(&mut self, segment: &Segment) -> Option<String> {
+        let text = segment.text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let piece = if self.started {
+            format!(" {text}")
+        } else {
+            text.to_string()
+        };
+        self.started = true;
+        Some(piece)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_add_up_to_the_joined_text() {
+        let segments: Vec<Segment> = ["  ", " And so", "", " my fellow  ", "Americans."]
+            .iter()
+            .map(|t| Segment::new(0.0, 1.0, *t))
+            .collect();
+        let mut joiner = TextJoiner::default();
+        let pieces: Vec<String> = segments.iter().filter_map(|s| joiner.piece(s)).collect();
+        assert_eq!(pieces, ["And so", " my fellow", " Americans."]);
+        assert_eq!(pieces.concat(), join_text(&segments));
+        assert_eq!(join_text(&segments), "And so my fellow Americans.");
+        assert_eq!(join_text(&[]), "");
+    }
 }

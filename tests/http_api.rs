@@ -49,8 +49,17 @@ fn file_form(path: &std::path::Path, fields: &[(&str, &str)]) -> Form {
 }
 
 async fn transcribe(server: &TestServer, form: Form) -> reqwest::Response {
+    post(server, "transcriptions", form).await
+}
+
+async fn translate(server: &TestServer, form: Form) -> reqwest::Response {
+    post(server, "translations", form).await
+}
+
+/// POSTs a form to `/v1/audio/{endpoint}`.
+async fn post(server: &TestServer, endpoint: &str, form: Form) -> reqwest::Response {
     client()
-        .post(format!("{}/v1/audio/transcriptions", server.http_url()))
+        .post(format!("{}/v1/audio/{endpoint}", server.http_url()))
         .multipart(form)
         .send()
         .await
@@ -177,12 +186,7 @@ async fn every_response_format_renders_the_recording() {
     assert!(plain.get("words").is_none(), "no words unless asked");
     assert_jfk(plain["text"].as_str().unwrap());
 
-    let translated = client()
-        .post(format!("{}/v1/audio/translations", server.http_url()))
-        .multipart(form(JFK, &[("response_format", "verbose_json")]))
-        .send()
-        .await
-        .unwrap();
+    let translated = translate(&server, form(JFK, &[("response_format", "verbose_json")])).await;
     let task_id = translated.headers()["x-earshot-task-id"]
         .to_str()
         .unwrap()
@@ -358,6 +362,137 @@ async fn bad_requests_get_openai_errors() {
         "refused uploads leave no files"
     );
     server.shutdown().await;
+}
+
+/// The events of a `text/event-stream` body, each `data:` payload parsed. Checks the framing:
+/// every event is one `data: ` line ended by a blank line; keep-alive comments are skipped.
+fn sse_events(body: &str) -> Vec<Value> {
+    assert!(
+        body.ends_with("\n\n"),
+        "events end with a blank line: {body:?}"
+    );
+    body.split_terminator("\n\n")
+        .filter(|event| !event.starts_with(':'))
+        .map(|event| {
+            let data = event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"));
+            assert!(!data.contains('\n'), "one line per event: {event:?}");
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data:?}"))
+        })
+        .collect()
+}
+
+/// Splits OpenAI transcription events into the deltas' concatenation and the done event,
+/// asserting the order: deltas (at least one) with nothing but `type` and `delta`, then one done.
+fn deltas_then_done(events: &[Value]) -> (String, Value) {
+    let (done, deltas) = events.split_last().expect("at least the done event");
+    assert_eq!(done["type"], "transcript.text.done", "{events:?}");
+    assert!(done["text"].is_string(), "{done}");
+    assert!(
+        !deltas.is_empty(),
+        "a delta before the done event: {events:?}"
+    );
+    let mut text = String::new();
+    for delta in deltas {
+        assert_eq!(delta["type"], "transcript.text.delta", "{events:?}");
+        assert_eq!(delta.as_object().unwrap().len(), 2, "{delta}");
+        text.push_str(delta["delta"].as_str().expect("a delta string"));
+    }
+    (text, done.clone())
+}
+
+async fn event_stream(response: reqwest::Response) -> Vec<Value> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-earshot-task-id"].len(), 36);
+    sse_events(&response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_true_sends_openai_server_sent_events() {
+    // Before, `stream=true` got plain JSON, and OpenAI's SDKs iterated over nothing.
+    let server = TestServer::start().await;
+    let plain: Value = transcribe(&server, form(JFK, &[]))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let events = event_stream(transcribe(&server, form(JFK, &[("stream", "true")])).await).await;
+    let (deltas, done) = deltas_then_done(&events);
+    assert!(events.len() >= 3, "one delta per segment: {events:?}");
+    assert_eq!(deltas, done["text"].as_str().unwrap());
+    assert_eq!(
+        done["text"], plain["text"],
+        "the same text as without stream"
+    );
+    assert_jfk(&deltas);
+
+    let fields = [("stream", "true"), ("response_format", "text")];
+    let events = event_stream(transcribe(&server, form(JFK, &fields)).await).await;
+    assert_eq!(deltas_then_done(&events).0, deltas);
+
+    // Refusals before the stream starts keep their status and JSON body.
+    let small = "en_arctic_a0024.wav";
+    for format in ["srt", "vtt", "verbose_json"] {
+        let fields = [("stream", "true"), ("response_format", format)];
+        let response = transcribe(&server, form(small, &fields)).await;
+        let error = expect_error(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(error["param"], "response_format");
+    }
+    let response = translate(&server, form(small, &[("stream", "true")])).await;
+    let error = expect_error(response, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error["param"], "stream");
+    let not_audio = Form::new()
+        .part(
+            "file",
+            Part::bytes(b"notes, not audio ".repeat(200)).file_name("notes.wav"),
+        )
+        .text("model", "whisper-1")
+        .text("stream", "true");
+    let response = transcribe(&server, not_audio).await;
+    let error = expect_error(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    assert_eq!(error["code"], "unsupported_audio");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_short_ends_with_an_error_event() {
+    // A failure after the first event cannot change the status any more: it is an event.
+    let grace = std::time::Duration::from_millis(300);
+    let server = TestServer::start_with(|c| c.shutdown_grace = grace).await;
+    let long = form("en_JFK_inaugural_146s.ogg", &[("stream", "true")]);
+    let mut response = transcribe(&server, long).await;
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    while !String::from_utf8_lossy(&body).contains("transcript.text.delta") {
+        let chunk = response
+            .chunk()
+            .await
+            .unwrap()
+            .expect("a delta before the end");
+        body.extend_from_slice(&chunk);
+    }
+    // The server shuts down mid-way: the job is stopped and the stream says why.
+    let stopping = tokio::spawn(server.shutdown());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    stopping.await.unwrap();
+    let events = sse_events(&String::from_utf8(body).unwrap());
+    let (error, before) = events.split_last().unwrap();
+    assert!(!before.is_empty());
+    assert!(
+        before.iter().all(|e| e["type"] == "transcript.text.delta"),
+        "{events:?}"
+    );
+    assert_eq!(error["type"], "error", "{events:?}");
+    assert_eq!(error["error"]["code"], "busy", "{error}");
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,37 @@ for fmt in ["text", "srt", "vtt"]:
 assert texts["srt"].startswith("1\n00:00:"), texts["srt"]
 assert texts["vtt"].startswith("WEBVTT"), texts["vtt"]
 
+# stream=True: the SDK iterates over deltas as the text is produced, then one done event; the
+# deltas add up to the done event's text, which is the plain request's text for the same file.
+with audio("en_jfk.wav") as f:
+    raw = en.audio.transcriptions.with_raw_response.create(model="whisper-1", file=f, stream=True)
+assert raw.headers.get("content-type") == "text/event-stream", raw.headers
+assert len(raw.headers.get("x-earshot-task-id", "")) == 36, raw.headers
+events = list(raw.parse())
+kinds = [e.type for e in events]
+assert len(kinds) >= 2 and kinds[-1] == "transcript.text.done", kinds
+assert set(kinds[:-1]) == {"transcript.text.delta"}, kinds
+assert isinstance(events[0], openai.types.audio.TranscriptionTextDeltaEvent), type(events[0])
+assert isinstance(events[-1], openai.types.audio.TranscriptionTextDoneEvent), type(events[-1])
+deltas = "".join(e.delta for e in events[:-1])
+assert deltas == events[-1].text == texts["json"], (deltas, events[-1].text, texts["json"])
+texts["stream"] = deltas
+
+# An error before the first event is the SDK's typed exception, raised by `create` itself.
+try:
+    en.audio.transcriptions.create(
+        model="whisper-1", file=("notes.wav", b"meeting notes, not audio " * 200), stream=True
+    )
+    raise AssertionError("a non-audio file was accepted for streaming")
+except openai.APIStatusError as e:
+    assert e.status_code == 415 and e.code == "unsupported_audio", (e.status_code, e.code)
+try:
+    with audio("en_arctic_a0024.wav") as f:
+        en.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt", stream=True)
+    raise AssertionError("subtitles were accepted for streaming")
+except openai.BadRequestError as e:
+    assert e.param == "response_format", e.param
+
 # verbose_json with word and segment timestamps; the task id comes back in a header.
 with audio("en_jfk.wav") as f:
     raw = en.audio.transcriptions.with_raw_response.create(

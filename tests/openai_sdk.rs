@@ -43,7 +43,7 @@ async fn the_openai_python_sdk_works_unchanged() {
         .unwrap_or_else(|e| panic!("the script's last line is JSON ({e}):\n{stdout}"));
 
     let jfk = common::reference("en_jfk.wav");
-    for format in ["json", "text", "verbose_json"] {
+    for format in ["json", "text", "verbose_json", "stream"] {
         let text = texts[format].as_str().unwrap();
         let wer = earshot::eval::wer(&jfk, text);
         assert!(wer <= 0.2, "{format}: WER {wer} for {text:?}");

@@ -167,6 +167,9 @@ pub async fn guard(
         }
         Ok((slot, caller)) => {
             request.extensions_mut().insert(caller);
+            // A streamed answer keeps a copy for as long as it streams (see `super::sse`).
+            let slot = Arc::new(slot);
+            request.extensions_mut().insert(slot.clone());
             let response = next.run(request).await;
             drop(slot);
             response

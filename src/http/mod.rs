@@ -1,7 +1,7 @@
 //! Earshot for the tools people already use: the HTTP side of the one server port.
 //!
 //! - [`openai`]: OpenAI-compatible `/v1/audio/transcriptions`, `/v1/audio/translations`,
-//!   `/v1/models`.
+//!   `/v1/models`; [`sse`]: a transcription streamed as OpenAI's server-sent events.
 //! - [`tasks`]: `/v1/tasks/{id}`, any task's status and result.
 //! - [`metrics`]: the Prometheus `/metrics` scrape (the counters are [`crate::metrics`]).
 //! - [`ready`]: `GET /readyz`, whether to send traffic here.
@@ -18,6 +18,7 @@ pub mod form;
 pub mod metrics;
 pub mod openai;
 pub mod ready;
+pub mod sse;
 pub mod tasks;
 
 use std::path::PathBuf;

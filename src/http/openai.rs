@@ -4,10 +4,11 @@
 //! A request is admitted (HTTP job slot, upload slot), its file streamed to disk, checked to be
 //! decodable, then transcribed through the same processing slots, long-audio path and task
 //! registry as WebSocket uploads ([`crate::jobs::JobQueue`]); the handler waits for
-//! the task and renders it with [`crate::format`]. The task id is returned in
-//! `x-earshot-task-id`, so a client that drops can fetch the result from `/v1/tasks/{id}`; a
-//! transcript of a truncated file carries `x-earshot-truncated` (and, in the JSON formats, a
-//! `truncated` field), since its 200 would otherwise look complete.
+//! the task and renders it with [`crate::format`], or, with `stream=true`, relays its text as
+//! it is produced ([`super::sse`]). The task id is returned in `x-earshot-task-id`, so a client
+//! that drops can fetch the result from `/v1/tasks/{id}`. A transcript of a truncated file says
+//! so, since its 200 would otherwise look complete: `x-earshot-truncated` (but on a stream,
+//! whose headers go out first) and a `truncated` field in the JSON formats and the done event.
 //!
 //! This module must not run Whisper itself or hold the audio in memory.
 
@@ -20,10 +21,9 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::form::{self, Form};
-use super::{ApiError, Http};
+use super::{ApiError, ClientSlot, Http};
 use crate::access::Caller;
 use crate::app::NoSlot;
 use crate::audio::decode::DecodeLimits;
@@ -31,7 +31,7 @@ use crate::audio::{AudioStream, Truncation};
 use crate::domain::TaskId;
 use crate::domain::{FailureCode, OutputFormat, Task};
 use crate::inference::engine::{self, Options};
-use crate::jobs::{Job, Source, TaskEvent, TaskResult, TaskState};
+use crate::jobs::{Follow, Job, Source, TaskResult, Update};
 use crate::metrics;
 use crate::upload::store::StoreError;
 
@@ -49,10 +49,12 @@ const RETRY_SECS: u64 = 5;
 pub async fn transcriptions(
     State(http): State<Arc<Http>>,
     Extension(caller): Extension<Caller>,
+    client: Option<Extension<Arc<ClientSlot>>>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    handle(http, caller, headers, multipart, Task::Transcribe)
+    let client = client.map(|Extension(slot)| slot);
+    handle(http, caller, client, headers, multipart, Task::Transcribe)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -64,7 +66,7 @@ pub async fn translations(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    handle(http, caller, headers, multipart, Task::Translate)
+    handle(http, caller, None, headers, multipart, Task::Translate)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -92,11 +94,16 @@ pub struct Params {
     pub options: Options,
     /// Transcribe or translate, as named in verbose JSON.
     pub task: Task,
+    /// `stream=true`: answer with server-sent events as the text is produced.
+    pub stream: bool,
 }
 
+/// Admits, spools, checks and transcribes one request. `client` is the caller's per-address
+/// slot, which a streamed answer holds for as long as it streams (translations never stream).
 async fn handle(
     http: Arc<Http>,
     caller: Caller,
+    client: Option<Arc<ClientSlot>>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
     task: Task,
@@ -107,7 +114,7 @@ async fn handle(
             e.body_text()
         ))
     })?;
-    let _job = http.jobs.clone().try_acquire_owned().map_err(|_| {
+    let job_permit = http.jobs.clone().try_acquire_owned().map_err(|_| {
         ApiError::busy(
             "the server has as many transcriptions waiting as it takes; retry later",
             RETRY_SECS,
@@ -120,7 +127,7 @@ async fn handle(
             RETRY_SECS,
         ),
     })?;
-    let _reservation = reserve_space(&http, &caller, &headers)?;
+    let reservation = reserve_space(&http, &caller, &headers)?;
     let task_id = TaskId::new_v4();
     let max = http.app.config.max_file_bytes.as_u64();
     let form = form::read(multipart, &http.spool, &task_id.to_string(), max)
@@ -141,6 +148,9 @@ async fn handle(
         source: Source::File,
         owner: caller.owner.clone(),
     });
+    if params.stream {
+        return super::sse::respond(&http, task_id, (job_permit, reservation, client)).await;
+    }
     let result = wait(&http, task_id).await?;
     Ok(respond(task_id, &result, params.format, params.task))
 }
@@ -212,6 +222,7 @@ fn parse_params(
     threads: usize,
 ) -> Result<Params, ApiError> {
     let format = output_format(form.get("response_format").unwrap_or("json"))?;
+    let stream = stream(form, format, task)?;
     let words = granularities(form, format)?;
     let temperature = temperature(form)?;
     let language = form.get("language").map(str::to_ascii_lowercase);
@@ -250,7 +261,33 @@ fn parse_params(
         format,
         options,
         task,
+        stream,
     })
+}
+
+/// OpenAI's `stream`: `true` or `false` (the default). As OpenAI, only transcriptions stream,
+/// and only as `json` or `text` (the events carry plain text, never subtitles or segments).
+fn stream(form: &Form, format: OutputFormat, task: Task) -> Result<bool, ApiError> {
+    match form.get("stream").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") => return Ok(false),
+        Some("true") => {}
+        Some(_) => {
+            return Err(ApiError::bad_request("stream must be true or false").param("stream"))
+        }
+    }
+    if task == Task::Translate {
+        return Err(ApiError::bad_request(
+            "translations do not stream: leave out stream, or use /v1/audio/transcriptions",
+        )
+        .param("stream"));
+    }
+    if !matches!(format, OutputFormat::Json | OutputFormat::Txt) {
+        return Err(ApiError::bad_request(
+            "stream=true needs response_format json or text: the events carry plain text",
+        )
+        .param("response_format"));
+    }
+    Ok(true)
 }
 
 /// OpenAI's `temperature`: a number from 0 (the default) to 1.
@@ -320,31 +357,19 @@ async fn probe(path: &std::path::Path) -> Result<(), ApiError> {
 
 /// Waits for the task to end and returns its result or the matching HTTP error.
 async fn wait(http: &Http, task_id: TaskId) -> Result<Arc<TaskResult>, ApiError> {
-    let key = task_id;
-    let mut events = http
-        .app
-        .tasks
-        .subscribe(key)
+    let mut follow = Follow::new(http.app.tasks.clone(), task_id)
+        .await
         .ok_or_else(ApiError::internal)?;
-    let current = http.app.tasks.snapshot(key).await.map(|s| s.state);
-    let mut state = match current {
-        Some(s @ (TaskState::Done(_) | TaskState::Failed { .. })) => s,
-        _ => TaskState::Queued,
-    };
-    while matches!(state, TaskState::Queued | TaskState::Running { .. }) {
-        state = match events.recv().await {
-            Ok(TaskEvent::Finished(s)) => s,
-            Ok(_) | Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => match http.app.tasks.snapshot(key).await {
-                Some(s) => s.state,
-                None => return Err(ApiError::internal()),
-            },
-        };
-    }
-    match state {
-        TaskState::Done(result) => Ok(result),
-        TaskState::Failed { code, message } => Err(task_error(code, &message)),
-        TaskState::Queued | TaskState::Running { .. } => Err(ApiError::internal()),
+    loop {
+        match follow.next().await {
+            Some(Update::Segment(_)) => {}
+            Some(Update::Done(result)) => return Ok(result),
+            Some(Update::Failed { code, message }) => return Err(task_error(code, &message)),
+            None => {
+                tracing::error!(%task_id, "the task vanished from the registry while it ran");
+                return Err(ApiError::internal());
+            }
+        }
     }
 }
 
@@ -364,16 +389,28 @@ pub fn task_error(code: FailureCode, message: &str) -> ApiError {
 pub fn respond(task_id: TaskId, result: &TaskResult, format: OutputFormat, task: Task) -> Response {
     let body = render(result, format, task);
     let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
-    let headers = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&task_id.to_string()) {
-        headers.insert(TASK_ID_HEADER, id);
-    }
+    name_task(&mut response, task_id);
     if let Some(cut) = &result.truncated {
         if let Ok(value) = HeaderValue::from_str(&truncated_header(cut)) {
-            headers.insert(TRUNCATED_HEADER, value);
+            response.headers_mut().insert(TRUNCATED_HEADER, value);
         }
     }
     response
+}
+
+/// Adds the task id header, for `/v1/tasks/{id}`.
+pub fn name_task(response: &mut Response, task_id: TaskId) {
+    if let Ok(id) = HeaderValue::from_str(&task_id.to_string()) {
+        response.headers_mut().insert(TASK_ID_HEADER, id);
+    }
+}
+
+/// Adds `truncated` to a JSON body when the file was cut short (an extra field, so OpenAI's
+/// clients still parse it).
+pub fn mark_truncated(body: &mut serde_json::Value, result: &TaskResult) {
+    if let Some(cut) = &result.truncated {
+        body["truncated"] = json!(cut);
+    }
 }
 
 /// The body: [`crate::format`]'s rendering, plus `truncated` in the two JSON shapes (an extra
@@ -387,9 +424,7 @@ fn render(result: &TaskResult, format: OutputFormat, task: Task) -> String {
         }
     };
     let mut body = crate::format::json_body(&result.transcript, verbose, task);
-    if let Some(cut) = &result.truncated {
-        body["truncated"] = json!(cut);
-    }
+    mark_truncated(&mut body, result);
     body.to_string() + "\n"
 }
 
@@ -498,6 +533,34 @@ mod tests {
         let p = parse_params(&form(&[]), Task::Translate, true, 2).unwrap();
         assert!(p.options.translate);
         assert_eq!(p.task, Task::Translate);
+    }
+
+    #[test]
+    fn only_json_or_text_transcriptions_stream() {
+        assert!(!parse(&[]).unwrap().stream);
+        assert!(!parse(&[("stream", "false")]).unwrap().stream);
+        assert!(parse(&[("stream", "true")]).unwrap().stream);
+        assert!(
+            parse(&[("stream", "True"), ("response_format", "text")])
+                .unwrap()
+                .stream
+        );
+        assert_eq!(
+            parse(&[("stream", "yes")]).unwrap_err().param,
+            Some("stream")
+        );
+        for format in ["srt", "vtt", "verbose_json"] {
+            let err = parse(&[("stream", "true"), ("response_format", format)]).unwrap_err();
+            assert_eq!(
+                (err.status.as_u16(), err.param),
+                (400, Some("response_format"))
+            );
+        }
+        let translate =
+            |pairs: &[(&str, &str)]| parse_params(&form(pairs), Task::Translate, true, 2);
+        let err = translate(&[("stream", "true")]).unwrap_err();
+        assert_eq!((err.status.as_u16(), err.param), (400, Some("stream")));
+        assert!(!translate(&[("stream", "false")]).unwrap().stream);
     }
 
     fn result(truncated: Option<Truncation>) -> TaskResult {

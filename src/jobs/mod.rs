@@ -1,16 +1,19 @@
 //! Jobs and their results: the task registry ([`registry`]), the one store of every task's
-//! progress and result, and the job runner ([`batch`]) that transcribes files through the
-//! Whisper pool. [`JobQueue`] is the interface the sessions and the HTTP API submit work
-//! through; [`batch::Batch`] runs it in this process.
+//! progress and result; the job runner ([`batch`]) that transcribes files through the
+//! Whisper pool; [`follow`], one task's segments and end, each once, for a reader.
+//! [`JobQueue`] is the interface the sessions and the HTTP API submit work through;
+//! [`batch::Batch`] runs it in this process.
 //!
 //! This module must not talk to clients or know about sockets, routes or the application
 //! state: it sits below `app`, which composes it.
 
 pub mod batch;
+pub mod follow;
 pub mod registry;
 
 use std::path::PathBuf;
 
+pub use follow::{Follow, Update};
 pub use registry::{LocalRegistry, Snapshot, TaskEvent, TaskRegistry, TaskResult, TaskState};
 
 use crate::access::Owner;
