@@ -5,6 +5,8 @@
 mod common;
 
 use common::server::{assert_wer, transcription_head_only, TestServer};
+use earshot::domain::ZhScript;
+use earshot::inference::script;
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -836,7 +838,7 @@ fn print_config_layers_flags_over_env_over_file() {
     let file = dir.path().join("earshot.toml");
     std::fs::write(
         &file,
-        "workers = 3\nqueue = 5\nmax_uploads = 7\nmax-file-bytes = \"1GiB\"\napi-key = [\"filekey\"]\n",
+        "workers = 3\nqueue = 5\nmax_uploads = 7\nmax-file-bytes = \"1GiB\"\napi-key = [\"filekey\"]\nzh_script = \"keep\"\n",
     )
     .unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_earshot"))
@@ -847,6 +849,7 @@ fn print_config_layers_flags_over_env_over_file() {
         .env("EARSHOT_MAX_UPLOADS", "8")
         .env_remove("EARSHOT_WORKERS")
         .env_remove("EARSHOT_API_KEYS")
+        .env_remove("EARSHOT_ZH_SCRIPT")
         .output()
         .expect("the earshot binary runs");
     assert!(output.status.success(), "{output:?}");
@@ -865,6 +868,7 @@ fn print_config_layers_flags_over_env_over_file() {
     );
     assert_eq!(settings["max-file-bytes"].as_str(), Some("1GiB"));
     assert_eq!(settings["max-processing"].as_integer(), Some(3), "default");
+    assert_eq!(settings["zh-script"].as_str(), Some("keep"));
     assert!(!printed.contains("filekey"), "keys are never printed");
     assert!(printed.contains("# api-key: 1 set"), "{printed}");
 

@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use earshot::domain::ZhScript;
 use earshot::eval::{cer, normalize_chars, normalize_words, wer};
 use earshot::inference::long::{self, LongEvent};
+use earshot::inference::script;
 use earshot::inference::{Busy, JobEvent, Options, Pool, PoolConfig};
 use earshot::transcript::Segment;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +88,7 @@ fn pool(model_file: &str, workers: usize, queue_capacity: usize) -> Pool {
         model_path: model(model_file),
         workers,
         queue_capacity,
+        zh_script: Default::default(),
     })
     .expect("pool starts")
 }
@@ -491,4 +494,76 @@ fn bad_options_fail_the_job_not_the_pool() {
         .blocking_collect()
         .expect("empty audio is not an error");
     assert!(segments.is_empty());
+}
+
+/// Every segment's text and every word's text of `segments`.
+fn texts(segments: &[Segment]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for segment in segments {
+        texts.push(segment.text.clone());
+        texts.extend(segment.tokens.iter().flatten().map(|t| t.text.clone()));
+    }
+    texts
+}
+
+/// The characters of `text` that only Traditional Chinese writes: those OpenCC's
+/// Traditional→Simplified converter changes.
+fn traditional_only(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            let one = c.to_string();
+            script::convert(&one, ZhScript::Simplified) != one
+        })
+        .collect()
+}
+
+/// Mandarin with the language detected (where base-q5_1 writes Traditional characters, alone
+/// or mixed with Simplified): the default is Simplified, in segments and words alike; `keep`
+/// is Whisper's own text; `traditional` is that text in Traditional. Decoding is
+/// deterministic (whisper.cpp seeds its sampler per job), so the three runs see one text.
+#[test]
+fn mandarin_comes_out_in_the_script_asked_for() {
+    let files = [
+        "zh_BAC009S0764W0121.wav",
+        "zh_IT0011W0001.wav",
+        "zh_TEST_NET_Y0000000000_S00000.wav",
+        "zh_TEST_MEETING_T0000000001_S00000.wav",
+    ];
+    let run = |file: &str, zh_script: Option<ZhScript>| {
+        let options = Options {
+            threads: 2,
+            token_timestamps: true,
+            zh_script,
+            ..Options::default()
+        };
+        let handle = BASE.submit_blocking(read_wav(file), options).unwrap();
+        let (segments, summary) = handle.blocking_collect().expect("job succeeds");
+        assert_eq!(summary.language, "zh", "{file}");
+        texts(&segments)
+    };
+    let mut traditional_seen = String::new();
+    for file in files {
+        let kept = run(file, Some(ZhScript::Keep));
+        let simplified = run(file, None);
+        let traditional = run(file, Some(ZhScript::Traditional));
+        eprintln!(
+            "{file}: kept {kept:?}\n  simplified {simplified:?}\n  traditional {traditional:?}"
+        );
+        traditional_seen += &traditional_only(&kept.concat());
+        for text in &simplified {
+            assert_eq!(traditional_only(text), "", "{file}: {text}");
+        }
+        let convert_all = |to| -> Vec<String> {
+            kept.iter()
+                .map(|t| script::convert(t, to).into_owned())
+                .collect()
+        };
+        assert_eq!(simplified, convert_all(ZhScript::Simplified), "{file}");
+        assert_eq!(traditional, convert_all(ZhScript::Traditional), "{file}");
+        assert_ne!(traditional, simplified, "{file}: both scripts alike");
+    }
+    assert!(
+        !traditional_seen.is_empty(),
+        "Whisper wrote no Traditional character, so this test shows nothing"
+    );
 }

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use whisper_rs::{whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperState};
 
+use super::script;
 use crate::audio::SAMPLE_RATE;
+use crate::domain::ZhScript;
 use crate::transcript::{Segment, Token};
 
 /// How one job should be decoded. Every field has a sensible default (see [`Options::default`]).
@@ -41,6 +43,8 @@ pub struct Options {
     /// likely text; either way whisper.cpp raises it by 0.2 per retry when a window decodes to
     /// repetitive or unlikely text (not in low-latency mode).
     pub temperature: f32,
+    /// Script for Mandarin output ([`super::script`]); `None` = the pool's default.
+    pub zh_script: Option<ZhScript>,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             token_timestamps: false,
             low_latency: false,
             temperature: 0.0,
+            zh_script: None,
         }
     }
 }
@@ -145,6 +150,8 @@ pub fn run(
     let mut sink = SegmentSink {
         on_segment,
         token_timestamps: options.token_timestamps,
+        translate: options.translate && multilingual,
+        zh_script: options.zh_script.unwrap_or_default(),
         failed: &AtomicBool::new(false),
     };
     let abort = AbortCheck {
@@ -291,6 +298,10 @@ struct SegmentSink<'a> {
     on_segment: &'a mut dyn FnMut(Segment),
     /// Whether to read per-token timing.
     token_timestamps: bool,
+    /// Whether the job translates (then the text is English, never converted).
+    translate: bool,
+    /// The script Mandarin text is put in, if the language turns out to be Mandarin.
+    zh_script: ZhScript,
     /// Set when the callback panicked, so the job fails and whisper.cpp is told to stop.
     failed: &'a AtomicBool,
 }
@@ -314,8 +325,15 @@ unsafe extern "C" fn on_new_segment(
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: whisper.cpp passes its live context and state for this call.
         let total = unsafe { sys::whisper_full_n_segments_from_state(state) };
+        // Forced or detected, the language is settled before the first segment.
+        let language = unsafe { sys::whisper_full_lang_id_from_state(state) };
+        let language = whisper_rs::get_lang_str(language).unwrap_or("en");
+        let conversion = script::conversion_for(language, sink.translate, sink.zh_script);
         for index in (total - n_new).max(0)..total {
-            let segment = unsafe { read_segment(ctx, state, index, sink.token_timestamps) };
+            let mut segment = unsafe { read_segment(ctx, state, index, sink.token_timestamps) };
+            if let Some(to) = conversion {
+                script::apply(&mut segment, to);
+            }
             if !segment.text.is_empty() {
                 (sink.on_segment)(segment);
             }

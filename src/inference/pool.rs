@@ -26,6 +26,7 @@ use whisper_rs::{WhisperContext, WhisperContextParameters, WhisperState};
 
 use super::engine::{self, InferenceError, Options};
 use crate::audio::{SharedAudio, SAMPLE_RATE};
+use crate::domain::ZhScript;
 use crate::transcript::Segment;
 
 /// Events buffered per job before the worker waits for the requester to read them.
@@ -40,6 +41,8 @@ pub struct PoolConfig {
     pub workers: usize,
     /// Jobs that may wait for a worker; beyond this, `submit` answers [`Busy`].
     pub queue_capacity: usize,
+    /// Script for Mandarin output when a job does not name one (the server's `--zh-script`).
+    pub zh_script: ZhScript,
 }
 
 /// The queue is full; the caller should retry later (or tell its client to).
@@ -202,13 +205,12 @@ impl Pool {
             let state = context
                 .create_state()
                 .map_err(|e| InferenceError::Worker(e.to_string()))?;
-            threads.push(spawn_worker(
-                id,
+            let worker = Worker {
                 state,
                 multilingual,
-                receiver.clone(),
-                shared.clone(),
-            )?);
+                zh_script: config.zh_script,
+            };
+            threads.push(spawn_worker(id, worker, receiver.clone(), shared.clone())?);
         }
         let model_name = model_name(&config.model_path);
         info!(model = %model_name, workers, queue = config.queue_capacity, "inference pool started");
@@ -344,10 +346,19 @@ fn new_job(audio: SharedAudio, options: Options) -> (Job, JobHandle) {
     )
 }
 
+/// What one worker thread owns.
+struct Worker {
+    /// Its own decoder state, never shared.
+    state: WhisperState,
+    /// Whether the model knows languages other than English.
+    multilingual: bool,
+    /// The script for Mandarin jobs that name none.
+    zh_script: ZhScript,
+}
+
 fn spawn_worker(
     id: usize,
-    mut state: WhisperState,
-    multilingual: bool,
+    mut worker: Worker,
     queue: Receiver<Job>,
     shared: Arc<Shared>,
 ) -> Result<JoinHandle<()>, InferenceError> {
@@ -355,11 +366,15 @@ fn spawn_worker(
         .name(format!("whisper-{id}"))
         .spawn(move || {
             serve(&queue, &shared, &mut |job, on_segment, should_abort| {
+                let options = Options {
+                    zh_script: job.options.zh_script.or(Some(worker.zh_script)),
+                    ..job.options.clone()
+                };
                 engine::run(
-                    &mut state,
-                    multilingual,
+                    &mut worker.state,
+                    worker.multilingual,
                     &job.audio,
-                    &job.options,
+                    &options,
                     on_segment,
                     should_abort,
                 )
@@ -542,6 +557,7 @@ mod tests {
             model_path: "/nonexistent/ggml-x.bin".into(),
             workers: 1,
             queue_capacity: 1,
+            zh_script: ZhScript::default(),
         })
         .unwrap_err();
         assert!(matches!(error, InferenceError::ModelLoad { .. }));
