@@ -209,6 +209,47 @@ async fn every_response_format_renders_the_recording() {
     server.shutdown().await;
 }
 
+/// Characters only Traditional Chinese writes (OpenCC's Traditional→Simplified changes them).
+fn traditional_only(text: &str) -> String {
+    text.chars()
+        .filter(|c| script::convert(&c.to_string(), ZhScript::Simplified) != c.to_string())
+        .collect()
+}
+
+/// `language` `zh-Hans` / `zh-Hant` is Mandarin in that script, in the text and in every
+/// segment and word of verbose JSON.
+#[tokio::test]
+async fn mandarin_script_follows_the_language_tag() {
+    let server = TestServer::start_with_pool(common::server::MULTILINGUAL.clone(), |_| {}).await;
+    let mut texts = Vec::new();
+    for tag in ["zh-Hans", "zh-Hant"] {
+        let fields = [
+            ("language", tag),
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "word"),
+            ("prompt", "以下是普通話的句子。"),
+        ];
+        let response = transcribe(&server, form("zh_IT0011W0001.wav", &fields)).await;
+        assert_eq!(response.status(), 200, "{tag}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["language"], "chinese", "{json}");
+        let mut all = json["text"].as_str().unwrap().to_string();
+        for part in ["segments", "words"] {
+            for item in json[part].as_array().unwrap() {
+                all += item["text"].as_str().or(item["word"].as_str()).unwrap();
+            }
+        }
+        eprintln!("{tag}: {all}");
+        texts.push(all);
+    }
+    assert_eq!(traditional_only(&texts[0]), "", "zh-Hans: {}", texts[0]);
+    assert!(
+        texts[1].contains('換'),
+        "zh-Hant writes 換 (换一首歌): {}",
+        texts[1]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nan_infinite_and_huge_samples_in_a_float_wav_still_transcribe() {
     // Before sanitising, rubato panicked on the NaN and the answer was a 500 `internal`.
@@ -881,4 +922,23 @@ fn print_config_layers_flags_over_env_over_file() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wokers"));
+}
+
+/// With `language` left out, verbose JSON names the language Whisper detected, in OpenAI's
+/// spelling ("chinese"); an English-only model refuses any language but English with a 400.
+#[tokio::test]
+async fn the_detected_language_is_named_and_english_only_models_refuse_others() {
+    let multi = TestServer::start_with_pool(common::server::MULTILINGUAL.clone(), |_| {}).await;
+    let fields = [("response_format", "verbose_json")];
+    let response = transcribe(&multi, form("zh_TEST_NET_Y0000000000_S00000.wav", &fields)).await;
+    assert_eq!(response.status(), 200);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["language"], "chinese", "{json}");
+
+    let tiny = TestServer::start().await;
+    let response = transcribe(&tiny, form(JFK, &[("language", "zh-Hans")])).await;
+    let error = expect_error(response, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error["param"], "language", "{error}");
+    let response = transcribe(&tiny, form(JFK, &[("language", "en")])).await;
+    assert_eq!(response.status(), 200);
 }

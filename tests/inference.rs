@@ -517,31 +517,42 @@ fn traditional_only(text: &str) -> String {
         .collect()
 }
 
-/// Mandarin with the language detected (where base-q5_1 writes Traditional characters, alone
-/// or mixed with Simplified): the default is Simplified, in segments and words alike; `keep`
-/// is Whisper's own text; `traditional` is that text in Traditional. Decoding is
-/// deterministic (whisper.cpp seeds its sampler per job), so the three runs see one text.
+/// Mandarin with the language detected, primed with a prompt in Traditional characters so
+/// that Whisper writes Traditional (as it often does unprompted, or mixes both): the default
+/// is Simplified, in segments and words alike; `keep` is Whisper's own text; `traditional` is
+/// that text in Traditional.
 #[test]
 fn mandarin_comes_out_in_the_script_asked_for() {
-    let files = [
+    // Short, clean recordings decode the same in every run. The meeting recording makes
+    // whisper.cpp fall back to sampling, whose random state runs on from job to job in a
+    // worker, so its runs differ and are only checked one by one.
+    let same_every_run = [
         "zh_BAC009S0764W0121.wav",
         "zh_IT0011W0001.wav",
         "zh_TEST_NET_Y0000000000_S00000.wav",
-        "zh_TEST_MEETING_T0000000001_S00000.wav",
     ];
+    let files = same_every_run
+        .iter()
+        .copied()
+        .chain(["zh_TEST_MEETING_T0000000001_S00000.wav"]);
     let run = |file: &str, zh_script: Option<ZhScript>| {
         let options = Options {
             threads: 2,
             token_timestamps: true,
+            initial_prompt: Some("以下是普通話的句子。".into()),
             zh_script,
             ..Options::default()
         };
         let handle = BASE.submit_blocking(read_wav(file), options).unwrap();
         let (segments, summary) = handle.blocking_collect().expect("job succeeds");
         assert_eq!(summary.language, "zh", "{file}");
+        assert!(
+            summary.language_probability.is_some_and(|p| p > 0.5),
+            "{summary:?}"
+        );
         texts(&segments)
     };
-    let mut traditional_seen = String::new();
+    let mut kept_traditional = String::new();
     for file in files {
         let kept = run(file, Some(ZhScript::Keep));
         let simplified = run(file, None);
@@ -549,21 +560,29 @@ fn mandarin_comes_out_in_the_script_asked_for() {
         eprintln!(
             "{file}: kept {kept:?}\n  simplified {simplified:?}\n  traditional {traditional:?}"
         );
-        traditional_seen += &traditional_only(&kept.concat());
+        kept_traditional += &traditional_only(&kept.concat());
         for text in &simplified {
             assert_eq!(traditional_only(text), "", "{file}: {text}");
         }
-        let convert_all = |to| -> Vec<String> {
-            kept.iter()
-                .map(|t| script::convert(t, to).into_owned())
-                .collect()
-        };
-        assert_eq!(simplified, convert_all(ZhScript::Simplified), "{file}");
-        assert_eq!(traditional, convert_all(ZhScript::Traditional), "{file}");
-        assert_ne!(traditional, simplified, "{file}: both scripts alike");
+        for text in &traditional {
+            assert_eq!(
+                script::convert(text, ZhScript::Traditional),
+                *text,
+                "{file}"
+            );
+        }
+        if same_every_run.contains(&file) {
+            let convert_all = |to| -> Vec<String> {
+                kept.iter()
+                    .map(|t| script::convert(t, to).into_owned())
+                    .collect()
+            };
+            assert_eq!(simplified, convert_all(ZhScript::Simplified), "{file}");
+            assert_eq!(traditional, convert_all(ZhScript::Traditional), "{file}");
+        }
     }
     assert!(
-        !traditional_seen.is_empty(),
-        "Whisper wrote no Traditional character, so this test shows nothing"
+        !kept_traditional.is_empty(),
+        "Whisper wrote no Traditional character, so `keep` was not shown to keep them"
     );
 }

@@ -571,6 +571,7 @@ mod tests {
         TaskResult {
             transcript: crate::transcript::Transcript {
                 language: "en".into(),
+                language_probability: None,
                 duration: 5.5,
                 segments: vec![crate::transcript::Segment::new(0.0, 5.0, " And so")],
             },

@@ -129,6 +129,26 @@ pub fn validate(options: &Options) -> Result<(), InferenceError> {
     Ok(())
 }
 
+/// The language a job was transcribed in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// Whisper's code ("en", "zh", …), as asked for or as detected.
+    pub language: String,
+    /// Whisper's probability for the detected language; `None` when the caller named it
+    /// (or the model is English-only).
+    pub probability: Option<f32>,
+}
+
+impl Detection {
+    /// A language the job was told to use.
+    pub fn given(language: &str) -> Self {
+        Detection {
+            language: language.to_owned(),
+            probability: None,
+        }
+    }
+}
+
 /// Runs one transcription on `state`, calling `on_segment` for every segment as whisper.cpp
 /// finalises it (times relative to the start of `audio`). `should_abort` is polled from
 /// whisper.cpp's compute threads; when it returns true the job stops with
@@ -140,13 +160,24 @@ pub fn run(
     options: &Options,
     on_segment: &mut dyn FnMut(Segment),
     should_abort: &(dyn Fn() -> bool + Sync),
-) -> Result<String, InferenceError> {
+) -> Result<Detection, InferenceError> {
     validate(options)?;
     let language = job_language(options, multilingual);
     if audio.is_empty() {
-        return Ok(language.unwrap_or("en").to_owned());
+        return Ok(Detection::given(language.unwrap_or("en")));
     }
     let audio = prepare_audio(audio);
+    let detection = match language {
+        Some(language) => Detection::given(language),
+        None => detect_language(state, &audio, options.threads)?,
+    };
+    // Detected here rather than inside `full`, which would not say how sure it was; the same
+    // computation (the first 30 s, offset 0), so the text is what auto-detection gives.
+    let options = Options {
+        language: Some(detection.language.clone()),
+        ..options.clone()
+    };
+    let options = &options;
     let mut sink = SegmentSink {
         on_segment,
         token_timestamps: options.token_timestamps,
@@ -178,7 +209,29 @@ pub fn run(
         return Err(InferenceError::Aborted);
     }
     result.map_err(|e| InferenceError::Whisper(e.to_string()))?;
-    Ok(language.map_or_else(|| detected_language(state), str::to_owned))
+    Ok(detection)
+}
+
+/// Whisper's language detection on the start of `audio`: the most likely language and its
+/// probability.
+fn detect_language(
+    state: &mut WhisperState,
+    audio: &[f32],
+    threads: usize,
+) -> Result<Detection, InferenceError> {
+    let threads = threads.clamp(1, 64);
+    let failed = |e: whisper_rs::WhisperError| {
+        InferenceError::Whisper(format!("language detection failed: {e}"))
+    };
+    state.pcm_to_mel(audio, threads).map_err(failed)?;
+    let (id, probabilities) = state.lang_detect(0, threads).map_err(failed)?;
+    let language = whisper_rs::get_lang_str(id).unwrap_or("en");
+    Ok(Detection {
+        language: language.to_owned(),
+        probability: usize::try_from(id)
+            .ok()
+            .and_then(|i| probabilities.get(i).copied()),
+    })
 }
 
 /// The language to force, or `None` to let Whisper detect it.
@@ -187,12 +240,6 @@ fn job_language(options: &Options, multilingual: bool) -> Option<&str> {
         return Some("en");
     }
     options.language.as_deref().filter(|l| *l != "auto")
-}
-
-fn detected_language(state: &WhisperState) -> String {
-    whisper_rs::get_lang_str(state.full_lang_id_from_state())
-        .unwrap_or("en")
-        .to_owned()
 }
 
 /// Replaces non-finite samples (which would poison the spectrogram) and pads very short input.

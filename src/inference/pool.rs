@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use whisper_rs::{WhisperContext, WhisperContextParameters, WhisperState};
 
-use super::engine::{self, InferenceError, Options};
+use super::engine::{self, Detection, InferenceError, Options};
 use crate::audio::{SharedAudio, SAMPLE_RATE};
 use crate::domain::ZhScript;
 use crate::transcript::Segment;
@@ -69,6 +69,8 @@ pub enum JobEvent {
 pub struct JobSummary {
     /// The language Whisper used (forced or detected).
     pub language: String,
+    /// How sure Whisper was of the language it detected; `None` when it was forced.
+    pub language_probability: Option<f32>,
     /// Length of the job's audio, for real-time-factor reporting.
     pub audio_secs: f64,
     /// Wall time the worker spent on the job.
@@ -390,7 +392,7 @@ type Runner<'a> = dyn FnMut(
         &Job,
         &mut dyn FnMut(Segment),
         &(dyn Fn() -> bool + Sync),
-    ) -> Result<String, InferenceError>
+    ) -> Result<Detection, InferenceError>
     + Send
     + 'a;
 
@@ -428,10 +430,11 @@ fn run_one(job: &Job, runner: &mut Runner, shared: &Shared) -> JobEvent {
     });
     let processing_secs = started.elapsed().as_secs_f64();
     match outcome {
-        Ok(language) => {
+        Ok(detection) => {
             shared.completed.fetch_add(1, Ordering::SeqCst);
             JobEvent::Done(JobSummary {
-                language,
+                language: detection.language,
+                language_probability: detection.probability,
                 audio_secs: job.audio.len() as f64 / SAMPLE_RATE as f64,
                 processing_secs,
             })
@@ -473,7 +476,7 @@ mod tests {
                 panic!("bug triggered by this job");
             }
             on_segment(segment("fine"));
-            Ok("en".into())
+            Ok(Detection::given("en"))
         }));
         let (bad, mut bad_handle) = new_job(Vec::new().into(), Options::default());
         let (good, good_handle) = new_job(vec![0.0; 16].into(), Options::default());
@@ -494,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_job_abandoned_in_the_queue_is_skipped() {
-        let (sender, shared, thread) = fake_pool(Box::new(|_, _, _| Ok("en".into())));
+        let (sender, shared, thread) = fake_pool(Box::new(|_, _, _| Ok(Detection::given("en"))));
         let (job, handle) = new_job(vec![0.0; 16].into(), Options::default());
         drop(handle);
         sender.send(job).unwrap();
@@ -526,7 +529,7 @@ mod tests {
 
     #[test]
     fn the_worker_lets_go_of_lent_audio_before_the_final_event() {
-        let (sender, _shared, thread) = fake_pool(Box::new(|_, _, _| Ok("en".into())));
+        let (sender, _shared, thread) = fake_pool(Box::new(|_, _, _| Ok(Detection::given("en"))));
         let mut buffer = crate::audio::SharedBuffer::default();
         buffer.push(&[0.1; 16]);
         let audio = buffer.snapshot();
