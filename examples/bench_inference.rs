@@ -93,6 +93,7 @@ fn main() {
             model_path: model.clone(),
             workers: 1,
             queue_capacity: 2,
+            zh_script: Default::default(),
         })
         .expect("pool starts"),
         vad,

@@ -229,6 +229,7 @@ mod tests {
     fn sample() -> Transcript {
         Transcript {
             language: "en".into(),
+            language_probability: None,
             duration: 3725.5,
             segments: vec![
                 segment(0.0, 2.5, "And so, my fellow Americans,"),
@@ -241,6 +242,7 @@ mod tests {
     fn empty() -> Transcript {
         Transcript {
             language: "en".into(),
+            language_probability: None,
             duration: 0.0,
             segments: vec![],
         }
@@ -354,6 +356,7 @@ mod tests {
         second.tokens = Some(vec![token("Americans", 1.5, 2.0, 1.0)]);
         let t = Transcript {
             language: "xx".into(),
+            language_probability: None,
             duration: 2.0,
             segments: vec![first, second],
         };

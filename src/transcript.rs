@@ -54,6 +54,10 @@ pub struct Token {
 pub struct Transcript {
     /// Language code Whisper used (given by the caller or detected), e.g. `"en"`.
     pub language: String,
+    /// Whisper's probability for the language it detected; `None` when the caller named the
+    /// language (and in transcripts stored before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_probability: Option<f32>,
     /// Length of the input audio in seconds.
     pub duration: f64,
     /// Segments in time order.

@@ -5,6 +5,8 @@
 mod common;
 
 use common::server::{assert_wer, transcription_head_only, TestServer};
+use earshot::domain::ZhScript;
+use earshot::inference::script;
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
@@ -205,6 +207,47 @@ async fn every_response_format_renders_the_recording() {
     );
     assert_eq!(fetched["text"], translated["text"]);
     server.shutdown().await;
+}
+
+/// Characters only Traditional Chinese writes (OpenCC's Traditional→Simplified changes them).
+fn traditional_only(text: &str) -> String {
+    text.chars()
+        .filter(|c| script::convert(&c.to_string(), ZhScript::Simplified) != c.to_string())
+        .collect()
+}
+
+/// `language` `zh-Hans` / `zh-Hant` is Mandarin in that script, in the text and in every
+/// segment and word of verbose JSON.
+#[tokio::test]
+async fn mandarin_script_follows_the_language_tag() {
+    let server = TestServer::start_with_pool(common::server::MULTILINGUAL.clone(), |_| {}).await;
+    let mut texts = Vec::new();
+    for tag in ["zh-Hans", "zh-Hant"] {
+        let fields = [
+            ("language", tag),
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "word"),
+            ("prompt", "以下是普通話的句子。"),
+        ];
+        let response = transcribe(&server, form("zh_IT0011W0001.wav", &fields)).await;
+        assert_eq!(response.status(), 200, "{tag}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["language"], "chinese", "{json}");
+        let mut all = json["text"].as_str().unwrap().to_string();
+        for part in ["segments", "words"] {
+            for item in json[part].as_array().unwrap() {
+                all += item["text"].as_str().or(item["word"].as_str()).unwrap();
+            }
+        }
+        eprintln!("{tag}: {all}");
+        texts.push(all);
+    }
+    assert_eq!(traditional_only(&texts[0]), "", "zh-Hans: {}", texts[0]);
+    assert!(
+        texts[1].contains('換'),
+        "zh-Hant writes 換 (换一首歌): {}",
+        texts[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -836,7 +879,7 @@ fn print_config_layers_flags_over_env_over_file() {
     let file = dir.path().join("earshot.toml");
     std::fs::write(
         &file,
-        "workers = 3\nqueue = 5\nmax_uploads = 7\nmax-file-bytes = \"1GiB\"\napi-key = [\"filekey\"]\n",
+        "workers = 3\nqueue = 5\nmax_uploads = 7\nmax-file-bytes = \"1GiB\"\napi-key = [\"filekey\"]\nzh_script = \"keep\"\n",
     )
     .unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_earshot"))
@@ -847,6 +890,7 @@ fn print_config_layers_flags_over_env_over_file() {
         .env("EARSHOT_MAX_UPLOADS", "8")
         .env_remove("EARSHOT_WORKERS")
         .env_remove("EARSHOT_API_KEYS")
+        .env_remove("EARSHOT_ZH_SCRIPT")
         .output()
         .expect("the earshot binary runs");
     assert!(output.status.success(), "{output:?}");
@@ -865,6 +909,7 @@ fn print_config_layers_flags_over_env_over_file() {
     );
     assert_eq!(settings["max-file-bytes"].as_str(), Some("1GiB"));
     assert_eq!(settings["max-processing"].as_integer(), Some(3), "default");
+    assert_eq!(settings["zh-script"].as_str(), Some("keep"));
     assert!(!printed.contains("filekey"), "keys are never printed");
     assert!(printed.contains("# api-key: 1 set"), "{printed}");
 
@@ -877,4 +922,23 @@ fn print_config_layers_flags_over_env_over_file() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wokers"));
+}
+
+/// With `language` left out, verbose JSON names the language Whisper detected, in OpenAI's
+/// spelling ("chinese"); an English-only model refuses any language but English with a 400.
+#[tokio::test]
+async fn the_detected_language_is_named_and_english_only_models_refuse_others() {
+    let multi = TestServer::start_with_pool(common::server::MULTILINGUAL.clone(), |_| {}).await;
+    let fields = [("response_format", "verbose_json")];
+    let response = transcribe(&multi, form("zh_TEST_NET_Y0000000000_S00000.wav", &fields)).await;
+    assert_eq!(response.status(), 200);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["language"], "chinese", "{json}");
+
+    let tiny = TestServer::start().await;
+    let response = transcribe(&tiny, form(JFK, &[("language", "zh-Hans")])).await;
+    let error = expect_error(response, StatusCode::BAD_REQUEST).await;
+    assert_eq!(error["param"], "language", "{error}");
+    let response = transcribe(&tiny, form(JFK, &[("language", "en")])).await;
+    assert_eq!(response.status(), 200);
 }

@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use earshot::domain::ZhScript;
 use earshot::eval::{cer, normalize_chars, normalize_words, wer};
 use earshot::inference::long::{self, LongEvent};
+use earshot::inference::script;
 use earshot::inference::{Busy, JobEvent, Options, Pool, PoolConfig};
 use earshot::transcript::Segment;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +88,7 @@ fn pool(model_file: &str, workers: usize, queue_capacity: usize) -> Pool {
         model_path: model(model_file),
         workers,
         queue_capacity,
+        zh_script: Default::default(),
     })
     .expect("pool starts")
 }
@@ -491,4 +494,95 @@ fn bad_options_fail_the_job_not_the_pool() {
         .blocking_collect()
         .expect("empty audio is not an error");
     assert!(segments.is_empty());
+}
+
+/// Every segment's text and every word's text of `segments`.
+fn texts(segments: &[Segment]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for segment in segments {
+        texts.push(segment.text.clone());
+        texts.extend(segment.tokens.iter().flatten().map(|t| t.text.clone()));
+    }
+    texts
+}
+
+/// The characters of `text` that only Traditional Chinese writes: those OpenCC's
+/// Traditional→Simplified converter changes.
+fn traditional_only(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            let one = c.to_string();
+            script::convert(&one, ZhScript::Simplified) != one
+        })
+        .collect()
+}
+
+/// Mandarin with the language detected, primed with a prompt in Traditional characters so
+/// that Whisper writes Traditional (as it often does unprompted, or mixes both): the default
+/// is Simplified, in segments and words alike; `keep` is Whisper's own text; `traditional` is
+/// that text in Traditional.
+#[test]
+fn mandarin_comes_out_in_the_script_asked_for() {
+    // Short, clean recordings decode the same in every run. The meeting recording makes
+    // whisper.cpp fall back to sampling, whose random state runs on from job to job in a
+    // worker, so its runs differ and are only checked one by one.
+    let same_every_run = [
+        "zh_BAC009S0764W0121.wav",
+        "zh_IT0011W0001.wav",
+        "zh_TEST_NET_Y0000000000_S00000.wav",
+    ];
+    let files = same_every_run
+        .iter()
+        .copied()
+        .chain(["zh_TEST_MEETING_T0000000001_S00000.wav"]);
+    let run = |file: &str, zh_script: Option<ZhScript>| {
+        let options = Options {
+            threads: 2,
+            token_timestamps: true,
+            initial_prompt: Some("以下是普通話的句子。".into()),
+            zh_script,
+            ..Options::default()
+        };
+        let handle = BASE.submit_blocking(read_wav(file), options).unwrap();
+        let (segments, summary) = handle.blocking_collect().expect("job succeeds");
+        assert_eq!(summary.language, "zh", "{file}");
+        assert!(
+            summary.language_probability.is_some_and(|p| p > 0.5),
+            "{summary:?}"
+        );
+        texts(&segments)
+    };
+    let mut kept_traditional = String::new();
+    for file in files {
+        let kept = run(file, Some(ZhScript::Keep));
+        let simplified = run(file, None);
+        let traditional = run(file, Some(ZhScript::Traditional));
+        eprintln!(
+            "{file}: kept {kept:?}\n  simplified {simplified:?}\n  traditional {traditional:?}"
+        );
+        kept_traditional += &traditional_only(&kept.concat());
+        for text in &simplified {
+            assert_eq!(traditional_only(text), "", "{file}: {text}");
+        }
+        for text in &traditional {
+            assert_eq!(
+                script::convert(text, ZhScript::Traditional),
+                *text,
+                "{file}"
+            );
+        }
+        if same_every_run.contains(&file) {
+            let convert_all = |to| -> Vec<String> {
+                kept.iter()
+                    .map(|t| script::convert(t, to).into_owned())
+                    .collect()
+            };
+            assert_eq!(simplified, convert_all(ZhScript::Simplified), "{file}");
+            assert_eq!(traditional, convert_all(ZhScript::Traditional), "{file}");
+        }
+    }
+    assert!(
+        !kept_traditional.is_empty(),
+        "Whisper wrote no Traditional character, so `keep` was not shown to keep them"
+    );
 }

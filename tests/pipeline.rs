@@ -115,6 +115,7 @@ fn twenty_minutes_through_the_decoder_stay_in_order_and_in_range() {
         model_path: model("ggml-tiny.en.bin"),
         workers: 1,
         queue_capacity: 2,
+        zh_script: Default::default(),
     })
     .expect("tiny.en loads");
     let vad = model("ggml-silero-v6.2.0.bin");

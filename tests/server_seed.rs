@@ -338,3 +338,68 @@ async fn healthz_answers_json_on_the_websocket_port() {
     assert!(c.hello["limits"]["max_message_bytes"].as_u64().unwrap() > 0);
     server.shutdown().await;
 }
+
+/// With `language` left to auto, `transcription_complete` says which language Whisper heard
+/// and how sure it was; Mandarin comes out in Simplified characters by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detected_language_and_its_probability_come_with_the_result() {
+    let server = TestServer::start_with_pool(common::server::MULTILINGUAL.clone(), |_| {}).await;
+    let mut c = Client::connect(&server.url()).await;
+    let name = "zh_IT0011W0001.wav";
+    let data = corpus(name);
+    seed_upload(&mut c, name, &data, 16 * 1024).await;
+    let (_, done) = c.transcript().await;
+    let result = &done["data"];
+    assert_eq!(result["language"], "zh", "{done}");
+    let p = result["language_probability"]
+        .as_f64()
+        .expect("a probability");
+    assert!(p > 0.5 && p <= 1.0, "{done}");
+    assert!(result["text"].as_str().unwrap().contains('换'), "{done}");
+
+    // A language the client names has no probability to report.
+    let mut request = upload_request(name, &data, data.len());
+    request["data"]["language"] = json!("zh-Hant");
+    c.send(request).await;
+    let ready = c.expect("upload_ready").await;
+    c.send(upload_chunk(&task_of(&ready), &data, data.len(), 0))
+        .await;
+    c.expect("chunk_received").await;
+    c.expect("upload_complete").await;
+    let (_, done) = c.transcript().await;
+    assert_eq!(done["data"]["language"], "zh", "{done}");
+    assert!(done["data"].get("language_probability").is_none(), "{done}");
+    assert!(
+        done["data"]["text"].as_str().unwrap().contains('換'),
+        "{done}"
+    );
+}
+
+/// An English-only model takes `en` (and auto) but refuses any other language up front,
+/// for uploads and streams alike, naming the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_english_only_model_refuses_other_languages() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(&server.url()).await;
+    let data = corpus(BIRCH);
+    for language in ["de", "zh-Hans"] {
+        let mut request = upload_request(BIRCH, &data, data.len());
+        request["data"]["language"] = json!(language);
+        c.send(request).await;
+        let error = c.expect_error("invalid_message").await;
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("English-only"), "{error}");
+    }
+    c.send(json!({"type": "stream_start", "data": {"language": "fr"}}))
+        .await;
+    let error = c.expect_error("invalid_message").await;
+    assert!(error["message"].as_str().unwrap().contains("English-only"));
+
+    let mut request = upload_request(BIRCH, &data, data.len());
+    request["data"]["language"] = json!("en");
+    c.send(request).await;
+    c.expect("upload_ready").await;
+    c.send(json!({"type": "stream_start", "data": {"language": "en"}}))
+        .await;
+    c.expect("stream_started").await;
+}

@@ -21,6 +21,16 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_MODEL", default_value = crate::models::DEFAULT_MODEL)]
     pub model: String,
 
+    /// Script for Mandarin output when a request does not name one (`language` `zh-Hans` or
+    /// `zh-Hant` does): simplified, traditional, or keep (as Whisper wrote it, scripts mixed).
+    #[arg(
+        long,
+        env = "EARSHOT_ZH_SCRIPT",
+        value_enum,
+        default_value = "simplified"
+    )]
+    pub zh_script: crate::domain::ZhScript,
+
     /// Where model files are kept and fetched to.
     #[arg(long, env = "EARSHOT_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,

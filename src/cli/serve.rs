@@ -39,6 +39,7 @@ pub fn run(args: ServeArgs, matches: &clap::ArgMatches, command: &clap::Command)
         model_path: model,
         workers: config.workers,
         queue_capacity: config.queue,
+        zh_script: config.zh_script,
     })
     .context("loading the model")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, Truncation};
-use crate::domain::{OutputFormat, Task};
+use crate::domain::{split_language_tag, OutputFormat, Task, ZhScript};
 use crate::format::render_task;
 use crate::inference::engine::{self, Options};
 use crate::inference::long::{self, LongEvent};
@@ -54,10 +54,18 @@ pub struct TranscribeArgs {
     /// Where model files are kept.
     #[arg(long, env = "EARSHOT_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
-    /// Spoken language: `auto` to detect it, or a code such as en, zh, de, fr, ja
-    /// (English-only `.en` models always use `en`).
+    /// Spoken language: `auto` to detect it, or a code such as en, zh, de, fr, ja; `zh-Hans` /
+    /// `zh-Hant` mean Mandarin written in that script (English-only `.en` models always use `en`).
     #[arg(long, short, default_value = "auto")]
     pub language: String,
+    /// Script for Mandarin output: simplified, traditional, or keep (as Whisper wrote it).
+    #[arg(
+        long,
+        env = "EARSHOT_ZH_SCRIPT",
+        value_enum,
+        default_value = "simplified"
+    )]
+    pub zh_script: ZhScript,
     /// Translate to English instead of transcribing (multilingual models only).
     #[arg(long)]
     pub translate: bool,
@@ -94,6 +102,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         model_path: model,
         workers: 1,
         queue_capacity: 2,
+        zh_script: args.zh_script,
     })
     .map_err(|e| anyhow!("{e}"))?;
     if args.translate && !pool.is_multilingual() {
@@ -128,8 +137,10 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
 
 /// Whisper options from the command line.
 fn options(args: &TranscribeArgs) -> Options {
+    let (language, zh_script) = split_language_tag(&args.language);
     Options {
-        language: (args.language != "auto").then(|| args.language.clone()),
+        language: (language != "auto").then_some(language),
+        zh_script,
         translate: args.translate,
         initial_prompt: args.prompt.clone(),
         beam_size: args.beam_size,

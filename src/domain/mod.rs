@@ -1,5 +1,5 @@
 //! The task vocabulary every layer speaks: what a task is called ([`TaskId`]), what was asked
-//! of it ([`Task`], [`OutputFormat`]) and why it failed ([`FailureCode`]).
+//! of it ([`Task`], [`OutputFormat`], [`ZhScript`]) and why it failed ([`FailureCode`]).
 //!
 //! This is the bottom of the crate: plain types with their parsing and serde shapes. It must
 //! not import any other module of the crate, do I/O, or know how a type travels on a wire
@@ -8,5 +8,5 @@
 mod task;
 mod task_id;
 
-pub use task::{FailureCode, OutputFormat, Task, TaskOptions};
+pub use task::{split_language_tag, FailureCode, OutputFormat, Task, TaskOptions, ZhScript};
 pub use task_id::{TaskId, TaskIdError};

@@ -1,5 +1,5 @@
 //! What a task was asked to do and how it can end: [`Task`], [`TaskOptions`], [`OutputFormat`],
-//! [`FailureCode`].
+//! [`ZhScript`], [`FailureCode`].
 //!
 //! Must not render, parse wire messages or know HTTP statuses: renderers and protocols map
 //! these values to their own shapes.
@@ -80,4 +80,64 @@ pub struct TaskOptions {
     /// Output format the client wants the final text rendered in; `None` = plain
     /// `transcription_complete` only.
     pub format: Option<OutputFormat>,
+    /// Script for Mandarin text, asked for as `language` `zh-Hans` / `zh-Hant`; `None` = the
+    /// server's `--zh-script`. Absent from uploads stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zh_script: Option<ZhScript>,
+}
+
+/// The script Mandarin output is written in. Whisper mixes Simplified and Traditional
+/// characters, even within one transcript; this says which one the reader gets.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ZhScript {
+    /// Simplified characters (mainland China, Singapore): what most Mandarin users read.
+    #[default]
+    Simplified,
+    /// Traditional characters (Taiwan, Hong Kong).
+    Traditional,
+    /// Whatever Whisper wrote, unconverted.
+    Keep,
+}
+
+/// Splits a requested language into the Whisper code and the script it names: `zh-Hans` is
+/// Mandarin in Simplified characters, `zh-Hant` in Traditional (BCP 47 script subtags, any
+/// case); any other tag is returned as it is, lower-cased and trimmed, with no script.
+pub fn split_language_tag(tag: &str) -> (String, Option<ZhScript>) {
+    let tag = tag.trim().to_ascii_lowercase();
+    match tag.as_str() {
+        "zh-hans" => ("zh".into(), Some(ZhScript::Simplified)),
+        "zh-hant" => ("zh".into(), Some(ZhScript::Traditional)),
+        _ => (tag, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_subtags_name_mandarin_and_its_script() {
+        let simplified = ("zh".to_string(), Some(ZhScript::Simplified));
+        assert_eq!(split_language_tag("zh-Hans"), simplified);
+        assert_eq!(split_language_tag(" ZH-HANS "), simplified);
+        assert_eq!(
+            split_language_tag("zh-Hant"),
+            ("zh".into(), Some(ZhScript::Traditional))
+        );
+        assert_eq!(split_language_tag("ZH"), ("zh".into(), None));
+        assert_eq!(split_language_tag("en-Hans"), ("en-hans".into(), None));
+    }
+
+    #[test]
+    fn old_stored_options_read_without_a_script() {
+        let old: TaskOptions =
+            serde_json::from_str(r#"{"language": "zh", "translate": false, "format": null}"#)
+                .unwrap();
+        assert_eq!(old.zh_script, None);
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("zh_script").is_none(), "{json}");
+    }
 }

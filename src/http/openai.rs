@@ -29,7 +29,7 @@ use crate::app::NoSlot;
 use crate::audio::decode::DecodeLimits;
 use crate::audio::{AudioStream, Truncation};
 use crate::domain::TaskId;
-use crate::domain::{FailureCode, OutputFormat, Task};
+use crate::domain::{split_language_tag, FailureCode, OutputFormat, Task};
 use crate::inference::engine::{self, Options};
 use crate::jobs::{Follow, Job, Source, TaskResult, Update};
 use crate::metrics;
@@ -225,7 +225,10 @@ fn parse_params(
     let stream = stream(form, format, task)?;
     let words = granularities(form, format)?;
     let temperature = temperature(form)?;
-    let language = form.get("language").map(str::to_ascii_lowercase);
+    let (language, zh_script) = match form.get("language").map(split_language_tag) {
+        Some((language, script)) => (Some(language), script),
+        None => (None, None),
+    };
     if !multilingual
         && language
             .as_deref()
@@ -243,6 +246,7 @@ fn parse_params(
         threads,
         token_timestamps: words,
         temperature,
+        zh_script,
         ..Options::default()
     };
     engine::validate(&options).map_err(|e| {
@@ -567,6 +571,7 @@ mod tests {
         TaskResult {
             transcript: crate::transcript::Transcript {
                 language: "en".into(),
+                language_probability: None,
                 duration: 5.5,
                 segments: vec![crate::transcript::Segment::new(0.0, 5.0, " And so")],
             },

@@ -169,6 +169,7 @@ mod tests {
         let mut result = TaskResult {
             transcript: Transcript {
                 language: "en".into(),
+                language_probability: None,
                 duration: 11.0,
                 segments: vec![
                     Segment::new(0.0, 5.0, " And so"),

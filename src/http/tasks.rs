@@ -136,6 +136,7 @@ mod tests {
         let result = TaskResult {
             transcript: Transcript {
                 language: "en".into(),
+                language_probability: None,
                 duration: 1.0,
                 segments: vec![segment(" Hello there")],
             },

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use whisper_rs::{whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperState};
 
+use super::script;
 use crate::audio::SAMPLE_RATE;
+use crate::domain::ZhScript;
 use crate::transcript::{Segment, Token};
 
 /// How one job should be decoded. Every field has a sensible default (see [`Options::default`]).
@@ -41,6 +43,8 @@ pub struct Options {
     /// likely text; either way whisper.cpp raises it by 0.2 per retry when a window decodes to
     /// repetitive or unlikely text (not in low-latency mode).
     pub temperature: f32,
+    /// Script for Mandarin output ([`super::script`]); `None` = the pool's default.
+    pub zh_script: Option<ZhScript>,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             token_timestamps: false,
             low_latency: false,
             temperature: 0.0,
+            zh_script: None,
         }
     }
 }
@@ -124,6 +129,26 @@ pub fn validate(options: &Options) -> Result<(), InferenceError> {
     Ok(())
 }
 
+/// The language a job was transcribed in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// Whisper's code ("en", "zh", …), as asked for or as detected.
+    pub language: String,
+    /// Whisper's probability for the detected language; `None` when the caller named it
+    /// (or the model is English-only).
+    pub probability: Option<f32>,
+}
+
+impl Detection {
+    /// A language the job was told to use.
+    pub fn given(language: &str) -> Self {
+        Detection {
+            language: language.to_owned(),
+            probability: None,
+        }
+    }
+}
+
 /// Runs one transcription on `state`, calling `on_segment` for every segment as whisper.cpp
 /// finalises it (times relative to the start of `audio`). `should_abort` is polled from
 /// whisper.cpp's compute threads; when it returns true the job stops with
@@ -135,16 +160,29 @@ pub fn run(
     options: &Options,
     on_segment: &mut dyn FnMut(Segment),
     should_abort: &(dyn Fn() -> bool + Sync),
-) -> Result<String, InferenceError> {
+) -> Result<Detection, InferenceError> {
     validate(options)?;
     let language = job_language(options, multilingual);
     if audio.is_empty() {
-        return Ok(language.unwrap_or("en").to_owned());
+        return Ok(Detection::given(language.unwrap_or("en")));
     }
     let audio = prepare_audio(audio);
+    let detection = match language {
+        Some(language) => Detection::given(language),
+        None => detect_language(state, &audio, options.threads)?,
+    };
+    // Detected here rather than inside `full`, which would not say how sure it was; the same
+    // computation (the first 30 s, offset 0), so the text is what auto-detection gives.
+    let options = Options {
+        language: Some(detection.language.clone()),
+        ..options.clone()
+    };
+    let options = &options;
     let mut sink = SegmentSink {
         on_segment,
         token_timestamps: options.token_timestamps,
+        translate: options.translate && multilingual,
+        zh_script: options.zh_script.unwrap_or_default(),
         failed: &AtomicBool::new(false),
     };
     let abort = AbortCheck {
@@ -171,7 +209,29 @@ pub fn run(
         return Err(InferenceError::Aborted);
     }
     result.map_err(|e| InferenceError::Whisper(e.to_string()))?;
-    Ok(language.map_or_else(|| detected_language(state), str::to_owned))
+    Ok(detection)
+}
+
+/// Whisper's language detection on the start of `audio`: the most likely language and its
+/// probability.
+fn detect_language(
+    state: &mut WhisperState,
+    audio: &[f32],
+    threads: usize,
+) -> Result<Detection, InferenceError> {
+    let threads = threads.clamp(1, 64);
+    let failed = |e: whisper_rs::WhisperError| {
+        InferenceError::Whisper(format!("language detection failed: {e}"))
+    };
+    state.pcm_to_mel(audio, threads).map_err(failed)?;
+    let (id, probabilities) = state.lang_detect(0, threads).map_err(failed)?;
+    let language = whisper_rs::get_lang_str(id).unwrap_or("en");
+    Ok(Detection {
+        language: language.to_owned(),
+        probability: usize::try_from(id)
+            .ok()
+            .and_then(|i| probabilities.get(i).copied()),
+    })
 }
 
 /// The language to force, or `None` to let Whisper detect it.
@@ -180,12 +240,6 @@ fn job_language(options: &Options, multilingual: bool) -> Option<&str> {
         return Some("en");
     }
     options.language.as_deref().filter(|l| *l != "auto")
-}
-
-fn detected_language(state: &WhisperState) -> String {
-    whisper_rs::get_lang_str(state.full_lang_id_from_state())
-        .unwrap_or("en")
-        .to_owned()
 }
 
 /// Replaces non-finite samples (which would poison the spectrogram) and pads very short input.
@@ -291,6 +345,10 @@ struct SegmentSink<'a> {
     on_segment: &'a mut dyn FnMut(Segment),
     /// Whether to read per-token timing.
     token_timestamps: bool,
+    /// Whether the job translates (then the text is English, never converted).
+    translate: bool,
+    /// The script Mandarin text is put in, if the language turns out to be Mandarin.
+    zh_script: ZhScript,
     /// Set when the callback panicked, so the job fails and whisper.cpp is told to stop.
     failed: &'a AtomicBool,
 }
@@ -314,8 +372,15 @@ unsafe extern "C" fn on_new_segment(
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: whisper.cpp passes its live context and state for this call.
         let total = unsafe { sys::whisper_full_n_segments_from_state(state) };
+        // Forced or detected, the language is settled before the first segment.
+        let language = unsafe { sys::whisper_full_lang_id_from_state(state) };
+        let language = whisper_rs::get_lang_str(language).unwrap_or("en");
+        let conversion = script::conversion_for(language, sink.translate, sink.zh_script);
         for index in (total - n_new).max(0)..total {
-            let segment = unsafe { read_segment(ctx, state, index, sink.token_timestamps) };
+            let mut segment = unsafe { read_segment(ctx, state, index, sink.token_timestamps) };
+            if let Some(to) = conversion {
+                script::apply(&mut segment, to);
+            }
             if !segment.text.is_empty() {
                 (sink.on_segment)(segment);
             }

@@ -107,6 +107,7 @@ pub fn transcribe<E>(
     let fallback = if pool.is_multilingual() { "" } else { "en" };
     Ok(Transcript {
         language: timeline.language.unwrap_or_else(|| fallback.into()),
+        language_probability: timeline.language_probability,
         duration: windows.consumed as f64 / RATE as f64,
         segments: timeline.segments,
     })
@@ -130,6 +131,8 @@ struct Timeline {
     segments: Vec<Segment>,
     /// The language forced by the caller or detected in the first window with speech.
     language: Option<String>,
+    /// How sure Whisper was of `language`, when it detected it.
+    language_probability: Option<f32>,
     /// End of the last emitted segment, so times never go backwards.
     last_end: f64,
 }
@@ -139,6 +142,7 @@ impl Timeline {
         Timeline {
             segments: Vec::new(),
             language,
+            language_probability: None,
             last_end: 0.0,
         }
     }
@@ -160,7 +164,10 @@ impl Timeline {
                         self.segments.push(segment);
                     }
                     Some(JobEvent::Done(summary)) => {
-                        self.language.get_or_insert(summary.language);
+                        if self.language.is_none() {
+                            self.language = Some(summary.language);
+                            self.language_probability = summary.language_probability;
+                        }
                         break;
                     }
                     Some(JobEvent::Failed(error)) => return Err(error.into()),

@@ -3,6 +3,7 @@
 //! - [`engine`]: one Whisper state running one job, with segments reported as they appear.
 //! - [`pool`]: the shared model, worker threads, the bounded job queue.
 //! - [`vad`]: where speech is (Silero VAD, or an energy fallback), to cut windows at pauses.
+//! - [`script`]: Mandarin output put in the requested script (Simplified, Traditional, as is).
 //! - [`long`]: a stream of 16 kHz audio of any length → windows → jobs → one continuous timeline.
 //!
 //! This module must not know about sockets or file formats; it takes 16 kHz mono `f32`.
@@ -10,6 +11,7 @@
 pub mod engine;
 pub mod long;
 pub mod pool;
+pub mod script;
 pub mod vad;
 
 pub use engine::{InferenceError, Options};

@@ -24,8 +24,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use whisper_rs::{WhisperContext, WhisperContextParameters, WhisperState};
 
-use super::engine::{self, InferenceError, Options};
+use super::engine::{self, Detection, InferenceError, Options};
 use crate::audio::{SharedAudio, SAMPLE_RATE};
+use crate::domain::ZhScript;
 use crate::transcript::Segment;
 
 /// Events buffered per job before the worker waits for the requester to read them.
@@ -40,6 +41,8 @@ pub struct PoolConfig {
     pub workers: usize,
     /// Jobs that may wait for a worker; beyond this, `submit` answers [`Busy`].
     pub queue_capacity: usize,
+    /// Script for Mandarin output when a job does not name one (the server's `--zh-script`).
+    pub zh_script: ZhScript,
 }
 
 /// The queue is full; the caller should retry later (or tell its client to).
@@ -66,6 +69,8 @@ pub enum JobEvent {
 pub struct JobSummary {
     /// The language Whisper used (forced or detected).
     pub language: String,
+    /// How sure Whisper was of the language it detected; `None` when it was forced.
+    pub language_probability: Option<f32>,
     /// Length of the job's audio, for real-time-factor reporting.
     pub audio_secs: f64,
     /// Wall time the worker spent on the job.
@@ -202,13 +207,12 @@ impl Pool {
             let state = context
                 .create_state()
                 .map_err(|e| InferenceError::Worker(e.to_string()))?;
-            threads.push(spawn_worker(
-                id,
+            let worker = Worker {
                 state,
                 multilingual,
-                receiver.clone(),
-                shared.clone(),
-            )?);
+                zh_script: config.zh_script,
+            };
+            threads.push(spawn_worker(id, worker, receiver.clone(), shared.clone())?);
         }
         let model_name = model_name(&config.model_path);
         info!(model = %model_name, workers, queue = config.queue_capacity, "inference pool started");
@@ -344,10 +348,19 @@ fn new_job(audio: SharedAudio, options: Options) -> (Job, JobHandle) {
     )
 }
 
+/// What one worker thread owns.
+struct Worker {
+    /// Its own decoder state, never shared.
+    state: WhisperState,
+    /// Whether the model knows languages other than English.
+    multilingual: bool,
+    /// The script for Mandarin jobs that name none.
+    zh_script: ZhScript,
+}
+
 fn spawn_worker(
     id: usize,
-    mut state: WhisperState,
-    multilingual: bool,
+    mut worker: Worker,
     queue: Receiver<Job>,
     shared: Arc<Shared>,
 ) -> Result<JoinHandle<()>, InferenceError> {
@@ -355,11 +368,15 @@ fn spawn_worker(
         .name(format!("whisper-{id}"))
         .spawn(move || {
             serve(&queue, &shared, &mut |job, on_segment, should_abort| {
+                let options = Options {
+                    zh_script: job.options.zh_script.or(Some(worker.zh_script)),
+                    ..job.options.clone()
+                };
                 engine::run(
-                    &mut state,
-                    multilingual,
+                    &mut worker.state,
+                    worker.multilingual,
                     &job.audio,
-                    &job.options,
+                    &options,
                     on_segment,
                     should_abort,
                 )
@@ -375,7 +392,7 @@ type Runner<'a> = dyn FnMut(
         &Job,
         &mut dyn FnMut(Segment),
         &(dyn Fn() -> bool + Sync),
-    ) -> Result<String, InferenceError>
+    ) -> Result<Detection, InferenceError>
     + Send
     + 'a;
 
@@ -413,10 +430,11 @@ fn run_one(job: &Job, runner: &mut Runner, shared: &Shared) -> JobEvent {
     });
     let processing_secs = started.elapsed().as_secs_f64();
     match outcome {
-        Ok(language) => {
+        Ok(detection) => {
             shared.completed.fetch_add(1, Ordering::SeqCst);
             JobEvent::Done(JobSummary {
-                language,
+                language: detection.language,
+                language_probability: detection.probability,
                 audio_secs: job.audio.len() as f64 / SAMPLE_RATE as f64,
                 processing_secs,
             })
@@ -458,7 +476,7 @@ mod tests {
                 panic!("bug triggered by this job");
             }
             on_segment(segment("fine"));
-            Ok("en".into())
+            Ok(Detection::given("en"))
         }));
         let (bad, mut bad_handle) = new_job(Vec::new().into(), Options::default());
         let (good, good_handle) = new_job(vec![0.0; 16].into(), Options::default());
@@ -479,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_job_abandoned_in_the_queue_is_skipped() {
-        let (sender, shared, thread) = fake_pool(Box::new(|_, _, _| Ok("en".into())));
+        let (sender, shared, thread) = fake_pool(Box::new(|_, _, _| Ok(Detection::given("en"))));
         let (job, handle) = new_job(vec![0.0; 16].into(), Options::default());
         drop(handle);
         sender.send(job).unwrap();
@@ -511,7 +529,7 @@ mod tests {
 
     #[test]
     fn the_worker_lets_go_of_lent_audio_before_the_final_event() {
-        let (sender, _shared, thread) = fake_pool(Box::new(|_, _, _| Ok("en".into())));
+        let (sender, _shared, thread) = fake_pool(Box::new(|_, _, _| Ok(Detection::given("en"))));
         let mut buffer = crate::audio::SharedBuffer::default();
         buffer.push(&[0.1; 16]);
         let audio = buffer.snapshot();
@@ -542,6 +560,7 @@ mod tests {
             model_path: "/nonexistent/ggml-x.bin".into(),
             workers: 1,
             queue_capacity: 1,
+            zh_script: ZhScript::default(),
         })
         .unwrap_err();
         assert!(matches!(error, InferenceError::ModelLoad { .. }));

@@ -123,6 +123,7 @@ mod tests {
         TaskResult {
             transcript: Transcript {
                 language: "en".into(),
+                language_probability: None,
                 duration: 1.0,
                 segments,
             },

@@ -76,6 +76,7 @@ pub fn engine_options(options: &TaskOptions, threads: usize) -> Options {
         language: options.language.clone().filter(|l| l != "auto"),
         translate: options.translate,
         threads,
+        zh_script: options.zh_script,
         ..Options::default()
     }
 }

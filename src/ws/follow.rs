@@ -147,6 +147,7 @@ pub fn complete_msg(
         text: t.text(),
         segments: t.segments.clone(),
         language: t.language.clone(),
+        language_probability: t.language_probability,
         duration: t.duration,
         processing_seconds: result.processing_seconds,
         formatted,

@@ -65,6 +65,7 @@ impl Connection {
                 "a stream is already open on this connection; send stream_end first",
             ));
         }
+        self.check_language(&start.options)?;
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
         self.claim(task_id, "omit it and the server picks one")
             .await?;
@@ -197,8 +198,9 @@ struct Runner {
     task_id: TaskId,
     options: Options,
     cancel: CancellationToken,
-    /// The language of the latest hypothesis (Whisper's detection when none was asked for).
-    language: std::sync::Mutex<Option<String>>,
+    /// The language of the latest hypothesis (Whisper's detection when none was asked for)
+    /// and, when detected, Whisper's probability for it.
+    language: std::sync::Mutex<Option<(String, Option<f32>)>>,
 }
 
 /// A hypothesis being computed.
@@ -338,7 +340,8 @@ impl Runner {
                     segments = p.segments.len(),
                     "live hypothesis"
                 );
-                *self.language.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary.language);
+                *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((summary.language, summary.language_probability));
                 let segments = p.segments;
                 for output in policy.on_result(p.span, segments) {
                     self.emit(output, committed).await;
@@ -396,12 +399,14 @@ impl Runner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let language = detected
-            .or_else(|| self.options.language.clone())
-            .unwrap_or_else(|| "en".into());
+        let (language, language_probability) = detected.unwrap_or_else(|| {
+            let asked = self.options.language.clone();
+            (asked.unwrap_or_else(|| "en".into()), None)
+        });
         let result = TaskResult {
             transcript: Transcript {
                 language,
+                language_probability,
                 duration,
                 segments,
             },

@@ -37,7 +37,7 @@ pub use outbound::{Closed, Outbound};
 
 use crate::access::Caller;
 use crate::app::{AppState, UploadSlot};
-use crate::domain::TaskId;
+use crate::domain::{TaskId, TaskOptions};
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage};
 
 /// Close codes this server uses (RFC 6455 §7.4.1).
@@ -394,6 +394,24 @@ impl Connection {
         }
     }
 }
+impl Connection {
+    /// Refuses, before any work, a language the server's model cannot transcribe: an
+    /// English-only model knows only `en`.
+    fn check_language(&self, options: &TaskOptions) -> Result<(), ProtocolError> {
+        let pool = &self.state.pool;
+        match options.language.as_deref() {
+            Some(language) if language != "en" && !pool.is_multilingual() => {
+                Err(ProtocolError::invalid(format!(
+                    "the server's model ({}) is English-only: language {language:?} needs a \
+                     multilingual model; send \"en\" or \"auto\"",
+                    pool.model_name()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A frame's payload length, counted as received bytes.
 fn message_len(msg: &Message) -> usize {
     match msg {

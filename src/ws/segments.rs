@@ -112,6 +112,7 @@ async fn run(
     let mut offset = 0.0;
     let mut all: Vec<Segment> = Vec::new();
     let mut language = options.language.clone().unwrap_or_else(|| "en".into());
+    let mut language_probability = None;
     while let Some(piece) = rx.recv().await {
         let is_final = piece.is_final;
         let len = piece.samples.len() as f64 / f64::from(crate::audio::SAMPLE_RATE);
@@ -136,6 +137,7 @@ async fn run(
         match job.await {
             Ok(Ok(t)) => {
                 language = t.language.clone();
+                language_probability = t.language_probability;
                 for mut s in t.segments {
                     s.start += offset;
                     s.end += offset;
@@ -154,6 +156,7 @@ async fn run(
     let result = TaskResult {
         transcript: Transcript {
             language,
+            language_probability,
             duration: offset,
             segments: all,
         },

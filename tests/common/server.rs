@@ -24,6 +24,7 @@ pub static TINY: LazyLock<Pool> = LazyLock::new(|| {
         model_path: super::model("ggml-tiny.en.bin"),
         workers: 1,
         queue_capacity: 16,
+        zh_script: Default::default(),
     })
     .expect("the tiny.en pool starts")
 });
@@ -34,6 +35,7 @@ pub static MULTILINGUAL: LazyLock<Pool> = LazyLock::new(|| {
         model_path: super::model("ggml-base-q5_1.bin"),
         workers: 1,
         queue_capacity: 16,
+        zh_script: Default::default(),
     })
     .expect("the base-q5_1 pool starts")
 });

@@ -168,6 +168,7 @@ impl UploadOutcome {
 pub fn to_transcript(c: &TranscriptionComplete) -> Transcript {
     Transcript {
         language: c.language.clone(),
+        language_probability: c.language_probability,
         duration: c.duration,
         segments: c.segments.clone(),
     }

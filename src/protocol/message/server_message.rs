@@ -216,6 +216,10 @@ pub struct TranscriptionComplete {
     pub segments: Vec<Segment>,
     /// Detected or requested language code.
     pub language: String,
+    /// Whisper's probability (0–1) for the language it detected; absent when the client
+    /// named the language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_probability: Option<f32>,
     /// Seconds of audio.
     pub duration: f64,
     /// Wall-clock seconds the server spent, for the client's curiosity.
@@ -325,6 +329,7 @@ mod tests {
             text: "hello".into(),
             segments: vec![],
             language: "en".into(),
+            language_probability: None,
             duration: 5.5,
             processing_seconds: 0.2,
             formatted: None,
@@ -343,6 +348,7 @@ mod tests {
         assert_eq!(back, ServerMessage::TranscriptionComplete(cut));
         let v = serde_json::to_value(ServerMessage::TranscriptionComplete(complete)).unwrap();
         assert!(v["data"].get("truncated").is_none(), "{v}");
+        assert!(v["data"].get("language_probability").is_none(), "{v}");
     }
 
     #[test]
@@ -388,6 +394,7 @@ mod tests {
                 text: "hello".into(),
                 segments: vec![seg],
                 language: "en".into(),
+                language_probability: Some(0.97),
                 duration: 1.5,
                 processing_seconds: 0.2,
                 formatted: None,

@@ -22,8 +22,8 @@ use super::client_message::{
     AudioFormat, AudioSegment, ClientMessage, StreamEnd, StreamStart, TaskOptions, TaskRef,
     Transport, UploadChunk, UploadFinish, UploadMode, UploadRequest,
 };
-use crate::domain::OutputFormat;
 use crate::domain::TaskId;
+use crate::domain::{split_language_tag, OutputFormat, ZhScript};
 use crate::protocol::error::{ErrorCode, ProtocolError};
 use crate::protocol::{file_extension, sanitize_file_name, truncate, Limits};
 use crate::upload::digest::FileHashes;
@@ -77,7 +77,7 @@ struct WireUploadRequest<'a> {
     file_sha256: Option<String>,
     /// BLAKE3 hex of the whole file (fast path).
     file_blake3: Option<String>,
-    /// Spoken language or "auto".
+    /// Spoken language, "auto", or `zh-Hans` / `zh-Hant` (Mandarin in that script).
     language: Option<String>,
     /// Translate to English.
     translate: Option<bool>,
@@ -150,7 +150,7 @@ struct WireStreamStart {
     sample_rate: Option<u32>,
     /// Raw PCM channel count.
     channels: Option<u16>,
-    /// Spoken language or "auto".
+    /// Spoken language, "auto", or `zh-Hans` / `zh-Hant` (Mandarin in that script).
     language: Option<String>,
     /// Translate to English.
     translate: Option<bool>,
@@ -324,20 +324,23 @@ fn decode_base64(text: &str, field: &str, max: u64) -> Result<Vec<u8>, ProtocolE
     Ok(data)
 }
 
-fn validate_language(language: Option<String>) -> Result<Option<String>, ProtocolError> {
+/// `language` as the Whisper code and the Mandarin script it names (`zh-Hans`, `zh-Hant`).
+fn validate_language(
+    language: Option<String>,
+) -> Result<(Option<String>, Option<ZhScript>), ProtocolError> {
     let Some(lang) = language else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let lang = lang.trim().to_ascii_lowercase();
+    let (lang, script) = split_language_tag(&lang);
     if lang.is_empty() || lang == "auto" {
-        return Ok(None);
+        return Ok((None, None));
     }
     if !(2..=8).contains(&lang.len()) || !lang.bytes().all(|b| b.is_ascii_lowercase()) {
         return Err(ProtocolError::invalid(
-            "field `language` must be a language code such as \"en\" or \"auto\"",
+            "field `language` must be a language code such as \"en\", \"zh-Hans\" or \"auto\"",
         ));
     }
-    Ok(Some(lang))
+    Ok((Some(lang), script))
 }
 
 fn validate_output_format(format: Option<String>) -> Result<Option<OutputFormat>, ProtocolError> {
@@ -408,6 +411,7 @@ fn validate_upload_request(
         return Err(ProtocolError::invalid("missing field `file_hash`"));
     }
     let file_name = sanitize_file_name(&wire.file_name);
+    let (language, zh_script) = validate_language(wire.language)?;
     Ok(ClientMessage::UploadRequest(UploadRequest {
         extension: file_extension(&file_name),
         file_name,
@@ -416,9 +420,10 @@ fn validate_upload_request(
         mode,
         transport,
         options: TaskOptions {
-            language: validate_language(wire.language)?,
+            language,
             translate: wire.translate.unwrap_or(false),
             format: validate_output_format(wire.format)?,
+            zh_script,
         },
     }))
 }
@@ -535,15 +540,17 @@ fn validate_stream_start(wire: WireStreamStart) -> Result<ClientMessage, Protoco
             ));
         }
     }
+    let (language, zh_script) = validate_language(wire.language)?;
     Ok(ClientMessage::StreamStart(StreamStart {
         task_id,
         format,
         sample_rate,
         channels,
         options: TaskOptions {
-            language: validate_language(wire.language)?,
+            language,
             translate: wire.translate.unwrap_or(false),
             format: None,
+            zh_script,
         },
     }))
 }

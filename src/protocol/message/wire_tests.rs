@@ -298,7 +298,19 @@ fn language_and_format_are_validated() {
         panic!()
     };
     assert_eq!(r.options.language, None);
-    for bad in ["e", "en-US", "../x", "english language"] {
+    for (tag, script) in [
+        ("zh-Hans", ZhScript::Simplified),
+        ("ZH-HANT", ZhScript::Traditional),
+    ] {
+        let mut v = seed_request();
+        v["data"]["language"] = json!(tag);
+        let ClientMessage::UploadRequest(r) = parse(v).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.options.language.as_deref(), Some("zh"), "{tag}");
+        assert_eq!(r.options.zh_script, Some(script), "{tag}");
+    }
+    for bad in ["e", "en-US", "../x", "english language", "en-Hans"] {
         let mut v = seed_request();
         v["data"]["language"] = json!(bad);
         assert!(err(v).message.contains("language"), "{bad}");
@@ -486,6 +498,15 @@ fn stream_start_defaults_and_checks() {
     assert_eq!(s.format, AudioFormat::Webm);
     assert_eq!(s.format.extension_hint(), Some("webm"));
     assert_eq!(s.options.language.as_deref(), Some("de"));
+    assert_eq!(s.options.zh_script, None);
+
+    let ClientMessage::StreamStart(s) =
+        parse(json!({"type": "stream_start", "data": {"language": "zh-Hant"}})).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s.options.language.as_deref(), Some("zh"));
+    assert_eq!(s.options.zh_script, Some(ZhScript::Traditional));
 
     let e = err(json!({"type": "stream_start", "data": {"format": "midi"}}));
     assert_eq!(e.code, ErrorCode::UnsupportedAudio);

@@ -43,6 +43,7 @@ fn new_upload(data: &[u8]) -> NewUpload {
             language: Some("en".into()),
             translate: false,
             format: None,
+            zh_script: None,
         },
         owner: None,
         client: "ip:127.0.0.1".into(),
