@@ -135,6 +135,10 @@ impl Conn {
         let mut tick = tokio::time::interval(TICK);
         loop {
             let waiting_for_client = !self.utterance.as_ref().is_some_and(Utterance::is_stopped);
+            if !waiting_for_client {
+                // The server is working; the client's silence counts from when it is done.
+                deadline = Instant::now() + idle;
+            }
             let step = tokio::select! {
                 _ = shutdown.cancelled() => Step::Close(Some(Refusal::fatal(
                     "shutting-down", "the server is shutting down"))),

@@ -243,3 +243,98 @@ impl Utterance {
         (&self.text, language)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONO16K: AudioFormat = AudioFormat {
+        rate: 16_000,
+        width: 2,
+        channels: 1,
+    };
+
+    fn utterance(max_secs: f64) -> Utterance {
+        Utterance::start(MONO16K, Options::default(), max_secs).unwrap()
+    }
+
+    #[test]
+    fn only_16_bit_pcm_at_a_usable_rate_starts() {
+        for (rate, width, channels) in [(16_000, 3, 1), (16_000, 2, 0), (10, 2, 1)] {
+            let format = AudioFormat {
+                rate,
+                width,
+                channels,
+            };
+            let refusal = Utterance::start(format, Options::default(), 60.0)
+                .err()
+                .unwrap();
+            assert_eq!(refusal.code, "unsupported-audio");
+            assert!(refusal.fatal);
+        }
+        let stereo = AudioFormat {
+            rate: 44_100,
+            width: 2,
+            channels: 2,
+        };
+        assert!(Utterance::start(stereo, Options::default(), 60.0).is_ok());
+    }
+
+    #[test]
+    fn chunks_must_repeat_the_announced_format() {
+        let mut u = utterance(60.0);
+        u.push(MONO16K, &[0; 640]).unwrap();
+        let other = AudioFormat {
+            rate: 8_000,
+            ..MONO16K
+        };
+        let refusal = u.push(other, &[0; 640]).unwrap_err();
+        assert_eq!(refusal.code, "unannounced-format");
+        assert!(refusal.fatal);
+    }
+
+    #[test]
+    fn audio_past_the_cap_is_refused() {
+        let mut u = utterance(1.0);
+        let half_second = vec![0u8; 16_000];
+        u.push(MONO16K, &half_second).unwrap();
+        u.push(MONO16K, &half_second).unwrap();
+        let refusal = u.push(MONO16K, &[0; 2]).unwrap_err();
+        assert_eq!(refusal.code, "audio-too-long");
+    }
+
+    #[test]
+    fn after_stop_chunks_are_refused_and_a_silent_utterance_has_no_text() {
+        let mut u = utterance(60.0);
+        u.push(MONO16K, &[0; 3200]).unwrap();
+        u.stop().unwrap();
+        assert!(u.is_stopped());
+        assert_eq!(u.push(MONO16K, &[0; 2]).unwrap_err().code, "audio-stopped");
+        // Silence never reaches Whisper: nothing to finish.
+        assert!(u.policy.finish().is_none());
+        assert_eq!(u.result(), ("", "en".to_string()));
+    }
+
+    #[test]
+    fn committed_segments_become_chunks_that_add_up_to_the_text() {
+        let mut u = utterance(60.0);
+        let outputs = vec![
+            LiveOutput::Partial {
+                text: "and so my".into(),
+                revision: 1,
+            },
+            LiveOutput::Commit(vec![
+                Segment::new(0.0, 1.0, " And so"),
+                Segment::new(1.0, 2.0, "  "),
+                Segment::new(2.0, 3.0, " my fellow Americans,"),
+            ]),
+        ];
+        let chunks = u.chunks(outputs);
+        assert_eq!(chunks, ["And so", " my fellow Americans,"]);
+        let more = u.chunks(vec![LiveOutput::Commit(vec![Segment::new(
+            3.0, 4.0, "ask not",
+        )])]);
+        assert_eq!(more, [" ask not"]);
+        assert_eq!(u.result().0, "And so my fellow Americans, ask not");
+    }
+}
