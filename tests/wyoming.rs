@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -29,32 +29,29 @@ struct Server {
     child: Child,
     /// The Wyoming address it logged.
     wyoming: SocketAddr,
+    /// Its settings file, models and data (kept as long as the server).
+    dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts the binary with `settings` as its config file (plus `env`) and waits for its
     /// `wyoming listening: tcp://ADDR` log line.
-    fn start(dir: &Path, settings: &str, env: &[(&str, &str)]) -> Server {
-        let config = dir.join("earshot.toml");
+    fn start(settings: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("earshot.toml");
         std::fs::write(&config, settings).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_earshot"))
-            .arg("serve")
+        let mut child = common::earshot_serve()
             .arg("--config")
             .arg(&config)
             .arg("--model")
             .arg(common::model("ggml-tiny.en.bin"))
             .arg("--models-dir")
-            .arg(dir.join("models"))
+            .arg(dir.path().join("models"))
             .arg("--data-dir")
-            .arg(dir.join("data"))
+            .arg(dir.path().join("data"))
             .args(["--listen", "127.0.0.1:0", "--threads", "2"])
-            .env("EARSHOT_MODEL_MIRROR", common::models_dir())
             .env("EARSHOT_MODEL_HUB", NO_HUB)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("earshot starts");
         let stderr = child.stderr.take().unwrap();
@@ -73,7 +70,11 @@ impl Server {
             panic!("earshot serve did not log its Wyoming address");
         };
         let wyoming = addr.parse().expect("a socket address in the log line");
-        Server { child, wyoming }
+        Server {
+            child,
+            wyoming,
+            dir,
+        }
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited successfully.
@@ -145,35 +146,19 @@ fn closing_error(socket: TcpStream) -> String {
 
 #[test]
 fn home_assistant_s_wyoming_client_works_unchanged() {
-    let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(
-        tmp.path(),
         "wyoming = \"127.0.0.1:0\"\nwyoming-idle-timeout = \"2s\"\n",
         &[],
     );
-    let mono = pcm(tmp.path(), 16_000, 1);
-    let stereo = pcm(tmp.path(), 44_100, 2);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wyoming_client.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(server.wyoming.ip().to_string())
-        .arg(server.wyoming.port().to_string())
-        .arg(mono)
-        .arg(stereo)
-        .output()
-        .expect("python3 runs (install Python 3 and `pip install wyoming`)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'wyoming'"),
-        "the wyoming package is missing: pip install wyoming"
-    );
-    assert!(
-        output.status.success(),
-        "Wyoming checks failed:\n{stdout}\n{stderr}"
-    );
-    let texts: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("the script's last line is JSON ({e}):\n{stdout}"));
+    let mono = pcm(server.dir.path(), 16_000, 1);
+    let stereo = pcm(server.dir.path(), 44_100, 2);
+    let args = [
+        server.wyoming.ip().to_string(),
+        server.wyoming.port().to_string(),
+        mono.display().to_string(),
+        stereo.display().to_string(),
+    ];
+    let texts = common::python_checks("wyoming_client.py", &args, "wyoming");
     let reference = common::reference(RECORDING);
     for key in ["batch", "streaming", "beside_bad_input"] {
         let text = texts[key].as_str().unwrap();
@@ -196,9 +181,7 @@ fn home_assistant_s_wyoming_client_works_unchanged() {
 
 #[test]
 fn connections_over_the_cap_are_told_busy_and_a_freed_slot_serves_again() {
-    let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(
-        tmp.path(),
         "wyoming = \"127.0.0.1:0\"\n",
         &[
             ("EARSHOT_WYOMING_MAX_CONNECTIONS", "1"),
