@@ -15,6 +15,7 @@
 //! - [`app`]: the shared state every connection uses, built from the settings.
 //! - [`ws`]: one WebSocket connection. [`http`]: the OpenAI-compatible HTTP API, task lookup,
 //!   metrics scrape, readiness, access control. [`client`]: clients for the server.
+//!   [`wyoming`]: the Wyoming protocol over TCP (Home Assistant's voice pipeline).
 //! - [`server`]: the composition root, `server::run(listener, state, shutdown)`.
 //! - [`cli`]: the `earshot` commands; `src/bin/earshot.rs` is a thin layer over it.
 
@@ -37,3 +38,4 @@ pub mod server;
 pub mod transcript;
 pub mod upload;
 pub mod ws;
+pub mod wyoming;

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["jobs"],
     &["app"],
-    &["ws", "http", "client"],
+    &["ws", "http", "client", "wyoming"],
     &["server"],
     &["cli"],
 ];

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -25,9 +25,8 @@ struct Process {
 impl Process {
     /// Starts the binary on port 0 and waits for its "earshot listening" log line.
     fn start(data_dir: &Path, models_dir: &Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_earshot"))
+        let mut child = common::earshot_serve()
             .args([
-                "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--threads",
@@ -41,11 +40,6 @@ impl Process {
             .arg(models_dir)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("EARSHOT_MODEL_MIRROR", common::models_dir())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("earshot starts");
         let stderr = child.stderr.take().unwrap();

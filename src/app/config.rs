@@ -152,6 +152,24 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
     pub rate_limit_per_minute: u32,
 
+    /// Also speak the Wyoming protocol (Home Assistant's voice pipeline) on this TCP address,
+    /// e.g. 0.0.0.0:10300. Off when unset.
+    #[arg(long, env = "EARSHOT_WYOMING", value_name = "ADDR")]
+    pub wyoming: Option<SocketAddr>,
+
+    /// A Wyoming client that sends nothing for this long while the server waits for it (or
+    /// does not read what the server sends) is closed.
+    #[arg(long, env = "EARSHOT_WYOMING_IDLE_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub wyoming_idle_timeout: Duration,
+
+    /// Open Wyoming connections at once; one more is answered `busy` and closed.
+    #[arg(long, env = "EARSHOT_WYOMING_MAX_CONNECTIONS", default_value_t = 32, value_parser = at_least_one)]
+    pub wyoming_max_connections: usize,
+
+    /// Longest audio one Wyoming transcription may send; longer is refused (`audio-too-long`).
+    #[arg(long, env = "EARSHOT_WYOMING_MAX_AUDIO", default_value = "5m", value_parser = positive_duration)]
+    pub wyoming_max_audio: Duration,
+
     /// Free disk space in the data directory below which /readyz reports not ready, and which
     /// uploads may not eat into: one that would is refused with `quota_exceeded` (HTTP 507).
     #[arg(long, env = "EARSHOT_MIN_FREE_DISK", default_value = "1GiB")]

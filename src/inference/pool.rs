@@ -288,6 +288,17 @@ impl Pool {
         self.inner.multilingual
     }
 
+    /// The languages the loaded model transcribes, as Whisper codes: `en` alone for an
+    /// English-only model, Whisper's whole list for a multilingual one.
+    pub fn languages(&self) -> Vec<&'static str> {
+        if !self.is_multilingual() {
+            return vec!["en"];
+        }
+        (0..=whisper_rs::get_lang_max_id())
+            .filter_map(whisper_rs::get_lang_str)
+            .collect()
+    }
+
     /// Short model name, e.g. "tiny.en".
     pub fn model_name(&self) -> &str {
         &self.inner.model_name

@@ -1,5 +1,6 @@
 //! The composition root: one port serving the WebSocket sessions ([`crate::ws`], on `/` and
-//! `/ws`), the HTTP API ([`crate::http`]), the page and health checks.
+//! `/ws`), the HTTP API ([`crate::http`]), the page and health checks; and, when
+//! `--wyoming` is set, a second port speaking Wyoming ([`crate::wyoming`]).
 //!
 //! [`run`] takes a bound listener, the shared [`AppState`] and a shutdown future, as mini-redis
 //! does, so tests start the real server on `127.0.0.1:0` and binaries decide about signals.
@@ -29,6 +30,12 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(addr) = state.config.wyoming {
+        let wyoming = bind_wyoming(addr).await?;
+        state
+            .tracker
+            .spawn(crate::wyoming::serve(wyoming, state.clone()));
+    }
     let app = routes::router(state.clone());
     let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
     state.jobs.resume_unfinished().await;
@@ -52,6 +59,17 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// Binds the Wyoming port and says where it is (`wyoming listening: tcp://ADDR`, the form
+/// Home Assistant and the `wyoming` package take).
+async fn bind_wyoming(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("binding the Wyoming address {addr}: {e}"))
+    })?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "wyoming listening: tcp://{bound}");
+    Ok(listener)
 }
 
 /// Expires idle uploads and old results once a minute.

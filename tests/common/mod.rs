@@ -165,3 +165,44 @@ pub fn first_half(dir: &std::path::Path, name: &str) -> PathBuf {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write the cut file");
     path
 }
+
+/// `earshot serve` as the process tests run it: the model mirror, no colour, the default log
+/// filter, stdout discarded and the log (stderr) on a pipe the test must keep draining.
+pub fn earshot_serve() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_earshot"));
+    cmd.arg("serve")
+        .env("EARSHOT_MODEL_MIRROR", models_dir())
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// Runs `python3 tests/SCRIPT ARGS…`, a test that drives the server with a real client
+/// package (`module`), and returns the JSON object its last line prints. Fails the test when
+/// the package is missing or any of the script's own checks fails.
+pub fn python_checks(script: &str, args: &[String], module: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let output = std::process::Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("python3 runs ({e}): install Python 3 and `pip install {module}`")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains(&format!("No module named '{module}'")),
+        "the {module} package is missing: pip install {module}"
+    );
+    assert!(
+        output.status.success(),
+        "{script} checks failed:\n{stdout}\n{stderr}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script}'s last line is JSON ({e}):\n{stdout}"))
+}
