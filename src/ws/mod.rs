@@ -137,7 +137,7 @@ pub async fn run<S, E>(
     let _gauge = crate::metrics::ConnectionGauge::open();
     let (sink, mut stream) = socket.split();
     let (out, rx) = Outbound::new(state.config.ping_timeout);
-    let mut writer = tokio::spawn(write_loop(sink, rx));
+    let writer = tokio::spawn(write_loop(sink, rx));
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let span = tracing::info_span!("conn", %id, %peer, tasks = tracing::field::Empty);
     let mut conn = Connection {
@@ -161,14 +161,23 @@ pub async fn run<S, E>(
         tracing::Instrument::instrument(fut, span.clone()).await
     };
     conn.cancel.cancel();
-    let _ = conn
-        .out
-        .send_raw(Message::Close(Some(CloseFrame {
-            code: code.0,
-            reason: code.1.into(),
-        })))
-        .await;
+    send_close(&conn.out, code).await;
     drop(conn);
+    drain(writer).await;
+    span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
+}
+
+/// Queues the close frame that ends a session.
+pub async fn send_close(out: &Outbound, (code, reason): (u16, &'static str)) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = out.send_raw(Message::Close(Some(frame))).await;
+}
+
+/// Waits (briefly) for the writer to flush the last messages and the close frame.
+pub async fn drain(mut writer: tokio::task::JoinHandle<()>) {
     // A client that stopped reading leaves the writer blocked on a full socket forever;
     // aborting it drops the socket, which is the only way to let go of such a client.
     if tokio::time::timeout(WRITER_GRACE, &mut writer)
@@ -177,10 +186,10 @@ pub async fn run<S, E>(
     {
         writer.abort();
     }
-    span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
 }
 
-async fn write_loop<K>(mut sink: K, mut rx: tokio::sync::mpsc::Receiver<Message>)
+/// Drains the outbound queue into the socket until a close frame or the queue's end.
+pub async fn write_loop<K>(mut sink: K, mut rx: tokio::sync::mpsc::Receiver<Message>)
 where
     K: Sink<Message> + Unpin,
 {
@@ -411,18 +420,23 @@ async fn sleep_until_some(deadline: Option<TokioInstant>) {
     }
 }
 
-/// Maps a read error to a close: oversized messages get 1009, anything else ends quietly.
 fn read_error<E: std::error::Error + 'static>(err: &E) -> Flow {
+    let (code, reason) = close_for_read_error(err);
+    Flow::Close(code, reason)
+}
+
+/// Maps a read error to a close: oversized messages get 1009, anything else ends quietly.
+pub fn close_for_read_error<E: std::error::Error + 'static>(err: &E) -> (u16, &'static str) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
             tracing::warn!("message over the size cap");
-            return Flow::Close(close::TOO_BIG, "message too big");
+            return (close::TOO_BIG, "message too big");
         }
         source = e.source();
     }
     tracing::debug!(%err, "read error");
-    Flow::Close(close::POLICY, "protocol error")
+    (close::POLICY, "protocol error")
 }
 
 use tokio_tungstenite::tungstenite;
