@@ -5,7 +5,6 @@
 mod common;
 
 use common::server::{TestServer, MULTILINGUAL, TINY};
-use serde_json::Value;
 
 const KEY: &str = "sdk-test-key";
 
@@ -13,34 +12,13 @@ const KEY: &str = "sdk-test-key";
 async fn the_openai_python_sdk_works_unchanged() {
     let en = TestServer::start_with_pool(TINY.clone(), |c| c.api_keys = vec![KEY.into()]).await;
     let multi = TestServer::start_with_pool(MULTILINGUAL.clone(), |_| {}).await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_sdk.py");
-    let args = [
-        script.display().to_string(),
+    let args = vec![
         en.http_url(),
         KEY.to_string(),
         multi.http_url(),
         common::corpus_dir().display().to_string(),
     ];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(&args)
-            .output()
-            .expect("python3 runs (install Python 3 and `pip install openai`)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'openai'"),
-        "the openai package is missing: pip install openai"
-    );
-    assert!(
-        output.status.success(),
-        "SDK checks failed:\n{stdout}\n{stderr}"
-    );
-    let texts: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("the script's last line is JSON ({e}):\n{stdout}"));
+    let texts = common::run_python("openai_sdk.py", args).await;
 
     let jfk = common::reference("en_jfk.wav");
     for format in ["json", "text", "verbose_json", "stream"] {

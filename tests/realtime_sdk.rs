@@ -6,37 +6,18 @@
 mod common;
 
 use common::server::{TestServer, TINY};
-use serde_json::Value;
 
 const KEY: &str = "realtime-test-key";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_realtime_client_transcribes_turns() {
     let server = TestServer::start_with_pool(TINY.clone(), |c| c.api_keys = vec![KEY.into()]).await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/realtime_sdk.py");
-    let args = [
-        script.display().to_string(),
+    let args = vec![
         server.http_url(),
         KEY.to_string(),
         common::corpus_dir().display().to_string(),
     ];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(&args)
-            .output()
-            .expect("python3 runs (install Python 3, `pip install openai websockets` and ffmpeg)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "realtime SDK checks failed:\n{stdout}\n{stderr}"
-    );
-    let texts: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("the script's last line is JSON ({e}):\n{stdout}"));
-
+    let texts = common::run_python("realtime_sdk.py", args).await;
     eprintln!("transcripts: {texts}");
     let committed = texts["commit"].as_str().unwrap();
     let wer = earshot::eval::wer(&common::reference("en_harvard_birch_canoe.wav"), committed);
@@ -46,5 +27,37 @@ async fn the_openai_sdk_realtime_client_transcribes_turns() {
     let vad = texts["vad"].as_str().unwrap();
     let wer = earshot::eval::wer(&common::reference("en_jfk.wav"), vad);
     assert!(wer <= 0.3, "server VAD turns: WER {wer} for {vad:?}");
+    server.shutdown().await;
+}
+
+/// What is refused before a session starts: another intent, a plain GET, and (at the
+/// connection cap) the upgrade itself, with an OpenAI-shaped `error` event and a 1008 close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_a_session_are_openai_shaped() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start_with_pool(TINY.clone(), |c| c.max_connections = 0).await;
+    let get = |query: &str| {
+        format!("GET /v1/realtime?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    };
+    let answer = common::server::raw_request(&server, &get("intent=conversation")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"param\":\"intent\""), "{answer}");
+    let answer = common::server::raw_request(&server, &get("intent=transcription")).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let url = format!("ws://{}/v1/realtime?intent=transcription", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("an error event before the close");
+    };
+    let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(event["type"], "error", "{event}");
+    assert_eq!(event["error"]["code"], "server_busy", "{event}");
+    let Some(Ok(Message::Close(Some(frame)))) = ws.next().await else {
+        panic!("a close frame after the error");
+    };
+    assert_eq!(u16::from(frame.code), 1008);
     server.shutdown().await;
 }

@@ -53,10 +53,12 @@ pub async fn run<S, E>(
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let _gauge = crate::metrics::ConnectionGauge::open();
-    let (sink, mut stream) = socket.split();
-    let (out, rx) = Outbound::new(state.config.ping_timeout);
-    let writer = tokio::spawn(crate::ws::write_loop(sink, rx));
+    let crate::ws::Plumbing {
+        gauge: _gauge,
+        mut stream,
+        out,
+        writer,
+    } = crate::ws::plumb(socket, state.config.ping_timeout);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let span = tracing::info_span!("realtime", id = &id[..12]);
     let mut session = Session::new(state, out.clone(), format!("sess_{id}"), model);

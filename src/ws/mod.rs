@@ -11,6 +11,9 @@
 //! It serves its [`Caller`] only: with API keys on, tasks of other keys look like no task.
 //! An upload that sends nothing for `--upload-idle-timeout` gives its slot back.
 //!
+//! The connection plumbing ([`plumb`], [`write_loop`], [`send_close`], [`drain`], [`close`]
+//! codes, [`close_for_read_error`]) is shared with the OpenAI Realtime sessions (`realtime`).
+//!
 //! This module is written against [`AppState`] only: it must not import the composition root
 //! (`server`) or the HTTP API, and must not block its async thread on disk (store calls go
 //! through the blocking pool).
@@ -134,10 +137,12 @@ pub async fn run<S, E>(
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let _gauge = crate::metrics::ConnectionGauge::open();
-    let (sink, mut stream) = socket.split();
-    let (out, rx) = Outbound::new(state.config.ping_timeout);
-    let writer = tokio::spawn(write_loop(sink, rx));
+    let Plumbing {
+        gauge: _gauge,
+        mut stream,
+        out,
+        writer,
+    } = plumb(socket, state.config.ping_timeout);
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let span = tracing::info_span!("conn", %id, %peer, tasks = tracing::field::Empty);
     let mut conn = Connection {
@@ -165,6 +170,39 @@ pub async fn run<S, E>(
     drop(conn);
     drain(writer).await;
     span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
+}
+
+/// What every WebSocket session starts with.
+pub struct Plumbing<T> {
+    /// Counts the connection as open until dropped.
+    pub gauge: crate::metrics::ConnectionGauge,
+    /// The read half of the socket.
+    pub stream: T,
+    /// The bounded queue towards the client.
+    pub out: Outbound,
+    /// The task draining `out` into the write half; see [`drain`].
+    pub writer: tokio::task::JoinHandle<()>,
+}
+
+/// Splits `socket` and starts its writer behind a bounded queue whose sends wait at most
+/// `send_timeout`.
+pub fn plumb<S, E>(
+    socket: S,
+    send_timeout: Duration,
+) -> Plumbing<futures_util::stream::SplitStream<S>>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
+{
+    let gauge = crate::metrics::ConnectionGauge::open();
+    let (sink, stream) = socket.split();
+    let (out, rx) = Outbound::new(send_timeout);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    Plumbing {
+        gauge,
+        stream,
+        out,
+        writer,
+    }
 }
 
 /// Queues the close frame that ends a session.

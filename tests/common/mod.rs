@@ -165,3 +165,33 @@ pub fn first_half(dir: &std::path::Path, name: &str) -> PathBuf {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write the cut file");
     path
 }
+
+/// Runs a Python test script under `tests/` with `args` on the blocking pool; panics with its
+/// output unless it succeeds, and returns its stdout's last line parsed as JSON (the texts the
+/// script asks the Rust side to score).
+pub async fn run_python(script: &str, args: Vec<String>) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args(&args)
+            .output()
+            .expect("python3 runs (install Python 3, `pip install openai websockets`, ffmpeg)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "a Python package is missing: pip install openai websockets\n{stderr}"
+    );
+    assert!(
+        output.status.success(),
+        "Python checks failed:\n{stdout}\n{stderr}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the script's last line is JSON ({e}):\n{stdout}"))
+}
