@@ -34,6 +34,7 @@ pub mod live;
 pub mod metrics;
 pub mod models;
 pub mod protocol;
+pub mod realtime;
 pub mod server;
 pub mod transcript;
 pub mod upload;

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["jobs"],
     &["app"],
-    &["ws", "http", "client", "wyoming"],
+    &["ws", "http", "client", "realtime", "wyoming"],
     &["server"],
     &["cli"],
 ];
@@ -28,6 +28,8 @@ const SIDEWAYS: &[(&str, &str)] = &[
     ("inference", "audio"),
     ("live", "audio"),
     ("audio", "transcript"),
+    // The Realtime session reuses the WebSocket session's outbound queue, writer and closes.
+    ("realtime", "ws"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -18,11 +18,7 @@ async fn the_openai_python_sdk_works_unchanged() {
         multi.http_url(),
         common::corpus_dir().display().to_string(),
     ];
-    let texts = tokio::task::spawn_blocking(move || {
-        common::python_checks("openai_sdk.py", &args, "openai")
-    })
-    .await
-    .unwrap();
+    let texts = common::run_python("openai_sdk.py", args, "openai").await;
 
     let jfk = common::reference("en_jfk.wav");
     for format in ["json", "text", "verbose_json", "stream"] {

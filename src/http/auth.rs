@@ -1,5 +1,5 @@
-//! Who may connect: API keys (`Authorization: Bearer`, or `?token=` on a WebSocket upgrade for
-//! browsers that cannot set headers), allowed browser origins on upgrades (cross-site WebSocket
+//! Who may connect: API keys (`Authorization: Bearer`, or on a WebSocket upgrade from a browser
+//! that cannot set headers, the `openai-insecure-api-key.KEY` subprotocol or `?token=`), allowed browser origins on upgrades (cross-site WebSocket
 //! hijacking), and per-client-address limits on open requests and request rate.
 //!
 //! Everything here runs as one middleware in front of every route, before any handler does
@@ -77,8 +77,19 @@ fn presented_key<'a>(headers: &'a HeaderMap, uri: &'a Uri, upgrade: bool) -> Opt
     if bearer.is_some() || !upgrade {
         return bearer;
     }
-    let query = uri.query()?;
-    url_query_value(query, "token")
+    subprotocol_key(headers).or_else(|| url_query_value(uri.query()?, "token"))
+}
+
+/// The key a browser offers as the WebSocket subprotocol `openai-insecure-api-key.KEY`, the
+/// way OpenAI's Realtime API takes it from pages that cannot set headers.
+fn subprotocol_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("openai-insecure-api-key."))
+        .map(str::to_string)
 }
 
 /// One value of a URL query string, percent-decoded.
@@ -247,6 +258,18 @@ mod tests {
         assert_eq!(presented_key(&headers, &uri, true).as_deref(), Some("k1"));
         headers.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
         assert_eq!(presented_key(&headers, &uri, false), None);
+    }
+
+    #[test]
+    fn browsers_may_offer_the_key_as_a_subprotocol_on_upgrades() {
+        let mut headers = HeaderMap::new();
+        let uri: Uri = "/v1/realtime?token=q".parse().unwrap();
+        let offer = "realtime, openai-insecure-api-key.sk-1, openai-beta.realtime-v1";
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, offer.parse().unwrap());
+        assert_eq!(presented_key(&headers, &uri, true).as_deref(), Some("sk-1"));
+        assert_eq!(presented_key(&headers, &uri, false), None);
+        headers.insert(header::AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert_eq!(presented_key(&headers, &uri, true).as_deref(), Some("b"));
     }
 
     #[test]

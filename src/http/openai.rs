@@ -469,6 +469,14 @@ mod tests {
     }
 
     #[test]
+    fn the_model_names_openai_clients_send_mean_the_loaded_model() {
+        for model in ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"] {
+            let p = parse(&[("model", model)]).unwrap();
+            assert_eq!(p, parse(&[]).unwrap(), "{model}");
+        }
+    }
+
+    #[test]
     fn every_openai_format_is_understood() {
         for (name, format) in [
             ("json", OutputFormat::Json),

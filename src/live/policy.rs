@@ -234,6 +234,27 @@ impl LivePolicy {
         secs(self.received)
     }
 
+    /// Whether the uncommitted buffer holds sound (speech, or anything above the background):
+    /// with [`silence_secs`](Self::silence_secs), what a caller reporting turns needs.
+    pub fn hearing(&self) -> bool {
+        self.heard_sound
+    }
+
+    /// Seconds of silence at the end of the audio received so far.
+    pub fn silence_secs(&self) -> f64 {
+        secs(self.trailing_silence)
+    }
+
+    /// Seconds of audio waiting in the uncommitted buffer (bounded by commits, not by `push`).
+    pub fn buffered_secs(&self) -> f64 {
+        secs(self.buffer.len() as u64)
+    }
+
+    /// Timeline second where the uncommitted buffer starts (its lead-in included).
+    pub fn buffer_start_secs(&self) -> f64 {
+        self.buffer_start
+    }
+
     /// Whether a job is out.
     pub fn in_flight(&self) -> bool {
         self.in_flight
@@ -537,6 +558,21 @@ mod tests {
         }
         assert!(p.buffer.len() as u64 <= samples(0.3) + FRAME as u64);
         assert!(p.finish().is_none());
+    }
+
+    #[test]
+    fn activity_reports_sound_then_trailing_silence() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&silence(1.0));
+        assert!(!p.hearing());
+        assert!(p.buffered_secs() <= 0.35, "silence keeps only the lead-in");
+        p.push(&tone(1.0));
+        assert!(p.hearing());
+        assert_eq!(p.silence_secs(), 0.0);
+        assert!((p.buffer_start_secs() - 0.7).abs() < 0.05);
+        p.push(&silence(0.9));
+        assert!((p.silence_secs() - 0.9).abs() < 0.05);
+        assert!((p.buffered_secs() - 2.2).abs() < 0.05);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! It serves its [`Caller`] only: with API keys on, tasks of other keys look like no task.
 //! An upload that sends nothing for `--upload-idle-timeout` gives its slot back.
 //!
+//! The connection plumbing ([`plumb`], [`write_loop`], [`send_close`], [`drain`], [`close`]
+//! codes, [`close_for_read_error`]) is shared with the OpenAI Realtime sessions (`realtime`).
+//!
 //! This module is written against [`AppState`] only: it must not import the composition root
 //! (`server`) or the HTTP API, and must not block its async thread on disk (store calls go
 //! through the blocking pool).
@@ -134,10 +137,12 @@ pub async fn run<S, E>(
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let _gauge = crate::metrics::ConnectionGauge::open();
-    let (sink, mut stream) = socket.split();
-    let (out, rx) = Outbound::new(state.config.ping_timeout);
-    let mut writer = tokio::spawn(write_loop(sink, rx));
+    let Plumbing {
+        gauge: _gauge,
+        mut stream,
+        out,
+        writer,
+    } = plumb(socket, state.config.ping_timeout);
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let span = tracing::info_span!("conn", %id, %peer, tasks = tracing::field::Empty);
     let mut conn = Connection {
@@ -161,14 +166,56 @@ pub async fn run<S, E>(
         tracing::Instrument::instrument(fut, span.clone()).await
     };
     conn.cancel.cancel();
-    let _ = conn
-        .out
-        .send_raw(Message::Close(Some(CloseFrame {
-            code: code.0,
-            reason: code.1.into(),
-        })))
-        .await;
+    send_close(&conn.out, code).await;
     drop(conn);
+    drain(writer).await;
+    span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
+}
+
+/// What every WebSocket session starts with.
+pub struct Plumbing<T> {
+    /// Counts the connection as open until dropped.
+    pub gauge: crate::metrics::ConnectionGauge,
+    /// The read half of the socket.
+    pub stream: T,
+    /// The bounded queue towards the client.
+    pub out: Outbound,
+    /// The task draining `out` into the write half; see [`drain`].
+    pub writer: tokio::task::JoinHandle<()>,
+}
+
+/// Splits `socket` and starts its writer behind a bounded queue whose sends wait at most
+/// `send_timeout`.
+pub fn plumb<S, E>(
+    socket: S,
+    send_timeout: Duration,
+) -> Plumbing<futures_util::stream::SplitStream<S>>
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
+{
+    let gauge = crate::metrics::ConnectionGauge::open();
+    let (sink, stream) = socket.split();
+    let (out, rx) = Outbound::new(send_timeout);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    Plumbing {
+        gauge,
+        stream,
+        out,
+        writer,
+    }
+}
+
+/// Queues the close frame that ends a session.
+pub async fn send_close(out: &Outbound, (code, reason): (u16, &'static str)) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = out.send_raw(Message::Close(Some(frame))).await;
+}
+
+/// Waits (briefly) for the writer to flush the last messages and the close frame.
+pub async fn drain(mut writer: tokio::task::JoinHandle<()>) {
     // A client that stopped reading leaves the writer blocked on a full socket forever;
     // aborting it drops the socket, which is the only way to let go of such a client.
     if tokio::time::timeout(WRITER_GRACE, &mut writer)
@@ -177,10 +224,10 @@ pub async fn run<S, E>(
     {
         writer.abort();
     }
-    span.in_scope(|| tracing::info!(code = code.0, reason = code.1, "closed"));
 }
 
-async fn write_loop<K>(mut sink: K, mut rx: tokio::sync::mpsc::Receiver<Message>)
+/// Drains the outbound queue into the socket until a close frame or the queue's end.
+pub async fn write_loop<K>(mut sink: K, mut rx: tokio::sync::mpsc::Receiver<Message>)
 where
     K: Sink<Message> + Unpin,
 {
@@ -429,18 +476,23 @@ async fn sleep_until_some(deadline: Option<TokioInstant>) {
     }
 }
 
-/// Maps a read error to a close: oversized messages get 1009, anything else ends quietly.
 fn read_error<E: std::error::Error + 'static>(err: &E) -> Flow {
+    let (code, reason) = close_for_read_error(err);
+    Flow::Close(code, reason)
+}
+
+/// Maps a read error to a close: oversized messages get 1009, anything else ends quietly.
+pub fn close_for_read_error<E: std::error::Error + 'static>(err: &E) -> (u16, &'static str) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
             tracing::warn!("message over the size cap");
-            return Flow::Close(close::TOO_BIG, "message too big");
+            return (close::TOO_BIG, "message too big");
         }
         source = e.source();
     }
     tracing::debug!(%err, "read error");
-    Flow::Close(close::POLICY, "protocol error")
+    (close::POLICY, "protocol error")
 }
 
 use tokio_tungstenite::tungstenite;

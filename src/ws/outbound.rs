@@ -75,7 +75,12 @@ impl Outbound {
 
     /// Queues a message only if there is room right now (for superseded-soon updates).
     pub fn send_lossy(&self, msg: ServerMessage) {
-        let _ = self.tx.try_send(Message::text(msg.to_json()));
+        self.send_lossy_raw(Message::text(msg.to_json()));
+    }
+
+    /// Queues any WebSocket message only if there is room right now.
+    pub fn send_lossy_raw(&self, msg: Message) {
+        let _ = self.tx.try_send(msg);
     }
 
     /// Whether the writer has gone.

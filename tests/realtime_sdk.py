@@ -1,0 +1,253 @@
+"""Earshot's OpenAI Realtime transcription endpoint driven by the official `openai` SDK.
+
+Run by tests/realtime_sdk.rs against a real server (tiny.en, API key required):
+
+    python3 tests/realtime_sdk.py URL KEY CORPUS_DIR
+
+Every protocol check asserts here; the transcripts are printed as one JSON object on the last
+line so the Rust side can score them against the corpus references.
+"""
+
+import array
+import asyncio
+import base64
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import websockets
+
+URL, KEY, CORPUS = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+WS_URL = URL.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+# Generous per-event wait: the CPU may be shared; a hang still fails instead of blocking.
+WAIT = 120
+PIECE = 4800  # bytes of 24 kHz PCM16: 100 ms
+
+
+def pcm24(name):
+    """The corpus file as 24 kHz mono PCM16 LE, as OpenAI's audio/pcm expects."""
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(CORPUS / name), "-f", "s16le", "-ac", "1", "-ar", "24000", "-"],
+        check=True,
+        capture_output=True,
+    )
+    return out.stdout
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def connect(key=KEY):
+    client = openai.AsyncOpenAI(base_url=f"{URL}/v1", api_key=key, max_retries=0)
+    return client.realtime.connect(model="gpt-4o-transcribe", extra_query={"intent": "transcription"})
+
+
+async def recv(conn):
+    return await asyncio.wait_for(conn.recv(), WAIT)
+
+
+async def expect(conn, type_):
+    event = await recv(conn)
+    assert event.type == type_, (type_, event)
+    return event
+
+
+async def expect_error(conn, code, event_id=None):
+    event = await expect(conn, "error")
+    assert event.error.type == "invalid_request_error", event
+    assert event.error.code == code, (code, event)
+    assert event.error.event_id == event_id, (event_id, event)
+    assert event.error.message, event
+    return event
+
+
+def session(turn_detection):
+    return {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                "turn_detection": turn_detection,
+            }
+        },
+    }
+
+
+async def wrong_keys_are_refused():
+    try:
+        async with connect("wrong-key") as conn:
+            await recv(conn)
+    except Exception as e:  # the SDK surfaces the refused handshake as an exception
+        assert "401" in repr(e) or "401" in str(getattr(e, "response", "")), repr(e)
+    else:
+        raise AssertionError("a wrong key was accepted")
+    # Browsers cannot set headers: the key travels as a subprotocol, and `realtime` is echoed.
+    protocols = ["realtime", f"openai-insecure-api-key.{KEY}"]
+    async with websockets.connect(WS_URL, subprotocols=protocols) as ws:
+        assert ws.subprotocol == "realtime", ws.subprotocol
+        first = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        assert first["type"] == "session.created", first
+        assert first["session"]["type"] == "transcription", first
+    try:
+        async with websockets.connect(WS_URL, subprotocols=["realtime", "openai-insecure-api-key.nope"]):
+            raise AssertionError("a wrong subprotocol key was accepted")
+    except websockets.exceptions.InvalidStatus as e:
+        assert e.response.status_code == 401, e
+
+
+async def bad_input_then_a_committed_turn():
+    """Every kind of bad input is an `error` naming the event; the session then still works.
+    With turn detection off, only `commit` ends the turn."""
+    async with connect() as conn:
+        created = await expect(conn, "session.created")
+        assert created.session.type == "transcription"
+        await conn.session.update(session=session(None))
+        updated = await expect(conn, "session.updated")
+        assert updated.session.audio.input.turn_detection is None, updated
+
+        await conn.send_raw("{not json")
+        await expect_error(conn, "invalid_json")
+        await conn.send_raw(json.dumps({"type": "response.create", "event_id": "e-type"}))
+        err = await expect_error(conn, "invalid_value", "e-type")
+        assert err.error.param == "type", err
+        await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%", "event_id": "e-b64"}))
+        await expect_error(conn, "invalid_value", "e-b64")
+        await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "audio": 12, "event_id": "e-int"}))
+        await expect_error(conn, "invalid_type", "e-int")
+        await conn.send_raw(b"\x00\x01binary")
+        await expect_error(conn, "invalid_type")
+        bad_rate = session(None)
+        bad_rate["audio"]["input"]["format"]["rate"] = 16000
+        await conn.session.update(session=bad_rate, event_id="e-rate")
+        err = await expect_error(conn, "invalid_value", "e-rate")
+        assert err.error.param == "session.audio.input.format.rate", err
+        await conn.input_audio_buffer.commit(event_id="e-empty")
+        await expect_error(conn, "input_audio_buffer_commit_empty", "e-empty")
+        await conn.input_audio_buffer.append(audio=b64(bytes(61 * 48000)), event_id="e-big")
+        await expect_error(conn, "input_audio_buffer_append_too_large", "e-big")
+        # A loud tone is sound the buffer must keep: 40 s fit, 80 s do not.
+        period = array.array("h", (int(8000 * math.sin(2 * math.pi * i / 48)) for i in range(48)))
+        tone = period.tobytes() * (40 * 24000 // 48)  # 500 Hz
+        await conn.input_audio_buffer.append(audio=b64(tone))
+        await conn.input_audio_buffer.append(audio=b64(tone), event_id="e-full")
+        await expect_error(conn, "input_audio_buffer_full", "e-full")
+        await conn.input_audio_buffer.clear(event_id="e-clear")
+        cleared = await recv(conn)
+        while cleared.type == "conversation.item.input_audio_transcription.delta":
+            cleared = await recv(conn)  # the tone's hypothesis may have been under way
+        assert cleared.type == "input_audio_buffer.cleared", cleared
+
+        audio = pcm24("en_harvard_birch_canoe.wav")
+        for i in range(0, len(audio), PIECE):
+            await conn.input_audio_buffer.append(audio=b64(audio[i : i + PIECE]))
+        await conn.input_audio_buffer.commit(event_id="c1")
+        deltas, committed = [], None
+        while True:
+            event = await recv(conn)
+            assert not event.type.startswith("input_audio_buffer.speech_"), event
+            if event.type == "input_audio_buffer.committed":
+                committed = event
+            elif event.type == "conversation.item.input_audio_transcription.delta":
+                deltas.append(event)
+            elif event.type == "conversation.item.input_audio_transcription.completed":
+                break
+            else:
+                raise AssertionError(event)
+        assert committed is not None and committed.item_id == event.item_id, (committed, event)
+        assert committed.previous_item_id is None, committed
+        assert all(d.item_id == event.item_id for d in deltas), deltas
+        assert "".join(d.delta for d in deltas) == event.transcript, (deltas, event)
+        assert event.content_index == 0 and event.usage.type == "duration", event
+        assert 2.5 < event.usage.seconds < 5, event.usage
+        return event.transcript
+
+
+async def server_vad_at_real_time():
+    """A recording appended in 100 ms pieces at real time: the server finds the turns, and
+    each item's text arrives as deltas before its completion."""
+    audio = pcm24("en_jfk.wav") + bytes(2 * 24000 * 3 // 2)  # 1.5 s of silence ends the last turn
+    async with connect() as conn:
+        await expect(conn, "session.created")
+        vad = {"type": "server_vad", "silence_duration_ms": 500}
+        await conn.session.update(session=session(vad))
+        updated = await expect(conn, "session.updated")
+        assert updated.session.audio.input.turn_detection.type == "server_vad", updated
+
+        events = []
+        sending = True
+        deltas_while_sending = 0
+
+        async def read():
+            nonlocal deltas_while_sending
+            while True:
+                event = await recv(conn)
+                events.append(event)
+                note = getattr(event, "delta", None) or getattr(event, "transcript", "")
+                print(f"{time.monotonic() - start:6.2f} {event.type} {note}", file=sys.stderr)
+                if sending and event.type.endswith("transcription.delta"):
+                    deltas_while_sending += 1
+
+        start = time.monotonic()
+        reader = asyncio.create_task(read())
+        for n, i in enumerate(range(0, len(audio), PIECE)):
+            await asyncio.sleep(max(0.0, start + n * 0.1 - time.monotonic()))
+            await conn.input_audio_buffer.append(audio=b64(audio[i : i + PIECE]))
+        sending = False
+        print(f"{time.monotonic() - start:6.2f} all audio sent", file=sys.stderr)
+
+        def settled():
+            kinds = [e.type for e in events]
+            stopped = kinds.count("input_audio_buffer.speech_stopped")
+            done = kinds.count("conversation.item.input_audio_transcription.completed")
+            return stopped >= 1 and done == kinds.count("input_audio_buffer.committed")
+
+        deadline = time.monotonic() + WAIT
+        while not settled():
+            assert not reader.done(), reader.exception()
+            assert time.monotonic() < deadline, [e.type for e in events]
+            await asyncio.sleep(0.1)
+        reader.cancel()
+
+    by_item = {}
+    previous = None
+    for e in events:
+        if e.type == "error":
+            raise AssertionError(e)
+        by_item.setdefault(getattr(e, "item_id", None), []).append(e)
+        if e.type == "input_audio_buffer.committed":
+            assert e.previous_item_id == previous, (e, previous)
+        if e.type == "conversation.item.input_audio_transcription.completed":
+            previous = e.item_id
+    transcripts = []
+    for item_id, item in by_item.items():
+        kinds = [e.type.rsplit(".", 1)[-1] for e in item if not e.type.endswith("delta")]
+        assert kinds == ["speech_started", "speech_stopped", "committed", "completed"], (item_id, kinds)
+        first = {}
+        for e in item:
+            first.setdefault(e.type.rsplit(".", 1)[-1], e)
+        started, stopped, completed = first["speech_started"], first["speech_stopped"], item[-1]
+        assert started.audio_start_ms < stopped.audio_end_ms, (started, stopped)
+        deltas = "".join(e.delta for e in item if e.type.endswith("delta"))
+        assert deltas == completed.transcript, (deltas, completed)
+        transcripts.append(completed.transcript)
+    # Deltas come before their item's completion; how many arrive while audio is still being
+    # sent depends on how busy the CPU is, so that is reported, not asserted.
+    assert any(e.type.endswith("delta") for e in events), "no delta at all"
+    print(f"deltas while audio was being sent: {deltas_while_sending}", file=sys.stderr)
+    return " ".join(t for t in transcripts if t)
+
+
+async def main():
+    await wrong_keys_are_refused()
+    committed = await bad_input_then_a_committed_turn()
+    vad = await server_vad_at_real_time()
+    print(json.dumps({"commit": committed, "vad": vad}))
+
+
+asyncio.run(main())
