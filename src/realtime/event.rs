@@ -337,10 +337,11 @@ impl Settings {
     }
 }
 
-/// Whether Whisper knows the language code `code`.
+/// Whether Whisper knows the language code `code` (`zh-Hans`/`zh-Hant` name Mandarin).
 fn is_language(code: &str) -> bool {
+    let (code, _) = crate::domain::split_language_tag(code);
     let options = crate::inference::engine::Options {
-        language: Some(code.to_string()),
+        language: Some(code),
         threads: 1,
         ..Default::default()
     };

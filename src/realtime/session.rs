@@ -560,10 +560,18 @@ impl Session {
 /// Whisper options for the session's settings: live-engine options (low latency, word
 /// timings for the commit policy) with the language and prompt asked for.
 fn options_for(state: &AppState, settings: &Settings) -> Options {
+    let (language, zh_script) = match settings.language.as_deref() {
+        Some(tag) => {
+            let (language, script) = crate::domain::split_language_tag(tag);
+            (Some(language), script)
+        }
+        None => (None, None),
+    };
     let task = crate::domain::TaskOptions {
-        language: settings.language.clone(),
+        language,
         translate: false,
         format: None,
+        zh_script,
     };
     Options {
         low_latency: true,
