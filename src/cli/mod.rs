@@ -44,7 +44,8 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: WebSocket live streaming and resumable uploads on one port.
-    Serve(serve::ServeArgs),
+    // Boxed: the server's settings are several times the size of any other command's.
+    Serve(Box<serve::ServeArgs>),
     /// Transcribe audio files locally and print the text.
     Transcribe(transcribe::TranscribeArgs),
     /// Fetch a Whisper model by name into the models directory (verified).
@@ -81,7 +82,7 @@ pub fn main() -> std::process::ExitCode {
             let sub = matches
                 .subcommand_matches("serve")
                 .expect("serve was parsed");
-            serve::run(args, sub, &serve)
+            serve::run(*args, sub, &serve)
         }
         Command::Transcribe(args) => transcribe::run(args),
         Command::FetchModel(args) => fetch_model(args),
