@@ -12,6 +12,7 @@
 //! - [`protocol`]: the WebSocket wire protocol (JSON messages, binary frames, error codes).
 //! - [`metrics`]: the counting facade.
 //! - [`jobs`]: the task registry (the one result store) and the job runner.
+//! - [`cluster`]: the registry and the job queue on NATS JetStream, for several nodes.
 //! - [`app`]: the shared state every connection uses, built from the settings.
 //! - [`ws`]: one WebSocket connection. [`http`]: the OpenAI-compatible HTTP API, task lookup,
 //!   metrics scrape, readiness, access control. [`client`]: clients for the server.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod audio;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod domain;
 pub mod eval;
 pub mod format;

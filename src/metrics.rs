@@ -37,6 +37,8 @@ const HTTP_RESPONSES: &str = "earshot_http_responses_total";
 const REJECTED: &str = "earshot_rejected_total";
 const CONNECTIONS_SHED: &str = "earshot_connections_shed_total";
 const CONNECTIONS_PENDING: &str = "earshot_connections_pending";
+const CLUSTER_QUEUE_DEPTH: &str = "earshot_cluster_queue_depth";
+const CLUSTER_REDELIVERED: &str = "earshot_cluster_redelivered_total";
 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(10);
@@ -160,6 +162,16 @@ pub fn job_done(processing_seconds: f64, audio_seconds: f64) {
     if audio_seconds > 0.0 {
         histogram!(REAL_TIME_FACTOR).record(processing_seconds / audio_seconds);
     }
+}
+
+/// Jobs waiting in the cluster's queue (all nodes), sampled periodically (cluster mode only).
+pub fn cluster_queue_depth(jobs: u64) {
+    gauge!(CLUSTER_QUEUE_DEPTH).set(jobs as f64);
+}
+
+/// This node took over a job another node had been given and did not finish (cluster mode).
+pub fn cluster_redelivered() {
+    counter!(CLUSTER_REDELIVERED).increment(1);
 }
 
 /// A file transcription failed.

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["protocol", "eval"],
     &["metrics"],
     &["jobs"],
+    &["cluster"],
     &["app"],
     &["ws", "http", "client", "realtime", "wyoming"],
     &["server"],

@@ -5,111 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Child;
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
 
+use common::process::Process;
 use common::server::{assert_wer, stored_audio, upload_chunk, upload_request, Client};
-use serde_json::{json, Value};
-
-/// A running `earshot serve`; killed (SIGKILL) when dropped.
-struct Process {
-    child: Child,
-    url: String,
-    /// Every JSON log line so far.
-    logs: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Process {
-    /// Starts the binary on port 0 and waits for its "earshot listening" log line.
-    fn start(data_dir: &Path, models_dir: &Path) -> Process {
-        let mut child = common::earshot_serve()
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "2",
-                "--log-format",
-                "json",
-                "--model",
-            ])
-            .arg(common::model("ggml-tiny.en.bin"))
-            .arg("--models-dir")
-            .arg(models_dir)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .spawn()
-            .expect("earshot starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let kept = logs.clone();
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    if line.starts_with("earshot:") {
-                        let _ = tx.send(Err(line));
-                    }
-                    continue;
-                };
-                let message = entry["fields"]["message"].as_str().unwrap_or_default();
-                if let Some(rest) = message.strip_prefix("earshot listening: ") {
-                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(Ok(url));
-                }
-                kept.lock().unwrap().push(entry);
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(url)) => url,
-            Ok(Err(line)) => panic!("earshot serve failed: {line}"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("earshot serve did not log its address")
-            }
-        };
-        Process { child, url, logs }
-    }
-
-    /// Waits (up to 30 s) for a log line inside a connection span that lists `task`.
-    async fn expect_span_naming(&self, task: &str) -> Value {
-        for _ in 0..300 {
-            let hit = self
-                .logs
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| {
-                    e["span"]["name"] == "conn"
-                        && e["span"]["tasks"]
-                            .as_str()
-                            .is_some_and(|t| t.split(',').any(|id| id == task))
-                })
-                .cloned();
-            if let Some(hit) = hit {
-                return hit;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no connection log line names task {task}")
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serde_json::json;
 
 /// Kills the server (SIGKILL) under the client `old`, starts it again on the same
 /// directories and sends `upload_resume` for `task` on a new connection.

@@ -174,6 +174,22 @@ pub struct ServerConfig {
     /// uploads may not eat into: one that would is refused with `quota_exceeded` (HTTP 507).
     #[arg(long, env = "EARSHOT_MIN_FREE_DISK", default_value = "1GiB")]
     pub min_free_disk: ByteSize,
+
+    /// Join a cluster: NATS server URLs (`nats://host:4222`, comma-separated) whose JetStream
+    /// holds the tasks, results and batch jobs every node shares (docs/CLUSTER.md). Empty =
+    /// one node on its own data directory.
+    #[arg(
+        long,
+        env = "EARSHOT_CLUSTER",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub cluster: Vec<String>,
+
+    /// In a cluster: how long a job may go without word from the node running it before
+    /// another node takes it over (a running node reports three times per period).
+    #[arg(long, env = "EARSHOT_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = positive_duration)]
+    pub cluster_ack_wait: Duration,
 }
 
 /// A count that must not be zero (a cap of zero would refuse everything).

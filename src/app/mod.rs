@@ -1,6 +1,7 @@
 //! The application's shared state, [`AppState`]: the Whisper pool, the upload store, the task
 //! registry, the job runner, the semaphores and the shutdown signal every connection shares,
-//! built from the [`ServerConfig`].
+//! built from the [`ServerConfig`] — for one node ([`AppState::new`]), or for a node of a
+//! cluster ([`AppState::clustered`]: registry and queue on NATS, see `crate::cluster`).
 //!
 //! This is what the WebSocket sessions (`ws`) and the HTTP API (`http`) are written against, so
 //! both can be built and tested without the composition root (`server`). It must not know
@@ -18,6 +19,9 @@ use tokio_util::task::TaskTracker;
 pub use config::ServerConfig;
 
 use crate::access::{Caller, ClientKey, Share, Shares};
+use crate::cluster::queue::NatsQueue;
+use crate::cluster::registry::NatsRegistry;
+use crate::cluster::Cluster;
 use crate::inference::engine::Options;
 use crate::inference::pool::Pool;
 use crate::jobs::batch::Batch;
@@ -51,6 +55,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Background work (sessions, transcriptions) the shutdown waits for.
     pub tracker: TaskTracker,
+    /// The cluster this node belongs to (`--cluster`), whose NATS holds the tasks and jobs;
+    /// `None` for a single node. Readiness and the requests that need NATS look at it.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl AppState {
@@ -61,6 +68,27 @@ impl AppState {
         pool: Pool,
         vad_model: Option<PathBuf>,
     ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
+        Self::build(config, pool, vad_model, None)
+    }
+
+    /// Builds the shared state of a cluster node: tasks and jobs in the cluster's NATS, uploads
+    /// on the local data directory. Must be called inside the runtime (it starts the node's
+    /// writer and job puller).
+    pub fn clustered(
+        config: ServerConfig,
+        pool: Pool,
+        vad_model: Option<PathBuf>,
+        cluster: Arc<Cluster>,
+    ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
+        Self::build(config, pool, vad_model, Some(cluster))
+    }
+
+    fn build(
+        config: ServerConfig,
+        pool: Pool,
+        vad_model: Option<PathBuf>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Arc<Self>, crate::upload::store::StoreError> {
         let store_config = crate::upload::store::StoreConfig {
             quota_bytes: config.disk_quota_bytes.as_u64(),
             client_quota_bytes: config.disk_quota_per_client.as_u64(),
@@ -69,13 +97,16 @@ impl AppState {
         };
         let uploads: Arc<dyn UploadStorage> =
             Arc::new(UploadStore::open(&config.data_dir, store_config)?);
-        let tasks: Arc<dyn TaskRegistry> =
-            LocalRegistry::new(&config.data_dir).map_err(|source| {
+        let registry = cluster.clone().map(NatsRegistry::start);
+        let tasks: Arc<dyn TaskRegistry> = match &registry {
+            Some(registry) => registry.clone(),
+            None => LocalRegistry::new(&config.data_dir).map_err(|source| {
                 crate::upload::store::StoreError::Io {
                     context: "creating the results directory",
                     source,
                 }
-            })?;
+            })?,
+        };
         let processing_slots = Arc::new(Semaphore::new(config.max_processing));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -90,6 +121,19 @@ impl AppState {
             shutdown: shutdown.clone(),
             shutdown_grace: config.shutdown_grace,
         };
+        let jobs: Arc<dyn JobQueue> = match (&cluster, registry) {
+            (Some(cluster), Some(registry)) => {
+                let spool = config.data_dir.join("cluster-jobs");
+                let queue = NatsQueue::start(cluster.clone(), registry, jobs, spool);
+                Arc::new(
+                    queue.map_err(|source| crate::upload::store::StoreError::Io {
+                        context: "creating the cluster's job directory",
+                        source,
+                    })?,
+                )
+            }
+            _ => Arc::new(jobs),
+        };
         Ok(Arc::new(Self {
             upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
             upload_shares: Shares::new(config.max_uploads_per_client),
@@ -97,7 +141,8 @@ impl AppState {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             shutdown,
             tracker,
-            jobs: Arc::new(jobs),
+            jobs,
+            cluster,
             config,
             pool,
             vad_model,
@@ -141,6 +186,12 @@ impl AppState {
             _permit: permit,
             _share: share,
         })
+    }
+
+    /// Whether the requests that need shared state can be served now: always on a single node,
+    /// while NATS is connected in a cluster.
+    pub fn cluster_ready(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.connected())
     }
 
     /// Whisper options for what a client asked, with this server's thread count.

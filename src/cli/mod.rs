@@ -44,6 +44,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: WebSocket live streaming and resumable uploads on one port.
+    // Boxed: the server's settings are several times the size of any other command's.
     Serve(Box<serve::ServeArgs>),
     /// Transcribe audio files locally and print the text.
     Transcribe(transcribe::TranscribeArgs),

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::inference::pool::{Pool, PoolConfig};
 use crate::models;
 use crate::server::{self, AppState, ServerConfig};
@@ -48,12 +49,34 @@ pub fn run(args: ServeArgs, matches: &clap::ArgMatches, command: &clap::Command)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let state = AppState::new(config, pool, vad).context("opening the data directory")?;
+        let state = if config.cluster.is_empty() {
+            AppState::new(config, pool, vad).context("opening the data directory")?
+        } else {
+            let cluster = join_cluster(&config, addr).await?;
+            AppState::clustered(config, pool, vad, cluster).context("opening the data directory")?
+        };
         tracing::info!(%addr, "earshot listening: ws://{addr}/ (health: http://{addr}/healthz)");
         server::run(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Connects to the cluster's NATS and finds its shared resources.
+async fn join_cluster(
+    config: &ServerConfig,
+    addr: std::net::SocketAddr,
+) -> Result<std::sync::Arc<Cluster>> {
+    let cluster = Cluster::connect(ClusterConfig {
+        urls: config.cluster.clone(),
+        ttl: config.session_ttl,
+        ack_wait: config.cluster_ack_wait,
+        node: addr.to_string(),
+    })
+    .await
+    .with_context(|| format!("joining the cluster at {}", config.cluster.join(",")))?;
+    tracing::info!(nats = %config.cluster.join(","), "joined the cluster");
+    Ok(std::sync::Arc::new(cluster))
 }
 
 /// Warns when the server is reachable from other machines without any API key.

@@ -118,6 +118,16 @@ impl ApiError {
         e
     }
 
+    /// 503 `not_ready`: a cluster node cannot reach the cluster's NATS now; retrying (here or
+    /// on another node) may work.
+    pub fn not_ready(secs: u64) -> Self {
+        let message = "this node cannot reach the cluster's shared state now; retry later";
+        let mut e =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("not_ready");
+        e.retry_after = Some(secs.max(1));
+        e
+    }
+
     /// 507: the server's disk has no room for this upload (or ran out while it was written);
     /// retrying later may work, retrying at once will not.
     pub fn disk_full() -> Self {

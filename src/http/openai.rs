@@ -114,6 +114,9 @@ async fn handle(
             e.body_text()
         ))
     })?;
+    if !http.app.cluster_ready() {
+        return Err(ApiError::not_ready(RETRY_SECS));
+    }
     let job_permit = http.jobs.clone().try_acquire_owned().map_err(|_| {
         ApiError::busy(
             "the server has as many transcriptions waiting as it takes; retry later",

@@ -1,6 +1,7 @@
 //! `GET /readyz`: whether this instance should get traffic — the model is loaded, the data
-//! directory takes writes, and its disk has more free space than `--min-free-disk`. 200 when
-//! all hold, 503 otherwise, with each check in the JSON body.
+//! directory takes writes, its disk has more free space than `--min-free-disk`, and (in a
+//! cluster) NATS is connected. 200 when all hold, 503 otherwise, with each check in the JSON
+//! body.
 //!
 //! Liveness (`/healthz`) stays separate and cheap; this module must not change any state
 //! beyond its own probe file.
@@ -26,13 +27,18 @@ pub async fn readyz(State(http): State<Arc<Http>>) -> Response {
         .await
         .unwrap_or((false, None));
     let disk_ok = free.is_some_and(|f| f >= floor);
-    let ready = model_loaded && writable && disk_ok && !http.app.shutdown.is_cancelled();
+    let cluster = http.app.cluster.as_ref().map(|c| c.connected());
+    let ready = model_loaded
+        && writable
+        && disk_ok
+        && cluster != Some(false)
+        && !http.app.shutdown.is_cancelled();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "model_loaded": model_loaded,
         "model": http.app.pool.model_name(),
@@ -41,6 +47,9 @@ pub async fn readyz(State(http): State<Arc<Http>>) -> Response {
         "min_free_disk_bytes": floor,
         "shutting_down": http.app.shutdown.is_cancelled(),
     });
+    if let Some(connected) = cluster {
+        body["cluster_connected"] = json!(connected);
+    }
     (status, Json(body)).into_response()
 }
 

@@ -54,6 +54,9 @@ async fn lookup(
 ) -> Result<Response, ApiError> {
     let format = format.map(output_format).transpose()?;
     let id = TaskId::parse(task_id).map_err(|_| not_found())?;
+    if !http.app.cluster_ready() {
+        return Err(ApiError::not_ready(1));
+    }
     let snapshot = http
         .app
         .tasks

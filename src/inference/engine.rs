@@ -20,7 +20,8 @@ use crate::domain::ZhScript;
 use crate::transcript::{Segment, Token};
 
 /// How one job should be decoded. Every field has a sensible default (see [`Options::default`]).
-#[derive(Debug, Clone, PartialEq)]
+/// Serializable so a job can travel to another node of a cluster with the options it was given.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Options {
     /// Spoken language as a Whisper code ("en", "zh", …); `None` asks Whisper to detect it
     /// (English-only models always use "en").

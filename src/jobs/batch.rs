@@ -57,28 +57,31 @@ impl JobQueue for Batch {
     }
 
     async fn resume_unfinished(&self) {
-        for (task_id, status) in self.uploads.list() {
-            if status != UploadStatus::Uploaded {
-                continue;
-            }
-            let (Ok(meta), Ok(path)) =
-                (self.uploads.meta(task_id), self.uploads.audio_path(task_id))
-            else {
-                continue;
-            };
-            if self.tasks.snapshot(task_id).await.is_none() {
-                tracing::info!(%task_id, "resuming an unfinished transcription");
-                self.submit(Job::upload(task_id, path, &meta));
-            }
+        for job in super::unfinished(self.uploads.as_ref(), self.tasks.as_ref()).await {
+            self.submit(job);
         }
     }
 }
 
+/// How a job ended, for a queue that must decide what to tell its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// With a result or a failure, recorded in the registry.
+    Recorded,
+    /// Stopped by the shutdown before its end; nothing recorded for a [`Source::Cluster`] job.
+    Stopped,
+}
+
 impl Batch {
-    async fn run(self, mut job: Job) {
+    async fn run(self, job: Job) {
         let Ok(_slot) = self.processing_slots.clone().acquire_owned().await else {
             return;
         };
+        self.execute(job).await;
+    }
+
+    /// Runs one job now, the caller holding its processing slot, and records how it ended.
+    pub async fn execute(&self, mut job: Job) -> Ended {
         let (task_id, source, path) = (job.task_id, job.source, job.path.clone());
         if source == Source::Upload {
             self.set_status(task_id, UploadStatus::Transcribing, None)
@@ -91,10 +94,11 @@ impl Batch {
         let run = tokio::task::spawn_blocking(move || batch.transcribe(&job, &stop));
         let outcome = run.await;
         guard.abort();
-        self.finish(task_id, outcome, source).await;
-        if source == Source::File {
+        let ended = self.finish(task_id, outcome, source).await;
+        if source != Source::Upload {
             let _ = tokio::fs::remove_file(&path).await;
         }
+        ended
     }
 
     fn stop_on_shutdown(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -164,7 +168,7 @@ impl Batch {
         task_id: TaskId,
         outcome: Result<Result<TaskResult, Failure>, tokio::task::JoinError>,
         source: Source,
-    ) {
+    ) -> Ended {
         match outcome {
             Ok(Ok(result)) => {
                 tracing::info!(%task_id, secs = result.processing_seconds, "transcribed");
@@ -180,6 +184,10 @@ impl Batch {
             Ok(Err(Failure::Stopped)) if source == Source::Upload => {
                 tracing::info!(%task_id, "transcription stopped by shutdown; it restarts with the server");
                 self.set_status(task_id, UploadStatus::Uploaded, None).await;
+            }
+            Ok(Err(Failure::Stopped)) if source == Source::Cluster => {
+                tracing::info!(%task_id, "transcription stopped by shutdown; another node takes it");
+                return Ended::Stopped;
             }
             Ok(Err(Failure::Stopped)) => {
                 tracing::info!(%task_id, "transcription stopped by shutdown");
@@ -199,6 +207,7 @@ impl Batch {
             Ok(Err(Failure::Other(err))) => self.fail_internal(task_id, &err, source).await,
             Err(join) => self.fail_internal(task_id, &join.to_string(), source).await,
         }
+        Ended::Recorded
     }
 
     async fn fail_internal(&self, task_id: TaskId, err: &str, source: Source) {

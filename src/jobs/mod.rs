@@ -20,7 +20,7 @@ use crate::access::Owner;
 use crate::domain::TaskId;
 use crate::domain::TaskOptions;
 use crate::inference::engine::Options;
-use crate::upload::store::Meta;
+use crate::upload::store::{Meta, UploadStatus, UploadStorage};
 
 /// One file to transcribe.
 #[derive(Debug, Clone)]
@@ -58,6 +58,9 @@ pub enum Source {
     Upload,
     /// A one-off file (an HTTP request): removed when the job ends.
     File,
+    /// A copy of a job's audio fetched from a cluster: removed when the job ends; a job
+    /// stopped by a shutdown is not failed, its queue hands it to another node.
+    Cluster,
 }
 
 /// Where sessions and the HTTP API hand work; follow a job's task through the registry.
@@ -68,6 +71,25 @@ pub trait JobQueue: Send + Sync {
 
     /// At start: queues again the jobs a previous run accepted but did not finish.
     async fn resume_unfinished(&self);
+}
+
+/// The transcriptions a previous run accepted but did not finish: uploads stored whole
+/// (`Uploaded`) that the registry knows no task for.
+pub async fn unfinished(uploads: &dyn UploadStorage, tasks: &dyn TaskRegistry) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (task_id, status) in uploads.list() {
+        if status != UploadStatus::Uploaded {
+            continue;
+        }
+        let (Ok(meta), Ok(path)) = (uploads.meta(task_id), uploads.audio_path(task_id)) else {
+            continue;
+        };
+        if tasks.snapshot(task_id).await.is_none() {
+            tracing::info!(%task_id, "resuming an unfinished transcription");
+            jobs.push(Job::upload(task_id, path, &meta));
+        }
+    }
+    jobs
 }
 
 /// Whisper options for what a client asked, with `threads` threads.

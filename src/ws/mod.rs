@@ -389,6 +389,18 @@ impl Connection {
 
     async fn dispatch(&mut self, msg: ClientMessage) -> Result<(), ProtocolError> {
         tracing::debug!(kind = msg.type_name(), "message");
+        let shared = matches!(
+            msg,
+            ClientMessage::UploadRequest(_)
+                | ClientMessage::UploadResume(_)
+                | ClientMessage::GetResult(_)
+        );
+        if shared && !self.state.cluster_ready() {
+            return Err(ProtocolError::new(
+                ErrorCode::NotReady,
+                "this node cannot reach the cluster's shared state now; retry later",
+            ));
+        }
         match msg {
             ClientMessage::UploadRequest(req) => self.upload_request(req).await,
             ClientMessage::UploadChunk(chunk) => self.upload_chunk(chunk).await,

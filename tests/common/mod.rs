@@ -110,6 +110,7 @@ pub fn reference(file: &str) -> String {
         .unwrap_or_else(|| panic!("{file} is not in MANIFEST.tsv"))
         .reference_transcript
 }
+pub mod process;
 pub mod server;
 
 /// Where [`jfk_with_bad_samples`] puts its non-finite and absurd samples, in seconds: all

@@ -1,0 +1,264 @@
+//! Cluster mode against a real `nats-server -js` (Debian's 2.9) and real `earshot serve`
+//! processes on `127.0.0.1:0` with the real tiny.en model: a task submitted on one node is
+//! read on another; a node killed with SIGKILL mid-job hands the job to another node and the
+//! client hears each segment once; while NATS is down the nodes say so quickly, and they carry
+//! on when it is back. Each test starts and stops its own NATS on a free port.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::Process;
+use common::server::{assert_wer, seed_upload, Client};
+use reqwest::multipart::{Form, Part};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// How long a node may go without acking a job before another takes it (short for tests).
+const ACK_WAIT: &str = "3s";
+
+/// A `nats-server -js` with its store in a temp directory; stopped when dropped.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+}
+
+impl Nats {
+    fn start(store: &Path) -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Nats {
+            child: None,
+            port,
+            store: store.to_path_buf(),
+        };
+        nats.resume();
+        nats
+    }
+
+    /// Starts the server (again) on the same port and store, and waits until it listens.
+    fn resume(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (apt-get install nats-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server the way an operator does (SIGTERM: its file store is flushed).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A cluster node: its own data directory, the shared NATS, `extra` flags.
+fn node(tmp: &Path, name: &str, nats: &Nats, extra: &[&str]) -> Process {
+    let url = nats.url();
+    let mut args = vec!["--cluster", url.as_str(), "--cluster-ack-wait", ACK_WAIT];
+    args.extend_from_slice(extra);
+    Process::start_with(&tmp.join(name), &tmp.join("models"), &args)
+}
+
+async fn transcribe_over_http(node: &Process, file: &str) -> reqwest::Response {
+    let bytes = std::fs::read(common::corpus_file(file)).unwrap();
+    let form = Form::new()
+        .text("model", "whisper-1")
+        .part("file", Part::bytes(bytes).file_name(file.to_string()));
+    reqwest::Client::new()
+        .post(format!("{}/v1/audio/transcriptions", node.http_url()))
+        .multipart(form)
+        .send()
+        .await
+        .expect("the node answers")
+}
+
+/// The task id header and the transcript of a plain JSON answer.
+async fn task_and_text(response: reqwest::Response) -> (String, String) {
+    let header = &response.headers()["x-earshot-task-id"];
+    let task = header.to_str().unwrap().to_string();
+    let body = response.json::<Value>().await.unwrap();
+    (task, body["text"].as_str().unwrap_or_default().to_string())
+}
+
+async fn get_json(url: String) -> (StatusCode, Value) {
+    let response = reqwest::get(url).await.expect("the node answers");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `/readyz` until it says `ready` (or not), for up to 60 s.
+async fn wait_ready(node: &Process, ready: bool) -> Value {
+    for _ in 0..600 {
+        let (status, body) = get_json(format!("{}/readyz", node.http_url())).await;
+        if (status == StatusCode::OK) == ready {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "readyz never became {}",
+        if ready { "ready" } else { "not ready" }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_answers_for_any_task_and_nodes_ride_out_a_nats_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(&tmp.path().join("nats"));
+    let a = node(tmp.path(), "a", &nats, &[]);
+    let b = node(tmp.path(), "b", &nats, &[]);
+    let body = wait_ready(&b, true).await;
+    assert_eq!(body["cluster_connected"], true, "{body}");
+
+    // Submitted on A over HTTP (run by whichever node pulls it), read on B.
+    let file = "en_jfk.wav";
+    let response = transcribe_over_http(&a, file).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (task, text) = task_and_text(response).await;
+    assert_wer(file, &text, 0.15);
+    let (status, on_b) = get_json(format!("{}/v1/tasks/{task}", b.http_url())).await;
+    assert_eq!(status, StatusCode::OK, "{on_b}");
+    assert_eq!(on_b["status"], "completed", "{on_b}");
+    assert_eq!(on_b["text"], text.as_str(), "{on_b}");
+    let mut ws = Client::connect(&b.url).await;
+    ws.send(json!({"type": "get_result", "data": {"task_id": task}}))
+        .await;
+    let done = ws.expect("transcription_complete").await;
+    assert_eq!(done["data"]["text"], text.as_str());
+
+    // NATS goes away: readiness says why, and requests that need it fail fast, not hang.
+    nats.stop();
+    let body = wait_ready(&a, false).await;
+    assert_eq!(body["cluster_connected"], false, "{body}");
+    let response = transcribe_over_http(&a, "en_arctic_a0024.wav").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error = response.json::<Value>().await.unwrap();
+    assert_eq!(error["error"]["code"], "not_ready", "{error}");
+    let (status, _) = get_json(format!("{}/v1/tasks/{task}", b.http_url())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    ws.send(json!({"type": "get_result", "data": {"task_id": task}}))
+        .await;
+    ws.expect_error("not_ready").await;
+
+    // Back (same store): the nodes reconnect by themselves; the result was kept.
+    nats.resume();
+    wait_ready(&a, true).await;
+    wait_ready(&b, true).await;
+    let (status, again) = get_json(format!("{}/v1/tasks/{task}", a.http_url())).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["text"], text.as_str());
+    let file = "en_arctic_a0024.wav";
+    let response = transcribe_over_http(&b, file).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, text) = task_and_text(response).await;
+    assert_wer(file, &text, 0.3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_job_hands_it_over_and_the_client_hears_each_segment_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&tmp.path().join("nats"));
+    // A only holds the client's socket (no processing slots); B and C run jobs.
+    let a = node(tmp.path(), "a", &nats, &["--max-processing", "0"]);
+    let b = node(tmp.path(), "b", &nats, &["--max-processing", "1"]);
+    let c = node(tmp.path(), "c", &nats, &["--max-processing", "1"]);
+    wait_ready(&a, true).await;
+
+    // The first 60 s of a long speech: long enough to be mid-job at the kill, short enough
+    // to transcribe twice.
+    let file = "en_JFK_inaugural_146s.ogg";
+    let cut = tmp.path().join("inaugural_60s.wav");
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(common::corpus_file(file))
+        .args(["-t", "60", "-ac", "1", "-ar", "16000"])
+        .arg(&cut)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success());
+    let data = std::fs::read(&cut).unwrap();
+    let mut client = Client::connect(&a.url).await;
+    let task = seed_upload(&mut client, "inaugural_60s.wav", &data, 256 * 1024).await;
+
+    // Kill the node running the job once it has produced a segment.
+    let mut seen = HashSet::new();
+    let mut texts = Vec::new();
+    let mut runner = None;
+    let mut nodes = vec![b, c];
+    let done = loop {
+        let msg = client.recv().await;
+        match msg["type"].as_str().unwrap_or("") {
+            "transcript_segment" => {
+                let index = msg["data"]["index"].as_u64().expect("an index");
+                assert!(seen.insert(index), "segment {index} came twice: {msg}");
+                texts.push(msg["data"]["text"].as_str().unwrap_or("").to_string());
+                if runner.is_none() {
+                    let i = nodes
+                        .iter()
+                        .position(|n| n.logged("running a job from the cluster", &task))
+                        .expect("a node logged that it runs the job");
+                    runner = Some(i);
+                    nodes.remove(i).kill9();
+                }
+            }
+            "transcription_progress" => {}
+            "transcription_complete" => break msg,
+            _ => panic!("unexpected message while transcribing: {msg}"),
+        }
+    };
+    assert!(runner.is_some(), "the job ran and was killed mid-way");
+    let survivor = &nodes[0];
+    assert!(survivor.logged("running a job from the cluster", &task));
+    let text = done["data"]["text"].as_str().unwrap().to_string();
+    for words in ["long history of the world", "this responsibility"] {
+        assert!(text.contains(words), "{words:?} not in {text:?}");
+    }
+    let count = done["data"]["segments"].as_array().map_or(0, Vec::len);
+    assert_eq!(count, seen.len(), "each segment once in the result");
+    // Nothing more for this task: no second completion.
+    client
+        .send(json!({"type": "get_result", "data": {"task_id": task}}))
+        .await;
+    let again = client.expect("transcription_complete").await;
+    assert_eq!(again["data"]["text"], text.as_str());
+}
