@@ -101,20 +101,25 @@ fn main() {
     }
 
     println!("cargo:rerun-if-changed=wrapper.h");
+    // Vendored: a new whisper.cpp in ./whisper.cpp must reach the build (cargo scans the
+    // directory recursively), and must replace the copy an earlier run left in OUT_DIR.
+    println!("cargo:rerun-if-changed=whisper.cpp");
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let whisper_root = out.join("whisper.cpp");
 
-    if !whisper_root.exists() {
-        std::fs::create_dir_all(&whisper_root).unwrap();
-        fs_extra::dir::copy("./whisper.cpp", &out, &Default::default()).unwrap_or_else(|e| {
-            panic!(
-                "Failed to copy whisper sources into {}: {}",
-                whisper_root.display(),
-                e
-            )
-        });
+    if whisper_root.exists() {
+        std::fs::remove_dir_all(&whisper_root)
+            .unwrap_or_else(|e| panic!("Failed to remove stale {}: {}", whisper_root.display(), e));
     }
+    std::fs::create_dir_all(&whisper_root).unwrap();
+    fs_extra::dir::copy("./whisper.cpp", &out, &Default::default()).unwrap_or_else(|e| {
+        panic!(
+            "Failed to copy whisper sources into {}: {}",
+            whisper_root.display(),
+            e
+        )
+    });
 
     if env::var("WHISPER_DONT_GENERATE_BINDINGS").is_ok() {
         let _: u64 = std::fs::copy("src/bindings.rs", out.join("bindings.rs"))
@@ -134,6 +139,8 @@ fn main() {
         .map_err(|v| v.to_string())
         .unwrap();
 
+        // mutated only with the metal or vulkan feature
+        #[allow(unused_mut)]
         let mut bindings = bindgen::Builder::default()
             .rust_edition(bindgen::RustEdition::Edition2021)
             .rust_target(package_msrv)
@@ -187,6 +194,10 @@ fn main() {
         .define("WHISPER_ALL_WARNINGS_3RD_PARTY", "OFF")
         .define("WHISPER_BUILD_TESTS", "OFF")
         .define("WHISPER_BUILD_EXAMPLES", "OFF")
+        // 1.9: the server example has its own switch, and a release build is told it is one
+        // (otherwise whisper_version() reports "X.Y.Z-dev")
+        .define("WHISPER_BUILD_SERVER", "OFF")
+        .define("WHISPER_BUILD_IS_DEV", "OFF")
         .very_verbose(true)
         .pic(true);
 
@@ -379,8 +390,11 @@ fn add_link_search_path(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// whisper.cpp's version from its CMakeLists.txt: `project("whisper.cpp" VERSION X.Y.Z)` up to
+/// 1.8, `set(WHISPER_VERSION_MAJOR X)` / `_MINOR` / `_PATCH` from 1.9 on.
 fn get_whisper_cpp_version(whisper_root: &std::path::Path) -> std::io::Result<Option<String>> {
     let cmake_lists = BufReader::new(File::open(whisper_root.join("CMakeLists.txt"))?);
+    let mut parts: [Option<String>; 3] = [None, None, None];
 
     for line in cmake_lists.lines() {
         let line = line?;
@@ -389,7 +403,16 @@ fn get_whisper_cpp_version(whisper_root: &std::path::Path) -> std::io::Result<Op
             let whisper_cpp_version = suffix.trim_end_matches(')');
             return Ok(Some(whisper_cpp_version.into()));
         }
+        for (part, name) in parts.iter_mut().zip(["MAJOR", "MINOR", "PATCH"]) {
+            let prefix = format!("set(WHISPER_VERSION_{} ", name);
+            if let Some(suffix) = line.trim().strip_prefix(prefix.as_str()) {
+                *part = Some(suffix.trim_end_matches(')').trim().to_owned());
+            }
+        }
     }
 
-    Ok(None)
+    match parts {
+        [Some(major), Some(minor), Some(patch)] => Ok(Some(format!("{major}.{minor}.{patch}"))),
+        _ => Ok(None),
+    }
 }
