@@ -12,7 +12,9 @@ use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use whisper_rs::{whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperState};
+use whisper_rs::{
+    whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperContextParameters, WhisperState,
+};
 
 use crate::audio::SAMPLE_RATE;
 use crate::transcript::{Segment, Token};
@@ -204,6 +206,19 @@ fn prepare_audio(audio: &[f32]) -> Cow<'_, [f32]> {
         prepared.resize(MIN_SAMPLES, 0.0);
     }
     Cow::Owned(prepared)
+}
+
+/// The whisper.cpp parameters a model is loaded with. Public so benchmarks can load it on equal
+/// terms.
+///
+/// Flash attention is on, as in whisper.cpp's own defaults and whisper-cli (whisper-rs turns it
+/// off): on the CPU it computes attention without building the full score matrix, which made
+/// `earshot transcribe` of the 146 s benchmark file markedly faster (docs/BENCHMARKS.md,
+/// "Engine"). It rules out whisper.cpp's DTW token timing, which Earshot does not use.
+pub fn context_params() -> WhisperContextParameters<'static> {
+    let mut params = WhisperContextParameters::default();
+    params.flash_attn(true);
+    params
 }
 
 /// The whisper.cpp parameters a job runs with (thresholds are those of whisper.cpp's CLI),
