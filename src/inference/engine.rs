@@ -211,13 +211,15 @@ fn prepare_audio(audio: &[f32]) -> Cow<'_, [f32]> {
 /// The whisper.cpp parameters a model is loaded with. Public so benchmarks can load it on equal
 /// terms.
 ///
-/// Flash attention is on, as in whisper.cpp's own defaults and whisper-cli (whisper-rs turns it
-/// off): on the CPU it computes attention without building the full score matrix, which made
-/// `earshot transcribe` of the 146 s benchmark file markedly faster (docs/BENCHMARKS.md,
-/// "Engine"). It rules out whisper.cpp's DTW token timing, which Earshot does not use.
+/// Flash attention stays off (whisper-rs's default; whisper.cpp's own and whisper-cli's is on).
+/// With it, whisper.cpp 1.9.3 pads the cross-attention keys to a multiple of 256 encoder frames
+/// and attends over the padding unmasked; a state reused with a shorter `audio_ctx` (live
+/// hypotheses, [`audio_ctx_for`]) leaves other encodings' values there, and tiny.en then
+/// decoded music into "The The The…" in the live tests. What it would gain is in
+/// docs/BENCHMARKS.md ("Engine levers").
 pub fn context_params() -> WhisperContextParameters<'static> {
     let mut params = WhisperContextParameters::default();
-    params.flash_attn(true);
+    params.flash_attn(false);
     params
 }
 
