@@ -22,12 +22,12 @@ use std::time::Instant;
 
 use earshot::audio::{AudioStream, DecodeLimits};
 use earshot::eval::wer;
-use earshot::inference::engine::whisper_params;
+use earshot::inference::engine::{context_params, whisper_params};
 use earshot::inference::long::{self, LongEvent};
 use earshot::inference::{Options, Pool, PoolConfig, Vad};
 use earshot::transcript::join_text;
 use tokio_util::sync::CancellationToken;
-use whisper_rs::{WhisperContext, WhisperContextParameters};
+use whisper_rs::WhisperContext;
 
 const RATE: f64 = 16_000.0;
 /// The window length `long::transcribe` analyses with the VAD.
@@ -84,8 +84,7 @@ fn main() {
     }
     whisper_rs::install_logging_hooks();
 
-    let context = WhisperContext::new_with_params(&model, WhisperContextParameters::default())
-        .expect("model loads");
+    let context = WhisperContext::new_with_params(&model, context_params()).expect("model loads");
     let mut bench = Bench {
         state: context.create_state().expect("state"),
         multilingual: context.is_multilingual(),

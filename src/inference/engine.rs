@@ -12,7 +12,9 @@ use std::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use whisper_rs::{whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperState};
+use whisper_rs::{
+    whisper_rs_sys as sys, FullParams, SamplingStrategy, WhisperContextParameters, WhisperState,
+};
 
 use super::script;
 use crate::audio::SAMPLE_RATE;
@@ -259,6 +261,21 @@ fn prepare_audio(audio: &[f32]) -> Cow<'_, [f32]> {
         prepared.resize(MIN_SAMPLES, 0.0);
     }
     Cow::Owned(prepared)
+}
+
+/// The whisper.cpp parameters a model is loaded with. Public so benchmarks can load it on equal
+/// terms.
+///
+/// Flash attention stays off (whisper-rs's default; whisper.cpp's own and whisper-cli's is on).
+/// With it, whisper.cpp 1.9.3 pads the cross-attention keys to a multiple of 256 encoder frames
+/// and attends over the padding unmasked; a state reused with a shorter `audio_ctx` (live
+/// hypotheses, [`audio_ctx_for`]) leaves other encodings' values there, and tiny.en then
+/// decoded music into "The The The…" in the live tests. What it would gain is in
+/// docs/BENCHMARKS.md ("Engine levers").
+pub fn context_params() -> WhisperContextParameters<'static> {
+    let mut params = WhisperContextParameters::default();
+    params.flash_attn(false);
+    params
 }
 
 /// The whisper.cpp parameters a job runs with (thresholds are those of whisper.cpp's CLI),

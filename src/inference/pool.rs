@@ -22,7 +22,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
-use whisper_rs::{WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{WhisperContext, WhisperState};
 
 use super::engine::{self, Detection, InferenceError, Options};
 use crate::audio::{SharedAudio, SAMPLE_RATE};
@@ -331,11 +331,12 @@ fn load_model(config: &PoolConfig) -> Result<WhisperContext, InferenceError> {
             reason: "no such file".into(),
         });
     }
-    WhisperContext::new_with_params(&config.model_path, WhisperContextParameters::default())
-        .map_err(|e| InferenceError::ModelLoad {
+    WhisperContext::new_with_params(&config.model_path, engine::context_params()).map_err(|e| {
+        InferenceError::ModelLoad {
             path,
             reason: e.to_string(),
-        })
+        }
+    })
 }
 
 /// "…/ggml-tiny.en.bin" → "tiny.en".
