@@ -168,6 +168,7 @@ mod tests {
         TaskResult {
             transcript: Transcript {
                 language: "en".into(),
+                language_probability: Some(0.97),
                 duration: 2.0,
                 segments: vec![Segment::new(0.0, 1.0, "hi")],
             },
