@@ -395,6 +395,38 @@ fn long_speech() -> Vec<f32> {
     read_wav("en_jfk.wav").repeat(5)
 }
 
+/// A worker's state is reused across jobs; a short low-latency job (a live hypothesis, with a
+/// smaller `audio_ctx`) must decode the same after a full 30 s window as on a fresh state. With
+/// flash attention, whisper.cpp 1.9.3 attended over padding that kept an earlier encoding's
+/// values (the vendored patch fixes it); this is the check that it stays fixed.
+#[test]
+fn a_reused_state_decodes_a_short_window_as_a_fresh_one_does() {
+    let short = read_wav("en_jfk.wav");
+    let live = Options {
+        low_latency: true,
+        ..one_thread()
+    };
+    let run = |pool: &Pool, audio: Vec<f32>, options: &Options| {
+        let (segments, _) = pool
+            .submit(audio, options.clone())
+            .expect("queue has room")
+            .blocking_collect()
+            .expect("job succeeds");
+        segments
+    };
+    let fresh = run(&pool("ggml-tiny.en.bin", 1, 2), short.clone(), &live);
+    let reused_pool = pool("ggml-tiny.en.bin", 1, 2);
+    let full_window: Vec<f32> = long_speech().into_iter().take(30 * RATE).collect();
+    run(&reused_pool, full_window, &one_thread());
+    let reused = run(&reused_pool, short, &live);
+    assert!(!fresh.is_empty());
+    assert_eq!(
+        texts(&fresh),
+        texts(&reused),
+        "a reused state decoded a short window differently"
+    );
+}
+
 #[test]
 fn a_full_queue_answers_busy() {
     let pool = pool("ggml-tiny.en.bin", 1, 1);

@@ -266,15 +266,13 @@ fn prepare_audio(audio: &[f32]) -> Cow<'_, [f32]> {
 /// The whisper.cpp parameters a model is loaded with. Public so benchmarks can load it on equal
 /// terms.
 ///
-/// Flash attention stays off (whisper-rs's default; whisper.cpp's own and whisper-cli's is on).
-/// With it, whisper.cpp 1.9.3 pads the cross-attention keys to a multiple of 256 encoder frames
-/// and attends over the padding unmasked; a state reused with a shorter `audio_ctx` (live
-/// hypotheses, [`audio_ctx_for`]) leaves other encodings' values there, and tiny.en then
-/// decoded music into "The The The…" in the live tests. What it would gain is in
-/// docs/BENCHMARKS.md ("Engine levers").
+/// Flash attention on, as whisper.cpp's and whisper-cli's default: it roughly halves the
+/// encoder's cost. whisper.cpp 1.9.3 attended over unwritten, unmasked padding with it (in a
+/// state reused with a shorter `audio_ctx`, [`audio_ctx_for`], tiny.en decoded music into "The
+/// The The…"); the vendored copy carries the fix (vendor/whisper-rs-sys/patches).
 pub fn context_params() -> WhisperContextParameters<'static> {
     let mut params = WhisperContextParameters::default();
-    params.flash_attn(false);
+    params.flash_attn(true);
     params
 }
 

@@ -32,6 +32,12 @@ for b in $backends; do
     if [ -d "$src/ggml/src/$b" ]; then cp -r "$src/ggml/src/$b" "$out/ggml/src/"; fi
 done
 
+# Earshot's fixes to whisper.cpp, in order (see README.md, "Patches").
+for p in "$here"/patches/*.patch; do
+    [ -e "$p" ] || continue
+    patch -d "$out" -p1 --no-backup-if-mismatch < "$p"
+done
+
 rm -rf "$here/whisper.cpp"
 mv "$out" "$here/whisper.cpp"
 grep -E 'set\(WHISPER_VERSION_(MAJOR|MINOR|PATCH)' "$here/whisper.cpp/CMakeLists.txt"
