@@ -65,6 +65,22 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub upload_idle_timeout: Duration,
 
+    /// How long a live stream whose connection dropped without `stream_end` waits, with its
+    /// audio and state kept, for its client to continue it (`stream_start` with its `task_id`
+    /// and `resume: true`); after that it is finished as interrupted. 0 = no resume.
+    #[arg(long, env = "EARSHOT_STREAM_RESUME_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stream_resume_grace: Duration,
+
+    /// Interrupted live streams one client (its API key, or its address without keys) may
+    /// have waiting for a resume at once; past that a dropped stream is finished at once.
+    /// All clients together may have at most `--max-connections` waiting.
+    #[arg(
+        long,
+        env = "EARSHOT_MAX_DETACHED_STREAMS_PER_CLIENT",
+        default_value_t = 4
+    )]
+    pub max_detached_streams_per_client: usize,
+
     /// Files transcribed at once (the seed's processing semaphore); more wait their turn.
     #[arg(long, env = "EARSHOT_MAX_PROCESSING", default_value_t = 3)]
     pub max_processing: usize,

@@ -26,7 +26,12 @@ use crate::inference::engine::Options;
 use crate::inference::pool::Pool;
 use crate::jobs::batch::Batch;
 use crate::jobs::{JobQueue, LocalRegistry, TaskRegistry};
+use crate::live::resume::{DetachLimits, Resumable};
 use crate::upload::store::{UploadStorage, UploadStore};
+
+/// How the session layer reaches one of its live streams, opaque here (it would otherwise
+/// have to name a type of `ws`, a layer above).
+pub type StreamHandle = Arc<dyn std::any::Any + Send + Sync>;
 
 /// Everything connections share. Cloned as an `Arc` into every session.
 pub struct AppState {
@@ -55,6 +60,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Background work (sessions, transcriptions) the shutdown waits for.
     pub tracker: TaskTracker,
+    /// Live streams a client may continue after its connection dropped (`stream_start` with
+    /// `resume`). The handle is the session layer's (`ws`), which this layer must not name.
+    pub streams: Arc<Resumable<StreamHandle>>,
     /// The cluster this node belongs to (`--cluster`), whose NATS holds the tasks and jobs;
     /// `None` for a single node. Readiness and the requests that need NATS look at it.
     pub cluster: Option<Arc<Cluster>>,
@@ -134,7 +142,13 @@ impl AppState {
             }
             _ => Arc::new(jobs),
         };
+        let streams = Arc::new(Resumable::new(DetachLimits {
+            grace: config.stream_resume_grace,
+            total: config.max_connections,
+            per_client: config.max_detached_streams_per_client,
+        }));
         Ok(Arc::new(Self {
+            streams,
             upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
             upload_shares: Shares::new(config.max_uploads_per_client),
             processing_slots,

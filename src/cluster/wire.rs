@@ -175,6 +175,7 @@ mod tests {
             processing_seconds: 0.1,
             task: Task::Transcribe,
             truncated: None,
+            interrupted: false,
         }
     }
 

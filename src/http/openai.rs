@@ -589,6 +589,7 @@ mod tests {
             processing_seconds: 0.1,
             task: Task::Transcribe,
             truncated,
+            interrupted: false,
         }
     }
 

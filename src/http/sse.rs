@@ -179,6 +179,7 @@ mod tests {
             processing_seconds: 0.1,
             task: crate::domain::Task::Transcribe,
             truncated: None,
+            interrupted: false,
         };
         let done_event = wire(done(&result)).await;
         assert_eq!(

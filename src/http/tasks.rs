@@ -76,12 +76,14 @@ fn not_found() -> ApiError {
 }
 
 /// The status object: state, progress, the text so far, and the full result when done (with
-/// `truncated` when the file ended before its declared duration).
+/// `truncated` when the file ended before its declared duration; status `interrupted` for a
+/// live stream whose connection dropped and was not resumed in time).
 pub fn status(id: TaskId, snapshot: &Snapshot) -> serde_json::Value {
     let text = crate::transcript::join_text(&snapshot.segments);
     let (status, progress) = match &snapshot.state {
         TaskState::Queued => ("queued", 0.0),
         TaskState::Running { progress } => ("in_progress", *progress),
+        TaskState::Done(result) if result.interrupted => ("interrupted", 100.0),
         TaskState::Done(_) => ("completed", 100.0),
         TaskState::Failed { .. } => ("failed", 0.0),
     };
@@ -146,9 +148,10 @@ mod tests {
             processing_seconds: 0.5,
             task: Task::Transcribe,
             truncated: None,
+            interrupted: false,
         };
         let done = Snapshot {
-            state: TaskState::Done(Arc::new(result)),
+            state: TaskState::Done(Arc::new(result.clone())),
             segments: vec![],
         };
         let body = status(id, &done);
@@ -156,6 +159,20 @@ mod tests {
         assert_eq!(body["text"], "Hello there");
         assert_eq!(body["result"]["segments"][0]["text"], " Hello there");
         assert!(body.get("truncated").is_none(), "{body}");
+
+        let interrupted = Snapshot {
+            state: TaskState::Done(Arc::new(TaskResult {
+                interrupted: true,
+                ..result
+            })),
+            segments: vec![],
+        };
+        let body = status(id, &interrupted);
+        assert_eq!(body["status"], "interrupted");
+        assert_eq!(
+            body["text"], "Hello there",
+            "the committed text is the result"
+        );
 
         let failed = Snapshot {
             state: TaskState::Failed {

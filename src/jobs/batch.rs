@@ -144,6 +144,7 @@ impl Batch {
                     Task::Transcribe
                 },
                 truncated: audio.truncation(),
+                interrupted: false,
             }),
             Err(LongError::Input(err)) => Err(Failure::Audio(err)),
             // `Stopped`, or a job cut short after the stop (the pool going down with the server).

@@ -130,6 +130,7 @@ mod tests {
             processing_seconds: 0.5,
             task: Task::Transcribe,
             truncated: None,
+            interrupted: false,
         }
     }
 

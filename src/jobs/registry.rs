@@ -47,6 +47,11 @@ pub struct TaskResult {
     /// transcript is partial. Absent in results stored before it existed, and for streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncation>,
+    /// Set for a live stream whose connection dropped without `stream_end` and was not resumed
+    /// within the grace period: the transcript is what the server had received by then, and
+    /// every interface reports the task as interrupted rather than completed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// Where a task stands.
@@ -315,6 +320,7 @@ mod tests {
             processing_seconds: 0.5,
             task: Task::Transcribe,
             truncated: None,
+            interrupted: false,
         }
     }
 
@@ -399,6 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = TaskId::new_v4();
         let cut = TaskResult {
+            interrupted: false,
             truncated: Truncation::detect(5.5, Some(11.0)),
             ..result()
         };

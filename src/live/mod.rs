@@ -3,11 +3,14 @@
 //!
 //! [`policy`] is the pure state machine (no threads, no Whisper, no sockets): it decides when a
 //! stream needs a new hypothesis, which text is final, and how far behind the stream is. The
-//! session layer feeds it audio and Whisper results and sends what it returns.
+//! session layer feeds it audio and Whisper results and sends what it returns. [`resume`] keeps
+//! the table of streams a client may continue after a dropped connection, with their grace
+//! periods and caps (pure bookkeeping; the session layer holds the streams themselves).
 //!
 //! This module must not do I/O, spawn, or run Whisper: everything here is testable with plain
 //! values.
 
 pub mod policy;
+pub mod resume;
 
 pub use policy::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};

@@ -152,6 +152,7 @@ pub fn complete_msg(
         processing_seconds: result.processing_seconds,
         formatted,
         truncated: result.truncated,
+        interrupted: result.interrupted,
     })
 }
 

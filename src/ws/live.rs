@@ -6,19 +6,31 @@
 //! At most one job per stream is in the pool at a time, so a busy pool makes a stream lag —
 //! reported with `stream_lag` — but never grows a queue.
 //!
-//! This module must not decide what is final (the policy does) and must not copy a hypothesis'
-//! audio: the policy's snapshot is moved into the pool, and only its span is kept here.
+//! The stream's task outlives its connection: a connection that drops without `stream_end`
+//! leaves the stream *detached* (registered in `AppState::streams`, its decoder, policy buffer
+//! and committed segments kept) for `--stream-resume-grace`. A `stream_start` with the same
+//! `task_id` and `resume: true` hands it a new connection ([`Link`]); it answers with how many
+//! audio bytes it has taken in, so the client sends on from there, and sends again the segments
+//! the client lacks. A resume while the old connection is still attached takes the stream over
+//! and closes the old connection (1008). Once the grace period is over the stream transcribes
+//! what it holds and is finished as interrupted.
+//!
+//! This module must not decide what is final (the policy does), must not copy a hypothesis'
+//! audio (the policy's snapshot is moved into the pool, and only its span is kept here) and
+//! must not keep a detached stream past its grace period or the server's shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+
+use axum::extract::ws::{CloseFrame, Message};
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::follow::segment_msg;
-use super::{Connection, Outbound};
-use crate::app::AppState;
+use super::{close, Connection, Outbound};
+use crate::app::{AppState, StreamHandle};
 use crate::audio::decode::{
     byte_feed, ByteFeedSender, DecodeError, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
 };
@@ -28,10 +40,10 @@ use crate::domain::TaskId;
 use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
-use crate::jobs::TaskResult;
+use crate::jobs::{TaskResult, TaskState};
 use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
 use crate::protocol::message::{
-    AudioFormat, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
+    AudioFormat, ResumeFrom, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::transcript::{Segment, Transcript};
@@ -58,12 +70,38 @@ enum Input {
     End,
 }
 
+/// A connection as a stream sees it: its audio in, its messages out.
+struct Link {
+    /// Audio frames (and the end) from the connection; closed when the connection goes.
+    input: mpsc::Receiver<Input>,
+    /// Towards the connection's client.
+    out: Outbound,
+}
+
+/// A new connection for a stream (a resume).
+struct Attach {
+    /// The connection.
+    link: Link,
+    /// The first segment index its client lacks; those from there on are sent again.
+    next_index: usize,
+}
+
+/// What `AppState::streams` holds (type-erased) for each stream: the way to hand it a new
+/// connection.
+type Handoff = mpsc::Sender<Attach>;
+
+/// The close reason a connection gets when its stream is resumed on another one.
+const TAKEN_OVER: &str = "stream resumed on another connection";
+
 impl Connection {
     pub(super) async fn stream_start(&mut self, start: StreamStart) -> Result<(), ProtocolError> {
         if self.live.is_some() {
             return Err(ProtocolError::invalid(
                 "a stream is already open on this connection; send stream_end first",
             ));
+        }
+        if let (Some(task_id), Some(from)) = (start.task_id, start.resume) {
+            return self.stream_resume(task_id, from).await;
         }
         self.check_language(&start.options)?;
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
@@ -72,9 +110,12 @@ impl Connection {
         let decoder = InputDecoder::new(&start)?;
         self.state.tasks.create(task_id, self.caller.owner.clone());
         let (input, rx) = mpsc::channel(INPUT_FRAMES);
+        let (handoff, handoffs) = mpsc::channel::<Attach>(1);
+        let handle: StreamHandle = Arc::new(handoff);
+        let (owner, client) = (self.caller.owner.clone(), self.caller.client());
+        self.state.streams.register(task_id, owner, client, handle);
         let runner = Runner {
             state: self.state.clone(),
-            out: self.out.clone(),
             task_id,
             options: Options {
                 low_latency: true,
@@ -82,15 +123,72 @@ impl Connection {
                 token_timestamps: true,
                 ..self.state.engine_options(&start.options)
             },
-            cancel: self.cancel.clone(),
             language: std::sync::Mutex::new(None),
+            handoffs,
+            received_bytes: 0,
         };
-        self.state.tracker.spawn(runner.run(rx, decoder));
+        let link = Link {
+            input: rx,
+            out: self.out.clone(),
+        };
+        self.state.tracker.spawn(runner.run(link, decoder));
         self.adopt(task_id);
         self.live = Some(LiveStream { task_id, input });
         tracing::info!(%task_id, format = start.format.as_str(), "stream started");
-        self.send(ServerMessage::StreamStarted(StreamStarted { task_id }))
-            .await
+        let started = StreamStarted {
+            task_id,
+            resumed: false,
+            received_bytes: None,
+            segments: None,
+        };
+        self.send(ServerMessage::StreamStarted(started)).await
+    }
+
+    /// Hands the interrupted (or still attached) stream `task_id` to this connection; the
+    /// stream itself answers `stream_started`.
+    async fn stream_resume(
+        &mut self,
+        task_id: TaskId,
+        from: ResumeFrom,
+    ) -> Result<(), ProtocolError> {
+        let owner = self.caller.owner.as_ref();
+        let Ok(resume) = self.state.streams.resume(task_id, owner) else {
+            return Err(self.not_resumable(task_id).await);
+        };
+        let handoff = resume
+            .handle
+            .downcast::<Handoff>()
+            .map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))?;
+        let (input, rx) = mpsc::channel(INPUT_FRAMES);
+        let attach = Attach {
+            link: Link {
+                input: rx,
+                out: self.out.clone(),
+            },
+            next_index: from.next_index,
+        };
+        if handoff.send(attach).await.is_err() {
+            return Err(self.not_resumable(task_id).await);
+        }
+        self.adopt(task_id);
+        self.live = Some(LiveStream { task_id, input });
+        tracing::info!(%task_id, took_over = resume.took_over, "stream resumed");
+        Ok(())
+    }
+
+    /// The refusal of a resume: an ended stream is told apart from an unknown id (a stream of
+    /// another key is unknown).
+    async fn not_resumable(&self, task_id: TaskId) -> ProtocolError {
+        let snapshot = self.state.tasks.snapshot_for(task_id, &self.caller).await;
+        let ended = snapshot
+            .is_some_and(|s| matches!(s.state, TaskState::Done(_) | TaskState::Failed { .. }));
+        let message = if ended {
+            "that stream has ended (by stream_end, or its grace period for a resume is over); \
+             get_result has its transcript"
+        } else {
+            "no stream with that task_id to resume; start a new one"
+        };
+        ProtocolError::new(ErrorCode::SessionNotFound, message).with_task(task_id)
     }
 
     pub(super) async fn live_audio(
@@ -194,13 +292,16 @@ fn decode_container(
 /// The task behind one live stream.
 struct Runner {
     state: Arc<AppState>,
-    out: Outbound,
     task_id: TaskId,
     options: Options,
-    cancel: CancellationToken,
     /// The language of the latest hypothesis (Whisper's detection when none was asked for)
     /// and, when detected, Whisper's probability for it.
     language: std::sync::Mutex<Option<(String, Option<f32>)>>,
+    /// New connections for this stream (resumes), from `AppState::streams`.
+    handoffs: mpsc::Receiver<Attach>,
+    /// Audio payload bytes taken in since the stream started, over all its connections: where
+    /// a resuming client sends on from.
+    received_bytes: u64,
 }
 
 /// A hypothesis being computed.
@@ -211,49 +312,107 @@ struct Pending {
     segments: Vec<Segment>,
 }
 
+/// Keeps a stream resumable while its task runs; forgets it when the task ends, however.
+struct Registered {
+    /// The table the stream is registered in.
+    state: Arc<AppState>,
+    /// The stream.
+    task_id: TaskId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.streams.remove(self.task_id);
+    }
+}
+
+/// Where the stream's input stands.
+#[derive(Default)]
+struct Progress {
+    /// No more audio will come: `stream_end`, or the stream is being finished as interrupted.
+    input_done: bool,
+    /// The decoder has given everything it will.
+    decoder_done: bool,
+    /// The stream is finished as interrupted (its connection dropped and no resume came).
+    interrupted: bool,
+    /// While detached: when its grace period ends.
+    grace_until: Option<tokio::time::Instant>,
+    /// `AppState::streams` has forgotten the stream: no more resumes can come.
+    handoffs_closed: bool,
+}
+
 impl Runner {
-    async fn run(self, mut input: mpsc::Receiver<Input>, mut decoder: InputDecoder) {
+    async fn run(mut self, link: Link, mut decoder: InputDecoder) {
+        let _registered = Registered {
+            state: self.state.clone(),
+            task_id: self.task_id,
+        };
         let started = Instant::now();
+        let mut link = Some(link);
         let mut policy = LivePolicy::new(LiveConfig::default());
         let mut pending: Option<Pending> = None;
         let mut committed: Vec<Segment> = Vec::new();
-        let mut input_done = false;
-        let mut decoder_done = false;
+        let mut at = Progress::default();
         let mut tick = tokio::time::interval(TICK);
         let mut last_lag_report = Instant::now();
         loop {
             tokio::select! {
-                frame = input.recv(), if !input_done => {
+                frame = next_input(&mut link), if !at.input_done => {
                     let fed = match frame {
-                        Some(Input::Audio(bytes)) => self.feed(&mut decoder, &mut policy, bytes).await,
-                        Some(Input::End) | None => {
-                            input_done = true;
-                            finish_input(&mut decoder, &mut policy).map(|done| decoder_done = done)
+                        Some(Input::Audio(bytes)) => {
+                            self.received_bytes += bytes.len() as u64;
+                            self.feed(&mut decoder, &mut policy, bytes).await
+                        }
+                        Some(Input::End) => end_input(&mut at, &mut decoder, &mut policy),
+                        None => {
+                            link = None;
+                            self.detach(&mut at, &mut decoder, &mut policy)
                         }
                     };
                     if fed.is_err() {
-                        self.undecodable().await;
+                        self.undecodable(link.as_ref()).await;
                         return;
                     }
                 },
-                block = decoded(&mut decoder), if !decoder_done => match block {
+                attach = self.handoffs.recv(), if !at.handoffs_closed => match attach {
+                    Some(attach) => {
+                        at.grace_until = None;
+                        self.attach(attach, &mut link, &committed).await;
+                    }
+                    None => at.handoffs_closed = true,
+                },
+                _ = super::sleep_until_some(at.grace_until) => {
+                    at.grace_until = None;
+                    // `false`: a resume came just in time; its connection is on its way.
+                    if self.state.streams.expire(self.task_id) {
+                        tracing::info!(task_id = %self.task_id, "stream not resumed in time");
+                        if interrupt(&mut at, &mut decoder, &mut policy).is_err() {
+                            break;
+                        }
+                    }
+                }
+                block = decoded(&mut decoder), if !at.decoder_done => match block {
                     Some(samples) => policy.push(&samples),
                     None => {
-                        decoder_done = true;
-                        if !input_done {
-                            self.undecodable().await;
+                        at.decoder_done = true;
+                        if !at.input_done {
+                            self.undecodable(link.as_ref()).await;
                             return;
                         }
                     }
                 },
                 event = next_event(&mut pending), if pending.is_some() => {
-                    self.on_event(event, &mut pending, &mut policy, &mut committed).await;
+                    self.on_event(event, &mut pending, &mut policy, &mut committed, link.as_ref()).await;
                 }
-                _ = tick.tick() => self.report_lag(&policy, &mut last_lag_report),
-                _ = self.cancel.cancelled() => break,
+                _ = tick.tick() => self.report_lag(&policy, &mut last_lag_report, link.as_ref()),
+                _ = self.state.shutdown.cancelled() => {
+                    // Without its `stream_end`, the stream did not end as its client meant.
+                    at.interrupted |= !at.input_done;
+                    break;
+                }
             }
             if pending.is_none() {
-                let finishing = input_done && decoder_done;
+                let finishing = at.input_done && at.decoder_done;
                 let next = if finishing {
                     policy.finish()
                 } else {
@@ -266,17 +425,87 @@ impl Runner {
                 }
             }
         }
-        self.complete(committed, policy.received_secs(), started)
+        drop(_registered);
+        self.refuse_handoffs().await;
+        let out = link.as_ref().map(|l| &l.out);
+        let duration = policy.received_secs();
+        self.complete(committed, duration, started, at.interrupted, out)
             .await;
     }
 
+    /// The connection went without `stream_end`: the stream waits for a resume, or — when
+    /// resume is off or the caps are reached — is finished as interrupted at once.
+    fn detach(
+        &self,
+        at: &mut Progress,
+        decoder: &mut InputDecoder,
+        policy: &mut LivePolicy,
+    ) -> Result<(), DecodeError> {
+        match self.state.streams.detach(self.task_id) {
+            Ok(deadline) => {
+                tracing::info!(task_id = %self.task_id, "stream detached; waiting for a resume");
+                at.grace_until = Some(deadline.into());
+                Ok(())
+            }
+            Err(why) => {
+                tracing::info!(task_id = %self.task_id, ?why, "stream interrupted");
+                self.state.streams.remove(self.task_id);
+                interrupt(at, decoder, policy)
+            }
+        }
+    }
+
+    /// Gives the stream a new connection; a connection still attached is closed.
+    async fn attach(&self, attach: Attach, link: &mut Option<Link>, committed: &[Segment]) {
+        if let Some(old) = link.take() {
+            tracing::info!(task_id = %self.task_id, "stream taken over by a new connection");
+            let frame = CloseFrame {
+                code: close::POLICY,
+                reason: TAKEN_OVER.into(),
+            };
+            old.out.send_lossy_raw(Message::Close(Some(frame)));
+        }
+        let out = &attach.link.out;
+        let started = StreamStarted {
+            task_id: self.task_id,
+            resumed: true,
+            received_bytes: Some(self.received_bytes),
+            segments: Some(committed.len()),
+        };
+        let _ = out.send(ServerMessage::StreamStarted(started)).await;
+        for (index, s) in committed.iter().enumerate().skip(attach.next_index) {
+            let _ = out.send(segment_msg(self.task_id, index, s)).await;
+        }
+        *link = Some(attach.link);
+    }
+
+    /// Answers resumes that reached the stream as it ended: there is nothing to continue.
+    async fn refuse_handoffs(&mut self) {
+        self.handoffs.close();
+        loop {
+            match self.handoffs.try_recv() {
+                Ok(attach) => {
+                    let err = ProtocolError::new(
+                        ErrorCode::SessionNotFound,
+                        "that stream has just ended; get_result has its transcript",
+                    );
+                    let msg = err.with_task(self.task_id).to_message();
+                    let _ = attach.link.out.send(msg).await;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
     /// Tells the client its audio could not be decoded and records the task as failed.
-    async fn undecodable(&self) {
+    async fn undecodable(&self, link: Option<&Link>) {
         let message = "the stream's audio could not be decoded in the announced format";
         let code = FailureCode::UnsupportedAudio;
         self.state.tasks.fail(self.task_id, code, message);
         let err = ProtocolError::new(ErrorCode::UnsupportedAudio, message).with_task(self.task_id);
-        let _ = self.out.send(err.to_message()).await;
+        if let Some(link) = link {
+            let _ = link.out.send(err.to_message()).await;
+        }
     }
 
     /// Hands the client's bytes to the decoder; fails only if resampling raw PCM panicked.
@@ -324,6 +553,7 @@ impl Runner {
         pending: &mut Option<Pending>,
         policy: &mut LivePolicy,
         committed: &mut Vec<Segment>,
+        link: Option<&Link>,
     ) {
         match event {
             Some(JobEvent::Segment(s)) => {
@@ -344,7 +574,7 @@ impl Runner {
                     Some((summary.language, summary.language_probability));
                 let segments = p.segments;
                 for output in policy.on_result(p.span, segments) {
-                    self.emit(output, committed).await;
+                    self.emit(output, committed, link).await;
                 }
             }
             Some(JobEvent::Failed(err)) => {
@@ -359,41 +589,56 @@ impl Runner {
         }
     }
 
-    async fn emit(&self, output: LiveOutput, committed: &mut Vec<Segment>) {
+    /// Publishes commits to the registry and tells the client, if one is attached (a resumed
+    /// client gets the commits it missed when it comes back).
+    async fn emit(&self, output: LiveOutput, committed: &mut Vec<Segment>, link: Option<&Link>) {
+        let out = link.map(|l| &l.out);
         match output {
+            LiveOutput::Partial { .. } if out.is_none() => {}
             LiveOutput::Partial { text, revision } => {
-                self.out
-                    .send_lossy(ServerMessage::TranscriptPartial(TranscriptPartial {
-                        task_id: self.task_id,
-                        text,
-                        revision,
-                    }));
+                let Some(out) = out else { return };
+                out.send_lossy(ServerMessage::TranscriptPartial(TranscriptPartial {
+                    task_id: self.task_id,
+                    text,
+                    revision,
+                }));
             }
             LiveOutput::Commit(segments) => {
                 for s in segments {
                     let msg = segment_msg(self.task_id, committed.len(), &s);
                     self.state.tasks.segment(self.task_id, s.clone());
                     committed.push(s);
-                    let _ = self.out.send(msg).await;
+                    if let Some(out) = out {
+                        let _ = out.send(msg).await;
+                    }
                 }
             }
         }
     }
 
-    fn report_lag(&self, policy: &LivePolicy, last: &mut Instant) {
+    fn report_lag(&self, policy: &LivePolicy, last: &mut Instant, link: Option<&Link>) {
         let lag = policy.lag_secs();
         crate::metrics::live_lag(lag);
+        let Some(link) = link else { return };
         if lag >= LAG_REPORT_SECS && policy.in_flight() && last.elapsed() >= Duration::from_secs(1)
         {
             *last = Instant::now();
-            self.out.send_lossy(ServerMessage::StreamLag(StreamLag {
+            link.out.send_lossy(ServerMessage::StreamLag(StreamLag {
                 task_id: self.task_id,
                 behind_seconds: (lag * 10.0).round() / 10.0,
             }));
         }
     }
 
-    async fn complete(&self, segments: Vec<Segment>, duration: f64, started: Instant) {
+    /// Records the result (interrupted or not) and sends it to the client, if one is attached.
+    async fn complete(
+        &self,
+        segments: Vec<Segment>,
+        duration: f64,
+        started: Instant,
+        interrupted: bool,
+        out: Option<&Outbound>,
+    ) {
         let detected = self
             .language
             .lock()
@@ -413,11 +658,14 @@ impl Runner {
             processing_seconds: started.elapsed().as_secs_f64(),
             task: Task::Transcribe,
             truncated: None,
+            interrupted,
         };
-        tracing::info!(task_id = %self.task_id, secs = duration, "stream finished");
+        tracing::info!(task_id = %self.task_id, secs = duration, interrupted, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);
         self.state.tasks.finish(self.task_id, result).await;
-        let _ = self.out.send(msg).await;
+        if let Some(out) = out {
+            let _ = out.send(msg).await;
+        }
     }
 }
 
@@ -433,6 +681,36 @@ fn finish_input(decoder: &mut InputDecoder, policy: &mut LivePolicy) -> Result<b
             feed.take();
             Ok(false)
         }
+    }
+}
+
+/// `stream_end`: no more audio; the rest is transcribed and the stream completes.
+fn end_input(
+    at: &mut Progress,
+    decoder: &mut InputDecoder,
+    policy: &mut LivePolicy,
+) -> Result<(), DecodeError> {
+    at.input_done = true;
+    at.decoder_done = finish_input(decoder, policy)?;
+    Ok(())
+}
+
+/// No resume is coming: what was received is transcribed and the stream is finished as
+/// interrupted.
+fn interrupt(
+    at: &mut Progress,
+    decoder: &mut InputDecoder,
+    policy: &mut LivePolicy,
+) -> Result<(), DecodeError> {
+    at.interrupted = true;
+    end_input(at, decoder, policy)
+}
+
+/// The next frame of the attached connection; never, while detached.
+async fn next_input(link: &mut Option<Link>) -> Option<Input> {
+    match link {
+        Some(link) => link.input.recv().await,
+        None => std::future::pending().await,
     }
 }
 

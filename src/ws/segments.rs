@@ -163,6 +163,7 @@ async fn run(
         processing_seconds: started.elapsed().as_secs_f64(),
         task: Task::Transcribe,
         truncated: None,
+        interrupted: false,
     };
     state.tasks.finish(task_id, result).await;
 }

@@ -236,6 +236,16 @@ pub struct StreamStart {
     pub channels: u16,
     /// Language and translation wishes.
     pub options: TaskOptions,
+    /// `Some` to continue the interrupted stream `task_id` instead of starting one.
+    pub resume: Option<ResumeFrom>,
+}
+
+/// What a resuming client already has (docs/PROTOCOL.md §9.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeFrom {
+    /// The index of the first segment the client has not received; the server sends the
+    /// stream's committed segments from there on again.
+    pub next_index: usize,
 }
 
 /// A validated `stream_end`.

@@ -17,8 +17,8 @@ mod server_message;
 mod wire;
 
 pub use client_message::{
-    AudioFormat, AudioSegment, ClientMessage, StreamEnd, StreamStart, TaskOptions, TaskRef,
-    Transport, UploadChunk, UploadFinish, UploadMode, UploadRequest,
+    AudioFormat, AudioSegment, ClientMessage, ResumeFrom, StreamEnd, StreamStart, TaskOptions,
+    TaskRef, Transport, UploadChunk, UploadFinish, UploadMode, UploadRequest,
 };
 pub use server_message::{
     ChunkAck, ChunkReceived, ChunkStatus, Connected, ErrorData, ServerMessage, ServerShutdown,

@@ -231,6 +231,10 @@ pub struct TranscriptionComplete {
     /// `decoded_seconds` of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncation>,
+    /// True for a live stream whose connection dropped without `stream_end` and that was not
+    /// resumed in time: the text is what the server had received by then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// `stream_started`.
@@ -238,6 +242,17 @@ pub struct TranscriptionComplete {
 pub struct StreamStarted {
     /// The stream's id (the client's or a new one).
     pub task_id: TaskId,
+    /// True when the stream was resumed (`stream_start` with `resume`); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// On a resume: audio bytes (binary frame payloads) the stream has taken in since it
+    /// started. The client sends its audio on from this byte offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_bytes: Option<u64>,
+    /// On a resume: segments committed so far; those from the client's `next_index` on follow
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<usize>,
 }
 
 /// `stream_lag`.
@@ -334,6 +349,7 @@ mod tests {
             processing_seconds: 0.2,
             formatted: None,
             truncated: None,
+            interrupted: false,
         };
         let cut = TranscriptionComplete {
             truncated: crate::audio::Truncation::detect(5.5, Some(11.0)),
@@ -399,8 +415,14 @@ mod tests {
                 processing_seconds: 0.2,
                 formatted: None,
                 truncated: None,
+                interrupted: true,
             }),
-            ServerMessage::StreamStarted(StreamStarted { task_id: id }),
+            ServerMessage::StreamStarted(StreamStarted {
+                task_id: id,
+                resumed: true,
+                received_bytes: Some(64_000),
+                segments: Some(3),
+            }),
             ServerMessage::StreamLag(StreamLag {
                 task_id: id,
                 behind_seconds: 3.0,

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::client_message::{
-    AudioFormat, AudioSegment, ClientMessage, StreamEnd, StreamStart, TaskOptions, TaskRef,
-    Transport, UploadChunk, UploadFinish, UploadMode, UploadRequest,
+    AudioFormat, AudioSegment, ClientMessage, ResumeFrom, StreamEnd, StreamStart, TaskOptions,
+    TaskRef, Transport, UploadChunk, UploadFinish, UploadMode, UploadRequest,
 };
 use crate::domain::TaskId;
 use crate::domain::{split_language_tag, OutputFormat, ZhScript};
@@ -154,6 +154,10 @@ struct WireStreamStart {
     language: Option<String>,
     /// Translate to English.
     translate: Option<bool>,
+    /// Continue the interrupted stream `task_id`.
+    resume: Option<bool>,
+    /// With `resume`: the first segment index the client has not received.
+    next_index: Option<usize>,
 }
 
 /// `stream_end` as sent.
@@ -510,6 +514,17 @@ fn validate_stream_start(wire: WireStreamStart) -> Result<ClientMessage, Protoco
         .as_deref()
         .map(TaskId::parse_chosen)
         .transpose()?;
+    let resume = match (wire.resume.unwrap_or(false), task_id) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(ProtocolError::invalid(
+                "field `task_id` is required with `resume`: the id of the stream to continue",
+            ))
+        }
+        (true, Some(_)) => Some(ResumeFrom {
+            next_index: wire.next_index.unwrap_or(0),
+        }),
+    };
     let format = match wire.format.as_deref() {
         None => AudioFormat::PcmS16le,
         Some(name) => AudioFormat::parse(name).ok_or_else(|| {
@@ -552,6 +567,7 @@ fn validate_stream_start(wire: WireStreamStart) -> Result<ClientMessage, Protoco
             format: None,
             zh_script,
         },
+        resume,
     }))
 }
 
