@@ -290,6 +290,98 @@ async fn stream_client_gets_the_final_transcript() {
     server.shutdown().await;
 }
 
+/// Seconds of audio in `en_jfk.wav`.
+const JFK_SECONDS: f64 = 11.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_reconnects_and_resumes_without_losing_or_repeating_audio() {
+    let server = TestServer::start().await;
+    let file = common::corpus_file("en_jfk.wav"); // sent as f32: 704 kB
+    let (proxy, was_cut) = cut_once_proxy(server.addr, 300_000).await;
+    let options = StreamOptions {
+        backoff: fast_retries(),
+        ..StreamOptions::default()
+    };
+    let (mut started, mut resumed, mut reconnecting) = (None, None, Vec::new());
+    let mut segments = Vec::new();
+    let outcome = stream::stream(
+        &format!("ws://{proxy}/"),
+        StreamSource::File(file),
+        &options,
+        |e| match e {
+            StreamEvent::Started { task_id } => started = Some(task_id),
+            StreamEvent::Resumed {
+                task_id,
+                received_bytes,
+            } => resumed = Some((task_id, received_bytes)),
+            StreamEvent::Reconnecting { error, .. } => reconnecting.push(error.to_string()),
+            StreamEvent::Segment(s) => segments.push((s.index, s.text.clone())),
+            _ => {}
+        },
+    )
+    .await
+    .expect("the stream survives the cut");
+    assert!(
+        was_cut.load(Ordering::SeqCst),
+        "the proxy cut the first link"
+    );
+    assert!(!reconnecting.is_empty(), "no reconnect reported");
+    let (task_id, received) = resumed.expect("the stream was resumed");
+    assert_eq!(Some(task_id), started);
+    assert_eq!(task_id, outcome.task_id, "one task across both connections");
+    assert!(received > 0 && received < 300_000, "{received}");
+    let duration = outcome.result.duration;
+    assert!(
+        (duration - JFK_SECONDS).abs() < 0.01,
+        "the server holds {duration} s of an {JFK_SECONDS} s clip: audio lost or repeated"
+    );
+    assert!((outcome.audio_seconds - JFK_SECONDS).abs() < 0.01);
+    let indices: Vec<u32> = segments.iter().map(|(i, _)| *i).collect();
+    let expected: Vec<u32> = (0..outcome.result.segments.len() as u32).collect();
+    assert_eq!(indices, expected, "every segment once, in order");
+    for ((_, text), stored) in segments.iter().zip(&outcome.result.segments) {
+        assert_eq!(text, &stored.text);
+    }
+    assert_wer("en_jfk.wav", &outcome.result.text);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_stream_reconnects_by_itself_after_a_cut() {
+    let server = TestServer::start().await;
+    let file = common::corpus_file("en_jfk.wav");
+    let (proxy, was_cut) = cut_once_proxy(server.addr, 300_000).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_earshot"))
+        .args(["stream", &format!("ws://{proxy}/")])
+        .arg(&file)
+        .args(["--format", "verbose_json"])
+        .output()
+        .await
+        .expect("earshot runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "earshot stream failed: {stderr}");
+    assert!(
+        was_cut.load(Ordering::SeqCst),
+        "the proxy cut the first link"
+    );
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    assert!(stderr.contains("resumed stream"), "{stderr}");
+    let result: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is the verbose JSON transcript");
+    let duration = result["duration"].as_f64().unwrap();
+    assert!((duration - JFK_SECONDS).abs() < 0.01, "{duration}");
+    let text = result["text"].as_str().unwrap();
+    assert_wer("en_jfk.wav", text);
+    // Segments printed on stderr as they committed: each once.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("reconnecting") && !l.contains("resumed stream"))
+        .collect();
+    let segments = result["segments"].as_array().unwrap();
+    assert_eq!(lines.len(), segments.len(), "{stderr}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_pcm_stream_from_a_reader_is_transcribed() {
     let server = TestServer::start().await;

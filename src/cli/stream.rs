@@ -1,5 +1,6 @@
 //! `earshot stream URL FILE|-`: stream audio to a running server as a live stream; partials
-//! shown on stderr, final segments printed as they commit.
+//! shown on stderr, final segments printed as they commit. A dropped connection is reconnected
+//! and the stream resumed (said on stderr); the transcript still has every segment once.
 //!
 //! It must not speak the protocol itself: the live stream is [`crate::client`]'s.
 
@@ -44,6 +45,10 @@ pub struct StreamArgs {
     /// Channels of raw PCM on stdin (interleaved).
     #[arg(long, default_value_t = 1)]
     pub channels: u16,
+    /// Reconnects (resuming the stream) after consecutive failures before giving up; 0 = a
+    /// dropped connection ends the stream.
+    #[arg(long, default_value_t = StreamOptions::default().max_retries)]
+    pub max_retries: u32,
 }
 
 pub fn run(args: StreamArgs) -> Result<()> {
@@ -61,6 +66,7 @@ pub fn run(args: StreamArgs) -> Result<()> {
         chunk_ms: args.chunk_ms,
         language: language_option(&args.language),
         translate: args.translate,
+        max_retries: args.max_retries,
         ..StreamOptions::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -129,6 +135,23 @@ impl LiveView {
                 tracing::debug!(behind_seconds, "server behind real time");
             }
             StreamEvent::Started { task_id } => tracing::debug!(%task_id, "stream started"),
+            StreamEvent::Reconnecting {
+                attempt,
+                max,
+                delay,
+                error,
+            } => {
+                self.clear_partial();
+                let secs = delay.as_secs_f64();
+                eprintln!("{error}; reconnecting in {secs:.1} s (attempt {attempt} of {max})");
+            }
+            StreamEvent::Resumed {
+                task_id,
+                received_bytes,
+            } => {
+                self.clear_partial();
+                eprintln!("resumed stream {task_id} (the server had {received_bytes} bytes)");
+            }
             StreamEvent::Partial { .. } => {}
         }
     }
