@@ -43,6 +43,12 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_THREADS", default_value_t = default_threads())]
     pub threads: usize,
 
+    /// Beam search width for files, uploads and HTTP requests; 1 decodes greedily (faster, a
+    /// little less accurate). The default is whisper-cli's. Live streams (WebSocket, Realtime,
+    /// Wyoming) always decode greedily, to keep up with speech.
+    #[arg(long, env = "EARSHOT_BEAM_SIZE", default_value_t = crate::inference::engine::DEFAULT_BEAM_SIZE, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub beam_size: u32,
+
     /// Jobs that may wait for a worker before new ones are answered `busy`.
     #[arg(long, env = "EARSHOT_QUEUE", default_value_t = 16)]
     pub queue: usize,

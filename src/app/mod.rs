@@ -125,6 +125,7 @@ impl AppState {
             uploads: uploads.clone(),
             processing_slots: processing_slots.clone(),
             threads: config.threads,
+            beam_size: config.beam_size,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
             shutdown_grace: config.shutdown_grace,
@@ -210,7 +211,10 @@ impl AppState {
 
     /// Whisper options for what a client asked, with this server's thread count.
     pub fn engine_options(&self, options: &crate::domain::TaskOptions) -> Options {
-        crate::jobs::engine_options(options, self.config.threads)
+        Options {
+            beam_size: Some(self.config.beam_size),
+            ..crate::jobs::engine_options(options, self.config.threads)
+        }
     }
 
     /// The limits announced in `connected` and enforced by the parser.

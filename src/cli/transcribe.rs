@@ -75,9 +75,10 @@ pub struct TranscribeArgs {
     /// CPU threads for Whisper.
     #[arg(long, short, default_value_t = crate::app::config::default_threads())]
     pub threads: usize,
-    /// Beam search width (default: greedy decoding, faster).
-    #[arg(long)]
-    pub beam_size: Option<u32>,
+    /// Beam search width; 1 decodes greedily (faster, a little less accurate). The default is
+    /// whisper-cli's.
+    #[arg(long, default_value_t = engine::DEFAULT_BEAM_SIZE, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub beam_size: u32,
     /// Text that primes Whisper's vocabulary and style (names, jargon).
     #[arg(long)]
     pub prompt: Option<String>,
@@ -143,7 +144,7 @@ fn options(args: &TranscribeArgs) -> Options {
         zh_script,
         translate: args.translate,
         initial_prompt: args.prompt.clone(),
-        beam_size: args.beam_size,
+        beam_size: Some(args.beam_size),
         threads: args.threads,
         token_timestamps: matches!(args.format, OutputFormat::VerboseJson),
         low_latency: false,

@@ -232,15 +232,9 @@ fn parse_params(
         Some((language, script)) => (Some(language), script),
         None => (None, None),
     };
-    if !multilingual
-        && language
-            .as_deref()
-            .is_some_and(|l| l != "en" && l != "auto")
-    {
-        return Err(ApiError::bad_request(
-            "the loaded model is English-only; start the server with a multilingual model for other languages",
-        )
-        .param("language"));
+    if let Some(language) = language.as_deref() {
+        engine::check_language(language, multilingual)
+            .map_err(|e| ApiError::bad_request(e.to_string()).param("language"))?;
     }
     let options = Options {
         language,

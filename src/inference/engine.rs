@@ -32,7 +32,9 @@ pub struct Options {
     pub translate: bool,
     /// Text that primes the decoder (spelling of names, script, style), as whisper.cpp's `--prompt`.
     pub initial_prompt: Option<String>,
-    /// Beam width for beam search; `None` decodes greedily, which is faster.
+    /// Beam width for beam search ([`DEFAULT_BEAM_SIZE`], whisper-cli's default, unless asked
+    /// otherwise); `None` or 1 decodes greedily (best of 5 candidates when sampling), which is
+    /// faster. Ignored in low-latency mode, which is always greedy.
     pub beam_size: Option<u32>,
     /// CPU threads whisper.cpp may use for this job.
     pub threads: usize,
@@ -50,13 +52,18 @@ pub struct Options {
     pub zh_script: Option<ZhScript>,
 }
 
+/// Beam width batch transcription uses unless asked otherwise: whisper-cli's (1.9.3) default, so
+/// Earshot is never less accurate than whisper.cpp's own CLI on the same audio (docs/ACCURACY.md
+/// measures both).
+pub const DEFAULT_BEAM_SIZE: u32 = 5;
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             language: None,
             translate: false,
             initial_prompt: None,
-            beam_size: None,
+            beam_size: Some(DEFAULT_BEAM_SIZE),
             threads: 2,
             token_timestamps: false,
             low_latency: false,
@@ -101,7 +108,38 @@ pub enum InferenceError {
 /// (whisper.cpp refuses under 100 ms and does poorly under one second).
 const MIN_SAMPLES: usize = SAMPLE_RATE as usize + SAMPLE_RATE as usize / 20;
 
+/// Why a model cannot be asked for a language.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LanguageError {
+    /// Whisper has no such language code.
+    #[error("unknown language {0:?}")]
+    Unknown(String),
+    /// An English-only (`.en`) model was asked for another language.
+    #[error(
+        "the model is English-only: language {0:?} needs a multilingual model; send \"en\" or \"auto\""
+    )]
+    EnglishOnly(String),
+}
+
+/// The one rule for which languages a model takes: a Whisper code (`en`, `zh`, …) Whisper
+/// knows, or `auto` (detect it); on an English-only model only `en` and `auto`. Callers turn
+/// their own spellings (`zh-Hans`, `en-US`, upper case) into a Whisper code first.
+pub fn check_language(language: &str, multilingual: bool) -> Result<(), LanguageError> {
+    if language == "auto" {
+        return Ok(());
+    }
+    if whisper_rs::get_lang_id(language).is_none() {
+        return Err(LanguageError::Unknown(language.to_owned()));
+    }
+    if !multilingual && language != "en" {
+        return Err(LanguageError::EnglishOnly(language.to_owned()));
+    }
+    Ok(())
+}
+
 /// Checks options before any work is queued, so a bad request fails fast and clearly.
+/// (An English-only model given another language transcribes English: refusing that is the
+/// caller's decision, through [`check_language`].)
 pub fn validate(options: &Options) -> Result<(), InferenceError> {
     if options.threads == 0 {
         return Err(InferenceError::InvalidOptions(
@@ -109,11 +147,8 @@ pub fn validate(options: &Options) -> Result<(), InferenceError> {
         ));
     }
     if let Some(language) = &options.language {
-        if language != "auto" && whisper_rs::get_lang_id(language).is_none() {
-            return Err(InferenceError::InvalidOptions(format!(
-                "unknown language {language:?}"
-            )));
-        }
+        check_language(language, true)
+            .map_err(|e| InferenceError::InvalidOptions(e.to_string()))?;
     }
     if options.beam_size == Some(0) {
         return Err(InferenceError::InvalidOptions(
@@ -276,17 +311,22 @@ pub fn context_params() -> WhisperContextParameters<'static> {
     params
 }
 
-/// The whisper.cpp parameters a job runs with (thresholds are those of whisper.cpp's CLI),
-/// without the callbacks. Public so benchmarks can run whisper-rs directly on equal terms.
+/// The whisper.cpp parameters a job runs with, without the callbacks: whisper-cli 1.9.3's
+/// decoding (beam 5, best of 5 when a window falls back to sampling, temperature raised by 0.2
+/// per retry, its entropy, log-probability and no-speech thresholds) unless the options say
+/// otherwise. Low-latency jobs decode greedily with one candidate and no fallback, to stay real
+/// time. Public so benchmarks can run whisper-rs directly on equal terms.
 pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '_> {
     let language = job_language(options, multilingual);
     let strategy = match options.beam_size {
-        Some(beam_size) => SamplingStrategy::BeamSearch {
+        _ if options.low_latency => SamplingStrategy::Greedy { best_of: 1 },
+        // Beam search also samples 5 candidates on fallback: the vendored whisper.cpp's beam
+        // defaults carry best_of 5 (vendor/whisper-rs-sys/patches/0004), as whisper-cli's do.
+        Some(beam_size) if beam_size > 1 => SamplingStrategy::BeamSearch {
             beam_size: beam_size.min(16) as c_int,
             patience: -1.0,
         },
-        None if options.low_latency => SamplingStrategy::Greedy { best_of: 1 },
-        None => SamplingStrategy::Greedy { best_of: 5 },
+        _ => SamplingStrategy::Greedy { best_of: 5 },
     };
     let mut params = FullParams::new(strategy);
     params.set_n_threads(options.threads.clamp(1, 64) as c_int);
@@ -574,6 +614,25 @@ mod tests {
             ..Options::default()
         };
         assert!(validate(&nul).is_err());
+    }
+
+    #[test]
+    fn languages_a_model_takes() {
+        assert_eq!(check_language("auto", false), Ok(()));
+        assert_eq!(check_language("en", false), Ok(()));
+        assert_eq!(check_language("de", true), Ok(()));
+        assert_eq!(
+            check_language("de", false),
+            Err(LanguageError::EnglishOnly("de".into()))
+        );
+        assert_eq!(
+            check_language("klingon", true),
+            Err(LanguageError::Unknown("klingon".into()))
+        );
+        assert_eq!(
+            check_language("klingon", false),
+            Err(LanguageError::Unknown("klingon".into()))
+        );
     }
 
     #[test]

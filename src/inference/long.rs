@@ -2,10 +2,19 @@
 //!
 //! Whisper sees at most 30 s at a time. This module pulls 16 kHz audio from a callback only
 //! until it holds one window (plus whatever the last chunk brought), asks the VAD where the
-//! speech is, cuts the window at a pause, and submits just the speech part (with a little
-//! padding) as a job. Windows without speech are skipped, so silence, noise and music add no
-//! text and cost no decoding. While one window is being transcribed the next one is read and
+//! speech is, cuts the window at a pause, and submits just the speech part (with up to a
+//! second of the audio around it) as a job. Windows without speech are skipped, so silence,
+//! noise and music add no text and cost no decoding. While one window is being transcribed the next one is read and
 //! analysed, and segment times are shifted by the window's start so they run on across windows.
+//!
+//! Like whisper-cli, which carries the text decoded so far into each next 30 s of a file, a batch
+//! run ([`Options::low_latency`] off) primes each window with the text of the windows before it
+//! (after the caller's prompt, the last [`CONTEXT_CHARS`] characters; whisper.cpp keeps the last
+//! 223 tokens of it): names, spelling, script and punctuation stay consistent across windows. A
+//! window is then submitted only once the one before it has finished (the next one is still read
+//! and analysed meanwhile). Windows shorter than [`SHORT_WINDOW`] get only the caller's prompt:
+//! whisper.cpp drops the earlier text for a file's last few seconds, where it tends to make the
+//! decoder repeat itself.
 //!
 //! The caller stops a run with a [`CancellationToken`]: it is checked before each pull from the
 //! source, and a cancelled run ends with [`LongError::Stopped`]. The source's own error comes back
@@ -34,10 +43,20 @@ const WINDOW: usize = 30 * RATE;
 const MIN_CUT: usize = 2 * RATE;
 /// Audio kept around detected speech so word edges are not clipped.
 const PAD: usize = RATE / 5;
+/// Audio around the detected speech that Whisper is given with it (within the window): the VAD
+/// misses soft onsets and endings (a short "好" opening a sentence), and Whisper decodes better
+/// with some of the silence around speech, as whisper-cli gives it the whole file. Segment
+/// times are still kept from starting before the speech (less [`PAD`]).
+const CONTEXT: usize = RATE;
 /// Silence after the last speech that counts as a pause to cut in.
 const MIN_TRAILING_GAP: usize = 2 * RATE / 5;
 /// Audio kept uncut at the end of the buffer, where the VAD cannot see a speech onset yet.
 const EDGE: usize = RATE;
+/// Characters of earlier text a window is primed with: more than the 223 tokens whisper.cpp
+/// keeps of a prompt in any script, so its own cut decides.
+pub const CONTEXT_CHARS: usize = 1200;
+/// Speech shorter than this is decoded without the earlier windows' text (whisper.cpp: 5 s).
+pub const SHORT_WINDOW: usize = 5 * RATE;
 
 /// What [`transcribe`] reports while it runs, in timeline order.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,25 +103,39 @@ pub fn transcribe<E>(
     let mut windows = Windows::new(next_chunk, Vad::new(vad_model)?, cancel.clone());
     let mut timeline = Timeline::new(options.language.clone().filter(|l| l != "auto"));
     let mut options = options.clone();
+    let mut context = (!options.low_latency).then(|| Context::new(options.initial_prompt.take()));
     let mut in_flight: Option<InFlight> = None;
     while let Some(window) = windows.next_window()? {
+        if context.is_some() {
+            // The window's prompt is the text before it: wait for that text.
+            if let Some(previous) = in_flight.take() {
+                finish(&mut timeline, previous, context.as_mut(), &mut on_event)?;
+                options.language = options.language.or(timeline.language.clone());
+            }
+        }
         let job = match window.speech {
-            Some(audio) => Some(pool.submit_blocking(audio, options.clone())?),
+            Some(audio) => {
+                if let Some(context) = &context {
+                    options.initial_prompt = context.prompt(audio.len());
+                }
+                Some(pool.submit_blocking(audio, options.clone())?)
+            }
             None => None,
         };
         if let Some(previous) = in_flight.take() {
-            timeline.finish(previous, &mut on_event)?;
+            finish(&mut timeline, previous, context.as_mut(), &mut on_event)?;
             options.language = options.language.or(timeline.language.clone());
         }
         in_flight = Some(InFlight {
             job,
             speech_start: window.speech_start,
             speech_end: window.speech_end,
+            onset: window.onset,
             end: window.end,
         });
     }
     if let Some(previous) = in_flight.take() {
-        timeline.finish(previous, &mut on_event)?;
+        finish(&mut timeline, previous, context.as_mut(), &mut on_event)?;
     }
     let fallback = if pool.is_multilingual() { "" } else { "en" };
     Ok(Transcript {
@@ -113,6 +146,71 @@ pub fn transcribe<E>(
     })
 }
 
+/// Collects one window's job onto the timeline and adds its text to the context, if kept.
+fn finish<E>(
+    timeline: &mut Timeline,
+    window: InFlight,
+    context: Option<&mut Context>,
+    on_event: &mut impl FnMut(LongEvent),
+) -> Result<(), LongError<E>> {
+    let before = timeline.segments.len();
+    timeline.finish(window, on_event)?;
+    if let Some(context) = context {
+        for segment in &timeline.segments[before..] {
+            context.push(&segment.text);
+        }
+    }
+    Ok(())
+}
+
+/// The text a batch run has produced so far, after the caller's prompt, to prime the next
+/// window with (as whisper.cpp carries its decoded tokens from one 30 s window to the next).
+#[derive(Debug, Default)]
+struct Context {
+    /// The caller's prompt, kept for every window.
+    prompt: Option<String>,
+    /// Every segment's text so far, space-separated; only the last [`CONTEXT_CHARS`]
+    /// characters are kept.
+    text: String,
+}
+
+impl Context {
+    fn new(prompt: Option<String>) -> Self {
+        Context {
+            prompt: prompt.filter(|p| !p.trim().is_empty()),
+            text: String::new(),
+        }
+    }
+
+    /// Appends one segment's text, dropping the oldest characters beyond [`CONTEXT_CHARS`].
+    fn push(&mut self, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        self.text.push_str(text);
+        let excess = self.text.chars().count().saturating_sub(CONTEXT_CHARS);
+        if let Some((at, _)) = self.text.char_indices().nth(excess) {
+            self.text.drain(..at);
+        }
+    }
+
+    /// The prompt for a window of `samples` samples of speech: the caller's prompt, then the
+    /// text so far unless the window is short. whisper.cpp cuts it to its last 223 tokens, so
+    /// a long text pushes the caller's prompt out, as it does in whisper-cli.
+    fn prompt(&self, samples: usize) -> Option<String> {
+        let text = (samples >= SHORT_WINDOW && !self.text.is_empty()).then_some(&self.text);
+        match (&self.prompt, text) {
+            (Some(prompt), Some(text)) => Some(format!("{prompt} {text}")),
+            (Some(prompt), None) => Some(prompt.clone()),
+            (None, text) => text.cloned(),
+        }
+    }
+}
+
 /// A window submitted (or skipped) whose results are still to be collected.
 struct InFlight {
     /// The job, or `None` for a window without speech.
@@ -121,6 +219,8 @@ struct InFlight {
     speech_start: usize,
     /// Input sample where the job's audio ends; segment times are clamped to it.
     speech_end: usize,
+    /// Input sample no segment may start before: the first speech, less [`PAD`].
+    onset: usize,
     /// Input sample where the window ends, for progress.
     end: usize,
 }
@@ -156,10 +256,11 @@ impl Timeline {
         if let Some(mut job) = window.job {
             let offset = window.speech_start as f64 / RATE as f64;
             let limit = window.speech_end as f64 / RATE as f64;
+            let onset = window.onset as f64 / RATE as f64;
             loop {
                 match job.blocking_next() {
                     Some(JobEvent::Segment(segment)) => {
-                        let segment = self.place(segment, offset, limit);
+                        let segment = self.place(segment, offset, onset, limit);
                         on_event(LongEvent::Segment(segment.clone()));
                         self.segments.push(segment);
                     }
@@ -181,9 +282,10 @@ impl Timeline {
         Ok(())
     }
 
-    /// Shifts a window-relative segment onto the input's timeline, within `[last_end, limit]`.
-    fn place(&mut self, mut segment: Segment, offset: f64, limit: f64) -> Segment {
-        let floor = self.last_end;
+    /// Shifts a window-relative segment onto the input's timeline, within
+    /// `[max(last_end, onset), limit]`.
+    fn place(&mut self, mut segment: Segment, offset: f64, onset: f64, limit: f64) -> Segment {
+        let floor = self.last_end.max(onset);
         let shift = |t: f64| (t + offset).clamp(floor, limit.max(floor));
         segment.start = shift(segment.start);
         segment.end = shift(segment.end).max(segment.start);
@@ -206,6 +308,8 @@ struct Window {
     speech_start: usize,
     /// Input sample where `speech` ends.
     speech_end: usize,
+    /// Input sample where the first detected speech begins, less [`PAD`].
+    onset: usize,
     /// Input sample where the window ends.
     end: usize,
 }
@@ -286,27 +390,29 @@ where
         let speech_range = speech_range(spans, cut);
         let speech = speech_range
             .clone()
-            .map(|range| self.buffer[range].to_vec());
-        let range = speech_range.unwrap_or(0..0);
+            .map(|(range, _)| self.buffer[range].to_vec());
+        let (range, onset) = speech_range.unwrap_or((0..0, 0));
         self.buffer.drain(..cut);
         self.buffer_start += cut;
         Window {
             speech,
             speech_start: start + range.start,
             speech_end: start + range.end,
+            onset: start + onset,
             end: start + cut,
         }
     }
 }
 
-/// The part of `[0, cut)` from the first speech to the last, padded; `None` without speech.
-fn speech_range(spans: &[Range<usize>], cut: usize) -> Option<Range<usize>> {
+/// The part of `[0, cut)` from the first speech to the last with [`CONTEXT`] around it, and
+/// where the first speech begins less [`PAD`]; `None` without speech.
+fn speech_range(spans: &[Range<usize>], cut: usize) -> Option<(Range<usize>, usize)> {
     let inside: Vec<&Range<usize>> = spans.iter().filter(|s| s.start < cut).collect();
     let first = inside.first()?;
     let last = inside.last()?;
-    let start = first.start.saturating_sub(PAD);
-    let end = (last.end + PAD).min(cut);
-    (end > start).then_some(start..end)
+    let start = first.start.saturating_sub(CONTEXT);
+    let end = (last.end + CONTEXT).min(cut);
+    (end > start).then_some((start..end, first.start.saturating_sub(PAD)))
 }
 
 /// Where to end the window that starts at `audio[0]`: the whole buffer at the end of input
@@ -422,7 +528,15 @@ mod tests {
             secs(3.0)..secs(4.0),
             secs(9.0)..secs(10.0),
         ];
-        assert_eq!(speech_range(&spans, secs(5.0)), Some(secs(0.8)..secs(4.2)));
+        assert_eq!(
+            speech_range(&spans, secs(5.0)),
+            Some((secs(0.0)..secs(5.0), secs(0.8)))
+        );
+        let late = [secs(3.0)..secs(4.0), secs(9.0)..secs(10.0)];
+        assert_eq!(
+            speech_range(&late, secs(20.0)),
+            Some((secs(2.0)..secs(11.0), secs(2.8)))
+        );
         assert_eq!(speech_range(&[], secs(5.0)), None);
     }
 
@@ -430,10 +544,43 @@ mod tests {
     fn timeline_offsets_and_keeps_order() {
         let mut timeline = Timeline::new(None);
         let seg = |start, end| Segment::new(start, end, "x");
-        let a = timeline.place(seg(0.0, 4.0), 10.0, 20.0);
+        let a = timeline.place(seg(0.0, 4.0), 10.0, 10.0, 20.0);
         assert_eq!((a.start, a.end), (10.0, 14.0));
-        let b = timeline.place(seg(3.0, 12.0), 10.0, 20.0);
+        let b = timeline.place(seg(3.0, 12.0), 10.0, 10.0, 20.0);
         assert_eq!((b.start, b.end), (14.0, 20.0));
+        let c = timeline.place(seg(0.0, 2.0), 20.0, 21.0, 30.0);
+        assert_eq!((c.start, c.end), (21.0, 22.0), "no start before the speech");
+    }
+
+    #[test]
+    fn context_keeps_the_prompt_then_the_latest_text() {
+        let mut context = Context::new(Some("Names: Aoife.".into()));
+        assert_eq!(
+            context.prompt(SHORT_WINDOW).as_deref(),
+            Some("Names: Aoife.")
+        );
+        context.push(" Hello there. ");
+        context.push("");
+        assert_eq!(
+            context.prompt(SHORT_WINDOW).as_deref(),
+            Some("Names: Aoife. Hello there.")
+        );
+        assert_eq!(
+            context.prompt(SHORT_WINDOW - 1).as_deref(),
+            Some("Names: Aoife."),
+            "short windows get the caller's prompt only"
+        );
+        let mut plain = Context::new(Some("  ".into()));
+        assert_eq!(plain.prompt(SHORT_WINDOW), None);
+        plain.push("Hello.");
+        assert_eq!(plain.prompt(SHORT_WINDOW).as_deref(), Some("Hello."));
+        assert_eq!(plain.prompt(SHORT_WINDOW - 1), None);
+        for _ in 0..CONTEXT_CHARS {
+            plain.push("一二");
+        }
+        let kept = plain.prompt(SHORT_WINDOW).unwrap();
+        assert_eq!(kept.chars().count(), CONTEXT_CHARS);
+        assert!(kept.ends_with("一二 一二"), "the latest text is kept");
     }
 
     #[test]

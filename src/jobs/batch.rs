@@ -39,6 +39,8 @@ pub struct Batch {
     pub processing_slots: Arc<Semaphore>,
     /// Whisper threads per job, overriding what a job asked.
     pub threads: usize,
+    /// Beam width per job (`--beam-size`), overriding what a job asked.
+    pub beam_size: u32,
     /// Background work the server's shutdown waits for.
     pub tracker: TaskTracker,
     /// Cancelled when the server begins to shut down.
@@ -88,6 +90,7 @@ impl Batch {
                 .await;
         }
         job.options.threads = self.threads;
+        job.options.beam_size = Some(self.beam_size);
         let stop = CancellationToken::new();
         let guard = self.stop_on_shutdown(stop.clone());
         let batch = self.clone();

@@ -282,16 +282,10 @@ impl Settings {
             let language = optional_str(t, "language", AT)?.map(str::to_ascii_lowercase);
             let language = language.filter(|l| !l.is_empty() && l != "auto");
             if let Some(l) = &language {
-                let known = is_language(l);
-                if !known || (!multilingual && l != "en") {
-                    return Err(EventError::invalid(
-                        "session.audio.input.transcription.language",
-                        match known {
-                            false => format!("unknown language {l:?}"),
-                            true => "the loaded model is English-only; start the server with a multilingual model for other languages".into(),
-                        },
-                    ));
-                }
+                let (code, _) = crate::domain::split_language_tag(l);
+                crate::inference::engine::check_language(&code, multilingual).map_err(|e| {
+                    EventError::invalid("session.audio.input.transcription.language", e.to_string())
+                })?;
             }
             self.language = language;
         }
@@ -335,17 +329,6 @@ impl Settings {
             "include": null,
         })
     }
-}
-
-/// Whether Whisper knows the language code `code` (`zh-Hans`/`zh-Hant` name Mandarin).
-fn is_language(code: &str) -> bool {
-    let (code, _) = crate::domain::split_language_tag(code);
-    let options = crate::inference::engine::Options {
-        language: Some(code),
-        threads: 1,
-        ..Default::default()
-    };
-    crate::inference::engine::validate(&options).is_ok()
 }
 
 /// The object at `path` under `value`, if there; an error if something else is.

@@ -458,16 +458,12 @@ impl Connection {
     /// English-only model knows only `en`.
     fn check_language(&self, options: &TaskOptions) -> Result<(), ProtocolError> {
         let pool = &self.state.pool;
-        match options.language.as_deref() {
-            Some(language) if language != "en" && !pool.is_multilingual() => {
-                Err(ProtocolError::invalid(format!(
-                    "the server's model ({}) is English-only: language {language:?} needs a \
-                     multilingual model; send \"en\" or \"auto\"",
-                    pool.model_name()
-                )))
-            }
-            _ => Ok(()),
-        }
+        let Some(language) = options.language.as_deref() else {
+            return Ok(());
+        };
+        crate::inference::engine::check_language(language, pool.is_multilingual()).map_err(|e| {
+            ProtocolError::invalid(format!("{e} (the server's model: {})", pool.model_name()))
+        })
     }
 }
 

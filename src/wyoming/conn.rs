@@ -241,12 +241,8 @@ impl Conn {
             })
             .filter(|l| !l.is_empty() && l != "auto");
         if let Some(l) = &language {
-            if !pool.languages().contains(&l.as_str()) {
-                return Err(Refusal::new(
-                    "unsupported-language",
-                    format!("the model does not transcribe {l:?}"),
-                ));
-            }
+            crate::inference::engine::check_language(l, pool.is_multilingual())
+                .map_err(|e| Refusal::new("unsupported-language", e.to_string()))?;
         }
         self.language = language;
         Ok(())

@@ -3906,6 +3906,10 @@ int whisper_pcm_to_mel_with_state(struct whisper_context * ctx, struct whisper_s
         return -1;
     }
 
+    // a new input: encode it with the model's full audio context unless whisper_full sets one
+    // (else a reused state's language detection ran on the previous whisper_full's audio_ctx)
+    state->exp_n_audio_ctx = 0;
+
     return 0;
 }
 
@@ -3930,6 +3934,9 @@ int whisper_set_mel_with_state(
 
     state->mel.data.resize(n_len*n_mel);
     memcpy(state->mel.data.data(), data, n_len*n_mel*sizeof(float));
+
+    // a new input, as in whisper_pcm_to_mel_with_state
+    state->exp_n_audio_ctx = 0;
 
     return 0;
 }
@@ -6048,6 +6055,10 @@ struct whisper_full_params whisper_full_default_params(enum whisper_sampling_str
 
                     /*.patience  =*/ -1.0f,
                 };
+                // candidates sampled when a window falls back to t > 0 (whisper-cli's default)
+                result.greedy = {
+                    /*.best_of   =*/ 5,
+                };
             } break;
     }
 
@@ -6920,6 +6931,9 @@ int whisper_full_with_state(
         WHISPER_LOG_ERROR("%s: too many decoders requested (%d), max = %d\n", __func__, n_decoders, WHISPER_MAX_DECODERS);
         return -4;
     }
+
+    // decoder 0's generator too, so sampling at t > 0 does not depend on the state's earlier calls
+    state->decoders[0].rng = std::mt19937(0);
 
     // TAGS: WHISPER_DECODER_INIT
     for (int j = 1; j < n_decoders; j++) {
