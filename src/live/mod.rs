@@ -3,11 +3,15 @@
 //!
 //! [`policy`] is the pure state machine (no threads, no Whisper, no sockets): it decides when a
 //! stream needs a new hypothesis, which text is final, and how far behind the stream is. The
-//! session layer feeds it audio and Whisper results and sends what it returns.
+//! session layer feeds it audio and Whisper results and sends what it returns. [`capacity`]
+//! adds up what the open streams demand of the Whisper workers, measured from their
+//! hypotheses, and says whether one more stream fits.
 //!
 //! This module must not do I/O, spawn, or run Whisper: everything here is testable with plain
 //! values.
 
+pub mod capacity;
 pub mod policy;
 
+pub use capacity::{Full, LiveCapacity, StreamLoad};
 pub use policy::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
