@@ -40,7 +40,9 @@ import time
 import wave
 from pathlib import Path
 
-import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server import free_port, live_stream, norm_words, percentile, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -85,10 +87,6 @@ def build_input(name, work):
     return out
 
 
-def norm_words(text):
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
 def batch_words(binary, models, wav):
     """(word, end) of the batch transcript, from `earshot transcribe --format verbose_json`."""
     env = dict(os.environ, EARSHOT_MODEL_MIRROR=str(models))
@@ -100,11 +98,6 @@ def batch_words(binary, models, wav):
         words += [(n, w["end"]) for n in norm_words(w["word"])]
     return words
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(binary, models, data, port, threads, extra):
@@ -126,62 +119,13 @@ def start_server(binary, models, data, port, threads, extra):
     sys.exit("server did not start")
 
 
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-async def recv_json(ws):
-    while True:
-        msg = await ws.recv()
-        if isinstance(msg, str):
-            return json.loads(msg)
 
 
 async def stream(url, pcm):
-    """Streams s16le 16 kHz PCM at real time; returns (events, lag messages, busy?).
+    """Streams s16le 16 kHz PCM at real time in 50 ms frames; returns (events, lag messages).
     events: (kind, seconds since the first frame, text) with kind "partial" or "final"."""
-    frame = 16000 * 2 * FRAME_MS // 1000
-    async with websockets.connect(url, max_size=10 * 1024 * 1024) as ws:
-        await recv_json(ws)
-        await ws.send(json.dumps({"type": "stream_start", "data": {
-            "format": "pcm_s16le", "sample_rate": 16000, "channels": 1, "language": "en"}}))
-        started = await recv_json(ws)
-        if started["type"] == "error":
-            return [], [], started["data"]
-        assert started["type"] == "stream_started", started
-        events, lags = [], []
-        t0 = time.perf_counter()
-        done = asyncio.get_running_loop().create_future()
-
-        async def reader():
-            while True:
-                msg = await recv_json(ws)
-                now = time.perf_counter() - t0
-                kind, data = msg["type"], msg["data"]
-                if kind == "transcript_partial":
-                    events.append(("partial", now, data["text"]))
-                elif kind == "transcript_segment":
-                    events.append(("final", now, data["text"]))
-                elif kind == "stream_lag":
-                    lags.append((now, data["behind_seconds"]))
-                elif kind == "transcription_complete":
-                    done.set_result(now)
-                    return
-
-        task = asyncio.get_running_loop().create_task(reader())
-        for i in range(0, len(pcm), frame):
-            due = t0 + i / 32000
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await ws.send(b"\x02" + pcm[i:i + frame])
-        await ws.send(json.dumps({"type": "stream_end", "data": {}}))
-        await asyncio.wait_for(done, 600)
-        await task
-        return events, lags, None
+    events, _, lags, _, _ = await live_stream(url, pcm, realtime=True, frame_ms=FRAME_MS)
+    return events, lags
 
 
 def live_words(events):
@@ -229,14 +173,6 @@ def align(ref, hyp):
     return d[n][m], pairs[::-1]
 
 
-def percentile(values, p):
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
 
 def measure(ref, events, hog_until=None):
     """Latencies of the matched words, WER, and under --hog the load/recovery figures."""
@@ -283,14 +219,12 @@ async def bench(args):
                     if load:
                         stopper = asyncio.get_running_loop().call_later(hog_until, load.kill)
                     try:
-                        events, lags, refused = await stream(url, pcm)
+                        events, lags = await stream(url, pcm)
                     finally:
                         if load:
                             stopper.cancel()
                             load.kill()
                             load.wait()
-                    if refused:
-                        sys.exit(f"{name}: the stream was refused: {refused}")
                     m = measure(ref, events, hog_until)
                     m["lags"] = len(lags)
                     runs.append(m)

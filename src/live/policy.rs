@@ -701,6 +701,12 @@ fn shift(mut s: Segment, offset: f64) -> Segment {
 mod tests {
     use super::*;
 
+    fn policy(tweak: impl FnOnce(&mut LiveConfig)) -> LivePolicy {
+        let mut config = LiveConfig::default();
+        tweak(&mut config);
+        LivePolicy::new(config)
+    }
+
     fn tone(secs: f64) -> Vec<f32> {
         let n = (secs * SAMPLE_RATE as f64) as usize;
         (0..n).map(|i| 0.3 * (i as f32 * 0.1).sin()).collect()
@@ -833,11 +839,7 @@ mod tests {
 
     #[test]
     fn a_whole_window_commits_all_but_its_tail() {
-        let cfg = LiveConfig {
-            window_secs: 5.0,
-            ..LiveConfig::default()
-        };
-        let mut p = LivePolicy::new(cfg);
+        let mut p = policy(|c| c.window_secs = 5.0);
         p.push(&tone(6.0));
         let job = p.take_job().unwrap();
         assert_eq!(
@@ -879,11 +881,7 @@ mod tests {
 
     #[test]
     fn words_well_before_the_end_are_final_without_a_second_hypothesis() {
-        let cfg = LiveConfig {
-            settle_secs: 1.0,
-            ..LiveConfig::default()
-        };
-        let mut p = LivePolicy::new(cfg);
+        let mut p = policy(|c| c.settle_secs = 1.0);
         p.push(&tone(3.0));
         let job = p.take_job().unwrap();
         let out = p.on_result(
@@ -948,11 +946,7 @@ mod tests {
 
     #[test]
     fn a_stream_too_far_behind_sheds_its_oldest_audio() {
-        let cfg = LiveConfig {
-            max_buffer_secs: 12.0,
-            ..LiveConfig::default()
-        };
-        let mut p = LivePolicy::new(cfg);
+        let mut p = policy(|c| c.max_buffer_secs = 12.0);
         p.push(&tone(1.0));
         let job = p.take_job().unwrap();
         p.push(&tone(19.0));
@@ -998,11 +992,7 @@ mod tests {
 
     #[test]
     fn a_hypothesis_caught_in_a_loop_is_read_up_to_the_loop() {
-        let cfg = LiveConfig {
-            window_secs: 5.0,
-            ..LiveConfig::default()
-        };
-        let mut p = LivePolicy::new(cfg);
+        let mut p = policy(|c| c.window_secs = 5.0);
         p.push(&tone(6.0));
         let job = p.take_job().unwrap();
         let mut words = vec![("which", 0.2, 0.5), ("we", 0.5, 0.7), ("bring", 0.7, 1.0)];
@@ -1035,11 +1025,7 @@ mod tests {
 
     #[test]
     fn a_long_buffer_is_cut_at_the_last_committed_word() {
-        let cfg = LiveConfig {
-            cut_secs: 2.0,
-            ..LiveConfig::default()
-        };
-        let mut p = LivePolicy::new(cfg);
+        let mut p = policy(|c| c.cut_secs = 2.0);
         let words = [
             ("one", 0.1, 0.5),
             ("two", 0.7, 1.1),
