@@ -221,3 +221,52 @@ async fn an_ogg_container_stream_is_decoded_as_it_arrives() {
     );
     assert_eq!(done["data"]["text"], "", "music is not speech");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_beyond_the_live_capacity_is_refused_busy_while_the_first_is_served() {
+    let _serial = SERIAL.lock().await;
+    // Live streams may fill none of the worker's time: the first stream is still admitted, and
+    // once its first hypothesis has been measured no other stream fits.
+    let server = TestServer::start_with(|c| c.live_capacity = 0.0).await;
+    let start = json!({"format": "pcm_s16le", "sample_rate": 16000, "channels": 1});
+    let (mut first, _) = open(&server, start.clone()).await;
+    let audio = s16le(&decode("en_jfk.wav"));
+    let mut frames = audio.chunks(1600);
+    // Audio until the first transcript message: a hypothesis has run and reported its cost.
+    loop {
+        let mut bytes = vec![0x02];
+        bytes.extend_from_slice(frames.next().expect("a transcript before the audio ends"));
+        first.send(Message::binary(bytes)).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_millis(20), next_json(&mut first)).await;
+        if let Ok(Some(msg)) = heard {
+            assert!(
+                msg["type"].as_str().unwrap().starts_with("transcript_"),
+                "{msg}"
+            );
+            break;
+        }
+    }
+    let (mut second, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut second).await.unwrap()["type"], "connected");
+    let msg = json!({"type": "stream_start", "data": start.clone()});
+    second.send(Message::text(msg.to_string())).await.unwrap();
+    let refused = next_json(&mut second).await.unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["data"]["code"], "busy", "{refused}");
+    assert!(refused["data"]["retry_after_ms"].as_u64().unwrap() > 0);
+    // The first stream is served to its end, undisturbed.
+    let rest: Vec<u8> = frames.flatten().copied().collect();
+    let heard = stream(first, rest, 1600, false).await;
+    let text = heard.complete.expect("the first stream completes")["data"]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.to_lowercase().contains("country"), "{text:?}");
+    // With the first stream gone its share is free again: a new stream is admitted.
+    let msg = json!({"type": "stream_start", "data": start});
+    second.send(Message::text(msg.to_string())).await.unwrap();
+    let started = next_json(&mut second).await.unwrap();
+    assert_eq!(started["type"], "stream_started", "{started}");
+}

@@ -49,6 +49,12 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_BEAM_SIZE", default_value_t = crate::inference::engine::DEFAULT_BEAM_SIZE, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub beam_size: u32,
 
+    /// Share of the Whisper workers' time live streams may fill together (0.75: three quarters
+    /// of each worker), measured from their recent hypotheses; a new live stream beyond it is
+    /// answered `busy` instead of slowing every stream down.
+    #[arg(long, env = "EARSHOT_LIVE_CAPACITY", default_value_t = 0.75)]
+    pub live_capacity: f64,
+
     /// Jobs that may wait for a worker before new ones are answered `busy`.
     #[arg(long, env = "EARSHOT_QUEUE", default_value_t = 16)]
     pub queue: usize,

@@ -27,6 +27,7 @@ use crate::inference::pool::Pool;
 use crate::jobs::batch::Batch;
 use crate::jobs::{JobQueue, LocalRegistry, TaskRegistry};
 use crate::live::resume::{DetachLimits, Resumable};
+use crate::live::LiveCapacity;
 use crate::upload::store::{UploadStorage, UploadStore};
 
 /// How the session layer reaches one of its live streams, opaque here (it would otherwise
@@ -54,6 +55,9 @@ pub struct AppState {
     pub upload_shares: Arc<Shares<ClientKey>>,
     /// Files transcribed at once (seed: 3); the rest wait queued.
     pub processing_slots: Arc<Semaphore>,
+    /// What the open live streams demand of the Whisper workers; a stream that does not fit
+    /// is refused `busy` (`--live-capacity`).
+    pub live_capacity: Arc<LiveCapacity>,
     /// Open connections; a session holds one owned permit for its whole life.
     pub connection_slots: Arc<Semaphore>,
     /// Cancelled when the server begins to shut down; sessions say goodbye and close.
@@ -153,6 +157,7 @@ impl AppState {
             upload_slots: Arc::new(Semaphore::new(config.max_uploads)),
             upload_shares: Shares::new(config.max_uploads_per_client),
             processing_slots,
+            live_capacity: LiveCapacity::new(pool.workers(), config.live_capacity),
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             shutdown,
             tracker,

@@ -1,8 +1,8 @@
 //! Audio lent without copying: [`SharedBuffer`] grows at the end and drops from the front, and
 //! hands out [`SharedAudio`] snapshots (a reference-counted handle) of what it holds.
 //!
-//! A live stream re-reads its whole uncommitted buffer (up to 24 s) about once a second; copying
-//! it for every hypothesis would be pure overhead. The buffer and its snapshot share one
+//! A live stream re-reads its uncommitted buffer (or its first part) several times a second;
+//! copying it for every hypothesis would be pure overhead. The buffer and its snapshot share one
 //! allocation instead. While a snapshot is alive the samples are not touched: new audio waits
 //! at the side and dropped audio is only counted, and both are applied in place once the
 //! snapshot is gone. A snapshot still alive when the buffer needs the samples contiguous is the
@@ -20,13 +20,16 @@ use std::sync::Arc;
 pub struct SharedAudio {
     /// The samples; never changed while more than one handle exists.
     samples: Arc<Vec<f32>>,
+    /// How many leading samples of `samples` this view covers (a live job may read only the
+    /// first part of its buffer, so that its work stays bounded).
+    len: usize,
 }
 
 impl Deref for SharedAudio {
     type Target = [f32];
 
     fn deref(&self) -> &[f32] {
-        &self.samples
+        &self.samples[..self.len]
     }
 }
 
@@ -34,6 +37,7 @@ impl From<Vec<f32>> for SharedAudio {
     /// Takes the vector as it is (no copy).
     fn from(samples: Vec<f32>) -> Self {
         SharedAudio {
+            len: samples.len(),
             samples: Arc::new(samples),
         }
     }
@@ -91,8 +95,15 @@ impl SharedBuffer {
 
     /// A handle on the whole buffer as it is now; later pushes and drops do not change it.
     pub fn snapshot(&mut self) -> SharedAudio {
+        self.snapshot_first(usize::MAX)
+    }
+
+    /// A handle on the first `n` samples of the buffer (all of them if there are fewer), shared
+    /// like [`snapshot`](Self::snapshot).
+    pub fn snapshot_first(&mut self, n: usize) -> SharedAudio {
         self.settle();
         SharedAudio {
+            len: n.min(self.samples.len()),
             samples: self.samples.clone(),
         }
     }
@@ -134,6 +145,19 @@ mod tests {
         let snapshot = buffer.snapshot();
         buffer.push(&ramp(lent, total));
         (buffer, snapshot)
+    }
+
+    #[test]
+    fn a_snapshot_of_the_first_samples_shows_only_those() {
+        let mut buffer = SharedBuffer::default();
+        buffer.push(&ramp(0, 10));
+        let first = buffer.snapshot_first(4);
+        assert_eq!(&first[..], &ramp(0, 4)[..]);
+        assert!(
+            std::ptr::eq(first.as_ptr(), buffer.samples.as_ptr()),
+            "no copy"
+        );
+        assert_eq!(buffer.snapshot_first(99).len(), 10);
     }
 
     #[test]

@@ -1,23 +1,34 @@
 //! The commit policy for live streams.
 //!
-//! Whisper re-reads the whole uncommitted buffer each time (about once a second while speech
-//! continues). A hypothesis is read as a sequence of units: words when Whisper reported token
-//! timings (live jobs ask for them), else whole segments. Text becomes final — a
-//! `transcript_segment` — when
+//! Whisper re-reads the uncommitted buffer a few times a second while speech continues (a
+//! step that follows the measured inference time, [`LivePolicy::observe_inference`]). A
+//! hypothesis is read as a sequence of units: words when Whisper reported token timings (live
+//! jobs ask for them), else whole segments. Text becomes final — a `transcript_segment` — when
 //! - two consecutive hypotheses agree on its leading units (all but the last unit, which may
-//!   still be half spoken): "local agreement", so a word is final about two steps after it
-//!   is heard, or
+//!   still be half spoken): "local agreement", or
+//! - the hypothesis heard at least [`LiveConfig::settle_secs`] of audio after a unit ended:
+//!   words that far from the buffer's end do not change any more, so they need no second
+//!   hypothesis, or
 //! - the speaker pauses (trailing silence of [`LiveConfig::pause_secs`]), or
-//! - the buffer reaches [`LiveConfig::max_buffer_secs`] (Whisper's window is 30 s), or
+//! - the hypothesis read a whole window ([`LiveConfig::window_secs`]): all but its last second
+//!   is committed, so every window moves the stream forward, or
 //! - the stream ends.
 //!
-//! Audio is dropped from the buffer once a whole Whisper segment is committed (cutting inside a
-//! segment would clip words); words committed earlier are recognised in later hypotheses by
-//! their time and skipped. Memory per stream is bounded by `max_buffer_secs`. Only one hypothesis per stream is in flight at a time; audio that arrives
-//! meanwhile waits in the buffer and the next job takes all of it (latest audio wins, nothing queues
-//! up). A job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the
-//! [`JobSpan`] it covered. This module must not block, spawn or talk to Whisper itself, and must
-//! not copy the buffer for a job.
+//! The work per hypothesis is bounded whatever the lag: a job reads at most `window_secs` of
+//! the buffer (its oldest part), and while more than that is waiting jobs follow each other
+//! without waiting for a step and commit as they go (catching up sheds the agreement
+//! hypotheses). Audio is dropped from the buffer once a whole Whisper segment is committed, or
+//! at the end of the last committed word once the buffer is longer than
+//! [`LiveConfig::cut_secs`]; words committed earlier are recognised in later hypotheses by their
+//! time and skipped; the committed text whose audio is gone is offered as the next job's prompt
+//! ([`LiveJob::prompt`]; the socket shell does not pass it to tiny.en, which looped with it). Memory per stream is bounded by [`LiveConfig::max_buffer_secs`]: a
+//! stream that falls that far behind sheds its oldest audio. Only one hypothesis per stream is
+//! in flight at a time; audio that arrives meanwhile waits in the buffer (nothing queues up). A
+//! job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the [`JobSpan`]
+//! it covered. This module must not block, spawn or talk to Whisper itself, and must not copy
+//! the buffer for a job.
+
+use std::collections::VecDeque;
 
 use crate::audio::{SharedAudio, SharedBuffer, SAMPLE_RATE};
 use crate::transcript::Segment;
@@ -25,11 +36,28 @@ use crate::transcript::Segment;
 /// Tuning knobs of the policy; the defaults suit `tiny.en`/`base` on a small CPU.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
-    /// New audio needed before a fresh hypothesis is worth computing; trades latency for CPU.
+    /// Longest wait for new audio between hypotheses (also the step before any inference time
+    /// is known); trades latency for CPU.
     pub step_secs: f64,
+    /// Shortest wait between hypotheses, however fast inference is.
+    pub min_step_secs: f64,
+    /// The step as a multiple of the recent inference time: 2 keeps a stream's worker busy at
+    /// most about half the time, so the step shrinks on a fast machine and grows under load.
+    pub step_per_inference: f64,
     /// Longest trailing silence that still counts as "mid-sentence"; longer commits everything.
     pub pause_secs: f64,
-    /// Buffer length that forces a commit, kept below Whisper's 30 s window.
+    /// Most audio one hypothesis reads: bounds the work per hypothesis whatever the lag (kept
+    /// below Whisper's 30 s window).
+    pub window_secs: f64,
+    /// Audio a hypothesis must have heard after a unit's end for the unit to be final without a
+    /// second agreeing hypothesis; `f64::INFINITY` waits for agreement only.
+    pub settle_secs: f64,
+    /// Buffer length beyond which audio is cut at the last committed word rather than only at
+    /// the end of a committed segment; shorter keeps hypotheses cheap, longer gives Whisper more
+    /// of the sentence.
+    pub cut_secs: f64,
+    /// Most uncommitted audio kept; a stream further behind sheds its oldest audio (its words
+    /// are lost) so that memory and latency stay bounded when the machine cannot keep up.
     pub max_buffer_secs: f64,
     /// RMS level below which a 30 ms frame is always silence (digital silence, faint hiss).
     pub speech_rms: f32,
@@ -44,8 +72,13 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             step_secs: 1.0,
+            min_step_secs: 0.3,
+            step_per_inference: 2.0,
             pause_secs: 0.6,
-            max_buffer_secs: 24.0,
+            window_secs: 10.0,
+            settle_secs: f64::INFINITY,
+            cut_secs: 6.0,
+            max_buffer_secs: 30.0,
             speech_rms: 0.01,
             above_floor: 3.0,
             lead_in_secs: 0.3,
@@ -62,6 +95,9 @@ pub struct LiveJob {
     pub audio: SharedAudio,
     /// What the audio covers, for reading the result.
     pub span: JobSpan,
+    /// The committed text just before the job's audio (its audio already dropped), to prime
+    /// Whisper as its initial prompt; `None` at the start of a stream.
+    pub prompt: Option<String>,
 }
 
 /// The stretch of the stream a job covered: all the policy needs to read the job's result.
@@ -117,10 +153,26 @@ pub struct LivePolicy {
     /// Whether the buffer holds any sound at all; a silent buffer is never sent to Whisper.
     heard_sound: bool,
     /// Recent frame levels (about 5 s); their minimum is the background level.
-    recent_levels: std::collections::VecDeque<f32>,
+    recent_levels: VecDeque<f32>,
+    /// Committed words whose audio is still buffered, with their end (timeline seconds); they
+    /// join the prompt once their audio is dropped.
+    unprompted: VecDeque<(String, f64)>,
+    /// The last committed words whose audio is gone: the next job's prompt.
+    prompt: VecDeque<String>,
+    /// Recent inference time per hypothesis (seconds, smoothed); paces the step.
+    inference_secs: Option<f64>,
+    /// Audio shed because the stream fell more than `max_buffer_secs` behind.
+    shed: u64,
 }
 
 const FRAME: usize = (SAMPLE_RATE as usize) * 30 / 1000;
+/// Committed words kept as the prompt (Whisper reads at most 224 prompt tokens).
+const PROMPT_WORDS: usize = 40;
+/// What a hypothesis that read a whole window leaves uncommitted at its end (seconds): its
+/// last words may be cut off by the window's edge.
+const WINDOW_TAIL_SECS: f64 = 1.0;
+/// Weight of the newest inference time in the smoothed one.
+const INFERENCE_WEIGHT: f64 = 0.3;
 /// Frames (of 30 ms) whose quietest sets the background level: about 5 s.
 const FLOOR_FRAMES: usize = 166;
 /// The background level never counts above this (-34 dBFS): louder is sound, not room noise.
@@ -169,7 +221,11 @@ impl LivePolicy {
             last_partial: String::new(),
             trailing_silence: 0,
             heard_sound: false,
-            recent_levels: std::collections::VecDeque::with_capacity(FLOOR_FRAMES),
+            recent_levels: VecDeque::with_capacity(FLOOR_FRAMES),
+            unprompted: VecDeque::new(),
+            prompt: VecDeque::new(),
+            inference_secs: None,
+            shed: 0,
         }
     }
 
@@ -189,6 +245,49 @@ impl LivePolicy {
             self.trim_silence();
             // Silence needs no hypothesis: nothing is behind.
             self.covered = self.received;
+        }
+        self.shed_excess();
+    }
+
+    /// Drops the oldest audio beyond `max_buffer_secs`: a stream that far behind loses words
+    /// rather than memory and latency without bound.
+    fn shed_excess(&mut self) {
+        let max = samples(self.config.max_buffer_secs) as usize;
+        let excess = self.buffer.len().saturating_sub(max);
+        if excess > 0 {
+            self.shed += excess as u64;
+            let t = self.buffer_start + secs(excess as u64);
+            self.committed_end = self.committed_end.max(t);
+            self.previous.clear();
+            self.drop_until(t);
+        }
+    }
+
+    /// Seconds of audio shed so far because the stream fell too far behind.
+    pub fn shed_secs(&self) -> f64 {
+        secs(self.shed)
+    }
+
+    /// Tells the policy how long the last hypothesis took to compute (seconds of worker
+    /// time); the step follows it (see [`LiveConfig::step_per_inference`]).
+    pub fn observe_inference(&mut self, secs: f64) {
+        if !secs.is_finite() || secs < 0.0 {
+            return;
+        }
+        self.inference_secs = Some(match self.inference_secs {
+            Some(old) => old + INFERENCE_WEIGHT * (secs - old),
+            None => secs,
+        });
+    }
+
+    /// Audio (seconds) that makes a new hypothesis due while speech continues.
+    pub fn step_secs(&self) -> f64 {
+        let c = &self.config;
+        match self.inference_secs {
+            Some(t) => {
+                (t * c.step_per_inference).clamp(c.min_step_secs, c.step_secs.max(c.min_step_secs))
+            }
+            None => c.step_secs,
         }
     }
 
@@ -265,12 +364,14 @@ impl LivePolicy {
         if self.in_flight || !self.heard_sound {
             return None;
         }
+        // More than a window waiting: catch up window by window, without waiting for a step.
+        let backlog = self.buffer.len() as u64 > samples(self.config.window_secs);
         let paused = self.trailing_silence >= samples(self.config.pause_secs);
-        let due = self.received - self.taken_at >= samples(self.config.step_secs);
-        if !(due || (paused && self.taken_at < self.received)) {
+        let due = self.received - self.taken_at >= samples(self.step_secs());
+        if !(due || backlog || (paused && self.taken_at < self.received)) {
             return None;
         }
-        Some(self.job(paused))
+        Some(self.job(paused && !backlog))
     }
 
     /// The last job of a stream: whatever is left, committed in full. None when nothing is left.
@@ -281,16 +382,24 @@ impl LivePolicy {
         Some(self.job(true))
     }
 
+    /// A job over the buffer's first `window_secs`; final only if that is all of it.
     fn job(&mut self, is_final: bool) -> LiveJob {
         self.in_flight = true;
         self.taken_at = self.received;
-        let audio = self.buffer.snapshot();
+        let window = samples(self.config.window_secs) as usize;
+        let audio = self.buffer.snapshot_first(window);
         let span = JobSpan {
             offset: self.buffer_start,
             samples: audio.len(),
-            is_final,
+            is_final: is_final && audio.len() == self.buffer.len(),
         };
-        LiveJob { audio, span }
+        let prompt = (!self.prompt.is_empty())
+            .then(|| self.prompt.iter().cloned().collect::<Vec<_>>().join(" "));
+        LiveJob {
+            audio,
+            span,
+            prompt,
+        }
     }
 
     /// The job was not run (pool busy, error): allow a new one later.
@@ -310,13 +419,17 @@ impl LivePolicy {
             .collect();
         let units = self.new_units(&hyp);
         let job_end = job.offset + secs(job.samples as u64);
-        let full = self.buffer.len() as u64 >= samples(self.config.max_buffer_secs);
+        let whole_window = job.samples as u64 >= samples(self.config.window_secs);
         let n_commit = if job.is_final {
             units.len()
-        } else if full {
-            forced_commit(&units)
         } else {
-            self.agreed_prefix(&units)
+            let settled = settled_prefix(&units, job_end - self.config.settle_secs);
+            let n = self.agreed_prefix(&units).max(settled);
+            if whole_window {
+                n.max(window_commit(&units, job_end))
+            } else {
+                n
+            }
         };
         let mut out = Vec::new();
         let (committed, rest) = units.split_at(n_commit);
@@ -328,8 +441,11 @@ impl LivePolicy {
         if job.is_final {
             self.committed_end = self.committed_end.max(job_end);
             self.drop_until(job_end);
-        } else if let Some(cut) = segment_cut(committed, rest, &hyp) {
+        } else if let Some(cut) = self.cut_after(committed, rest, &hyp) {
             self.drop_until(cut);
+        } else if units.is_empty() && whole_window {
+            // A whole window without a word: nothing was said there.
+            self.drop_until(job_end - WINDOW_TAIL_SECS);
         }
         self.previous = rest.to_vec();
         let text = rest.iter().map(|u| u.text.as_str()).collect::<Vec<_>>();
@@ -344,6 +460,7 @@ impl LivePolicy {
             .into_iter()
             .filter(|u| (u.start + u.end) / 2.0 > self.committed_end)
             .collect();
+        units.truncate(loop_start(&units));
         let max = units.len().min(self.recent_words.len()).min(3);
         for n in (1..=max).rev() {
             let tail = &self.recent_words[self.recent_words.len() - n..];
@@ -359,12 +476,29 @@ impl LivePolicy {
         units
     }
 
-    /// Keeps the last committed words for [`new_units`](Self::new_units).
+    /// Where to cut the audio after a commit: the end of the hypothesis segment it completed,
+    /// or, in a long buffer, the end of its last word.
+    fn cut_after(&self, committed: &[Unit], rest: &[Unit], hyp: &[Segment]) -> Option<f64> {
+        if let Some(cut) = segment_cut(committed, rest, hyp) {
+            return Some(cut);
+        }
+        let long = self.buffer.len() as u64 > samples(self.config.cut_secs);
+        let last = committed.last().filter(|_| long)?;
+        Some(match rest.first() {
+            // Halfway into the gap, if there is one: word times are approximate.
+            Some(next) if next.start > last.end => (last.end + next.start) / 2.0,
+            _ => last.end,
+        })
+    }
+
+    /// Keeps the last committed words for [`new_units`](Self::new_units) and the prompt.
     fn remember(&mut self, committed: &[Unit]) {
         self.recent_words
             .extend(committed.iter().map(|u| normalise(&u.text)));
         let extra = self.recent_words.len().saturating_sub(3);
         self.recent_words.drain(..extra);
+        self.unprompted
+            .extend(committed.iter().map(|u| (u.text.clone(), u.end)));
     }
 
     /// How many leading units (all but the last) the previous hypothesis agreed on. Agreement
@@ -396,6 +530,18 @@ impl LivePolicy {
         let cut = samples(t - self.buffer_start).min(self.buffer.len() as u64) as usize;
         self.buffer.drop_front(cut);
         self.buffer_start += secs(cut as u64);
+        while self
+            .unprompted
+            .front()
+            .is_some_and(|(_, end)| *end <= self.buffer_start + 0.05)
+        {
+            if let Some((word, _)) = self.unprompted.pop_front() {
+                if self.prompt.len() == PROMPT_WORDS {
+                    self.prompt.pop_front();
+                }
+                self.prompt.push_back(word);
+            }
+        }
         let threshold = self.threshold();
         if self
             .buffer
@@ -466,6 +612,22 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
     words
 }
 
+/// Where a hypothesis starts looping (Whisper, without temperature fallback, may repeat a word
+/// or two until its token limit: "bring bring bring…"): the index after the first of three
+/// back-to-back repeats of one or two units; the length of the hypothesis if it does not loop.
+fn loop_start(units: &[Unit]) -> usize {
+    let words: Vec<String> = units.iter().map(|u| normalise(&u.text)).collect();
+    (0..words.len())
+        .find_map(|i| {
+            (1..=2).find_map(|n| {
+                let run = words.get(i..i + 3 * n)?;
+                let repeats = run[..n] == run[n..2 * n] && run[..n] == run[2 * n..];
+                repeats.then_some(i + n)
+            })
+        })
+        .unwrap_or(words.len())
+}
+
 /// How many leading units start in time order (within a little jitter).
 fn in_order(units: &[Unit]) -> usize {
     const JITTER: f64 = 0.3;
@@ -475,15 +637,18 @@ fn in_order(units: &[Unit]) -> usize {
     back.map_or(units.len(), |i| i + 1)
 }
 
-/// With the buffer full: everything but the last segment (all of it if there is one).
-fn forced_commit(units: &[Unit]) -> usize {
-    let last = units.last().map_or(0, |u| u.segment);
-    let before = units.iter().take_while(|u| u.segment != last).count();
-    if before == 0 {
-        units.len()
-    } else {
-        before
-    }
+/// How many leading units (in time order) end by timeline second `limit`.
+fn settled_prefix(units: &[Unit], limit: f64) -> usize {
+    units[..in_order(units)]
+        .iter()
+        .take_while(|u| u.end <= limit)
+        .count()
+}
+
+/// After a hypothesis over a whole window: everything but its last second, and one unit at
+/// least, so that every window moves the stream forward.
+fn window_commit(units: &[Unit], job_end: f64) -> usize {
+    settled_prefix(units, job_end - WINDOW_TAIL_SECS).max(units.len().min(1))
 }
 
 /// Committed units grouped back into one segment per hypothesis segment they came from.
@@ -535,6 +700,12 @@ fn shift(mut s: Segment, offset: f64) -> Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy(tweak: impl FnOnce(&mut LiveConfig)) -> LivePolicy {
+        let mut config = LiveConfig::default();
+        tweak(&mut config);
+        LivePolicy::new(config)
+    }
 
     fn tone(secs: f64) -> Vec<f32> {
         let n = (secs * SAMPLE_RATE as f64) as usize;
@@ -667,16 +838,212 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_forces_a_commit() {
-        let cfg = LiveConfig {
-            max_buffer_secs: 5.0,
-            ..LiveConfig::default()
-        };
-        let mut p = LivePolicy::new(cfg);
+    fn a_whole_window_commits_all_but_its_tail() {
+        let mut p = policy(|c| c.window_secs = 5.0);
         p.push(&tone(6.0));
         let job = p.take_job().unwrap();
-        let out = p.on_result(job.span, vec![seg(0.0, 3.0, "a"), seg(3.0, 6.0, "b")]);
+        assert_eq!(
+            job.audio.len() as u64,
+            samples(5.0),
+            "one window, not the buffer"
+        );
+        let out = p.on_result(job.span, vec![seg(0.0, 3.0, "a"), seg(3.0, 5.0, "b")]);
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 3.0, "a")]));
+    }
+
+    #[test]
+    fn the_work_per_hypothesis_is_bounded_whatever_the_lag() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(1.0));
+        let first = p.take_job().unwrap();
+        // The worker is slow: 25 s arrive before the first hypothesis comes back.
+        p.push(&tone(25.0));
+        p.on_result(first.span, vec![]);
+        let mut offsets = Vec::new();
+        while p.buffered_secs() > 10.0 && offsets.len() < 10 {
+            let job = p.take_job().expect("a backlog needs no step to pass");
+            assert!(
+                job.audio.len() as u64 <= samples(10.0),
+                "at most one window"
+            );
+            offsets.push(job.span.offset);
+            let words: Vec<(&str, f64, f64)> = (0..20)
+                .map(|i| ("word", i as f64 * 0.5, i as f64 * 0.5 + 0.4))
+                .collect();
+            p.on_result(job.span, vec![word_seg(&words)]);
+        }
+        assert_eq!(offsets.len(), 2, "two windows catch up 26 s: {offsets:?}");
+        assert!(
+            offsets[1] >= offsets[0] + 8.0,
+            "each window moves the stream on: {offsets:?}"
+        );
+    }
+
+    #[test]
+    fn words_well_before_the_end_are_final_without_a_second_hypothesis() {
+        let mut p = policy(|c| c.settle_secs = 1.0);
+        p.push(&tone(3.0));
+        let job = p.take_job().unwrap();
+        let out = p.on_result(
+            job.span,
+            vec![word_seg(&[
+                ("ask", 0.2, 0.6),
+                ("not", 0.6, 1.0),
+                ("what", 1.2, 2.2),
+                ("your", 2.3, 2.8),
+            ])],
+        );
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            committed[0].text, "ask not",
+            "ended 1 s and more before the end"
+        );
+        assert_eq!(
+            out[1],
+            LiveOutput::Partial {
+                text: "what your".into(),
+                revision: 1
+            },
+            "the last second may still change"
+        );
+    }
+
+    #[test]
+    fn a_pause_makes_a_job_at_once_without_waiting_for_the_step() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(1.0));
+        let job = p.take_job().unwrap();
+        p.on_result(job.span, vec![seg(0.0, 1.0, "one")]);
+        p.push(&tone(0.2));
+        p.push(&silence(0.6));
+        assert!(
+            p.received_secs() - 1.0 < p.step_secs(),
+            "no step has passed"
+        );
+        let job = p.take_job().expect("the pause is reached");
+        assert!(job.span.is_final);
+        let out = p.on_result(job.span, vec![seg(0.0, 1.2, "one two")]);
+        assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 1.2, "one two")]));
+    }
+
+    #[test]
+    fn the_step_follows_the_inference_time() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        assert_eq!(p.step_secs(), 1.0, "unknown: the longest step");
+        p.observe_inference(0.1);
+        assert_eq!(p.step_secs(), 0.3, "fast: the shortest step");
+        p.observe_inference(0.2);
+        assert!((p.step_secs() - 2.0 * 0.13).max(0.3) - p.step_secs() < 1e-9);
+        for _ in 0..20 {
+            p.observe_inference(3.0);
+        }
+        assert_eq!(p.step_secs(), 1.0, "slow: never longer than step_secs");
+        p.observe_inference(f64::NAN);
+        assert_eq!(p.step_secs(), 1.0);
+    }
+
+    #[test]
+    fn a_stream_too_far_behind_sheds_its_oldest_audio() {
+        let mut p = policy(|c| c.max_buffer_secs = 12.0);
+        p.push(&tone(1.0));
+        let job = p.take_job().unwrap();
+        p.push(&tone(19.0));
+        assert!(
+            (p.buffered_secs() - 12.0).abs() < 0.01,
+            "{}",
+            p.buffered_secs()
+        );
+        assert!((p.shed_secs() - 8.0).abs() < 0.01);
+        assert!((p.buffer_start_secs() - 8.0).abs() < 0.01);
+        // The late result's words from the shed audio are not committed.
+        let out = p.on_result(job.span, vec![seg(0.0, 1.0, "lost")]);
+        assert!(
+            out.iter().all(|o| !matches!(o, LiveOutput::Commit(_))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn committed_words_whose_audio_is_gone_prime_the_next_job() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(3.0));
+        let j1 = p.take_job().unwrap();
+        assert_eq!(j1.prompt, None);
+        p.on_result(
+            j1.span,
+            vec![seg(0.0, 1.5, "Ask not."), seg(1.5, 3.0, "what your")],
+        );
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        assert_eq!(j2.prompt, None);
+        p.on_result(
+            j2.span,
+            vec![
+                seg(0.0, 1.5, "Ask not."),
+                seg(1.5, 4.0, "what your country"),
+            ],
+        );
+        p.push(&tone(1.0));
+        let j3 = p.take_job().unwrap();
+        assert_eq!(j3.prompt.as_deref(), Some("Ask not."));
+    }
+
+    #[test]
+    fn a_hypothesis_caught_in_a_loop_is_read_up_to_the_loop() {
+        let mut p = policy(|c| c.window_secs = 5.0);
+        p.push(&tone(6.0));
+        let job = p.take_job().unwrap();
+        let mut words = vec![("which", 0.2, 0.5), ("we", 0.5, 0.7), ("bring", 0.7, 1.0)];
+        words.extend((0..12).map(|i| ("bring", 1.0 + i as f64 * 0.3, 1.3 + i as f64 * 0.3)));
+        let out = p.on_result(job.span, vec![word_seg(&words)]);
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "which we bring");
+        let units = |t: &[&str]| -> Vec<Unit> {
+            t.iter()
+                .map(|w| Unit {
+                    text: w.to_string(),
+                    start: 0.0,
+                    end: 0.0,
+                    segment: 0,
+                })
+                .collect()
+        };
+        assert_eq!(
+            loop_start(&units(&["the", "energy", "the", "energy", "the", "energy"])),
+            2
+        );
+        assert_eq!(
+            loop_start(&units(&["no", "no", "said", "no"])),
+            4,
+            "two is no loop"
+        );
+    }
+
+    #[test]
+    fn a_long_buffer_is_cut_at_the_last_committed_word() {
+        let mut p = policy(|c| c.cut_secs = 2.0);
+        let words = [
+            ("one", 0.1, 0.5),
+            ("two", 0.7, 1.1),
+            ("three", 1.3, 1.8),
+            ("four", 2.0, 2.8),
+        ];
+        p.push(&tone(3.0));
+        let j1 = p.take_job().unwrap();
+        p.on_result(j1.span, vec![word_seg(&words)]);
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        p.on_result(j2.span, vec![word_seg(&words)]);
+        // "one two three" agreed; the segment goes on, but the buffer is long: cut in the gap.
+        assert!(
+            (p.buffer_start_secs() - 1.9).abs() < 1e-3,
+            "{}",
+            p.buffer_start_secs()
+        );
     }
 
     #[test]

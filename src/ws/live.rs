@@ -41,7 +41,7 @@ use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::jobs::{TaskResult, TaskState};
-use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
+use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, StreamLoad};
 use crate::protocol::message::{
     AudioFormat, ResumeFrom, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
@@ -56,6 +56,8 @@ const DECODED_BLOCKS: usize = 16;
 const TICK: Duration = Duration::from_millis(100);
 /// Lag worth telling the client about.
 const LAG_REPORT_SECS: f64 = 2.0;
+/// When a stream refused for want of live capacity should try again.
+const LIVE_RETRY_MS: u64 = 5_000;
 
 /// The connection's handle on its open stream.
 pub struct LiveStream {
@@ -104,6 +106,14 @@ impl Connection {
             return self.stream_resume(task_id, from).await;
         }
         self.check_language(&start.options)?;
+        let load = self.state.live_capacity.admit().map_err(|full| {
+            tracing::info!(%full, "live stream refused: no live capacity left");
+            ProtocolError::new(
+                ErrorCode::Busy,
+                "the server cannot take another live stream at real time; retry later",
+            )
+            .with_retry_after_ms(LIVE_RETRY_MS)
+        })?;
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
         self.claim(task_id, "omit it and the server picks one")
             .await?;
@@ -126,6 +136,7 @@ impl Connection {
             language: std::sync::Mutex::new(None),
             handoffs,
             received_bytes: 0,
+            share: std::sync::Mutex::new(Some((load, Instant::now()))),
         };
         let link = Link {
             input: rx,
@@ -302,6 +313,10 @@ struct Runner {
     /// Audio payload bytes taken in since the stream started, over all its connections: where
     /// a resuming client sends on from.
     received_bytes: u64,
+    /// The stream's share of the live capacity and when it last reported its load (or
+    /// started); given back before `transcription_complete` goes out, so a client may start
+    /// its next stream at once.
+    share: std::sync::Mutex<Option<(StreamLoad, Instant)>>,
 }
 
 /// A hypothesis being computed.
@@ -310,6 +325,8 @@ struct Pending {
     span: JobSpan,
     handle: JobHandle,
     segments: Vec<Segment>,
+    /// When the job went to the pool: its turnaround (queue and work) paces the stream's step.
+    submitted: Instant,
 }
 
 /// Keeps a stream resumable while its task runs; forgets it when the task ends, however.
@@ -533,11 +550,14 @@ impl Runner {
     }
 
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
+        // `job.prompt` is not passed: tiny.en primed with the committed text fell into
+        // repetition loops (docs/BENCHMARKS.md, "Live latency").
         match self.state.pool.submit(job.audio, self.options.clone()) {
             Ok(handle) => Some(Pending {
                 span: job.span,
                 handle,
                 segments: Vec::new(),
+                submitted: Instant::now(),
             }),
             Err(busy) => {
                 tracing::debug!(queue = busy.queue_len, "pool busy; the stream waits");
@@ -572,6 +592,8 @@ impl Runner {
                 );
                 *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((summary.language, summary.language_probability));
+                policy.observe_inference(p.submitted.elapsed().as_secs_f64());
+                self.report_load(summary.processing_secs);
                 let segments = p.segments;
                 for output in policy.on_result(p.span, segments) {
                     self.emit(output, committed, link).await;
@@ -613,6 +635,19 @@ impl Runner {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells the live capacity what a hypothesis cost. Over at least the longest step: a stream
+    /// demands what it needs at its slowest pace, not the spare time its step takes up.
+    fn report_load(&self, busy_secs: f64) {
+        let mut share = self.share.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((load, last)) = share.as_mut() {
+            let now = Instant::now();
+            let wall = now
+                .duration_since(std::mem::replace(last, now))
+                .as_secs_f64();
+            load.record(busy_secs, wall.max(LiveConfig::default().step_secs));
         }
     }
 
@@ -662,6 +697,7 @@ impl Runner {
         };
         tracing::info!(task_id = %self.task_id, secs = duration, interrupted, "stream finished");
         let msg = super::follow::complete_msg(self.task_id, &result, None);
+        drop(self.share.lock().unwrap_or_else(|e| e.into_inner()).take());
         self.state.tasks.finish(self.task_id, result).await;
         if let Some(out) = out {
             let _ = out.send(msg).await;

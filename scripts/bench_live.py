@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Live latency benchmark: how soon each spoken word is shown and made final by a live stream.
+
+Run through scripts/bench-live (it builds the release binary). For each input:
+  1. builds the audio (16 kHz mono s16le WAV): `tune` and `report` are corpus English speech
+     concatenated without pauses (clips trimmed of leading and trailing silence), `jfk146` is
+     en_JFK_inaugural_146s.ogg as it is;
+  2. transcribes it in batch (`earshot transcribe --format verbose_json`, the batch path) for the
+     reference text and each word's end time;
+  3. streams it to a fresh release server at real time in 50 ms PCM frames over the live
+     WebSocket protocol (docs/PROTOCOL.md §9), recording when each word is first shown (in a
+     `transcript_partial` or a `transcript_segment`, at the same position with the same text as
+     it is finally committed) and when it is made final (its `transcript_segment`);
+  4. aligns the final live words to the batch words by edit distance and reports, over the
+     matched words, word end → first shown and word end → final (p50/p95), the WER of the live
+     final text against the batch text, and the `stream_lag` messages.
+
+With --hog a CPU-bound process (a Python busy loop) runs beside the server from the stream's
+start until HOG_SECS seconds before its end; the table then also gives the final p95 of words
+spoken under load and how long after the load ended the stream's words were final within
+1.5 s again (recovery).
+
+Tune on `tune`, report on `report` and `jfk146` (the inputs share no audio but the first 40 s of
+the inaugural, which is in `tune` and `jfk146`).
+Usage: bench_live.py EARSHOT_BIN MODELS_DIR [--inputs tune,report,jfk146] [--runs 1] [--hog]
+                     [--hog-secs 25] [--threads 2] [--server-arg=--flag ...] [--json OUT]
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server import free_port, live_stream, norm_words, percentile, stop  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+INAUGURAL = "en_JFK_inaugural_146s.ogg"
+# (file, start s, end s or None): pieces concatenated in order.
+INPUTS = {
+    "tune": [("en_jfk.wav", 0, None), ("en_arctic_a0024.wav", 0, None),
+             ("en_harvard_birch_canoe.wav", 0, None), ("en_stereo_diarization.wav", 0, None),
+             ("en_one_two_three_44k.wav", 0, None), (INAUGURAL, 0, 40)],
+    "report": [(INAUGURAL, 40, 104)],
+    "jfk146": [(INAUGURAL, 0, None)],
+}
+FRAME_MS = 50
+RECOVERED_SECS = 1.5
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def build_input(name, work):
+    """The input's WAV: each piece decoded to 16 kHz mono, cut, trimmed of silence at both ends
+    (only when more than one piece is joined), then joined."""
+    out = work / f"{name}.wav"
+    pieces = INPUTS[name]
+    parts = []
+    for i, (file, start, end) in enumerate(pieces):
+        part = work / f"{name}-{i}.wav"
+        cut = ["-ss", str(start)] + (["-to", str(end)] if end else [])
+        run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(CORPUS / file), *cut,
+             "-ar", "16000", "-ac", "1", "-c:a", "pcm_s16le", str(part)])
+        if len(pieces) > 1:
+            trimmed = work / f"{name}-{i}-t.wav"
+            trim = ["silence", "1", "0.05", "-45d"]
+            run(["sox", str(part), str(trimmed), *trim, "reverse", *trim, "reverse"])
+            part = trimmed
+        parts.append(str(part))
+    if len(parts) == 1:
+        shutil.copy(parts[0], out)
+    else:
+        run(["sox", *parts, str(out)])
+    return out
+
+
+def batch_words(binary, models, wav):
+    """(word, end) of the batch transcript, from `earshot transcribe --format verbose_json`."""
+    env = dict(os.environ, EARSHOT_MODEL_MIRROR=str(models))
+    with tempfile.TemporaryDirectory() as d:
+        out = run([binary, "transcribe", str(wav), "--format", "verbose_json", "--models-dir", d,
+                   "--log", "warn"], env=env)
+    words = []
+    for w in json.loads(out.stdout).get("words", []):
+        words += [(n, w["end"]) for n in norm_words(w["word"])]
+    return words
+
+
+
+def start_server(binary, models, data, port, threads, extra):
+    env = dict(os.environ, EARSHOT_MODEL_MIRROR=str(models))
+    args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
+            "--models-dir", str(data / "models"), *(["--log", "warn"] if not any(a.startswith("--log") for a in extra) else []), "--workers", "1",
+            "--threads", str(threads), *extra]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("server did not start")
+
+
+
+
+async def stream(url, pcm):
+    """Streams s16le 16 kHz PCM at real time in 50 ms frames; returns (events, lag messages).
+    events: (kind, seconds since the first frame, text) with kind "partial" or "final"."""
+    events, _, lags, _, _ = await live_stream(url, pcm, realtime=True, frame_ms=FRAME_MS)
+    return events, lags
+
+
+def live_words(events):
+    """Final live words with (word, first shown at, final at). A partial holds only the tail
+    after the committed segments, so its word j is word committed + j of the speech."""
+    finals = []
+    for kind, t, text in events:
+        if kind == "final":
+            finals += [(w, t) for w in norm_words(text)]
+    shown = [None] * len(finals)
+    committed = 0
+    for kind, t, text in events:
+        words = norm_words(text)
+        for j, w in enumerate(words):
+            i = committed + j
+            if i < len(finals) and shown[i] is None and finals[i][0] == w:
+                shown[i] = t
+        if kind == "final":
+            committed += len(words)
+    return [(w, s if s is not None else f, f) for (w, f), s in zip(finals, shown)]
+
+
+def align(ref, hyp):
+    """Levenshtein alignment of two word lists: (edits, [(ref index, hyp index)] of equal words)."""
+    n, m = len(ref), len(hyp)
+    d = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        d[i][0] = i
+    for j in range(m + 1):
+        d[0][j] = j
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                          d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]))
+    pairs, i, j = [], n, m
+    while i > 0 and j > 0:
+        if d[i][j] == d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
+            if ref[i - 1] == hyp[j - 1]:
+                pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return d[n][m], pairs[::-1]
+
+
+
+def measure(ref, events, hog_until=None):
+    """Latencies of the matched words, WER, and under --hog the load/recovery figures."""
+    live = live_words(events)
+    edits, pairs = align([w for w, _ in ref], [w for w, _, _ in live])
+    rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs]
+    result = {
+        "words": len(ref), "matched": len(pairs), "wer": edits / max(1, len(ref)),
+        "shown": [s for _, s, _ in rows], "final": [f for _, _, f in rows],
+        "text": " ".join(w for w, _, _ in live),
+    }
+    if hog_until is not None:
+        result["final_loaded"] = [f for end, _, f in rows if end <= hog_until]
+        late = [end for end, _, f in rows if end > hog_until and f > RECOVERED_SECS]
+        result["recovery"] = max(0.0, max(late) - hog_until) if late else 0.0
+    return result
+
+
+def hog():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+async def bench(args):
+    work = Path(tempfile.mkdtemp(prefix="earshot-bench-live-"))
+    extra = args.server_arg or []
+    results = {}
+    try:
+        for name in args.inputs.split(","):
+            wav = build_input(name, work)
+            with wave.open(str(wav)) as w:
+                pcm = w.readframes(w.getnframes())
+            secs = len(pcm) / 32000
+            ref = batch_words(args.binary, args.models, wav)
+            data = work / f"data-{name}"
+            port = free_port()
+            proc = start_server(args.binary, args.models, data, port, args.threads, extra)
+            runs = []
+            try:
+                url = f"ws://127.0.0.1:{port}/"
+                for _ in range(args.runs):
+                    load = hog() if args.hog else None
+                    hog_until = secs - args.hog_secs if args.hog else None
+                    stopper = None
+                    if load:
+                        stopper = asyncio.get_running_loop().call_later(hog_until, load.kill)
+                    try:
+                        events, lags = await stream(url, pcm)
+                    finally:
+                        if load:
+                            stopper.cancel()
+                            load.kill()
+                            load.wait()
+                    m = measure(ref, events, hog_until)
+                    m["lags"] = len(lags)
+                    runs.append(m)
+                    print(f"{name}: {summary(m)}", file=sys.stderr)
+            finally:
+                stop(proc)
+            results[name] = {"secs": secs, "runs": runs}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def summary(m):
+    s = (f"shown p50 {percentile(m['shown'], 50):.2f} p95 {percentile(m['shown'], 95):.2f} s, "
+         f"final p50 {percentile(m['final'], 50):.2f} p95 {percentile(m['final'], 95):.2f} s, "
+         f"WER {m['wer']:.3f} ({m['matched']}/{m['words']} matched), lag msgs {m['lags']}")
+    if "recovery" in m:
+        s += (f", final p95 under load {percentile(m['final_loaded'], 95):.2f} s, "
+              f"recovered {m['recovery']:.1f} s after")
+    return s
+
+
+def table(results, hog):
+    head = "| input | audio s | runs | shown p50 / p95 | final p50 / p95 | WER vs batch | stream_lag |"
+    line = "|---|---:|---:|---|---|---:|---:|"
+    if hog:
+        head += " final p95 under load | recovery |"
+        line += "---:|---:|"
+    out = [head, line]
+    for name, r in results.items():
+        runs = r["runs"]
+        pool = lambda key: [x for m in runs for x in m[key]]
+        row = (f"| {name} | {r['secs']:.1f} | {len(runs)} | "
+               f"{percentile(pool('shown'), 50):.2f} / {percentile(pool('shown'), 95):.2f} s | "
+               f"{percentile(pool('final'), 50):.2f} / {percentile(pool('final'), 95):.2f} s | "
+               f"{statistics.mean(m['wer'] for m in runs):.3f} | {sum(m['lags'] for m in runs)} |")
+        if hog:
+            row += (f" {percentile(pool('final_loaded'), 95):.2f} s | "
+                    f"{max(m['recovery'] for m in runs):.1f} s |")
+        out.append(row)
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("binary")
+    ap.add_argument("models")
+    ap.add_argument("--inputs", default="report,jfk146")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hog", action="store_true")
+    ap.add_argument("--hog-secs", type=float, default=25.0,
+                    help="the hog stops this many seconds before the input ends")
+    ap.add_argument("--server-arg", action="append", help="extra `earshot serve` argument")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+    results = asyncio.run(bench(args))
+    print(table(results, args.hog))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
