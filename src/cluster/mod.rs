@@ -6,8 +6,13 @@
 //!   first node that starts, found by the others): the `earshot_tasks` KV bucket (one record per
 //!   task), the `EARSHOT_EVENTS` stream (each task's events on its own subject), the
 //!   `EARSHOT_JOBS` work-queue stream and the `earshot_audio` object store (a job's audio,
-//!   readable by whichever node runs it). Their max age is the session TTL, so expiry is
-//!   cluster-wide and happens once, in NATS.
+//!   readable by whichever node runs it), the `earshot_uploads` KV bucket (one record per
+//!   upload: meta, lease, stored chunks) and the `EARSHOT_UPLOADS` stream (chunk bytes). Their
+//!   max age is the session TTL, so expiry is cluster-wide and happens once, in NATS; each is
+//!   created with `replicas` copies.
+//! - [`uploads::ClusterUploads`]: the [`UploadStorage`](crate::upload::store::UploadStorage)
+//!   over them, so an upload resumes on any node; [`upload_record`] holds its pure decisions
+//!   (leases, chunk bookkeeping).
 //! - [`registry::NatsRegistry`]: the [`TaskRegistry`](crate::jobs::TaskRegistry) over them.
 //! - [`queue::NatsQueue`]: the [`JobQueue`](crate::jobs::JobQueue) over them; jobs run here
 //!   through [`Batch`](crate::jobs::batch::Batch).
@@ -18,7 +23,7 @@
 //! that needs NATS while it is unreachable fails quickly instead of hanging.
 //!
 //! This module must not know about sockets, routes or the wire protocol of clients, and must not
-//! hold a job's audio in memory: files go to and from the object store in chunks.
+//! hold a job's audio or an upload in memory: files go to and from NATS in chunks.
 
 pub mod queue;
 pub mod registry;

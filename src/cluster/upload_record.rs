@@ -142,12 +142,15 @@ impl UploadRecord {
 
     /// Whether `holder`, which knows generation `known` (0: none), may write at `now_ms`;
     /// `force` takes the lease even from a live holder (`upload_resume`: the client moved).
+    /// A holder fenced by a newer generation stays refused, lapsed or not, until its client
+    /// resumes: its connection is the stale one.
     pub fn claim(&self, holder: &str, known: u64, now_ms: u64, force: bool) -> Claim {
         let lease = &self.lease;
         if lease.holder == holder && lease.gen == known {
             return Claim::Renew;
         }
-        if force || lease.until_ms <= now_ms {
+        let fenced = known != 0 && known != lease.gen;
+        if force || (lease.until_ms <= now_ms && !fenced) {
             return Claim::Take;
         }
         Claim::Refused {
@@ -222,7 +225,13 @@ mod tests {
     use crate::upload::store::{NewUpload, UploadStatus};
 
     fn record(total: u32) -> UploadRecord {
-        let plan = ChunkPlan::new(u64::from(total) * 10, 10, total, &Default::default()).unwrap();
+        let plan = ChunkPlan::new(
+            u64::from(total) * 10,
+            10,
+            u64::from(total),
+            &Default::default(),
+        )
+        .unwrap();
         let new = NewUpload {
             file_name: "a.wav".into(),
             extension: Some("wav".into()),
@@ -276,6 +285,12 @@ mod tests {
         assert!(r
             .claimed(Claim::Refused { until_ms: 1 }, "b", 2_000, 1)
             .is_none());
+        // Fenced, it stays out even once the new lease lapsed, unless its client resumes.
+        assert_eq!(
+            taken.claim("a", 1, 20_000, false),
+            Claim::Refused { until_ms: 12_000 }
+        );
+        assert_eq!(taken.claim("a", 1, 20_000, true), Claim::Take);
         // A node restarted under the same address is another process: its name differs.
         assert_eq!(
             r.claim("a", 0, 2_000, false),

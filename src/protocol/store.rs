@@ -89,6 +89,8 @@ mod tests {
             (StoreError::NotFound, ErrorCode::SessionNotFound),
             (StoreError::Incomplete { missing: 2 }, ErrorCode::NotReady),
             (StoreError::AwaitingHash, ErrorCode::NotReady),
+            (StoreError::Unavailable, ErrorCode::NotReady),
+            (StoreError::HeldElsewhere, ErrorCode::NotReady),
             (
                 StoreError::WrongState {
                     status: UploadStatus::Uploaded,

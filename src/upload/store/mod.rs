@@ -49,9 +49,9 @@ use crate::access::Owner;
 use crate::domain::TaskId;
 use crate::domain::TaskOptions;
 
-/// What the WebSocket and HTTP layers and the job runner need from upload storage. One
-/// implementation today, [`UploadStore`] on the local data directory; a cluster store (chunks
-/// in NATS JetStream, a lease per upload) is meant to be the second, behind the same calls.
+/// What the WebSocket and HTTP layers and the job runner need from upload storage. Two
+/// implementations: [`UploadStore`] on the local data directory (a single node), and the
+/// cluster's (`crate::cluster::uploads`: chunks in NATS JetStream, a lease per upload).
 ///
 /// The contract every implementation keeps:
 ///
