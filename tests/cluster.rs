@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::Process;
-use common::server::{assert_wer, seed_upload, Client};
+use common::server::{assert_wer, seed_upload, upload_chunk, upload_request, Client};
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -261,4 +261,200 @@ async fn a_node_killed_mid_job_hands_it_over_and_the_client_hears_each_segment_o
         .await;
     let again = client.expect("transcription_complete").await;
     assert_eq!(again["data"]["text"], text.as_str());
+}
+
+/// Sends chunks `range` of a seed upload and expects each acknowledged in turn.
+async fn send_chunks(
+    c: &mut Client,
+    task: &str,
+    data: &[u8],
+    chunk: usize,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        c.send(upload_chunk(task, data, chunk, i)).await;
+        let ack = c.expect("chunk_received").await;
+        assert_eq!(ack["data"]["chunk_index"], i, "{ack}");
+    }
+}
+
+/// `upload_resume` on `c`: the `upload_ready` answer's missing chunks. Asked again while the
+/// node answers `not_ready` (NATS just came back and JetStream is still recovering).
+async fn resume(c: &mut Client, task: &str) -> Vec<u64> {
+    let mut ready = Value::Null;
+    for _ in 0..40 {
+        c.send(json!({"type": "upload_resume", "data": {"task_id": task}}))
+            .await;
+        ready = c.recv().await;
+        if ready["type"] != "error" || ready["data"]["code"] != "not_ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(ready["type"], "upload_ready", "{ready}");
+    let missing = ready["data"]["missing_chunks"]
+        .as_array()
+        .expect("missing_chunks");
+    missing.iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+/// The file a node assembled from the cluster's chunks.
+fn assembled(node_dir: &Path, task: &str, name: &str) -> Vec<u8> {
+    let path = node_dir.join("cluster-uploads").join(task).join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(&tmp.path().join("nats"));
+    // A and B only hold sockets; C transcribes (so B's assembled copy stays to compare).
+    let a = node(tmp.path(), "a", &nats, &["--max-processing", "0"]);
+    let b = node(tmp.path(), "b", &nats, &["--max-processing", "0"]);
+    let c = node(tmp.path(), "c", &nats, &[]);
+    wait_ready(&a, true).await;
+    let file = "en_jfk.wav";
+    let data = std::fs::read(common::corpus_file(file)).unwrap();
+    let chunk = 32 * 1024;
+    let total = data.len().div_ceil(chunk);
+    let half = total / 2;
+
+    // Half through A, then A dies (kill -9): what it acknowledged is in NATS.
+    let mut on_a = Client::connect(&a.url).await;
+    on_a.send(upload_request(file, &data, chunk)).await;
+    let ready = on_a.expect("upload_ready").await;
+    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
+    send_chunks(&mut on_a, &task, &data, chunk, 0..half).await;
+    a.kill9();
+
+    // Resumed on B: exactly the chunks A did not acknowledge are missing.
+    let mut on_b = Client::connect(&b.url).await;
+    let missing = resume(&mut on_b, &task).await;
+    assert_eq!(missing, (half as u64..total as u64).collect::<Vec<_>>());
+    send_chunks(&mut on_b, &task, &data, chunk, half..half + 2).await;
+
+    // NATS stops mid-upload: the next chunk is refused at once (not_ready), not hung.
+    nats.stop();
+    wait_ready(&b, false).await;
+    on_b.send(upload_chunk(&task, &data, chunk, half + 2)).await;
+    on_b.expect_error("not_ready").await;
+    nats.resume();
+    wait_ready(&b, true).await;
+
+    // Nothing acknowledged was lost; the refused chunk is missing, and the upload finishes.
+    let mut again = Client::connect(&b.url).await;
+    let missing = resume(&mut again, &task).await;
+    assert_eq!(missing, (half as u64 + 2..total as u64).collect::<Vec<_>>());
+    send_chunks(&mut again, &task, &data, chunk, half + 2..total).await;
+    again.expect("upload_complete").await;
+    assert!(
+        assembled(&tmp.path().join("b"), &task, "audio.wav") == data,
+        "byte-identical"
+    );
+    let (_, done) = again.transcript().await;
+    let text = done["data"]["text"].as_str().unwrap().to_string();
+    assert_wer(file, &text, 0.15);
+
+    // Read on C over HTTP.
+    let (status, on_c) = get_json(format!("{}/v1/tasks/{task}", c.http_url())).await;
+    assert_eq!(status, StatusCode::OK, "{on_c}");
+    assert_eq!(on_c["status"], "completed", "{on_c}");
+    assert_eq!(on_c["text"], text.as_str(), "{on_c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_node_cannot_corrupt_an_upload_another_took_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&tmp.path().join("nats"));
+    let lease = ["--cluster-lease", "4s", "--max-processing", "0"];
+    let a = node(tmp.path(), "a", &nats, &lease);
+    let b = node(tmp.path(), "b", &nats, &lease);
+    let _c = node(tmp.path(), "c", &nats, &[]);
+    wait_ready(&a, true).await;
+    let file = "en_arctic_a0024.wav";
+    let data = std::fs::read(common::corpus_file(file)).unwrap();
+    let chunk = 16 * 1024;
+    let total = data.len().div_ceil(chunk);
+    let half = total / 2;
+
+    let mut on_a = Client::connect(&a.url).await;
+    on_a.send(upload_request(file, &data, chunk)).await;
+    let ready = on_a.expect("upload_ready").await;
+    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
+    send_chunks(&mut on_a, &task, &data, chunk, 0..half).await;
+
+    // A is paused past its lease; the client goes on through B.
+    a.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut on_b = Client::connect(&b.url).await;
+    let missing = resume(&mut on_b, &task).await;
+    assert_eq!(missing.len(), total - half);
+    send_chunks(&mut on_b, &task, &data, chunk, half..total - 1).await;
+
+    // A wakes up and gets a late last chunk with other bytes: refused, not merged.
+    a.signal("CONT");
+    let mut garbage = upload_chunk(&task, &data, chunk, total - 1);
+    let len = data.len() - (total - 1) * chunk;
+    let bad = vec![0x55u8; len];
+    garbage["data"]["chunk_data"] = json!(common::server::b64(&bad));
+    garbage["data"]["chunk_hash"] = json!(common::server::md5_hex(&bad));
+    on_a.send(garbage).await;
+    let refused = on_a.recv().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+
+    // B finishes with the true bytes: the file is the original and transcribes right.
+    send_chunks(&mut on_b, &task, &data, chunk, total - 1..total).await;
+    on_b.expect("upload_complete").await;
+    assert!(
+        assembled(&tmp.path().join("b"), &task, "audio.wav") == data,
+        "byte-identical"
+    );
+    let (_, done) = on_b.transcript().await;
+    assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_uploads_over_three_nodes_all_complete_on_more_than_one_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&tmp.path().join("nats"));
+    let nodes = [
+        node(tmp.path(), "a", &nats, &[]),
+        node(tmp.path(), "b", &nats, &[]),
+        node(tmp.path(), "c", &nats, &[]),
+    ];
+    for n in &nodes {
+        wait_ready(n, true).await;
+    }
+    // Two clients per node, each uploading in turn (a node gives one address three upload
+    // slots at once), each waiting for its transcript.
+    let files = ["en_harvard_birch_canoe.wav", "en_arctic_a0024.wav"];
+    let mut lanes = Vec::new();
+    for lane in 0..6 {
+        let url = nodes[lane % 3].url.clone();
+        lanes.push(tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for i in (lane..20).step_by(6) {
+                let file = files[i % 2];
+                let data = std::fs::read(common::corpus_file(file)).unwrap();
+                let mut c = Client::connect(&url).await;
+                let task = seed_upload(&mut c, file, &data, 32 * 1024).await;
+                let (_, done) = c.transcript().await;
+                assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
+                tasks.push(task);
+            }
+            tasks
+        }));
+    }
+    let mut tasks = Vec::new();
+    for lane in lanes {
+        tasks.extend(lane.await.expect("every upload completed"));
+    }
+    assert_eq!(tasks.len(), 20);
+    let ran = |n: &Process| {
+        tasks
+            .iter()
+            .any(|t| n.logged("running a job from the cluster", t))
+    };
+    let busy = nodes.iter().filter(|n| ran(n)).count();
+    assert!(busy > 1, "only {busy} node transcribed");
 }

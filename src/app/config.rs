@@ -218,6 +218,18 @@ pub struct ServerConfig {
     /// another node takes it over (a running node reports three times per period).
     #[arg(long, env = "EARSHOT_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = positive_duration)]
     pub cluster_ack_wait: Duration,
+
+    /// In a cluster: copies NATS keeps of every stream and bucket (tasks, events, jobs, audio,
+    /// uploads). 1 for a single NATS server; 3 for a three-node NATS cluster, so losing one
+    /// NATS machine loses nothing acknowledged.
+    #[arg(long, env = "EARSHOT_CLUSTER_REPLICAS", default_value = "1", value_parser = at_least_one)]
+    pub cluster_replicas: usize,
+
+    /// In a cluster: how long a node keeps the right to write an upload after its last
+    /// stored chunk; past it another node may take the upload over (`upload_resume` on another
+    /// node takes it at once, so this only bounds how long a vanished node blocks one).
+    #[arg(long, env = "EARSHOT_CLUSTER_LEASE", default_value = "10s", value_parser = positive_duration)]
+    pub cluster_lease: Duration,
 }
 
 /// A count that must not be zero (a cap of zero would refuse everything).

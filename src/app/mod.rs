@@ -21,6 +21,7 @@ pub use config::ServerConfig;
 use crate::access::{Caller, ClientKey, Share, Shares};
 use crate::cluster::queue::NatsQueue;
 use crate::cluster::registry::NatsRegistry;
+use crate::cluster::uploads::ClusterUploads;
 use crate::cluster::Cluster;
 use crate::inference::engine::Options;
 use crate::inference::pool::Pool;
@@ -42,8 +43,8 @@ pub struct AppState {
     pub pool: Pool,
     /// Silero VAD model for cutting long audio at pauses, when present.
     pub vad_model: Option<PathBuf>,
-    /// Durable upload sessions (today under `data_dir/uploads`), behind the storage interface
-    /// so another implementation can take its place.
+    /// Durable upload sessions: under `data_dir/uploads` on a single node, in the cluster's
+    /// NATS on a cluster node (`cluster::uploads`), behind the same interface.
     pub uploads: Arc<dyn UploadStorage>,
     /// Progress and results of every task, for any connection to follow.
     pub tasks: Arc<dyn TaskRegistry>,
@@ -83,8 +84,8 @@ impl AppState {
         Self::build(config, pool, vad_model, None)
     }
 
-    /// Builds the shared state of a cluster node: tasks and jobs in the cluster's NATS, uploads
-    /// on the local data directory. Must be called inside the runtime (it starts the node's
+    /// Builds the shared state of a cluster node: tasks, jobs and uploads in the cluster's NATS
+    /// (assembled uploads and running jobs' audio under the local data directory). Must be called inside the runtime (it starts the node's
     /// writer and job puller).
     pub fn clustered(
         config: ServerConfig,
@@ -107,8 +108,20 @@ impl AppState {
             reservation_ttl: config.reservation_ttl,
             min_free_bytes: config.min_free_disk.as_u64(),
         };
-        let uploads: Arc<dyn UploadStorage> =
-            Arc::new(UploadStore::open(&config.data_dir, store_config)?);
+        let uploads: Arc<dyn UploadStorage> = match &cluster {
+            None => Arc::new(UploadStore::open(&config.data_dir, store_config)?),
+            Some(cluster) => {
+                let spool = config.data_dir.join("cluster-uploads");
+                let min_free = config.min_free_disk.as_u64();
+                let uploads = ClusterUploads::new(cluster.clone(), spool, min_free);
+                Arc::new(
+                    uploads.map_err(|source| crate::upload::store::StoreError::Io {
+                        context: "creating the cluster's upload directory",
+                        source,
+                    })?,
+                )
+            }
+        };
         let registry = cluster.clone().map(NatsRegistry::start);
         let tasks: Arc<dyn TaskRegistry> = match &registry {
             Some(registry) => registry.clone(),

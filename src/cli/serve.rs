@@ -71,6 +71,8 @@ async fn join_cluster(
         urls: config.cluster.clone(),
         ttl: config.session_ttl,
         ack_wait: config.cluster_ack_wait,
+        replicas: config.cluster_replicas,
+        upload_lease: config.cluster_lease,
         node: addr.to_string(),
     })
     .await

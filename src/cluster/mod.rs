@@ -6,8 +6,13 @@
 //!   first node that starts, found by the others): the `earshot_tasks` KV bucket (one record per
 //!   task), the `EARSHOT_EVENTS` stream (each task's events on its own subject), the
 //!   `EARSHOT_JOBS` work-queue stream and the `earshot_audio` object store (a job's audio,
-//!   readable by whichever node runs it). Their max age is the session TTL, so expiry is
-//!   cluster-wide and happens once, in NATS.
+//!   readable by whichever node runs it), the `earshot_uploads` KV bucket (one record per
+//!   upload: meta, lease, stored chunks) and the `EARSHOT_UPLOADS` stream (chunk bytes). Their
+//!   max age is the session TTL, so expiry is cluster-wide and happens once, in NATS; each is
+//!   created with `replicas` copies.
+//! - [`uploads::ClusterUploads`]: the [`UploadStorage`](crate::upload::store::UploadStorage)
+//!   over them, so an upload resumes on any node; [`upload_record`] holds its pure decisions
+//!   (leases, chunk bookkeeping).
 //! - [`registry::NatsRegistry`]: the [`TaskRegistry`](crate::jobs::TaskRegistry) over them.
 //! - [`queue::NatsQueue`]: the [`JobQueue`](crate::jobs::JobQueue) over them; jobs run here
 //!   through [`Batch`](crate::jobs::batch::Batch).
@@ -18,10 +23,12 @@
 //! that needs NATS while it is unreachable fails quickly instead of hanging.
 //!
 //! This module must not know about sockets, routes or the wire protocol of clients, and must not
-//! hold a job's audio in memory: files go to and from the object store in chunks.
+//! hold a job's audio or an upload in memory: files go to and from NATS in chunks.
 
 pub mod queue;
 pub mod registry;
+pub mod upload_record;
+pub mod uploads;
 pub mod wire;
 
 use std::future::Future;
@@ -40,6 +47,10 @@ const EVENTS_STREAM: &str = "EARSHOT_EVENTS";
 const JOBS_STREAM: &str = "EARSHOT_JOBS";
 /// The object store of jobs' audio.
 const AUDIO_BUCKET: &str = "earshot_audio";
+/// The KV bucket of upload records.
+const UPLOADS_BUCKET: &str = "earshot_uploads";
+/// The stream of upload chunk bytes.
+const UPLOADS_STREAM: &str = "EARSHOT_UPLOADS";
 
 /// Why a cluster operation failed. Details are for the log; clients hear "unavailable".
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +95,31 @@ pub async fn within<T, E: std::fmt::Display>(
     }
 }
 
+/// A KV bucket, made here as `create_key_value` would, because that call first reads account
+/// fields a 2.9 server does not send.
+async fn kv_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    timed(js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }))
+    .await?;
+    timed(js.get_key_value(bucket)).await
+}
+
 /// How to join a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -94,8 +130,14 @@ pub struct ClusterConfig {
     /// How long a job may go unacknowledged before another node takes it over; a node that
     /// runs a job tells NATS it is still working three times per period.
     pub ack_wait: Duration,
-    /// This node's name, for the NATS server's connection list.
+    /// This node's name, for the NATS server's connection list and upload leases.
     pub node: String,
+    /// Copies NATS keeps of every stream, bucket and object (1; 3 on a three-node NATS
+    /// cluster, so the loss of one NATS machine loses nothing).
+    pub replicas: usize,
+    /// How long a node keeps the right to write an upload without storing a chunk; after it,
+    /// another node may take the upload over (`upload_resume` takes it at once).
+    pub upload_lease: Duration,
 }
 
 /// One node's connection to the cluster and the shared resources on it.
@@ -112,6 +154,10 @@ pub struct Cluster {
     jobs: stream::Stream,
     /// Each job's audio, named by its task id.
     audio: object_store::ObjectStore,
+    /// Upload records by task id.
+    uploads: kv::Store,
+    /// Upload chunk bytes (`earshot.upload.<id>.<gen>.<index>.<piece>`).
+    upload_bytes: stream::Stream,
     /// The settings it was joined with.
     config: ClusterConfig,
 }
@@ -137,27 +183,15 @@ impl Cluster {
         let js = jetstream::ContextBuilder::new()
             .timeout(OP_TIMEOUT)
             .build(client.clone());
-        // The bucket's stream is made here, as `create_key_value` would, because that call
-        // first reads account fields a 2.9 server does not send.
-        timed(js.get_or_create_stream(stream::Config {
-            name: format!("KV_{TASKS_BUCKET}"),
-            subjects: vec![format!("$KV.{TASKS_BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: config.ttl,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        }))
-        .await?;
-        let tasks = timed(js.get_key_value(TASKS_BUCKET)).await?;
+        let replicas = config.replicas.max(1);
+        let tasks = kv_bucket(&js, TASKS_BUCKET, config.ttl, replicas).await?;
+        let uploads = kv_bucket(&js, UPLOADS_BUCKET, config.ttl, replicas).await?;
         let events = timed(js.get_or_create_stream(stream::Config {
             name: EVENTS_STREAM.into(),
             subjects: vec![format!("{}.>", wire::EVENT_PREFIX)],
             max_age: config.ttl,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         }))
         .await?;
@@ -167,6 +201,7 @@ impl Cluster {
             retention: stream::RetentionPolicy::WorkQueue,
             max_age: config.ttl,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         }))
         .await?;
@@ -177,11 +212,23 @@ impl Cluster {
                     bucket: AUDIO_BUCKET.into(),
                     max_age: config.ttl,
                     storage: stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 }))
                 .await?
             }
         };
+        // Chunks may wait for their upload's end; they are kept twice the session TTL.
+        let upload_bytes = timed(js.get_or_create_stream(stream::Config {
+            name: UPLOADS_STREAM.into(),
+            subjects: vec![format!("{}.>", upload_record::UPLOAD_PREFIX)],
+            max_messages_per_subject: 1,
+            max_age: config.ttl * 2,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        }))
+        .await?;
         Ok(Cluster {
             client,
             js,
@@ -189,6 +236,8 @@ impl Cluster {
             events,
             jobs,
             audio,
+            uploads,
+            upload_bytes,
             config,
         })
     }

@@ -27,6 +27,7 @@ use super::{timed, within, Cluster, ClusterError, OP_TIMEOUT};
 use crate::domain::{FailureCode, TaskId};
 use crate::jobs::batch::{Batch, Ended};
 use crate::jobs::{Job, JobQueue, Source, TaskRegistry, TaskState};
+use crate::upload::store::{StoreError, UploadStatus};
 
 /// The durable consumer every node pulls jobs from.
 const WORKERS: &str = "earshot_workers";
@@ -144,7 +145,7 @@ impl NatsQueue {
             let _ = timed(message.ack_with(AckKind::Term)).await;
             return;
         };
-        let task_id = job.task_id;
+        let (task_id, upload) = (job.task_id, job.upload);
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         if delivered > 1 {
             tracing::info!(%task_id, delivered, "taking over a job another node did not finish");
@@ -162,6 +163,9 @@ impl NatsQueue {
                 }
                 let name = task_id.to_string();
                 let _ = timed(self.cluster.audio.delete(name.as_str())).await;
+                if upload {
+                    self.upload_done(task_id).await;
+                }
             }
             Ok(Ended::Stopped) => {
                 let _ = timed(message.ack_with(AckKind::Nak(None))).await;
@@ -171,6 +175,17 @@ impl NatsQueue {
                 let later = AckKind::Nak(Some(Duration::from_secs(1)));
                 let _ = timed(message.ack_with(later)).await;
             }
+        }
+    }
+
+    /// Marks a transcribed upload done, so the cluster's upload storage lets go of its chunks.
+    async fn upload_done(&self, task_id: TaskId) {
+        let uploads = self.batch.uploads.clone();
+        let done = move || uploads.set_status(task_id, UploadStatus::Done, None);
+        match tokio::task::spawn_blocking(done).await {
+            Ok(Ok(())) | Ok(Err(StoreError::NotFound)) => {}
+            Ok(Err(err)) => tracing::warn!(%task_id, %err, "could not mark the upload done"),
+            Err(err) => tracing::warn!(%task_id, %err, "could not mark the upload done"),
         }
     }
 
@@ -195,6 +210,7 @@ impl NatsQueue {
             return Err(err);
         }
         self.registry.begin(task_id);
+        self.registry.running(task_id, job.owner.clone());
         tracing::info!(%task_id, "running a job from the cluster");
         let job = Job {
             task_id,

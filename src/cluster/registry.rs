@@ -35,6 +35,9 @@ const WRITE_QUEUE: usize = 4096;
 const EVENT_BUFFER: usize = 256;
 /// How long a snapshot waits for a new mirror to replay a task's events.
 const CATCH_UP: Duration = Duration::from_secs(3);
+/// How often a running task's record is rewritten with its progress (its events carry every
+/// step; the record is what a node without a mirror reads).
+const RECORD_EVERY: Duration = Duration::from_secs(2);
 
 /// One write, in the order it was asked for.
 enum Write {
@@ -42,6 +45,9 @@ enum Write {
     Purge(TaskId),
     /// Replace a task's record.
     Put(TaskId, Record),
+    /// Say in a task's record that it runs, unless the record says it ended already (a late
+    /// progress from a node that lost the job must not undo its end).
+    Running(TaskId, Record),
     /// Publish one event of a task.
     Publish(TaskId, Event),
     /// Answer once everything queued before has been written (or given up on).
@@ -72,6 +78,9 @@ pub struct NatsRegistry {
     tasks: Mutex<HashMap<TaskId, Entry>>,
     /// The next segment index of each task produced on this node.
     produced: Mutex<HashMap<TaskId, usize>>,
+    /// Jobs running on this node: who may read each, and when its record last said how far,
+    /// so `GET /v1/tasks/{id}` on any node reads `running` and a recent progress.
+    running: Mutex<HashMap<TaskId, (Option<Owner>, std::time::Instant)>>,
     /// The writer task's queue.
     writes: mpsc::Sender<Write>,
     /// Where mirrors are spawned (callers of the sync methods may be on blocking threads).
@@ -89,6 +98,7 @@ impl NatsRegistry {
             cluster,
             tasks: Mutex::new(HashMap::new()),
             produced: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
             writes,
             runtime: tokio::runtime::Handle::current(),
             this: this.clone(),
@@ -108,6 +118,14 @@ impl NatsRegistry {
     /// A job starts (or starts again) on this node: its segments are numbered from 0.
     pub fn begin(&self, task_id: TaskId) {
         lock(&self.produced).insert(task_id, 0);
+    }
+
+    /// A job taken from the queue runs here now: its record says `running` from now on.
+    pub fn running(&self, task_id: TaskId, owner: Option<Owner>) {
+        let now = std::time::Instant::now();
+        lock(&self.running).insert(task_id, (owner.clone(), now));
+        let state = State::Running { progress: 0.0 };
+        self.write(Write::Running(task_id, Record { state, owner }));
     }
 
     fn write(&self, write: Write) {
@@ -281,6 +299,7 @@ impl NatsRegistry {
 
     fn end(&self, task_id: TaskId, state: State) {
         lock(&self.produced).remove(&task_id);
+        lock(&self.running).remove(&task_id);
         let owner = lock(&self.tasks)
             .get(&task_id)
             .and_then(|e| e.owner.clone())
@@ -315,6 +334,7 @@ async fn write_loop(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Write>) {
                 let put = cluster.tasks.put(task_id.to_string(), bytes.into());
                 timed(put).await.map(|_| ())
             }
+            Write::Running(task_id, record) => put_running(&cluster, task_id, record).await,
             Write::Publish(task_id, event) => {
                 let subject = wire::event_subject(task_id, event.kind());
                 let bytes = serde_json::to_vec(&event).unwrap_or_default();
@@ -329,6 +349,31 @@ async fn write_loop(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Write>) {
             tracing::warn!(%err, "a cluster write failed");
         }
     }
+}
+
+/// Writes a `running` record with compare-and-set, unless the task has ended already.
+async fn put_running(
+    cluster: &Cluster,
+    task_id: TaskId,
+    record: Record,
+) -> Result<(), ClusterError> {
+    let key = task_id.to_string();
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    let revision = match timed(cluster.tasks.entry(key.clone())).await? {
+        Some(entry) => {
+            let old = serde_json::from_slice::<Record>(&entry.value).ok();
+            let ended =
+                old.is_some_and(|r| matches!(r.state, State::Done { .. } | State::Failed { .. }));
+            if ended {
+                return Ok(());
+            }
+            entry.revision
+        }
+        None => 0,
+    };
+    // A conflict means someone wrote it meanwhile (its end, most likely): leave theirs.
+    let _ = timed(cluster.tasks.update(key, bytes.into(), revision)).await;
+    Ok(())
 }
 
 /// Publishes to JetStream and waits for the stream to store it.
@@ -379,6 +424,15 @@ impl TaskRegistry for NatsRegistry {
 
     fn progress(&self, task_id: TaskId, progress: f64) {
         self.write(Write::Publish(task_id, Event::Progress { progress }));
+        let owner = match lock(&self.running).get_mut(&task_id) {
+            Some((owner, at)) if at.elapsed() >= RECORD_EVERY => {
+                *at = std::time::Instant::now();
+                owner.clone()
+            }
+            _ => return,
+        };
+        let state = State::Running { progress };
+        self.write(Write::Running(task_id, Record { state, owner }));
     }
 
     fn segment(&self, task_id: TaskId, segment: Segment) {

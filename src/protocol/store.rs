@@ -46,7 +46,9 @@ fn code(err: &StoreError) -> ErrorCode {
         StoreError::Chunk(e) => ProtocolError::from(e.clone()).code,
         StoreError::Incomplete { .. }
         | StoreError::WrongState { .. }
-        | StoreError::AwaitingHash => ErrorCode::NotReady,
+        | StoreError::AwaitingHash
+        | StoreError::Unavailable
+        | StoreError::HeldElsewhere => ErrorCode::NotReady,
         StoreError::HashConflict { .. } => ErrorCode::InvalidMessage,
         StoreError::HashMismatch { .. } => ErrorCode::FileHashMismatch,
         StoreError::QuotaExceeded { .. }
@@ -87,6 +89,8 @@ mod tests {
             (StoreError::NotFound, ErrorCode::SessionNotFound),
             (StoreError::Incomplete { missing: 2 }, ErrorCode::NotReady),
             (StoreError::AwaitingHash, ErrorCode::NotReady),
+            (StoreError::Unavailable, ErrorCode::NotReady),
+            (StoreError::HeldElsewhere, ErrorCode::NotReady),
             (
                 StoreError::WrongState {
                     status: UploadStatus::Uploaded,

@@ -333,6 +333,7 @@ impl Connection {
     /// as `docs/PROTOCOL.md` §6 promises; otherwise the client would wait forever.
     async fn resume_upload(&mut self, task_id: TaskId, meta: &Meta) -> Result<(), ProtocolError> {
         self.ensure_slot(task_id).await?;
+        blocking(self, Some(task_id), move |s| s.take_over(task_id)).await?;
         let p = blocking(self, Some(task_id), move |s| {
             s.progress(task_id, MAX_MISSING_LISTED)
         })

@@ -114,6 +114,15 @@ impl Process {
         })
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`): to pause a node past its leases and resume it.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");

@@ -40,7 +40,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use local::{free_bytes, StoreConfig, UploadStore};
-pub use schema::{Meta, UploadStatus, META_VERSION};
+pub use schema::{unix_secs, Meta, UploadStatus, META_VERSION};
 
 use super::digest::FileHashes;
 use super::plan::{ChunkPlan, Insert, PlanError, ReceivedSet};
@@ -49,9 +49,9 @@ use crate::access::Owner;
 use crate::domain::TaskId;
 use crate::domain::TaskOptions;
 
-/// What the WebSocket and HTTP layers and the job runner need from upload storage. One
-/// implementation today, [`UploadStore`] on the local data directory; a cluster store (chunks
-/// in NATS JetStream, a lease per upload) is meant to be the second, behind the same calls.
+/// What the WebSocket and HTTP layers and the job runner need from upload storage. Two
+/// implementations: [`UploadStore`] on the local data directory (a single node), and the
+/// cluster's (`crate::cluster::uploads`: chunks in NATS JetStream, a lease per upload).
 ///
 /// The contract every implementation keeps:
 ///
@@ -139,6 +139,15 @@ pub trait UploadStorage: Send + Sync {
     /// Whether `client` may add `file_size` bytes now (quota, its share, free space), for
     /// files that arrive outside the store (HTTP requests).
     fn check_quota(&self, client: &str, file_size: u64) -> Result<(), StoreError>;
+
+    /// The caller's connection continues this upload (`upload_resume`). A store shared by
+    /// several nodes moves the right to write it here, so the node that had it can no longer
+    /// store chunks (they are refused with [`StoreError::HeldElsewhere`]). One process owns
+    /// everything it stores, so the local store has nothing to do.
+    fn take_over(&self, task_id: TaskId) -> Result<(), StoreError> {
+        let _ = task_id;
+        Ok(())
+    }
 }
 
 /// What a new upload is, as the store keeps it.
@@ -268,6 +277,14 @@ pub enum StoreError {
     /// A session's files are inconsistent (details for logs only).
     #[error("corrupt upload session: {0}")]
     Corrupt(String),
+    /// The shared storage (a cluster's NATS) cannot be reached now. Nothing the call was to
+    /// store counts as stored; the client tries again later.
+    #[error("the upload storage is unreachable; try again later")]
+    Unavailable,
+    /// Another connection (on another node of a cluster) continues this upload; this one may
+    /// no longer store chunks for it. `upload_resume` moves it back.
+    #[error("this upload continues on another connection; upload_resume to continue here")]
+    HeldElsewhere,
 }
 
 /// Maps an I/O error; a full disk (or quota of the file system) becomes [`StoreError::DiskFull`].

@@ -85,7 +85,7 @@ pub struct Meta {
 
 impl Meta {
     /// The meta of a new upload `task_id`, created at `now`.
-    pub(super) fn new(task_id: TaskId, new: NewUpload, now: SystemTime) -> Self {
+    pub fn new(task_id: TaskId, new: NewUpload, now: SystemTime) -> Self {
         Meta {
             version: META_VERSION,
             task_id,
@@ -106,6 +106,18 @@ impl Meta {
         }
     }
 
+    /// Records whole-file hashes declared after the chunks (`upload_finish`): a hash not
+    /// declared before is added, the same one again is harmless, a different one is
+    /// `HashConflict` (and nothing changes).
+    pub fn declare(&mut self, hashes: FileHashes) -> Result<(), StoreError> {
+        let mut next = self.declared();
+        declare(&mut next.md5, hashes.md5, "file_hash (MD5)")?;
+        declare(&mut next.sha256, hashes.sha256, "file_sha256")?;
+        declare(&mut next.blake3, hashes.blake3, "file_blake3")?;
+        (self.file_md5, self.file_sha256, self.file_blake3) = (next.md5, next.sha256, next.blake3);
+        Ok(())
+    }
+
     /// The whole-file hashes the client declared so far.
     pub fn declared(&self) -> FileHashes {
         FileHashes {
@@ -116,8 +128,24 @@ impl Meta {
     }
 }
 
+/// Sets a declared hash, refusing to change one already declared.
+fn declare(
+    slot: &mut Option<String>,
+    value: Option<String>,
+    algorithm: &'static str,
+) -> Result<(), StoreError> {
+    match (slot.as_deref(), value) {
+        (_, None) => Ok(()),
+        (Some(old), Some(new)) if old != new => Err(StoreError::HashConflict { algorithm }),
+        (_, Some(new)) => {
+            *slot = Some(new);
+            Ok(())
+        }
+    }
+}
+
 /// Unix seconds of `t` (0 before 1970), as the meta keeps times.
-pub(super) fn unix_secs(t: SystemTime) -> u64 {
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

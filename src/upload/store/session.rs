@@ -232,9 +232,7 @@ impl Session {
         hashes: FileHashes,
     ) -> Result<Option<Progress>, StoreError> {
         let mut meta = self.meta.clone();
-        declare(&mut meta.file_md5, hashes.md5, "file_hash (MD5)")?;
-        declare(&mut meta.file_sha256, hashes.sha256, "file_sha256")?;
-        declare(&mut meta.file_blake3, hashes.blake3, "file_blake3")?;
+        meta.declare(hashes)?;
         if self.meta.status != UploadStatus::Uploading {
             // Verified already; the same hashes again are a late duplicate.
             return match meta == self.meta {
@@ -441,22 +439,6 @@ fn new_digest(meta: &Meta) -> RunningDigest {
         true => HashKinds::BLAKE3,
         false => kinds,
     })
-}
-
-/// Sets a declared hash, refusing to change one already declared.
-fn declare(
-    slot: &mut Option<String>,
-    value: Option<String>,
-    algorithm: &'static str,
-) -> Result<(), StoreError> {
-    match (slot.as_deref(), value) {
-        (_, None) => Ok(()),
-        (Some(old), Some(new)) if old != new => Err(StoreError::HashConflict { algorithm }),
-        (_, Some(new)) => {
-            *slot = Some(new);
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]
