@@ -237,6 +237,12 @@ fn detect_language(
     })
 }
 
+/// Whether a model transcribes `language` (a Whisper code; `None` or `auto` = detect): an
+/// English-only model knows English alone. The one rule every transport checks requests by.
+pub fn speaks(multilingual: bool, language: Option<&str>) -> bool {
+    multilingual || language.is_none_or(|l| l == "en" || l == "auto")
+}
+
 /// The language to force, or `None` to let Whisper detect it.
 fn job_language(options: &Options, multilingual: bool) -> Option<&str> {
     if !multilingual {
