@@ -28,6 +28,7 @@ use crate::domain::TaskId;
 use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
+use crate::inference::served::{Lease, Refusal};
 use crate::jobs::TaskResult;
 use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
 use crate::protocol::message::{
@@ -65,7 +66,8 @@ impl Connection {
                 "a stream is already open on this connection; send stream_end first",
             ));
         }
-        self.check_language(&start.options)?;
+        let model = self.check_options(&start.options)?;
+        let model = self.state.models.acquire(Some(&model)).await.map_err(model_refused)?;
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
         self.claim(task_id, "omit it and the server picks one")
             .await?;
@@ -76,6 +78,7 @@ impl Connection {
             state: self.state.clone(),
             out: self.out.clone(),
             task_id,
+            model,
             options: Options {
                 low_latency: true,
                 // Word timings let the commit policy agree word by word.
@@ -191,11 +194,27 @@ fn decode_container(
     }
 }
 
+/// A model a stream cannot have, as the client hears it: `busy` (retry) when the memory
+/// budget is held by models in use, `internal` (details logged) when it cannot be loaded.
+fn model_refused(refusal: Refusal) -> ProtocolError {
+    if refusal.is_busy() {
+        return ProtocolError::new(ErrorCode::Busy, format!("{refusal}; retry later"))
+            .with_retry_after_ms(MODEL_RETRY_MS);
+    }
+    tracing::error!(%refusal, "a stream's model could not be loaded");
+    ProtocolError::new(ErrorCode::Internal, "the model could not be loaded")
+}
+
+/// How long a client refused for lack of model memory is asked to wait.
+const MODEL_RETRY_MS: u64 = 5000;
+
 /// The task behind one live stream.
 struct Runner {
     state: Arc<AppState>,
     out: Outbound,
     task_id: TaskId,
+    /// The stream's model, held (kept loaded) for the stream's life.
+    model: Lease,
     options: Options,
     cancel: CancellationToken,
     /// The language of the latest hypothesis (Whisper's detection when none was asked for)
@@ -304,7 +323,7 @@ impl Runner {
     }
 
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
-        match self.state.pool.submit(job.audio, self.options.clone()) {
+        match self.model.submit(job.audio, self.options.clone()) {
             Ok(handle) => Some(Pending {
                 span: job.span,
                 handle,

@@ -41,6 +41,7 @@ pub use outbound::{Closed, Outbound};
 use crate::access::Caller;
 use crate::app::{AppState, UploadSlot};
 use crate::domain::{TaskId, TaskOptions};
+use crate::inference::engine;
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage};
 
 /// Close codes this server uses (RFC 6455 §7.4.1).
@@ -347,6 +348,7 @@ impl Connection {
             message: "connected".into(),
             server_version: protocol::SERVER_VERSION.into(),
             model: self.state.pool.model_name().to_string(),
+            models: self.state.models.names().to_vec(),
             limits: self.state.limits(),
         })
     }
@@ -454,20 +456,24 @@ impl Connection {
     }
 }
 impl Connection {
-    /// Refuses, before any work, a language the server's model cannot transcribe: an
-    /// English-only model knows only `en`.
-    fn check_language(&self, options: &TaskOptions) -> Result<(), ProtocolError> {
-        let pool = &self.state.pool;
-        match options.language.as_deref() {
-            Some(language) if language != "en" && !pool.is_multilingual() => {
-                Err(ProtocolError::invalid(format!(
-                    "the server's model ({}) is English-only: language {language:?} needs a \
-                     multilingual model; send \"en\" or \"auto\"",
-                    pool.model_name()
-                )))
-            }
-            _ => Ok(()),
+    /// Refuses, before any work, a model the server does not serve (naming those it does) and
+    /// a language the chosen model cannot transcribe: an English-only model knows only `en`.
+    /// Returns the served name of the model.
+    fn check_options(&self, options: &TaskOptions) -> Result<String, ProtocolError> {
+        let served = &self.state.models;
+        let model = served
+            .resolve(options.model.as_deref())
+            .map_err(|refusal| ProtocolError::invalid(refusal.to_string()))?;
+        let language = options.language.as_deref();
+        if !engine::speaks(served.is_multilingual(model), language) {
+            return Err(ProtocolError::invalid(format!(
+                "model {model} is English-only: language {:?} needs a multilingual model; \
+                 send \"en\" or \"auto\", or name another model (served: {})",
+                language.unwrap_or_default(),
+                served.names().join(", ")
+            )));
         }
+        Ok(model.to_owned())
     }
 }
 
