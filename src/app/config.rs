@@ -25,7 +25,12 @@ pub struct ServerConfig {
     /// Models requests may choose by name (comma-separated; the first is the default, loaded
     /// at start and always resident; the others are loaded on first use), or `all`: --model
     /// plus every ggml model found in --models-dir. Empty = --model alone.
-    #[arg(long, env = "EARSHOT_MODELS", value_delimiter = ',', value_name = "NAMES")]
+    #[arg(
+        long,
+        env = "EARSHOT_MODELS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
     pub models: Vec<String>,
 
     /// A model other than the default that no request has used for this long is unloaded

@@ -229,7 +229,10 @@ impl Drop for Reservation {
 /// 400 naming the served ones, one the memory budget cannot take now a 503 `busy`.
 pub fn params(form: &Form, task: Task, http: &Http) -> Result<Params, ApiError> {
     let served = &http.app.models;
-    let model = served.resolve(form.get("model")).map_err(model_error)?.to_owned();
+    let model = served
+        .resolve(form.get("model"))
+        .map_err(model_error)?
+        .to_owned();
     served.check(Some(&model)).map_err(model_error)?;
     let multilingual = served.is_multilingual(&model);
     let params = parse_params(form, task, multilingual, http.app.config.threads)?;
@@ -245,10 +248,9 @@ fn model_error(refusal: Refusal) -> ApiError {
         Refusal::Unknown { .. } => ApiError::bad_request(refusal.to_string())
             .param("model")
             .code("model_not_found"),
-        refusal if refusal.is_busy() => ApiError::busy(
-            format!("{refusal}; retry later"),
-            RETRY_SECS,
-        ),
+        refusal if refusal.is_busy() => {
+            ApiError::busy(format!("{refusal}; retry later"), RETRY_SECS)
+        }
         refusal => {
             tracing::warn!(%refusal, "a model could not be provided");
             ApiError::busy("the model cannot be loaded now; retry later", RETRY_SECS)

@@ -83,7 +83,10 @@ pub fn transcribe<E>(
     on_event: impl FnMut(LongEvent),
 ) -> Result<Transcript, LongError<E>> {
     let model = pool.default_model().clone();
-    let source = Source { pool, model: &model };
+    let source = Source {
+        pool,
+        model: &model,
+    };
     transcribe_on(source, next_chunk, options, vad_model, cancel, on_event)
 }
 

@@ -50,12 +50,13 @@ impl Model {
                 reason: "no such file".into(),
             });
         }
-        let context = WhisperContext::new_with_params(path, engine::context_params()).map_err(
-            |e| InferenceError::ModelLoad {
-                path: shown,
-                reason: e.to_string(),
-            },
-        )?;
+        let context =
+            WhisperContext::new_with_params(path, engine::context_params()).map_err(|e| {
+                InferenceError::ModelLoad {
+                    path: shown,
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(Model {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),

@@ -385,7 +385,6 @@ impl Worker {
         };
         Ok(&mut self.states[index].2)
     }
-
 }
 
 impl Runner for Worker {

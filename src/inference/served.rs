@@ -319,7 +319,8 @@ impl Served {
 
     /// Unloads idle models on time until `stop` completes (run it on the server's tracker).
     pub async fn expire_loop(self, stop: impl std::future::Future<Output = ()>) {
-        let every = (self.inner.idle_unload / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let every =
+            (self.inner.idle_unload / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
@@ -352,7 +353,12 @@ impl Served {
 
     /// Fetches, admits (unloading idle models as needed) and loads `name`.
     async fn load(&self, name: &str) -> Result<(), Refusal> {
-        let source = self.inner.sources.get(name).cloned().unwrap_or_else(|| name.to_owned());
+        let source = self
+            .inner
+            .sources
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_owned());
         let (fetcher, dir) = (self.inner.fetcher.clone(), self.inner.models_dir.clone());
         let path = blocking(move || fetcher.ensure(&source, &dir)).await??;
         let bytes = file_size(&path);
@@ -363,7 +369,9 @@ impl Served {
         match loaded {
             Ok(Ok(model)) => {
                 tracing::info!(model = %name, bytes, "model loaded");
-                state.multilingual.insert(name.to_owned(), model.is_multilingual());
+                state
+                    .multilingual
+                    .insert(name.to_owned(), model.is_multilingual());
                 state.loaded.insert(name.to_owned(), Arc::new(model));
                 state.residency.loaded(name, Instant::now());
                 Ok(())
@@ -426,11 +434,17 @@ impl Lease {
         audio: impl Into<SharedAudio>,
         options: Options,
     ) -> Result<JobHandle, InferenceError> {
-        self.served.pool().submit_blocking_to(&self.model, audio, options)
+        self.served
+            .pool()
+            .submit_blocking_to(&self.model, audio, options)
     }
 
     /// Queues a job on this model without waiting (see [`Pool::submit`]).
-    pub fn submit(&self, audio: impl Into<SharedAudio>, options: Options) -> Result<JobHandle, Busy> {
+    pub fn submit(
+        &self,
+        audio: impl Into<SharedAudio>,
+        options: Options,
+    ) -> Result<JobHandle, Busy> {
         self.served.pool().submit_to(&self.model, audio, options)
     }
 }
@@ -442,12 +456,12 @@ impl Drop for Lease {
 }
 
 /// Runs `f` on the blocking pool; a panic there is a load error, not a crash.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Refusal> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Refusal::Load(InferenceError::Worker(format!("model loading stopped: {e}"))))
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Refusal::Load(InferenceError::Worker(format!(
+            "model loading stopped: {e}"
+        )))
+    })
 }
 
 /// The served name of a configured model: a path's model name, or the name itself.

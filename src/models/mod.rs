@@ -240,7 +240,9 @@ pub fn is_openai_name(name: &str) -> bool {
 /// Whether a model's name says it is English-only, as whisper.cpp names them (`tiny.en`,
 /// `small.en-q5_1`); the model file itself is the final word once loaded.
 pub fn is_english_only(name: &str) -> bool {
-    name.split(['-', '_']).next().is_some_and(|base| base.ends_with(".en"))
+    name.split(['-', '_'])
+        .next()
+        .is_some_and(|base| base.ends_with(".en"))
 }
 
 /// The Whisper models a directory holds (`ggml-NAME.bin`, the VAD model excepted), by name,
@@ -342,7 +344,11 @@ mod tests {
 
     #[test]
     fn openai_names_and_their_snapshots_are_recognised() {
-        for name in ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe-2025-03-20"] {
+        for name in [
+            "whisper-1",
+            "gpt-4o-transcribe",
+            "gpt-4o-mini-transcribe-2025-03-20",
+        ] {
             assert!(is_openai_name(name), "{name}");
         }
         for name in ["tiny.en", "whisper-10", "gpt-4o", "base-q5_1"] {
@@ -363,7 +369,13 @@ mod tests {
     #[test]
     fn a_directory_lists_its_whisper_models_but_not_the_vad() {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["ggml-tiny.en.bin", "ggml-base-q5_1.bin", "ggml-silero-v6.2.0.bin", "notes.txt", "ggml-.bin"] {
+        for file in [
+            "ggml-tiny.en.bin",
+            "ggml-base-q5_1.bin",
+            "ggml-silero-v6.2.0.bin",
+            "notes.txt",
+            "ggml-.bin",
+        ] {
             std::fs::write(dir.path().join(file), "x").unwrap();
         }
         assert_eq!(found_in(dir.path()).unwrap(), ["base-q5_1", "tiny.en"]);

@@ -57,7 +57,7 @@ pub enum NoRoom {
         budget: u64,
     },
     /// The models in use (or loading) leave too little room; it may fit once one of them is idle.
-    #[error("model {name} does not fit in the model memory budget while {} are in use", busy.join(", "))]
+    #[error("model {name} does not fit in the model memory budget: the models in use ({}) leave too little room", busy.join(", "))]
     Busy {
         /// The model asked for.
         name: String,
@@ -244,6 +244,15 @@ mod tests {
         admission.evict
     }
 
+    /// A 300 MB budget full with a, b, c (100 MB each), loaded a second apart from `t`.
+    fn full_of_three(t: Instant) -> Residency {
+        let mut r = Residency::new(300 * MB);
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            load(&mut r, name, 100 * MB, t + Duration::from_secs(i as u64));
+        }
+        r
+    }
+
     #[test]
     fn models_that_fit_load_without_evicting() {
         let t = Instant::now();
@@ -257,10 +266,7 @@ mod tests {
     #[test]
     fn the_least_recently_used_idle_model_goes_first() {
         let t = Instant::now();
-        let mut r = Residency::new(300 * MB);
-        load(&mut r, "a", 100 * MB, t);
-        load(&mut r, "b", 100 * MB, t + Duration::from_secs(1));
-        load(&mut r, "c", 100 * MB, t + Duration::from_secs(2));
+        let mut r = full_of_three(t);
         // a is used again, so b is now the oldest
         assert!(r.acquire("a"));
         r.release("a", t + Duration::from_secs(3));
@@ -272,10 +278,7 @@ mod tests {
     #[test]
     fn only_as_many_as_needed_go() {
         let t = Instant::now();
-        let mut r = Residency::new(300 * MB);
-        load(&mut r, "a", 100 * MB, t);
-        load(&mut r, "b", 100 * MB, t + Duration::from_secs(1));
-        load(&mut r, "c", 100 * MB, t + Duration::from_secs(2));
+        let mut r = full_of_three(t);
         let evicted = load(&mut r, "big", 200 * MB, t + Duration::from_secs(3));
         assert_eq!(evicted, ["a", "b"]);
         assert_eq!(r.used(), 300 * MB);
@@ -303,7 +306,10 @@ mod tests {
         // once a is idle it can go
         r.release("a", t + Duration::from_secs(1));
         r.loaded("b", t);
-        assert_eq!(load(&mut r, "c", 100 * MB, t + Duration::from_secs(2)), ["b"]);
+        assert_eq!(
+            load(&mut r, "c", 100 * MB, t + Duration::from_secs(2)),
+            ["b"]
+        );
     }
 
     #[test]
@@ -339,7 +345,9 @@ mod tests {
         // b is still in use long after: it stays; once let go its idle clock starts then
         assert!(r.expire(t + 3 * idle, idle).is_empty());
         r.release("b", t + 3 * idle);
-        assert!(r.expire(t + 3 * idle + Duration::from_secs(1), idle).is_empty());
+        assert!(r
+            .expire(t + 3 * idle + Duration::from_secs(1), idle)
+            .is_empty());
         assert_eq!(r.expire(t + 4 * idle, idle), ["b"]);
         assert!(r.is_loaded("default"));
         assert_eq!(r.used(), 100 * MB);

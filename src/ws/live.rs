@@ -67,7 +67,12 @@ impl Connection {
             ));
         }
         let model = self.check_options(&start.options)?;
-        let model = self.state.models.acquire(Some(&model)).await.map_err(model_refused)?;
+        let model = self
+            .state
+            .models
+            .acquire(Some(&model))
+            .await
+            .map_err(model_refused)?;
         let task_id = start.task_id.unwrap_or_else(TaskId::new_v4);
         self.claim(task_id, "omit it and the server picks one")
             .await?;
