@@ -39,6 +39,11 @@ const CONNECTIONS_SHED: &str = "earshot_connections_shed_total";
 const CONNECTIONS_PENDING: &str = "earshot_connections_pending";
 const CLUSTER_QUEUE_DEPTH: &str = "earshot_cluster_queue_depth";
 const CLUSTER_REDELIVERED: &str = "earshot_cluster_redelivered_total";
+const MODEL_LOADED: &str = "earshot_model_loaded";
+const MODEL_IN_USE: &str = "earshot_model_in_use";
+const MODEL_REQUESTS: &str = "earshot_model_requests";
+const MODEL_MEMORY: &str = "earshot_model_memory_bytes";
+const MODEL_MEMORY_BUDGET: &str = "earshot_model_memory_budget_bytes";
 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(10);
@@ -208,6 +213,21 @@ pub fn connection_shed(reason: &'static str) {
 /// How many accepted connections wait for a request head now.
 pub fn pending_connections(count: usize) {
     gauge!(CONNECTIONS_PENDING).set(count as f64);
+}
+
+/// One served model as read at scrape time: loaded (1/0), requests, streams and jobs using it,
+/// and leases taken on it since the start.
+pub fn model(name: &str, loaded: bool, in_use: usize, requests: u64) {
+    let label = || ("model", name.to_owned());
+    gauge!(MODEL_LOADED, &[label()]).set(if loaded { 1.0 } else { 0.0 });
+    gauge!(MODEL_IN_USE, &[label()]).set(in_use as f64);
+    gauge!(MODEL_REQUESTS, &[label()]).set(requests as f64);
+}
+
+/// Bytes the loaded models take (their file sizes) and the budget they share.
+pub fn model_memory(used: u64, budget: u64) {
+    gauge!(MODEL_MEMORY).set(used as f64);
+    gauge!(MODEL_MEMORY_BUDGET).set(budget as f64);
 }
 
 /// Values that live elsewhere (the pool, the semaphores), read at scrape time instead of being

@@ -43,14 +43,26 @@ function handle(type, d) {
 }
 
 function onConnected() {
-  const englishOnly = connection.model().endsWith(".en");
-  ui.languageHint.hidden = !englishOnly;
-  if (englishOnly) ui.language.value = "en";
-  ui.language.disabled = englishOnly;
+  const chosen = ui.model.value;
+  ui.model.replaceChildren(...connection.models().map((name, i) =>
+    new Option(i === 0 ? `${name} (default)` : name, name)));
+  if (connection.models().includes(chosen)) ui.model.value = chosen;
+  followModel();
   live.onConnected();
   hideAlert();
   upload.onConnected();
 }
+
+/** The language list follows the chosen model: an English-only one (`*.en`) offers only English. */
+function followModel() {
+  const base = ui.model.value.split(/[-_]/)[0];
+  const englishOnly = base.endsWith(".en");
+  ui.languageHint.hidden = !englishOnly;
+  for (const option of ui.language.options) option.disabled = englishOnly && option.value !== "en";
+  if (englishOnly) ui.language.value = "en";
+}
+
+ui.model.addEventListener("change", followModel);
 
 function onLost() {
   live.onLost();

@@ -66,6 +66,7 @@ function opened(d) {
   line.retryMs = 500;
   line.limits = d.limits;
   line.model = d.model ?? "";
+  line.models = d.models?.length ? d.models : [line.model];
   stats.connections++;
   showLine(`Connected · model ${line.model}`, "ok");
 }
@@ -80,8 +81,10 @@ export const isOpen = () => line.open;
 export const generation = () => line.generation;
 /** The server's `limits` from `connected` (null before the first connection). */
 export const limits = () => line.limits;
-/** The model the server has loaded, e.g. "tiny.en". */
+/** The server's default model, e.g. "tiny.en". */
 export const model = () => line.model;
+/** Every model a request may name, the default first. */
+export const models = () => line.models ?? [];
 /** Whether the socket has so much queued that a sender should wait. */
 export const congested = () => line.ws.bufferedAmount > MAX_BUFFERED;
 

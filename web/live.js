@@ -57,6 +57,7 @@ export async function start() {
   send("stream_start", {
     format: "pcm_s16le", sample_rate: s.ctx.sampleRate, channels: 1,
     ...(language !== "auto" ? { language } : {}),
+    ...(ui.model.value ? { model: ui.model.value } : {}),
   });
   transcript.start(null, `earshot-live-${new Date().toISOString().slice(0, 19).replaceAll(":", "-")}`);
   showStatus("Listening…");

@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 
 /** The page's elements. */
 export const ui = {
-  conn: $("conn"), language: $("language"), languageHint: $("language-hint"),
+  conn: $("conn"), language: $("language"), languageHint: $("language-hint"), model: $("model"),
   mic: $("mic"), micLabel: $("mic-label"), drop: $("drop"), file: $("file"),
   resume: $("resume"), resumeName: $("resume-name"), forget: $("forget"),
   upload: $("upload"), uploadName: $("upload-name"), pause: $("pause"),

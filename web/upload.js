@@ -118,6 +118,7 @@ function ask() {
     file_name: job.file.name, file_size: job.file.size, file_hash: job.md5,
     upload_mode: "chunked", chunk_size: job.chunkSize, total_chunks: job.total,
     transport: "binary", ...(language !== "auto" ? { language } : {}),
+    ...(ui.model.value ? { model: ui.model.value } : {}),
   });
   showStats("Starting…");
 }

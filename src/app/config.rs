@@ -18,8 +18,31 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
 
     /// Whisper model: a name (tiny.en, base, small-q5_1, …) fetched into --models-dir, or a path.
+    /// The default model when --models is `all`; ignored when --models lists models.
     #[arg(long, env = "EARSHOT_MODEL", default_value = crate::models::DEFAULT_MODEL)]
     pub model: String,
+
+    /// Models requests may choose by name (comma-separated; the first is the default, loaded
+    /// at start and always resident; the others are loaded on first use), or `all`: --model
+    /// plus every ggml model found in --models-dir. Empty = --model alone.
+    #[arg(
+        long,
+        env = "EARSHOT_MODELS",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub models: Vec<String>,
+
+    /// A model other than the default that no request has used for this long is unloaded
+    /// (it is loaded again on its next use).
+    #[arg(long, env = "EARSHOT_MODEL_IDLE_UNLOAD", default_value = "10m", value_parser = positive_duration)]
+    pub model_idle_unload: Duration,
+
+    /// Memory all loaded models may take, counted as their file sizes (e.g. 1GiB). A request for
+    /// a model that does not fit unloads idle models, least recently used first; when the models
+    /// in use leave no room it is answered `busy`. Unset = the sum of the served models' sizes.
+    #[arg(long, env = "EARSHOT_MODEL_MEMORY")]
+    pub model_memory: Option<ByteSize>,
 
     /// Script for Mandarin output when a request does not name one (`language` `zh-Hans` or
     /// `zh-Hant` does): simplified, traditional, or keep (as Whisper wrote it, scripts mixed).
@@ -256,6 +279,19 @@ pub fn default_threads() -> usize {
 }
 
 impl ServerConfig {
+    /// The model to load at start, the default: the first of --models, else --model.
+    pub fn default_model(&self) -> &str {
+        match self.models.first() {
+            Some(first) if !self.serves_all() => first,
+            _ => &self.model,
+        }
+    }
+
+    /// Whether --models is `all` (every model in --models-dir).
+    pub fn serves_all(&self) -> bool {
+        matches!(self.models.as_slice(), [all] if all == "all")
+    }
+
     /// Settings for tests and embedding: defaults, an ephemeral port, and the given data dir.
     pub fn for_tests(model: impl Into<String>, data_dir: PathBuf) -> Self {
         use clap::Parser;

@@ -25,6 +25,7 @@ use crate::cluster::uploads::ClusterUploads;
 use crate::cluster::Cluster;
 use crate::inference::engine::Options;
 use crate::inference::pool::Pool;
+use crate::inference::served::{Served, ServedConfig};
 use crate::jobs::batch::Batch;
 use crate::jobs::{JobQueue, LocalRegistry, TaskRegistry};
 use crate::live::resume::{DetachLimits, Resumable};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// The Whisper workers; every transcription goes through their bounded queue.
     pub pool: Pool,
+    /// The models requests may choose (the pool's default model first), loaded on first use.
+    pub models: Served,
     /// Silero VAD model for cutting long audio at pauses, when present.
     pub vad_model: Option<PathBuf>,
     /// Durable upload sessions: under `data_dir/uploads` on a single node, in the cluster's
@@ -135,8 +138,9 @@ impl AppState {
         let processing_slots = Arc::new(Semaphore::new(config.max_processing));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let models = Served::new(pool.clone(), served_config(&config));
         let jobs = Batch {
-            pool: pool.clone(),
+            models: models.clone(),
             vad_model: vad_model.clone(),
             tasks: tasks.clone(),
             uploads: uploads.clone(),
@@ -178,6 +182,7 @@ impl AppState {
             cluster,
             config,
             pool,
+            models,
             vad_model,
             uploads,
             tasks,
@@ -238,6 +243,25 @@ impl AppState {
     /// The limits announced in `connected` and enforced by the parser.
     pub fn limits(&self) -> crate::protocol::Limits {
         limits_for(&self.config)
+    }
+}
+
+/// The models besides the default a configuration serves, and how.
+fn served_config(config: &ServerConfig) -> ServedConfig {
+    let others = if config.serves_all() {
+        crate::models::found_in(&config.models_dir).unwrap_or_else(|err| {
+            tracing::warn!(%err, "--models all: no models found; serving the default alone");
+            Vec::new()
+        })
+    } else {
+        config.models.clone()
+    };
+    ServedConfig {
+        others,
+        models_dir: config.models_dir.clone(),
+        fetcher: crate::models::Fetcher::from_env(false),
+        budget: config.model_memory.map(|b| b.as_u64()),
+        idle_unload: config.model_idle_unload,
     }
 }
 

@@ -1,4 +1,5 @@
-//! `earshot serve`: loads the model (fetching it if absent), binds, serves until SIGINT/SIGTERM.
+//! `earshot serve`: loads the default model (fetching it if absent; other served models are
+//! fetched and loaded on first use), binds, serves until SIGINT/SIGTERM.
 //!
 //! It must not hold server logic: everything after the bind is `server::run`.
 
@@ -32,7 +33,12 @@ pub fn run(args: ServeArgs, matches: &clap::ArgMatches, command: &clap::Command)
     }
     let config = args.config;
     warn_if_open(&config);
-    let model = models::ensure(&config.model, &config.models_dir, true)?;
+    if !config.serves_all() {
+        for name in &config.models {
+            models::check(name).context("--models")?;
+        }
+    }
+    let model = models::ensure(config.default_model(), &config.models_dir, true)?;
     let vad = models::ensure(models::VAD_MODEL, &config.models_dir, true)
         .map_err(|e| tracing::warn!("no VAD model ({e}); cutting windows by energy"))
         .ok();

@@ -216,6 +216,7 @@ impl NatsQueue {
             task_id,
             path,
             options: job.options,
+            model: job.model,
             source: Source::Cluster,
             owner: job.owner,
         };

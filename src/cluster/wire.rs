@@ -139,6 +139,9 @@ pub struct JobMessage {
     pub task_id: TaskId,
     /// Whisper options as asked; the node that runs it sets its own thread count.
     pub options: Options,
+    /// The model asked for; `None` (and absent, from a node of an older version) = the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Who may read the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
@@ -152,6 +155,7 @@ impl JobMessage {
         JobMessage {
             task_id: job.task_id,
             options: job.options.clone(),
+            model: job.model.clone(),
             owner: job.owner.clone(),
             upload: job.source == Source::Upload,
         }
@@ -215,6 +219,25 @@ mod tests {
         assert_eq!(TaskState::from(State::from(&done)), done);
         let running = TaskState::Running { progress: 3.0 };
         assert_eq!(TaskState::from(State::from(&running)), running);
+    }
+
+    #[test]
+    fn a_job_from_an_older_node_has_no_model_and_means_the_default() {
+        let id = TaskId::from_bytes([7; 16]);
+        let old = serde_json::json!({
+            "task_id": id,
+            "options": Options::default(),
+            "upload": false,
+        });
+        let job: JobMessage = serde_json::from_value(old).unwrap();
+        assert_eq!(job.model, None);
+        let named = JobMessage {
+            model: Some("base-q5_1".into()),
+            ..job
+        };
+        let back: JobMessage =
+            serde_json::from_slice(&serde_json::to_vec(&named).unwrap()).unwrap();
+        assert_eq!(back.model.as_deref(), Some("base-q5_1"));
     }
 
     #[test]

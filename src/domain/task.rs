@@ -84,6 +84,10 @@ pub struct TaskOptions {
     /// server's `--zh-script`. Absent from uploads stored before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zh_script: Option<ZhScript>,
+    /// The model to transcribe with, as the client named it; `None` = the server's default.
+    /// Absent from uploads stored (and cluster jobs sent) before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// The script Mandarin output is written in. Whisper mixes Simplified and Traditional
@@ -137,7 +141,9 @@ mod tests {
             serde_json::from_str(r#"{"language": "zh", "translate": false, "format": null}"#)
                 .unwrap();
         assert_eq!(old.zh_script, None);
+        assert_eq!(old.model, None);
         let json = serde_json::to_value(&old).unwrap();
         assert!(json.get("zh_script").is_none(), "{json}");
+        assert!(json.get("model").is_none(), "{json}");
     }
 }

@@ -27,6 +27,11 @@ pub async fn scrape(State(http): State<Arc<Http>>) -> Response {
             app.processing_slots.available_permits(),
         ),
     };
+    for model in app.models.status() {
+        crate::metrics::model(&model.name, model.loaded, model.in_use, model.requests);
+    }
+    let (used, budget) = app.models.memory();
+    crate::metrics::model_memory(used, budget);
     match crate::metrics::render(capacity) {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         None => super::ApiError::internal().into_response(),

@@ -31,6 +31,7 @@ use crate::audio::{AudioStream, Truncation};
 use crate::domain::TaskId;
 use crate::domain::{split_language_tag, FailureCode, OutputFormat, Task};
 use crate::inference::engine::{self, Options};
+use crate::inference::served::Refusal;
 use crate::jobs::{Follow, Job, Source, TaskResult, Update};
 use crate::metrics;
 use crate::upload::store::StoreError;
@@ -71,18 +72,30 @@ pub async fn translations(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `GET /v1/models`: the model this server has loaded (requests may name any model; the
-/// loaded one is used).
+/// `GET /v1/models`: the models requests may name (`model`), default first, in OpenAI's list
+/// shape, with what Earshot adds: whether each is loaded now and in use, and its languages
+/// (`null` until a model whose name does not say it is English-only has been loaded once).
 pub async fn models(State(http): State<Arc<Http>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": http.app.pool.model_name(),
-            "object": "model",
-            "created": 0,
-            "owned_by": "earshot",
-        }],
-    }))
+    let served = &http.app.models;
+    let data: Vec<serde_json::Value> = served
+        .status()
+        .into_iter()
+        .map(|m| {
+            let multilingual = served.is_multilingual(&m.name);
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "earshot",
+                "default": m.default,
+                "loaded": m.loaded,
+                "in_use": m.in_use,
+                "multilingual": multilingual,
+                "languages": crate::inference::model::languages(multilingual),
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
 }
 
 /// What a request asks for, validated.
@@ -96,6 +109,9 @@ pub struct Params {
     pub task: Task,
     /// `stream=true`: answer with server-sent events as the text is produced.
     pub stream: bool,
+    /// The served model asked for (`model`; OpenAI's names mean the default); `None` until
+    /// checked against the server's models.
+    pub model: Option<String>,
 }
 
 /// Admits, spools, checks and transcribes one request. `client` is the caller's per-address
@@ -148,6 +164,7 @@ async fn handle(
         task_id,
         path: file.keep(),
         options: params.options.clone(),
+        model: params.model.clone(),
         source: Source::File,
         owner: caller.owner.clone(),
     });
@@ -208,14 +225,37 @@ impl Drop for Reservation {
     }
 }
 
-/// Validates the text fields of a request.
+/// Validates the text fields of a request, `model` against the server's models: unknown is a
+/// 400 naming the served ones, one the memory budget cannot take now a 503 `busy`.
 pub fn params(form: &Form, task: Task, http: &Http) -> Result<Params, ApiError> {
-    parse_params(
-        form,
-        task,
-        http.app.pool.is_multilingual(),
-        http.app.config.threads,
-    )
+    let served = &http.app.models;
+    let model = served
+        .resolve(form.get("model"))
+        .map_err(model_error)?
+        .to_owned();
+    served.check(Some(&model)).map_err(model_error)?;
+    let multilingual = served.is_multilingual(&model);
+    let params = parse_params(form, task, multilingual, http.app.config.threads)?;
+    Ok(Params {
+        model: Some(model),
+        ..params
+    })
+}
+
+/// A refused `model` as the API answers it.
+fn model_error(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Unknown { .. } => ApiError::bad_request(refusal.to_string())
+            .param("model")
+            .code("model_not_found"),
+        refusal if refusal.is_busy() => {
+            ApiError::busy(format!("{refusal}; retry later"), RETRY_SECS)
+        }
+        refusal => {
+            tracing::warn!(%refusal, "a model could not be provided");
+            ApiError::busy("the model cannot be loaded now; retry later", RETRY_SECS)
+        }
+    }
 }
 
 fn parse_params(
@@ -263,6 +303,7 @@ fn parse_params(
         options,
         task,
         stream,
+        model: None,
     })
 }
 

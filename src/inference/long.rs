@@ -26,11 +26,13 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::engine::{InferenceError, Options};
+use super::model::Model;
 use super::pool::{JobEvent, JobHandle, Pool};
 use super::vad::{frame_levels, Vad, VadError};
 use crate::audio::SAMPLE_RATE;
@@ -97,8 +99,35 @@ pub fn transcribe<E>(
     options: &Options,
     vad_model: Option<&Path>,
     cancel: &CancellationToken,
+    on_event: impl FnMut(LongEvent),
+) -> Result<Transcript, LongError<E>> {
+    let model = pool.default_model().clone();
+    let source = Source {
+        pool,
+        model: &model,
+    };
+    transcribe_on(source, next_chunk, options, vad_model, cancel, on_event)
+}
+
+/// Where [`transcribe_on`] sends its windows: a pool and the model to run them with.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    /// The workers.
+    pub pool: &'a Pool,
+    /// The model every window runs with (held by the caller for the whole run).
+    pub model: &'a Arc<Model>,
+}
+
+/// [`transcribe`] with a model that need not be the pool's default.
+pub fn transcribe_on<E>(
+    source: Source<'_>,
+    next_chunk: impl FnMut() -> Result<Option<Vec<f32>>, E>,
+    options: &Options,
+    vad_model: Option<&Path>,
+    cancel: &CancellationToken,
     mut on_event: impl FnMut(LongEvent),
 ) -> Result<Transcript, LongError<E>> {
+    let Source { pool, model } = source;
     super::engine::validate(options)?;
     let mut windows = Windows::new(next_chunk, Vad::new(vad_model)?, cancel.clone());
     let mut timeline = Timeline::new(options.language.clone().filter(|l| l != "auto"));
@@ -118,7 +147,7 @@ pub fn transcribe<E>(
                 if let Some(context) = &context {
                     options.initial_prompt = context.prompt(audio.len());
                 }
-                Some(pool.submit_blocking(audio, options.clone())?)
+                Some(pool.submit_blocking_to(model, audio, options.clone())?)
             }
             None => None,
         };
@@ -137,7 +166,7 @@ pub fn transcribe<E>(
     if let Some(previous) = in_flight.take() {
         finish(&mut timeline, previous, context.as_mut(), &mut on_event)?;
     }
-    let fallback = if pool.is_multilingual() { "" } else { "en" };
+    let fallback = if model.is_multilingual() { "" } else { "en" };
     Ok(Transcript {
         language: timeline.language.unwrap_or_else(|| fallback.into()),
         language_probability: timeline.language_probability,

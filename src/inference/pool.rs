@@ -1,8 +1,11 @@
-//! The inference pool: one model in memory, a fixed set of worker threads, a bounded queue.
+//! The inference pool: a fixed set of worker threads and a bounded queue, shared by every model.
 //!
-//! The model (`WhisperContext`) is loaded once and shared; each worker thread owns one
-//! `WhisperState` (the per-decode scratch memory), so `workers` jobs run at a time and at most
-//! `queue_capacity` wait. [`Pool::submit`] never blocks: a full queue answers [`Busy`], which a
+//! Each job names its model (an `Arc<`[`Model`]`>`); the pool's default model is loaded at
+//! start, others by whoever submits to them ([`super::served`]). Each worker thread owns one
+//! `WhisperState` (the per-decode scratch memory) per model it has run, made on the first job
+//! for that model and dropped once the model is gone (no job and no server holds it), so a
+//! model's memory goes with its last user; `workers` jobs run at a time, whatever their models,
+//! and at most `queue_capacity` wait. [`Pool::submit`] never blocks: a full queue answers [`Busy`], which a
 //! server turns into "try again later". Each job streams its segments back over a small
 //! bounded channel; dropping the [`JobHandle`] cancels the job (whisper.cpp's abort callback
 //! sees the closed channel), and a job abandoned while still queued is skipped. A job's audio is
@@ -15,27 +18,32 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
-use whisper_rs::{WhisperContext, WhisperState};
+use whisper_rs::WhisperState;
 
 use super::engine::{self, Detection, InferenceError, Options};
+use super::model::{self, Model};
 use crate::audio::{SharedAudio, SAMPLE_RATE};
 use crate::domain::ZhScript;
 use crate::transcript::Segment;
 
 /// Events buffered per job before the worker waits for the requester to read them.
 const REPLY_CAPACITY: usize = 64;
+/// How often an idle worker looks for states of models that are gone, so an unloaded model's
+/// memory is freed soon even when no job comes.
+const TIDY_EVERY: Duration = Duration::from_millis(500);
 
 /// How to build a pool.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// The ggml Whisper model to load (once, shared by all workers).
+    /// The default ggml Whisper model, loaded at start and kept for the pool's life (jobs
+    /// submitted without a model use it).
     pub model_path: PathBuf,
     /// Worker threads, i.e. jobs decoded at the same time; each holds its own Whisper state.
     pub workers: usize,
@@ -123,8 +131,10 @@ impl JobHandle {
     }
 }
 
-/// One unit of work on the queue.
-struct Job {
+/// One unit of work on the queue. `M` is the model; the worker loop's tests use `()`.
+struct Job<M = Arc<Model>> {
+    /// The model to run it with; held until the job ends, so the model stays loaded.
+    model: M,
     /// 16 kHz mono samples, possibly shared with the requester (read only).
     audio: SharedAudio,
     /// How to decode them.
@@ -156,10 +166,8 @@ struct Inner {
     threads: Vec<JoinHandle<()>>,
     /// Counters shared with the workers.
     shared: Arc<Shared>,
-    /// Short model name for logs and the API ("tiny.en").
-    model_name: String,
-    /// Whether the model knows languages other than English (and can translate).
-    multilingual: bool,
+    /// The model jobs use when they name none; never unloaded.
+    default: Arc<Model>,
 }
 
 impl Drop for Inner {
@@ -170,7 +178,7 @@ impl Drop for Inner {
                 error!("an inference worker thread ended by panic");
             }
         }
-        info!(model = %self.model_name, "inference pool stopped");
+        info!(model = %self.default.name(), "inference pool stopped");
     }
 }
 
@@ -186,7 +194,7 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("model", &self.inner.model_name)
+            .field("model", &self.inner.default.name())
             .field("workers", &self.workers())
             .field("queue_len", &self.queue_len())
             .finish()
@@ -194,40 +202,37 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Loads the model once and starts `workers` threads, each with its own Whisper state.
+    /// Loads the default model and starts `workers` threads, each with its own Whisper state
+    /// on it (other models get theirs on their first job).
     pub fn start(config: PoolConfig) -> Result<Pool, InferenceError> {
-        whisper_rs::install_logging_hooks();
         let workers = config.workers.max(1);
-        let context = load_model(&config)?;
-        let multilingual = context.is_multilingual();
+        let default = Arc::new(Model::load(
+            &model::name_of(&config.model_path),
+            &config.model_path,
+        )?);
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let shared = Arc::new(Shared::default());
         let mut threads = Vec::with_capacity(workers);
         for id in 0..workers {
-            let state = context
-                .create_state()
-                .map_err(|e| InferenceError::Worker(e.to_string()))?;
-            let worker = Worker {
-                state,
-                multilingual,
+            let mut worker = Worker {
+                states: Vec::new(),
                 zh_script: config.zh_script,
             };
+            worker.state_for(&default)?;
             threads.push(spawn_worker(id, worker, receiver.clone(), shared.clone())?);
         }
-        let model_name = model_name(&config.model_path);
-        info!(model = %model_name, workers, queue = config.queue_capacity, "inference pool started");
+        info!(model = %default.name(), workers, queue = config.queue_capacity, "inference pool started");
         Ok(Pool {
             inner: Arc::new(Inner {
                 sender: Some(sender),
                 threads,
                 shared,
-                model_name,
-                multilingual,
+                default,
             }),
         })
     }
 
-    /// Queues a job without waiting. A full queue answers [`Busy`].
+    /// Queues a job on the default model without waiting. A full queue answers [`Busy`].
     ///
     /// Invalid options are not checked here (that would need another error type); the job then
     /// ends with `JobEvent::Failed(InvalidOptions)`. Call [`engine::validate`] first to fail early.
@@ -236,7 +241,17 @@ impl Pool {
         audio: impl Into<SharedAudio>,
         options: Options,
     ) -> Result<JobHandle, Busy> {
-        let (job, handle) = new_job(audio.into(), options);
+        self.submit_to(&self.inner.default.clone(), audio, options)
+    }
+
+    /// Queues a job on `model` without waiting, as [`Pool::submit`] does.
+    pub fn submit_to(
+        &self,
+        model: &Arc<Model>,
+        audio: impl Into<SharedAudio>,
+        options: Options,
+    ) -> Result<JobHandle, Busy> {
+        let (job, handle) = new_job(model.clone(), audio.into(), options);
         match self.sender().try_send(job) {
             Ok(()) => Ok(handle),
             // Full means the queue held `capacity` jobs at that instant; reading the length
@@ -253,15 +268,25 @@ impl Pool {
         }
     }
 
-    /// Queues a job, waiting for queue space if needed (for batch work that should not fail
-    /// just because the server is busy). Options are validated first.
+    /// Queues a job on the default model, waiting for queue space if needed (for batch work
+    /// that should not fail just because the server is busy). Options are validated first.
     pub fn submit_blocking(
         &self,
         audio: impl Into<SharedAudio>,
         options: Options,
     ) -> Result<JobHandle, InferenceError> {
+        self.submit_blocking_to(&self.inner.default.clone(), audio, options)
+    }
+
+    /// Queues a job on `model`, waiting for queue space, as [`Pool::submit_blocking`] does.
+    pub fn submit_blocking_to(
+        &self,
+        model: &Arc<Model>,
+        audio: impl Into<SharedAudio>,
+        options: Options,
+    ) -> Result<JobHandle, InferenceError> {
         engine::validate(&options)?;
-        let (job, handle) = new_job(audio.into(), options);
+        let (job, handle) = new_job(model.clone(), audio.into(), options);
         self.sender()
             .send(job)
             .map_err(|_| InferenceError::ShutDown)?;
@@ -283,25 +308,25 @@ impl Pool {
         self.inner.threads.len()
     }
 
-    /// Whether the model handles languages other than English (and translation).
-    pub fn is_multilingual(&self) -> bool {
-        self.inner.multilingual
+    /// The default model, which jobs submitted without one use.
+    pub fn default_model(&self) -> &Arc<Model> {
+        &self.inner.default
     }
 
-    /// The languages the loaded model transcribes, as Whisper codes: `en` alone for an
+    /// Whether the default model handles languages other than English (and translation).
+    pub fn is_multilingual(&self) -> bool {
+        self.inner.default.is_multilingual()
+    }
+
+    /// The languages the default model transcribes, as Whisper codes: `en` alone for an
     /// English-only model, Whisper's whole list for a multilingual one.
     pub fn languages(&self) -> Vec<&'static str> {
-        if !self.is_multilingual() {
-            return vec!["en"];
-        }
-        (0..=whisper_rs::get_lang_max_id())
-            .filter_map(whisper_rs::get_lang_str)
-            .collect()
+        self.inner.default.languages()
     }
 
-    /// Short model name, e.g. "tiny.en".
+    /// The default model's short name, e.g. "tiny.en".
     pub fn model_name(&self) -> &str {
-        &self.inner.model_name
+        self.inner.default.name()
     }
 
     /// What the workers have done so far.
@@ -323,35 +348,11 @@ impl Pool {
     }
 }
 
-fn load_model(config: &PoolConfig) -> Result<WhisperContext, InferenceError> {
-    let path = config.model_path.display().to_string();
-    if !config.model_path.is_file() {
-        return Err(InferenceError::ModelLoad {
-            path,
-            reason: "no such file".into(),
-        });
-    }
-    WhisperContext::new_with_params(&config.model_path, engine::context_params()).map_err(|e| {
-        InferenceError::ModelLoad {
-            path,
-            reason: e.to_string(),
-        }
-    })
-}
-
-/// "…/ggml-tiny.en.bin" → "tiny.en".
-fn model_name(path: &std::path::Path) -> String {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    stem.strip_prefix("ggml-").unwrap_or(&stem).to_owned()
-}
-
-fn new_job(audio: SharedAudio, options: Options) -> (Job, JobHandle) {
+fn new_job<M>(model: M, audio: SharedAudio, options: Options) -> (Job<M>, JobHandle) {
     let (reply, events) = mpsc::channel(REPLY_CAPACITY);
     (
         Job {
+            model,
             audio,
             options,
             reply,
@@ -362,12 +363,57 @@ fn new_job(audio: SharedAudio, options: Options) -> (Job, JobHandle) {
 
 /// What one worker thread owns.
 struct Worker {
-    /// Its own decoder state, never shared.
-    state: WhisperState,
-    /// Whether the model knows languages other than English.
-    multilingual: bool,
+    /// Its own decoder state per model it has run, never shared; a state keeps its model's
+    /// weights alive, so the model is watched (not held) and its state dropped once it is gone.
+    states: Vec<(Weak<Model>, u64, WhisperState)>,
     /// The script for Mandarin jobs that name none.
     zh_script: ZhScript,
+}
+
+impl Worker {
+    /// This worker's state for `model`, made on first use.
+    fn state_for(&mut self, model: &Arc<Model>) -> Result<&mut WhisperState, InferenceError> {
+        let found = self.states.iter().position(|(_, id, _)| *id == model.id());
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let state = model.create_state()?;
+                debug!(model = %model.name(), "worker made a state for a model");
+                self.states.push((Arc::downgrade(model), model.id(), state));
+                self.states.len() - 1
+            }
+        };
+        Ok(&mut self.states[index].2)
+    }
+}
+
+impl Runner for Worker {
+    /// Drops the states of models no one holds any more, freeing their memory.
+    fn tidy(&mut self) {
+        self.states.retain(|(model, _, _)| model.strong_count() > 0);
+    }
+
+    fn run(
+        &mut self,
+        job: &Job,
+        on_segment: &mut dyn FnMut(Segment),
+        should_abort: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Detection, InferenceError> {
+        let options = Options {
+            zh_script: job.options.zh_script.or(Some(self.zh_script)),
+            ..job.options.clone()
+        };
+        let multilingual = job.model.is_multilingual();
+        let state = self.state_for(&job.model)?;
+        engine::run(
+            state,
+            multilingual,
+            &job.audio,
+            &options,
+            on_segment,
+            should_abort,
+        )
+    }
 }
 
 fn spawn_worker(
@@ -379,38 +425,40 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("whisper-{id}"))
         .spawn(move || {
-            serve(&queue, &shared, &mut |job, on_segment, should_abort| {
-                let options = Options {
-                    zh_script: job.options.zh_script.or(Some(worker.zh_script)),
-                    ..job.options.clone()
-                };
-                engine::run(
-                    &mut worker.state,
-                    worker.multilingual,
-                    &job.audio,
-                    &options,
-                    on_segment,
-                    should_abort,
-                )
-            });
+            serve(&queue, &shared, &mut worker);
             debug!(worker = id, "inference worker stopped");
         })
         .map_err(|e| InferenceError::Worker(e.to_string()))
 }
 
-/// Runs one job: `(job, on_segment, should_abort) -> language`. A seam so the worker loop
-/// can be tested without a model.
-type Runner<'a> = dyn FnMut(
-        &Job,
-        &mut dyn FnMut(Segment),
-        &(dyn Fn() -> bool + Sync),
-    ) -> Result<Detection, InferenceError>
-    + Send
-    + 'a;
+/// What a worker loop drives: runs one job (`(job, on_segment, should_abort) -> language`) and
+/// tidies between jobs. A seam so the worker loop can be tested without a model.
+trait Runner<M = Arc<Model>> {
+    /// Runs one job to its end.
+    fn run(
+        &mut self,
+        job: &Job<M>,
+        on_segment: &mut dyn FnMut(Segment),
+        should_abort: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Detection, InferenceError>;
+
+    /// Frees what is no longer needed (states of unloaded models).
+    fn tidy(&mut self);
+}
 
 /// A worker's loop: take jobs until the queue closes; skip abandoned ones; survive panics.
-fn serve(queue: &Receiver<Job>, shared: &Shared, runner: &mut Runner) {
-    for job in queue.iter() {
+/// The runner tidies before each job and whenever the queue has been empty for [`TIDY_EVERY`].
+fn serve<M>(queue: &Receiver<Job<M>>, shared: &Shared, runner: &mut dyn Runner<M>) {
+    loop {
+        let job = match queue.recv_timeout(TIDY_EVERY) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                runner.tidy();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        runner.tidy();
         if job.reply.is_closed() {
             shared.skipped.fetch_add(1, Ordering::SeqCst);
             debug!("skipped a job abandoned while queued");
@@ -426,7 +474,7 @@ fn serve(queue: &Receiver<Job>, shared: &Shared, runner: &mut Runner) {
     }
 }
 
-fn run_one(job: &Job, runner: &mut Runner, shared: &Shared) -> JobEvent {
+fn run_one<M>(job: &Job<M>, runner: &mut dyn Runner<M>, shared: &Shared) -> JobEvent {
     let started = Instant::now();
     let reply = &job.reply;
     let mut on_segment = |segment: Segment| {
@@ -434,7 +482,7 @@ fn run_one(job: &Job, runner: &mut Runner, shared: &Shared) -> JobEvent {
     };
     let should_abort = || reply.is_closed();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        runner(job, &mut on_segment, &should_abort)
+        runner.run(job, &mut on_segment, &should_abort)
     }))
     .unwrap_or_else(|_| {
         error!("inference worker caught a panic; the job fails, the worker carries on");
@@ -472,26 +520,59 @@ mod tests {
         Segment::new(0.0, 1.0, text)
     }
 
+    /// A runner that is a closure, with no model.
+    struct Fake<F>(F);
+
+    impl<F> Runner<()> for Fake<F>
+    where
+        F: FnMut(
+            &Job<()>,
+            &mut dyn FnMut(Segment),
+            &(dyn Fn() -> bool + Sync),
+        ) -> Result<Detection, InferenceError>,
+    {
+        fn run(
+            &mut self,
+            job: &Job<()>,
+            on_segment: &mut dyn FnMut(Segment),
+            should_abort: &(dyn Fn() -> bool + Sync),
+        ) -> Result<Detection, InferenceError> {
+            (self.0)(job, on_segment, should_abort)
+        }
+
+        fn tidy(&mut self) {}
+    }
+
     /// Runs `serve` on a thread with a fake runner, returns the queue sender and shared counters.
-    fn fake_pool(mut runner: Box<Runner<'static>>) -> (Sender<Job>, Arc<Shared>, JoinHandle<()>) {
+    fn fake_pool<F>(runner: F) -> (Sender<Job<()>>, Arc<Shared>, JoinHandle<()>)
+    where
+        F: FnMut(
+                &Job<()>,
+                &mut dyn FnMut(Segment),
+                &(dyn Fn() -> bool + Sync),
+            ) -> Result<Detection, InferenceError>
+            + Send
+            + 'static,
+    {
         let (sender, receiver) = crossbeam_channel::bounded(4);
         let shared = Arc::new(Shared::default());
         let worker_shared = shared.clone();
-        let thread = std::thread::spawn(move || serve(&receiver, &worker_shared, &mut *runner));
+        let thread =
+            std::thread::spawn(move || serve(&receiver, &worker_shared, &mut Fake(runner)));
         (sender, shared, thread)
     }
 
     #[test]
     fn a_panicking_job_fails_and_the_worker_keeps_serving() {
-        let (sender, shared, thread) = fake_pool(Box::new(|job, on_segment, _| {
+        let (sender, shared, thread) = fake_pool(|job, on_segment, _| {
             if job.audio.is_empty() {
                 panic!("bug triggered by this job");
             }
             on_segment(segment("fine"));
             Ok(Detection::given("en"))
-        }));
-        let (bad, mut bad_handle) = new_job(Vec::new().into(), Options::default());
-        let (good, good_handle) = new_job(vec![0.0; 16].into(), Options::default());
+        });
+        let (bad, mut bad_handle) = new_job((), Vec::new().into(), Options::default());
+        let (good, good_handle) = new_job((), vec![0.0; 16].into(), Options::default());
         sender.send(bad).unwrap();
         sender.send(good).unwrap();
         assert_eq!(
@@ -509,8 +590,8 @@ mod tests {
 
     #[test]
     fn a_job_abandoned_in_the_queue_is_skipped() {
-        let (sender, shared, thread) = fake_pool(Box::new(|_, _, _| Ok(Detection::given("en"))));
-        let (job, handle) = new_job(vec![0.0; 16].into(), Options::default());
+        let (sender, shared, thread) = fake_pool(|_, _, _| Ok(Detection::given("en")));
+        let (job, handle) = new_job((), vec![0.0; 16].into(), Options::default());
         drop(handle);
         sender.send(job).unwrap();
         drop(sender);
@@ -522,14 +603,14 @@ mod tests {
     #[test]
     fn dropping_the_handle_is_seen_by_the_abort_check() {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let (sender, shared, thread) = fake_pool(Box::new(move |_, _, should_abort| {
+        let (sender, shared, thread) = fake_pool(move |_, _, should_abort| {
             started_tx.send(()).unwrap();
             while !should_abort() {
                 std::thread::yield_now();
             }
             Err(InferenceError::Aborted)
-        }));
-        let (job, handle) = new_job(vec![0.0; 16].into(), Options::default());
+        });
+        let (job, handle) = new_job((), vec![0.0; 16].into(), Options::default());
         sender.send(job).unwrap();
         started_rx.recv().unwrap();
         drop(handle);
@@ -541,12 +622,12 @@ mod tests {
 
     #[test]
     fn the_worker_lets_go_of_lent_audio_before_the_final_event() {
-        let (sender, _shared, thread) = fake_pool(Box::new(|_, _, _| Ok(Detection::given("en"))));
+        let (sender, _shared, thread) = fake_pool(|_, _, _| Ok(Detection::given("en")));
         let mut buffer = crate::audio::SharedBuffer::default();
         buffer.push(&[0.1; 16]);
         let audio = buffer.snapshot();
         let lent = audio.as_ptr();
-        let (job, handle) = new_job(audio, Options::default());
+        let (job, handle) = new_job((), audio, Options::default());
         sender.send(job).unwrap();
         handle.blocking_collect().unwrap();
         assert!(
@@ -560,10 +641,10 @@ mod tests {
     #[test]
     fn model_names_drop_prefix_and_extension() {
         assert_eq!(
-            model_name(std::path::Path::new("/m/ggml-tiny.en.bin")),
+            model::name_of(std::path::Path::new("/m/ggml-tiny.en.bin")),
             "tiny.en"
         );
-        assert_eq!(model_name(std::path::Path::new("custom.bin")), "custom");
+        assert_eq!(model::name_of(std::path::Path::new("custom.bin")), "custom");
     }
 
     #[test]

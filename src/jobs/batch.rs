@@ -21,14 +21,18 @@ use crate::audio::decode::{DecodeError, DecodeLimits};
 use crate::audio::AudioStream;
 use crate::domain::{FailureCode, Task, TaskId};
 use crate::inference::long::{self, LongError, LongEvent};
-use crate::inference::pool::Pool;
+use crate::inference::served::{Lease, Served};
 use crate::upload::store::{UploadStatus, UploadStorage};
+
+/// How long a job whose model does not fit the memory budget waits before it asks again.
+const MODEL_RETRY: Duration = Duration::from_millis(500);
 
 /// Runs transcription jobs in this process. Cheap to clone: each job holds a copy.
 #[derive(Clone)]
 pub struct Batch {
-    /// The Whisper workers; every window goes through their bounded queue.
-    pub pool: Pool,
+    /// The served models and their workers; every window goes through the pool's bounded
+    /// queue, on the model the job names.
+    pub models: Served,
     /// Silero VAD model for cutting long audio at pauses, when present.
     pub vad_model: Option<PathBuf>,
     /// Where progress, segments and results are published.
@@ -93,15 +97,38 @@ impl Batch {
         job.options.beam_size = Some(self.beam_size);
         let stop = CancellationToken::new();
         let guard = self.stop_on_shutdown(stop.clone());
-        let batch = self.clone();
-        let run = tokio::task::spawn_blocking(move || batch.transcribe(&job, &stop));
-        let outcome = run.await;
+        let outcome = match self.lease(job.model.as_deref()).await {
+            Ok(lease) => {
+                let batch = self.clone();
+                let run = move || batch.transcribe(&job, &lease, &stop);
+                tokio::task::spawn_blocking(run).await
+            }
+            Err(failure) => Ok(Err(failure)),
+        };
         guard.abort();
         let ended = self.finish(task_id, outcome, source).await;
         if source != Source::Upload {
             let _ = tokio::fs::remove_file(&path).await;
         }
         ended
+    }
+
+    /// The job's model, waiting while the memory budget is held by models in use (an accepted
+    /// job is not failed for that); `Stopped` if the server shuts down meanwhile.
+    async fn lease(&self, model: Option<&str>) -> Result<Lease, Failure> {
+        loop {
+            match self.models.acquire(model).await {
+                Ok(lease) => return Ok(lease),
+                Err(refusal) if refusal.is_busy() => {
+                    tracing::debug!(%refusal, "the job waits for room for its model");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Failure::Stopped),
+                        _ = tokio::time::sleep(MODEL_RETRY) => {}
+                    }
+                }
+                Err(refusal) => return Err(Failure::Other(refusal.to_string())),
+            }
+        }
     }
 
     fn stop_on_shutdown(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -123,14 +150,23 @@ enum Failure {
 }
 
 impl Batch {
-    fn transcribe(&self, job: &Job, stop: &CancellationToken) -> Result<TaskResult, Failure> {
+    fn transcribe(
+        &self,
+        job: &Job,
+        lease: &Lease,
+        stop: &CancellationToken,
+    ) -> Result<TaskResult, Failure> {
         let (key, path, opts) = (job.task_id, job.path.as_path(), &job.options);
         let started = Instant::now();
         let mut audio = AudioStream::open(path, DecodeLimits::default()).map_err(Failure::Audio)?;
         let total = audio.duration_hint().unwrap_or(0.0);
         self.tasks.progress(key, 0.0);
-        let result = long::transcribe(
-            &self.pool,
+        let source = long::Source {
+            pool: self.models.pool(),
+            model: lease.model(),
+        };
+        let result = long::transcribe_on(
+            source,
             || audio.next_chunk(),
             opts,
             self.vad_model.as_deref(),

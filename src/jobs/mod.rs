@@ -31,6 +31,8 @@ pub struct Job {
     pub path: PathBuf,
     /// Whisper options as asked; the runner sets its own thread count.
     pub options: Options,
+    /// The served model to run it with, as the client named it; `None` = the default.
+    pub model: Option<String>,
     /// Where the file came from, which decides what is updated and cleaned up at the end.
     pub source: Source,
     /// Who may read the task's result.
@@ -45,6 +47,7 @@ impl Job {
             task_id,
             path,
             options: engine_options(&meta.options, 0),
+            model: meta.options.model.clone(),
             source: Source::Upload,
             owner: meta.owner.clone(),
         }

@@ -5,10 +5,14 @@
 //! first and then the public hub, verifies it and only then gives it its final name, behaving
 //! like `scripts/download-model.sh` (both read `models/CHECKSUMS`).
 //!
+//! [`resident`] decides which models may be in memory at once (budget, idle time, LRU);
+//! [`found_in`] lists the models a directory holds, for `--models-dir` without `--models`.
+//!
 //! This module does not load models (that is `inference`) and never deletes a finished model file.
 
 mod catalog;
 mod fetch;
+pub mod resident;
 
 use std::path::{Path, PathBuf};
 
@@ -164,6 +168,25 @@ impl Fetcher {
     }
 }
 
+/// Checks, without fetching anything, that a model can be had: a path must be a file, a name
+/// must be in the catalog. For settings that name models to fetch later.
+pub fn check(name_or_path: &str) -> Result<(), ModelError> {
+    if looks_like_path(name_or_path) {
+        let path = PathBuf::from(name_or_path);
+        return match path.is_file() {
+            true => Ok(()),
+            false => Err(ModelError::NotFound { path }),
+        };
+    }
+    match catalog::lookup(name_or_path) {
+        Some(_) => Ok(()),
+        None => Err(ModelError::UnknownModel {
+            name: name_or_path.to_string(),
+            known: known_names().join(" "),
+        }),
+    }
+}
+
 /// `tiny.en` → `ggml-tiny.en.bin`.
 pub fn file_name(name: &str) -> String {
     format!("ggml-{name}.bin")
@@ -192,6 +215,52 @@ pub fn ensure(
     progress: bool,
 ) -> Result<PathBuf, ModelError> {
     Fetcher::from_env(progress).ensure(name_or_path, models_dir)
+}
+
+/// OpenAI's model names, which an OpenAI client sends as it is: they mean the server's default
+/// model.
+pub const OPENAI_NAMES: &[&str] = &[
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime",
+    "gpt-4o-realtime-preview",
+    "gpt-4o-mini-realtime-preview",
+];
+
+/// Whether `name` is one of OpenAI's model names (including dated snapshots such as
+/// `gpt-4o-mini-transcribe-2025-03-20`), which mean the default model.
+pub fn is_openai_name(name: &str) -> bool {
+    OPENAI_NAMES
+        .iter()
+        .any(|known| name == *known || name.strip_prefix(known).is_some_and(|r| r.starts_with('-')))
+}
+
+/// Whether a model's name says it is English-only, as whisper.cpp names them (`tiny.en`,
+/// `small.en-q5_1`); the model file itself is the final word once loaded.
+pub fn is_english_only(name: &str) -> bool {
+    name.split(['-', '_'])
+        .next()
+        .is_some_and(|base| base.ends_with(".en"))
+}
+
+/// The Whisper models a directory holds (`ggml-NAME.bin`, the VAD model excepted), by name,
+/// sorted: what `earshot serve --models-dir DIR` serves when no `--models` list is given.
+pub fn found_in(dir: &Path) -> Result<Vec<String>, ModelError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io {
+        context: format!("cannot list the models directory {}", dir.display()),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|file| {
+            let name = file.strip_prefix("ggml-")?.strip_suffix(".bin")?;
+            (!name.is_empty() && !name.starts_with("silero")).then(|| name.to_owned())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn looks_like_path(name_or_path: &str) -> bool {
@@ -271,6 +340,46 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("unknown model `tiny.fr`"), "{message}");
         assert!(message.contains("tiny.en") && message.contains("silero-v6.2.0"));
+    }
+
+    #[test]
+    fn openai_names_and_their_snapshots_are_recognised() {
+        for name in [
+            "whisper-1",
+            "gpt-4o-transcribe",
+            "gpt-4o-mini-transcribe-2025-03-20",
+        ] {
+            assert!(is_openai_name(name), "{name}");
+        }
+        for name in ["tiny.en", "whisper-10", "gpt-4o", "base-q5_1"] {
+            assert!(!is_openai_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn english_only_names_end_their_base_in_dot_en() {
+        for name in ["tiny.en", "base.en", "small.en-q5_1", "medium.en-q8_0"] {
+            assert!(is_english_only(name), "{name}");
+        }
+        for name in ["tiny", "base-q5_1", "large-v3-turbo", "ggml-enx"] {
+            assert!(!is_english_only(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_directory_lists_its_whisper_models_but_not_the_vad() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            "ggml-tiny.en.bin",
+            "ggml-base-q5_1.bin",
+            "ggml-silero-v6.2.0.bin",
+            "notes.txt",
+            "ggml-.bin",
+        ] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        assert_eq!(found_in(dir.path()).unwrap(), ["base-q5_1", "tiny.en"]);
+        assert!(found_in(&dir.path().join("missing")).is_err());
     }
 
     #[test]

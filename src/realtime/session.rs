@@ -572,6 +572,7 @@ fn options_for(state: &AppState, settings: &Settings) -> Options {
         translate: false,
         format: None,
         zh_script,
+        model: None,
     };
     Options {
         low_latency: true,

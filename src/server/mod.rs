@@ -38,6 +38,10 @@ pub async fn run(
     }
     let app = routes::router(state.clone());
     let sweeper = state.tracker.spawn(sweep_loop(state.clone()));
+    let stop = state.shutdown.clone();
+    let unloader = state
+        .tracker
+        .spawn(state.models.clone().expire_loop(stop.cancelled_owned()));
     state.jobs.resume_unfinished().await;
     listen::serve(
         listener,
@@ -49,6 +53,7 @@ pub async fn run(
     .await;
     state.shutdown.cancel();
     sweeper.abort();
+    unloader.abort();
     state.tracker.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait())
         .await

@@ -47,6 +47,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
         "workers": state.pool.workers(),
         "busy_workers": state.pool.busy_workers(),
         "queue": state.pool.queue_len(),
+        "models": state.models.status(),
     }))
 }
 

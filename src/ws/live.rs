@@ -40,6 +40,7 @@ use crate::domain::TaskId;
 use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
+use crate::inference::served::{Lease, Refusal};
 use crate::jobs::{TaskResult, TaskState};
 use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, StreamLoad};
 use crate::protocol::message::{
@@ -105,7 +106,13 @@ impl Connection {
         if let (Some(task_id), Some(from)) = (start.task_id, start.resume) {
             return self.stream_resume(task_id, from).await;
         }
-        self.check_language(&start.options)?;
+        let model = self.check_options(&start.options)?;
+        let model = self
+            .state
+            .models
+            .acquire(Some(&model))
+            .await
+            .map_err(model_refused)?;
         let load = self.state.live_capacity.admit().map_err(|full| {
             tracing::info!(%full, "live stream refused: no live capacity left");
             ProtocolError::new(
@@ -127,6 +134,7 @@ impl Connection {
         let runner = Runner {
             state: self.state.clone(),
             task_id,
+            model,
             options: Options {
                 low_latency: true,
                 // Word timings let the commit policy agree word by word.
@@ -300,10 +308,26 @@ fn decode_container(
     }
 }
 
+/// A model a stream cannot have, as the client hears it: `busy` (retry) when the memory
+/// budget is held by models in use, `internal` (details logged) when it cannot be loaded.
+fn model_refused(refusal: Refusal) -> ProtocolError {
+    if refusal.is_busy() {
+        return ProtocolError::new(ErrorCode::Busy, format!("{refusal}; retry later"))
+            .with_retry_after_ms(MODEL_RETRY_MS);
+    }
+    tracing::error!(%refusal, "a stream's model could not be loaded");
+    ProtocolError::new(ErrorCode::Internal, "the model could not be loaded")
+}
+
+/// How long a client refused for lack of model memory is asked to wait.
+const MODEL_RETRY_MS: u64 = 5000;
+
 /// The task behind one live stream.
 struct Runner {
     state: Arc<AppState>,
     task_id: TaskId,
+    /// The stream's model, held (kept loaded) for the stream's life.
+    model: Lease,
     options: Options,
     /// The language of the latest hypothesis (Whisper's detection when none was asked for)
     /// and, when detected, Whisper's probability for it.
@@ -552,7 +576,7 @@ impl Runner {
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
         // `job.prompt` is not passed: tiny.en primed with the committed text fell into
         // repetition loops (docs/BENCHMARKS.md, "Live latency").
-        match self.state.pool.submit(job.audio, self.options.clone()) {
+        match self.model.submit(job.audio, self.options.clone()) {
             Ok(handle) => Some(Pending {
                 span: job.span,
                 handle,

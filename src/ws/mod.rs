@@ -41,6 +41,7 @@ pub use outbound::{Closed, Outbound};
 use crate::access::Caller;
 use crate::app::{AppState, UploadSlot};
 use crate::domain::{TaskId, TaskOptions};
+use crate::inference::engine;
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError, ServerMessage};
 
 /// Close codes this server uses (RFC 6455 §7.4.1).
@@ -347,6 +348,7 @@ impl Connection {
             message: "connected".into(),
             server_version: protocol::SERVER_VERSION.into(),
             model: self.state.pool.model_name().to_string(),
+            models: self.state.models.names().to_vec(),
             limits: self.state.limits(),
         })
     }
@@ -454,16 +456,23 @@ impl Connection {
     }
 }
 impl Connection {
-    /// Refuses, before any work, a language the server's model cannot transcribe: an
-    /// English-only model knows only `en`.
-    fn check_language(&self, options: &TaskOptions) -> Result<(), ProtocolError> {
-        let pool = &self.state.pool;
-        let Some(language) = options.language.as_deref() else {
-            return Ok(());
-        };
-        crate::inference::engine::check_language(language, pool.is_multilingual()).map_err(|e| {
-            ProtocolError::invalid(format!("{e} (the server's model: {})", pool.model_name()))
-        })
+    /// Refuses, before any work, a model the server does not serve (naming those it does) and
+    /// a language the chosen model cannot transcribe: an English-only model knows only `en`.
+    /// Returns the served name of the model.
+    fn check_options(&self, options: &TaskOptions) -> Result<String, ProtocolError> {
+        let served = &self.state.models;
+        let model = served
+            .resolve(options.model.as_deref())
+            .map_err(|refusal| ProtocolError::invalid(refusal.to_string()))?;
+        if let Some(language) = options.language.as_deref() {
+            engine::check_language(language, served.is_multilingual(model)).map_err(|e| {
+                ProtocolError::invalid(format!(
+                    "{e} (model {model}; served: {})",
+                    served.names().join(", ")
+                ))
+            })?;
+        }
+        Ok(model.to_owned())
     }
 }
 

@@ -93,7 +93,7 @@ impl Connection {
     }
 
     pub(super) async fn upload_request(&mut self, req: UploadRequest) -> Result<(), ProtocolError> {
-        self.check_language(&req.options)?;
+        self.check_options(&req.options)?;
         let slot = self.upload_slot()?;
         let owner = self.caller.owner.clone();
         let new = new_upload(&req, owner, self.caller.client().to_string());

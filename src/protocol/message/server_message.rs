@@ -67,8 +67,11 @@ pub struct Connected {
     pub message: String,
     /// Earshot version, so clients can adapt.
     pub server_version: String,
-    /// Name of the loaded model, so clients know what quality/languages to expect.
+    /// Name of the default model, so clients know what quality/languages to expect.
     pub model: String,
+    /// Every model a request may name (`model`), the default first.
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Limits the client must respect.
     pub limits: Limits,
 }
@@ -331,6 +334,7 @@ mod tests {
             message: "hi".into(),
             server_version: crate::protocol::SERVER_VERSION.into(),
             model: "tiny.en".into(),
+            models: vec!["tiny.en".into()],
             limits: Limits::default(),
         });
         let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();

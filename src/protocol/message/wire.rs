@@ -83,6 +83,8 @@ struct WireUploadRequest<'a> {
     translate: Option<bool>,
     /// Output format of the result.
     format: Option<String>,
+    /// Model to transcribe with; absent = the server's default.
+    model: Option<String>,
 }
 
 /// `upload_chunk` as sent.
@@ -158,6 +160,8 @@ struct WireStreamStart {
     resume: Option<bool>,
     /// With `resume`: the first segment index the client has not received.
     next_index: Option<usize>,
+    /// Model to transcribe with; absent = the server's default.
+    model: Option<String>,
 }
 
 /// `stream_end` as sent.
@@ -347,6 +351,23 @@ fn validate_language(
     Ok((Some(lang), script))
 }
 
+/// Longest model name a client may send.
+const MAX_MODEL_NAME: usize = 100;
+
+/// `model` as given, trimmed; empty means none. Whether the server serves it is the server's
+/// check (it knows its models); this only refuses what cannot be a name.
+fn validate_model(model: Option<String>) -> Result<Option<String>, ProtocolError> {
+    let Some(model) = model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()) else {
+        return Ok(None);
+    };
+    if model.len() > MAX_MODEL_NAME || model.chars().any(char::is_control) {
+        return Err(ProtocolError::invalid(format!(
+            "field `model` must be a model name of at most {MAX_MODEL_NAME} characters"
+        )));
+    }
+    Ok(Some(model))
+}
+
 fn validate_output_format(format: Option<String>) -> Result<Option<OutputFormat>, ProtocolError> {
     let Some(format) = format else {
         return Ok(None);
@@ -428,6 +449,7 @@ fn validate_upload_request(
             translate: wire.translate.unwrap_or(false),
             format: validate_output_format(wire.format)?,
             zh_script,
+            model: validate_model(wire.model)?,
         },
     }))
 }
@@ -566,6 +588,7 @@ fn validate_stream_start(wire: WireStreamStart) -> Result<ClientMessage, Protoco
             translate: wire.translate.unwrap_or(false),
             format: None,
             zh_script,
+            model: validate_model(wire.model)?,
         },
         resume,
     }))

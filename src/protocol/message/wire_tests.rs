@@ -585,3 +585,38 @@ fn binary_uploads_may_send_their_hash_after_the_chunks() {
     let unknown = json!({"type": "upload_finish", "data": {"task_id": "../x", "file_sha256": "ab".repeat(32)}});
     assert_eq!(err(unknown).code, ErrorCode::SessionNotFound);
 }
+
+#[test]
+fn model_is_optional_on_uploads_and_streams() {
+    let ClientMessage::UploadRequest(r) = parse(seed_request()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.options.model, None, "the seed's request names no model");
+    let mut v = seed_request();
+    v["data"]["model"] = json!(" base-q5_1 ");
+    let ClientMessage::UploadRequest(r) = parse(v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.options.model.as_deref(), Some("base-q5_1"));
+    let ClientMessage::StreamStart(s) =
+        parse(json!({"type": "stream_start", "data": {"model": "tiny.en"}})).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s.options.model.as_deref(), Some("tiny.en"));
+    let ClientMessage::StreamStart(s) =
+        parse(json!({"type": "stream_start", "data": {"model": ""}})).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(s.options.model, None, "an empty name means the default");
+}
+
+#[test]
+fn a_model_that_cannot_be_a_name_is_invalid() {
+    for model in [json!(7), json!("x".repeat(101)), json!("a\nb")] {
+        let e = err(json!({"type": "stream_start", "data": {"model": model}}));
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.message.contains("model"), "{}", e.message);
+    }
+}

@@ -44,6 +44,7 @@ fn new_upload(data: &[u8]) -> NewUpload {
             translate: false,
             format: None,
             zh_script: None,
+            model: None,
         },
         owner: None,
         client: "ip:127.0.0.1".into(),
