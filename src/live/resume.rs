@@ -153,6 +153,14 @@ impl<H: Clone> Table<H> {
         })
     }
 
+    /// The stream has its new connection: it is attached, whatever happened between the
+    /// resume and now (its old connection may have been seen to drop meanwhile).
+    pub fn attached(&mut self, task_id: TaskId) {
+        if let Some(e) = self.entries.get_mut(&task_id) {
+            e.detached_until = None;
+        }
+    }
+
     /// The stream's deadline came at `now`: whether its grace is over (it is then forgotten and
     /// must be finished). `false` when a resume attached it in time.
     pub fn expire(&mut self, task_id: TaskId, now: Instant) -> bool {
@@ -213,6 +221,11 @@ impl<H: Clone> Resumable<H> {
     /// See [`Table::resume`].
     pub fn resume(&self, task_id: TaskId, caller: Option<&Owner>) -> Result<Resume<H>, NoResume> {
         self.lock().resume(task_id, caller)
+    }
+
+    /// See [`Table::attached`].
+    pub fn attached(&self, task_id: TaskId) {
+        self.lock().attached(task_id);
     }
 
     /// See [`Table::expire`].
@@ -303,7 +316,19 @@ mod tests {
     fn resuming_an_attached_stream_takes_it_over() {
         let id = TaskId::new_v4();
         let mut t = table_with(&[(id, 1)]);
-        assert_eq!(t.resume(id, None).unwrap().took_over, true);
+        assert!(t.resume(id, None).unwrap().took_over);
+        // The old connection's drop is noticed after the takeover: the new connection, once
+        // it reaches the stream, makes it attached again, so it neither expires nor counts.
+        let now = Instant::now();
+        let deadline = t.detach(id, now).unwrap();
+        t.attached(id);
+        assert_eq!(t.detached(), 0);
+        assert!(!t.expire(id, deadline));
+        assert_eq!(
+            t.detach(id, now),
+            Ok(deadline),
+            "a later drop gets its grace"
+        );
     }
 
     #[test]

@@ -506,6 +506,7 @@ impl Runner {
             };
             old.out.send_lossy_raw(Message::Close(Some(frame)));
         }
+        self.state.streams.attached(self.task_id);
         let out = &attach.link.out;
         let started = StreamStarted {
             task_id: self.task_id,
