@@ -39,7 +39,10 @@ pub struct LiveConfig {
     /// Longest wait for new audio between hypotheses (also the step before any inference time
     /// is known); trades latency for CPU.
     pub step_secs: f64,
-    /// Shortest wait between hypotheses, however fast inference is.
+    /// Shortest wait between hypotheses, however fast inference is. Default 1 s (the step may
+    /// only grow): with 0.3 s a hypothesis on a very short buffer committed words early and
+    /// dropped others (tests/live_resume.rs caught it); shorter steps wait for a quiet-machine
+    /// measurement (`scripts/bench-live`).
     pub min_step_secs: f64,
     /// The step as a multiple of the recent inference time: 2 keeps a stream's worker busy at
     /// most about half the time, so the step shrinks on a fast machine and grows under load.
@@ -54,7 +57,8 @@ pub struct LiveConfig {
     pub settle_secs: f64,
     /// Buffer length beyond which audio is cut at the last committed word rather than only at
     /// the end of a committed segment; shorter keeps hypotheses cheap, longer gives Whisper more
-    /// of the sentence.
+    /// of the sentence. Off by default (`f64::INFINITY`) until measured on a quiet machine: on a
+    /// loaded one, cuts at words went with a worse live-vs-batch WER (docs/BENCHMARKS.md).
     pub cut_secs: f64,
     /// Most uncommitted audio kept; a stream further behind sheds its oldest audio (its words
     /// are lost) so that memory and latency stay bounded when the machine cannot keep up.
@@ -72,12 +76,12 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             step_secs: 1.0,
-            min_step_secs: 0.3,
+            min_step_secs: 1.0,
             step_per_inference: 2.0,
             pause_secs: 0.6,
             window_secs: 10.0,
             settle_secs: f64::INFINITY,
-            cut_secs: 6.0,
+            cut_secs: f64::INFINITY,
             max_buffer_secs: 30.0,
             speech_rms: 0.01,
             above_floor: 3.0,
@@ -930,7 +934,7 @@ mod tests {
 
     #[test]
     fn the_step_follows_the_inference_time() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = policy(|c| c.min_step_secs = 0.3);
         assert_eq!(p.step_secs(), 1.0, "unknown: the longest step");
         p.observe_inference(0.1);
         assert_eq!(p.step_secs(), 0.3, "fast: the shortest step");
