@@ -355,7 +355,11 @@ async fn the_detected_language_and_its_probability_come_with_the_result() {
         .as_f64()
         .expect("a probability");
     assert!(p > 0.5 && p <= 1.0, "{done}");
-    assert!(result["text"].as_str().unwrap().contains('换'), "{done}");
+    // 换一首歌: the first character flips between 换, 坏 and 患 with the decoding (docs/ACCURACY.md).
+    assert!(
+        result["text"].as_str().unwrap().contains("一首歌"),
+        "{done}"
+    );
 
     // A language the client names has no probability to report.
     let mut request = upload_request(name, &data, data.len());
@@ -369,8 +373,11 @@ async fn the_detected_language_and_its_probability_come_with_the_result() {
     let (_, done) = c.transcript().await;
     assert_eq!(done["data"]["language"], "zh", "{done}");
     assert!(done["data"].get("language_probability").is_none(), "{done}");
+    // Traditional script: 換 or 壞 (the first character varies with the decoding), never the
+    // Simplified 换 or 坏.
+    let text = done["data"]["text"].as_str().unwrap();
     assert!(
-        done["data"]["text"].as_str().unwrap().contains('換'),
+        text.contains("一首歌") && !text.contains('换') && !text.contains('坏'),
         "{done}"
     );
 }
