@@ -304,6 +304,39 @@ fn assembled(node_dir: &Path, task: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// An upload half sent through one node.
+struct Half {
+    /// The file's bytes.
+    data: Vec<u8>,
+    /// The upload's task id.
+    task: String,
+    /// Chunks in the file.
+    total: usize,
+    /// Chunks sent (the first `half`).
+    half: usize,
+    /// The socket they went through, still open.
+    client: Client,
+}
+
+/// Starts an upload of corpus `file` through `node` and sends the first half of its chunks.
+async fn half_upload(node: &Process, file: &str, chunk: usize) -> Half {
+    let data = std::fs::read(common::corpus_file(file)).unwrap();
+    let total = data.len().div_ceil(chunk);
+    let half = total / 2;
+    let mut client = Client::connect(&node.url).await;
+    client.send(upload_request(file, &data, chunk)).await;
+    let ready = client.expect("upload_ready").await;
+    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
+    send_chunks(&mut client, &task, &data, chunk, 0..half).await;
+    Half {
+        data,
+        task,
+        total,
+        half,
+        client,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_node() {
     let tmp = tempfile::tempdir().unwrap();
@@ -314,17 +347,15 @@ async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_n
     let c = node(tmp.path(), "c", &nats, &[]);
     wait_ready(&a, true).await;
     let file = "en_jfk.wav";
-    let data = std::fs::read(common::corpus_file(file)).unwrap();
     let chunk = 32 * 1024;
-    let total = data.len().div_ceil(chunk);
-    let half = total / 2;
-
     // Half through A, then A dies (kill -9): what it acknowledged is in NATS.
-    let mut on_a = Client::connect(&a.url).await;
-    on_a.send(upload_request(file, &data, chunk)).await;
-    let ready = on_a.expect("upload_ready").await;
-    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
-    send_chunks(&mut on_a, &task, &data, chunk, 0..half).await;
+    let Half {
+        data,
+        task,
+        total,
+        half,
+        ..
+    } = half_upload(&a, file, chunk).await;
     a.kill9();
 
     // Resumed on B: exactly the chunks A did not acknowledge are missing.
@@ -372,16 +403,14 @@ async fn a_stale_node_cannot_corrupt_an_upload_another_took_over() {
     let _c = node(tmp.path(), "c", &nats, &[]);
     wait_ready(&a, true).await;
     let file = "en_arctic_a0024.wav";
-    let data = std::fs::read(common::corpus_file(file)).unwrap();
     let chunk = 16 * 1024;
-    let total = data.len().div_ceil(chunk);
-    let half = total / 2;
-
-    let mut on_a = Client::connect(&a.url).await;
-    on_a.send(upload_request(file, &data, chunk)).await;
-    let ready = on_a.expect("upload_ready").await;
-    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
-    send_chunks(&mut on_a, &task, &data, chunk, 0..half).await;
+    let Half {
+        data,
+        task,
+        total,
+        half,
+        client: mut on_a,
+    } = half_upload(&a, file, chunk).await;
 
     // A is paused past its lease; the client goes on through B.
     a.signal("STOP");

@@ -72,6 +72,69 @@ impl Backoff {
     }
 }
 
+/// The retry budget of one job: consecutive failures without progress, up to a maximum.
+#[derive(Debug, Clone)]
+pub struct Retries {
+    /// The delays between attempts.
+    backoff: Backoff,
+    /// Failures since the last attempt that made progress.
+    failures: u32,
+    /// Failures tolerated in a row before giving up.
+    max: u32,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Wait `delay`, then make attempt number `attempt` of this run of failures.
+    Retry {
+        /// Failures in a row so far.
+        attempt: u32,
+        /// How long to wait.
+        delay: Duration,
+    },
+    /// Too many failures in a row: stop after `attempts`.
+    GiveUp {
+        /// Failures in a row.
+        attempts: u32,
+    },
+}
+
+impl Retries {
+    /// A fresh budget of `max` failures in a row.
+    pub fn new(config: BackoffConfig, max: u32) -> Self {
+        Retries {
+            backoff: Backoff::new(config),
+            failures: 0,
+            max,
+        }
+    }
+
+    /// The tolerated failures in a row.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Counts a failed attempt; an attempt that made `progress` starts the count afresh. The
+    /// server's `retry_after` hint, when it gave one, wins over the backoff schedule.
+    pub fn failed(&mut self, progress: bool, retry_after: Option<Duration>) -> Next {
+        if progress {
+            self.failures = 0;
+            self.backoff.reset();
+        }
+        self.failures += 1;
+        if self.failures > self.max {
+            return Next::GiveUp {
+                attempts: self.failures,
+            };
+        }
+        Next::Retry {
+            attempt: self.failures,
+            delay: retry_after.unwrap_or_else(|| self.backoff.next_delay()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +174,32 @@ mod tests {
         assert_eq!(b.next_delay(), Duration::from_secs(4));
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn retries_give_up_after_the_budget_and_progress_starts_it_afresh() {
+        let config = BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: 0.0,
+        };
+        let mut retries = Retries::new(config, 2);
+        let hint = Some(Duration::from_millis(7));
+        assert_eq!(
+            retries.failed(false, hint),
+            Next::Retry {
+                attempt: 1,
+                delay: Duration::from_millis(7)
+            }
+        );
+        assert!(matches!(
+            retries.failed(false, None),
+            Next::Retry { attempt: 2, .. }
+        ));
+        assert_eq!(retries.failed(false, None), Next::GiveUp { attempts: 3 });
+        assert!(matches!(
+            retries.failed(true, None),
+            Next::Retry { attempt: 1, .. }
+        ));
     }
 }

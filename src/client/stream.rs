@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::backoff::{Backoff, BackoffConfig};
+use super::backoff::{BackoffConfig, Next, Retries};
 use super::conn::{self, type_name, Conn};
 use super::ClientError;
 use crate::audio::decode::DecodeLimits;
@@ -157,8 +157,7 @@ pub async fn stream(
     let mut audio = Audio::open(source, options.chunk_ms).await?;
     let mut at = Position::default();
     let mut sent = Sent::new(KEPT_BYTES);
-    let mut backoff = Backoff::new(options.backoff);
-    let mut failures = 0u32;
+    let mut retries = Retries::new(options.backoff, options.max_retries);
     loop {
         let before = sent.end();
         let err = match attempt(url, &mut audio, &mut sent, &mut at, options, &mut on_event).await {
@@ -166,23 +165,20 @@ pub async fn stream(
             Err(err) if err.is_retryable() => err,
             Err(err) => return Err(err),
         };
-        if sent.end() != before {
-            failures = 0;
-            backoff.reset();
-        }
-        failures += 1;
-        if failures > options.max_retries {
-            return Err(ClientError::GaveUp {
-                attempts: failures,
-                task_id: None,
-                last: Box::new(err),
-            });
-        }
-        let delay = err.retry_after().unwrap_or_else(|| backoff.next_delay());
-        tracing::debug!(%err, ?delay, attempt = failures, "stream interrupted; reconnecting");
+        let (attempt, delay) = match retries.failed(sent.end() != before, err.retry_after()) {
+            Next::Retry { attempt, delay } => (attempt, delay),
+            Next::GiveUp { attempts } => {
+                return Err(ClientError::GaveUp {
+                    attempts,
+                    task_id: None,
+                    last: Box::new(err),
+                })
+            }
+        };
+        tracing::debug!(%err, ?delay, attempt, "stream interrupted; reconnecting");
         on_event(StreamEvent::Reconnecting {
-            attempt: failures,
-            max: options.max_retries,
+            attempt,
+            max: retries.max(),
             delay,
             error: &err,
         });

@@ -35,6 +35,19 @@ struct Resident {
     pinned: bool,
 }
 
+impl Resident {
+    /// A model no one uses yet, as of `now`.
+    fn unused(bytes: u64, now: Instant, loading: bool, pinned: bool) -> Self {
+        Self {
+            bytes,
+            users: 0,
+            last_used: now,
+            loading,
+            pinned,
+        }
+    }
+}
+
 /// What must happen before a model can be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
@@ -119,16 +132,8 @@ impl Residency {
         for victim in &evict {
             self.models.remove(victim);
         }
-        self.models.insert(
-            name.into(),
-            Resident {
-                bytes,
-                users: 0,
-                last_used: now,
-                loading: true,
-                pinned: false,
-            },
-        );
+        self.models
+            .insert(name.into(), Resident::unused(bytes, now, true, false));
         Ok(Admission { evict })
     }
 
@@ -148,16 +153,8 @@ impl Residency {
     /// Records a model that is loaded and must never be unloaded (the default model). It counts
     /// against the budget like any other.
     pub fn pin(&mut self, name: &str, bytes: u64, now: Instant) {
-        self.models.insert(
-            name.into(),
-            Resident {
-                bytes,
-                users: 0,
-                last_used: now,
-                loading: false,
-                pinned: true,
-            },
-        );
+        self.models
+            .insert(name.into(), Resident::unused(bytes, now, false, true));
     }
 
     /// One more user of `name`; false when it is not loaded (the caller must load it first).

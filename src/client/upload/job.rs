@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::{UploadEvent, UploadOptions, UploadOutcome, UploadProtocol};
-use crate::client::backoff::Backoff;
+use crate::client::backoff::{Next, Retries};
 use crate::client::conn::{type_name, Conn};
 use crate::client::digest::{file_digest, FileDigest};
 use crate::client::ClientError;
@@ -45,8 +45,7 @@ pub(super) async fn run(
     });
     let mut job = Job::new(url, path, options, digest, started_at);
     job.task_id = task_id;
-    let mut backoff = Backoff::new(options.backoff);
-    let mut failures = 0u32;
+    let mut retries = Retries::new(options.backoff, options.max_retries);
     loop {
         let before = job.milestones;
         let err = match job.attempt(&mut on_event).await {
@@ -54,23 +53,20 @@ pub(super) async fn run(
             Err(err) if err.is_retryable() => err,
             Err(err) => return Err(err),
         };
-        if job.milestones != before {
-            failures = 0;
-            backoff.reset();
-        }
-        failures += 1;
-        if failures > options.max_retries {
-            return Err(ClientError::GaveUp {
-                attempts: failures,
-                task_id: job.task_id,
-                last: Box::new(err),
-            });
-        }
-        let delay = err.retry_after().unwrap_or_else(|| backoff.next_delay());
-        tracing::debug!(%err, ?delay, attempt = failures, "upload interrupted; retrying");
+        let (attempt, delay) = match retries.failed(job.milestones != before, err.retry_after()) {
+            Next::Retry { attempt, delay } => (attempt, delay),
+            Next::GiveUp { attempts } => {
+                return Err(ClientError::GaveUp {
+                    attempts,
+                    task_id: job.task_id,
+                    last: Box::new(err),
+                })
+            }
+        };
+        tracing::debug!(%err, ?delay, attempt, "upload interrupted; retrying");
         on_event(UploadEvent::Reconnecting {
-            attempt: failures,
-            max: options.max_retries,
+            attempt,
+            max: retries.max(),
             delay,
             error: &err,
         });
