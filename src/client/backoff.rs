@@ -1,5 +1,6 @@
 //! Reconnect delays: exponential (1, 2, 4 … s), capped (30 s), with "equal jitter" so that
-//! many clients cut off at once do not reconnect in lockstep.
+//! many clients cut off at once do not reconnect in lockstep; and [`Retries`], the budget of
+//! failures in a row (reset by progress) that both clients give up after.
 //!
 //! Pure arithmetic plus one random draw; this module must not sleep or know about sockets.
 
