@@ -70,6 +70,13 @@ fn transcribe(args: &[&str], files: &[PathBuf]) -> Output {
         .expect("run earshot")
 }
 
+/// [`transcribe`] with greedy decoding, for tests of formats and input handling: the default
+/// beam 5 (whisper-cli's) costs several times the CPU and is tested by the runs that keep it.
+fn transcribe_greedy(args: &[&str], files: &[PathBuf]) -> Output {
+    let args: Vec<&str> = ["--beam-size", "1"].iter().chain(args).copied().collect();
+    transcribe(&args, files)
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
 }
@@ -149,7 +156,7 @@ fn fetches_the_model_from_the_mirror_and_prints_the_transcript() {
 fn jfk_in_four_formats_to_verbose_json_files() {
     let out = tempfile::tempdir().unwrap();
     let files = corpus_files(&JFK_FILES);
-    let output = transcribe(
+    let output = transcribe_greedy(
         &[
             "--format",
             "verbose_json",
@@ -227,7 +234,7 @@ fn subtitles_and_json_are_well_formed() {
     let jfk = corpus_files(&["en_jfk.wav"]);
     let reference = reference("en_jfk.wav");
 
-    let srt = stdout(&checked(transcribe(&["--format", "srt"], &jfk)));
+    let srt = stdout(&checked(transcribe_greedy(&["--format", "srt"], &jfk)));
     let cues = parse_cues(&srt, ',');
     assert!(!cues.is_empty(), "no SRT cues in {srt:?}");
     for (i, block) in srt.trim_end().split("\n\n").enumerate() {
@@ -239,11 +246,11 @@ fn subtitles_and_json_are_well_formed() {
     }
     check_cues(&cues, 11.0, &reference);
 
-    let vtt = stdout(&checked(transcribe(&["--format", "vtt"], &jfk)));
+    let vtt = stdout(&checked(transcribe_greedy(&["--format", "vtt"], &jfk)));
     assert!(vtt.starts_with("WEBVTT\n\n"), "{vtt:?}");
     check_cues(&parse_cues(&vtt, '.'), 11.0, &reference);
 
-    let json = stdout(&checked(transcribe(&["--format", "json"], &jfk)));
+    let json = stdout(&checked(transcribe_greedy(&["--format", "json"], &jfk)));
     let json: Value = serde_json::from_str(&json).expect("json output is JSON");
     let text = json["text"].as_str().expect("{\"text\": ...}");
     assert!(wer(&reference, text) <= 0.15, "{text}");
@@ -351,7 +358,7 @@ fn noise_and_music_print_nothing() {
         "noise_speechbrain_noise2.wav",
         "music_rodio_music.opus",
     ]);
-    let output = checked(transcribe(&[], &files));
+    let output = checked(transcribe_greedy(&[], &files));
     assert_eq!(
         stdout(&output),
         "",
@@ -426,7 +433,7 @@ fn nan_infinite_and_huge_samples_in_a_float_wav_still_transcribe() {
     // Before sanitising, rubato panicked on the NaN and the binary died with status 101.
     let dir = tempfile::tempdir().unwrap();
     let wav = common::jfk_with_bad_samples(dir.path());
-    let output = checked(transcribe(&[], &[wav]));
+    let output = checked(transcribe_greedy(&[], &[wav]));
     let text = stdout(&output);
     let score = wer(&reference("en_jfk.wav"), &text);
     eprintln!("float WAV with bad samples WER {score:.3}: {}", text.trim());
@@ -440,7 +447,7 @@ fn a_bad_file_does_not_stop_the_others() {
         dir.path().join("missing.wav"),
         corpus_file("en_harvard_birch_canoe.wav"),
     ];
-    let output = transcribe(&[], &files);
+    let output = transcribe_greedy(&[], &files);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let err = stderr(&output);
     assert!(!err.contains("panicked"), "{err}");

@@ -53,7 +53,7 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with default settings.
+    /// Starts a server with default settings (batch decoding greedy, see `start_with_pool`).
     pub async fn start() -> TestServer {
         Self::start_with(|_| {}).await
     }
@@ -68,6 +68,10 @@ impl TestServer {
         let data_dir = tempfile::tempdir().expect("a temp dir");
         let mut config = ServerConfig::for_tests("tiny.en", data_dir.path().to_path_buf());
         config.threads = 2;
+        // Greedy batch decoding: these servers test protocols, limits and recovery, and beam 5
+        // (the shipped default) costs several times the CPU. tests/accuracy.rs and the tests that
+        // run the real binary (cli, cluster) use the default beam; a test may set it in `tweak`.
+        config.beam_size = 1;
         tweak(&mut config);
         let vad = Some(super::model("ggml-silero-v6.2.0.bin"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
