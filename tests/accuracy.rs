@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use earshot::audio::{AudioStream, DecodeLimits};
-use earshot::eval::{cer, normalize_chars, normalize_words, wer};
+use earshot::eval;
 use earshot::inference::long;
 use earshot::inference::{Options, Pool, PoolConfig};
 use earshot::transcript::Transcript;
@@ -66,14 +66,6 @@ fn transcribe_file(pool: &Pool, file: &Path, options: &Options, vad: &Path) -> T
     .expect("transcribed")
 }
 
-/// Error rate and reference units (words, or characters for zh/ja) of `text`.
-fn score(language: &str, reference: &str, text: &str) -> (f64, usize) {
-    match language {
-        "zh" | "ja" => (cer(reference, text), normalize_chars(reference).len()),
-        _ => (wer(reference, text), normalize_words(reference).len()),
-    }
-}
-
 #[test]
 fn every_language_is_as_accurate_as_docs_accuracy_md_says() {
     let vad = common::model("ggml-silero-v6.2.0.bin");
@@ -105,7 +97,8 @@ fn every_language_is_as_accurate_as_docs_accuracy_md_says() {
                 }
                 continue;
             }
-            let (rate, units) = score(&entry.language, &entry.reference_transcript, &text);
+            let scored = eval::score(&entry.language, &entry.reference_transcript, &text);
+            let (rate, units) = (scored.error, scored.units);
             eprintln!("{model} {} {rate:.3}: {text}", entry.file);
             let total = pooled.entry((entry.language.clone(), model)).or_default();
             total.0 += rate * units as f64;
