@@ -177,7 +177,10 @@ mod tests {
 
     #[test]
     fn commas_between_digits_do_not_split_numbers() {
-        assert_eq!(normalize_words("1,000 people, 2"), vec!["1000", "people", "2"]);
+        assert_eq!(
+            normalize_words("1,000 people, 2"),
+            vec!["1000", "people", "2"]
+        );
     }
 
     #[test]
