@@ -10,6 +10,8 @@
 //! Earshot cleans a segment (`engine::clean_text`: `[BLANK_AUDIO]`, `(music)`, `♪…♪` removed),
 //! and Mandarin is put in Simplified characters as Earshot's default `--zh-script` does
 //! (`inference::script`, OpenCC's tables), so neither side is counted wrong for the script.
+//! Scoring is `eval::score`: number words become digits on both sides ("One, two, three." and
+//! "1, 2, 3." agree, as Whisper's English normaliser has them), then WER or CER.
 //!
 //! ```text
 //! cargo run --release --example score_transcripts < rows.tsv
@@ -18,7 +20,7 @@
 use std::io::{BufRead, Write};
 
 use earshot::domain::ZhScript;
-use earshot::eval::{cer, normalize_chars, normalize_words, wer};
+use earshot::eval::score;
 use earshot::inference::{engine, script};
 
 fn main() {
@@ -35,18 +37,8 @@ fn main() {
         let raw = std::fs::read_to_string(file)
             .unwrap_or_else(|e| panic!("cannot read the hypothesis {file}: {e}"));
         let text = scored_text(language, &raw);
-        let (metric, rate, units) = match language {
-            "zh" | "ja" => (
-                "cer",
-                cer(reference, &text),
-                normalize_chars(reference).len(),
-            ),
-            _ => (
-                "wer",
-                wer(reference, &text),
-                normalize_words(reference).len(),
-            ),
-        };
+        let scored = score(language, reference, &text);
+        let (metric, rate, units) = (scored.metric.name(), scored.error, scored.units);
         writeln!(out, "{metric}\t{rate:.6}\t{units}\t{text}").expect("stdout is writable");
     }
 }

@@ -3,19 +3,102 @@
 //! Both compare a reference text with a hypothesis after normalising away what a listener
 //! would not count as an error: letter case and punctuation. CER also ignores whitespace,
 //! which is how it is scored for languages written without spaces (Chinese, Japanese).
+//! [`score`] also writes number words as digits on both sides first ("One, two, three." and
+//! "1, 2, 3." are the same words), as Whisper's own English normaliser does, for the languages
+//! the `text2num` crate knows (en, de, fr, es, it, pt, nl, da).
 //!
 //! Pure functions only: this module must not run models or read files.
+
+use std::borrow::Cow;
+
+/// How a language is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Word error rate, for languages written with spaces between words.
+    Wer,
+    /// Character error rate, for Chinese and Japanese (written without spaces).
+    Cer,
+}
+
+impl Metric {
+    /// The metric for a language code (`zh`, `ja`: CER; everything else: WER).
+    pub fn for_language(language: &str) -> Metric {
+        match language {
+            "zh" | "ja" => Metric::Cer,
+            _ => Metric::Wer,
+        }
+    }
+
+    /// Lower-case name, as reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Wer => "wer",
+            Metric::Cer => "cer",
+        }
+    }
+}
+
+/// One hypothesis scored against its reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// WER or CER, by language.
+    pub metric: Metric,
+    /// Edits over reference units.
+    pub error: f64,
+    /// Reference words (WER) or characters (CER), to pool errors over several files.
+    pub units: usize,
+}
+
+/// Scores `hypothesis` against `reference` in `language`: numbers normalised on both sides
+/// ([`normalize_numbers`]), then WER or CER as [`Metric::for_language`] says.
+pub fn score(language: &str, reference: &str, hypothesis: &str) -> Score {
+    let reference = normalize_numbers(language, reference);
+    let hypothesis = normalize_numbers(language, hypothesis);
+    let metric = Metric::for_language(language);
+    let (error, units) = match metric {
+        Metric::Wer => (
+            wer(&reference, &hypothesis),
+            normalize_words(&reference).len(),
+        ),
+        Metric::Cer => (
+            cer(&reference, &hypothesis),
+            normalize_chars(&reference).len(),
+        ),
+    };
+    Score {
+        metric,
+        error,
+        units,
+    }
+}
+
+/// `text` with every number written in words replaced by its digits ("twenty-one" → "21",
+/// "One, two, three." → "1, 2, 3.", "first" → "1st"), for the languages `text2num` knows;
+/// other languages' text comes back unchanged.
+pub fn normalize_numbers<'a>(language: &str, text: &'a str) -> Cow<'a, str> {
+    match text2num::get_interpreter_for(language) {
+        // Threshold 0: small isolated numbers too, so "two things" and "2 things" agree.
+        Some(interpreter) => text2num::replace_numbers_in_text(text, &interpreter, 0.0).into(),
+        None => text.into(),
+    }
+}
 
 /// Splits a text into normalised words: lower case, punctuation removed.
 ///
 /// Apostrophes inside words are dropped rather than splitting the word, so "don't" and
-/// "dont" compare equal; every other non-alphanumeric character separates words.
+/// "dont" compare equal, and so are commas between digits ("1,000" is "1000"); every other
+/// non-alphanumeric character separates words.
 pub fn normalize_words(text: &str) -> Vec<String> {
     let mut cleaned = String::with_capacity(text.len());
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    let mut previous = ' ';
+    while let Some(c) = chars.next() {
+        let next = chars.peek().copied().unwrap_or(' ');
+        let digit_comma = c == ',' && previous.is_ascii_digit() && next.is_ascii_digit();
+        previous = c;
         if c.is_alphanumeric() {
             cleaned.extend(c.to_lowercase());
-        } else if c == '\'' || c == '’' {
+        } else if c == '\'' || c == '’' || digit_comma {
             continue;
         } else {
             cleaned.push(' ');
@@ -90,6 +173,44 @@ mod tests {
     #[test]
     fn apostrophes_do_not_split_words() {
         assert_eq!(normalize_words("Don't stop"), vec!["dont", "stop"]);
+    }
+
+    #[test]
+    fn commas_between_digits_do_not_split_numbers() {
+        assert_eq!(
+            normalize_words("1,000 people, 2"),
+            vec!["1000", "people", "2"]
+        );
+    }
+
+    #[test]
+    fn number_words_and_digits_score_alike() {
+        let en = score("en", "One, two, three.", "1, 2, 3.");
+        assert_eq!((en.metric, en.error, en.units), (Metric::Wer, 0.0, 3));
+        assert_eq!(score("en", "1, 2, 3.", "One, two, three.").error, 0.0);
+        assert_eq!(score("en", "twenty-one guns", "21 guns").error, 0.0);
+        assert_eq!(score("en", "one thousand days", "1,000 days").error, 0.0);
+        assert_eq!(score("en", "two things", "2 things").error, 0.0);
+        assert_eq!(score("en", "one two three", "1 2 4").error, 1.0 / 3.0);
+        assert_eq!(score("de", "drei Tage", "3 Tage").error, 0.0);
+        assert_eq!(score("fr", "vingt et un ans", "21 ans").error, 0.0);
+    }
+
+    #[test]
+    fn numbers_stay_as_written_where_text2num_has_no_rules() {
+        assert_eq!(normalize_numbers("ru", "два дня"), "два дня");
+        assert_eq!(normalize_numbers("xx", "one"), "one");
+        let zh = score("zh", "一二线城市", "1,2线城市");
+        assert_eq!((zh.metric, zh.units), (Metric::Cer, 5));
+        assert!(zh.error > 0.0, "CER counts digits against characters");
+    }
+
+    #[test]
+    fn normalize_numbers_leaves_other_words_alone() {
+        assert_eq!(
+            normalize_numbers("en", "And so, my fellow Americans"),
+            "And so, my fellow Americans"
+        );
     }
 
     #[test]

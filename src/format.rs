@@ -110,6 +110,11 @@ fn verbose_json(t: &Transcript, task: Task) -> serde_json::Value {
         "text": t.text(),
         "segments": segments,
     });
+    // Earshot's addition: how sure Whisper was of the language it detected (absent when the
+    // request named the language).
+    if let Some(probability) = t.language_probability {
+        body["language_probability"] = json!(probability);
+    }
     if t.segments.iter().any(|s| s.tokens.is_some()) {
         let words: Vec<_> = t
             .segments
@@ -324,6 +329,20 @@ mod tests {
         assert!((segments[0]["no_speech_prob"].as_f64().unwrap() - 0.01).abs() < 1e-6);
         assert!(value.get("words").is_none());
         assert!(segments[0].get("avg_logprob").is_none());
+        assert!(value.get("language_probability").is_none(), "not detected");
+    }
+
+    #[test]
+    fn verbose_json_says_how_sure_detection_was() {
+        let detected = Transcript {
+            language: "zh".into(),
+            language_probability: Some(0.75),
+            ..sample()
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&render(&detected, OutputFormat::VerboseJson)).unwrap();
+        assert_eq!(value["language"], "chinese");
+        assert_eq!(value["language_probability"], 0.75);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use earshot::audio::{AudioStream, DecodeLimits};
-use earshot::eval::{cer, normalize_chars, normalize_words, wer};
+use earshot::eval;
 use earshot::inference::long;
 use earshot::inference::{Options, Pool, PoolConfig};
 use earshot::transcript::Transcript;
@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 /// `scripts/bench-accuracy --whisper-cli ../scratch-engine/peer-bin/whisper-cli` (earshot
 /// release build of commit 4eba2ba; see that page for the machine and whisper-cli's numbers).
 /// en on tiny.en and zh miss the goal (≤ whisper-cli's 0.130 and 0.245): the page says why.
+/// Not re-measured since scoring writes number words as digits (eval::score); on the corpus
+/// that lowers en on tiny.en (en_one_two_three_44k.wav goes from 1.000 to 0.000).
 const THRESHOLDS: &[(&str, &str, f64)] = &[
     ("en", "tiny.en", 0.174),
     ("en", "base-q5_1", 0.101),
@@ -66,14 +68,6 @@ fn transcribe_file(pool: &Pool, file: &Path, options: &Options, vad: &Path) -> T
     .expect("transcribed")
 }
 
-/// Error rate and reference units (words, or characters for zh/ja) of `text`.
-fn score(language: &str, reference: &str, text: &str) -> (f64, usize) {
-    match language {
-        "zh" | "ja" => (cer(reference, text), normalize_chars(reference).len()),
-        _ => (wer(reference, text), normalize_words(reference).len()),
-    }
-}
-
 #[test]
 fn every_language_is_as_accurate_as_docs_accuracy_md_says() {
     let vad = common::model("ggml-silero-v6.2.0.bin");
@@ -105,7 +99,8 @@ fn every_language_is_as_accurate_as_docs_accuracy_md_says() {
                 }
                 continue;
             }
-            let (rate, units) = score(&entry.language, &entry.reference_transcript, &text);
+            let scored = eval::score(&entry.language, &entry.reference_transcript, &text);
+            let (rate, units) = (scored.error, scored.units);
             eprintln!("{model} {} {rate:.3}: {text}", entry.file);
             let total = pooled.entry((entry.language.clone(), model)).or_default();
             total.0 += rate * units as f64;

@@ -98,10 +98,20 @@ static TINY: LazyLock<Pool> = LazyLock::new(|| pool("ggml-tiny.en.bin", 2, 16));
 /// The multilingual model, one worker.
 static BASE: LazyLock<Pool> = LazyLock::new(|| pool("ggml-base-q5_1.bin", 1, 8));
 
+/// Batch decoding (beam 5, as whisper-cli) on one thread: for tests about what decoding gives.
 fn one_thread() -> Options {
     Options {
         threads: 1,
         ..Options::default()
+    }
+}
+
+/// Greedy decoding (beam 1) on one thread: for tests whose subject is not decoding quality
+/// (timing, ordering, queueing, the pool's states), at a fraction of beam 5's time.
+fn greedy() -> Options {
+    Options {
+        beam_size: Some(1),
+        ..one_thread()
     }
 }
 
@@ -140,7 +150,7 @@ fn jfk_on_tiny_en_is_accurate_and_streams_segments() {
 fn token_timestamps_fall_inside_their_segment() {
     let options = Options {
         token_timestamps: true,
-        ..one_thread()
+        ..greedy()
     };
     let handle = TINY
         .submit(read_wav("en_harvard_birch_canoe.wav"), options)
@@ -241,7 +251,7 @@ fn speech_between_long_silences_keeps_its_timing() {
     // 20 s silence, JFK, 45 s silence: one window of speech, placed at 20 s.
     let jfk = read_wav("en_jfk.wav");
     let audio = [vec![0.0; 20 * RATE], jfk.clone(), vec![0.0; 45 * RATE]].concat();
-    let transcript = transcribe_clip(&TINY, &audio, &one_thread());
+    let transcript = transcribe_clip(&TINY, &audio, &greedy());
     let text = transcript.text();
     assert!(wer(JFK, &text) <= 0.15, "{text}");
     let first = transcript.segments.first().expect("some speech");
@@ -336,7 +346,7 @@ fn twenty_minutes_are_transcribed_in_order_with_bounded_lookahead() {
             }
             Ok::<_, String>(chunk)
         },
-        &one_thread(),
+        &greedy(),
         Some(&model(VAD_MODEL)),
         &CancellationToken::new(),
         |event| match event {
@@ -404,7 +414,7 @@ fn a_reused_state_decodes_a_short_window_as_a_fresh_one_does() {
     let short = read_wav("en_jfk.wav");
     let live = Options {
         low_latency: true,
-        ..one_thread()
+        ..greedy()
     };
     let run = |pool: &Pool, audio: Vec<f32>, options: &Options| {
         let (segments, _) = pool
@@ -417,7 +427,7 @@ fn a_reused_state_decodes_a_short_window_as_a_fresh_one_does() {
     let fresh = run(&pool("ggml-tiny.en.bin", 1, 2), short.clone(), &live);
     let reused_pool = pool("ggml-tiny.en.bin", 1, 2);
     let full_window: Vec<f32> = long_speech().into_iter().take(30 * RATE).collect();
-    run(&reused_pool, full_window, &one_thread());
+    run(&reused_pool, full_window, &greedy());
     let reused = run(&reused_pool, short, &live);
     assert!(!fresh.is_empty());
     assert_eq!(
@@ -433,7 +443,7 @@ fn a_full_queue_answers_busy() {
     let mut accepted = Vec::new();
     let mut refusals: Vec<Busy> = Vec::new();
     for _ in 0..4 {
-        match pool.submit(long_speech(), one_thread()) {
+        match pool.submit(long_speech(), greedy()) {
             Ok(handle) => accepted.push(handle),
             Err(busy) => refusals.push(busy),
         }
@@ -448,7 +458,7 @@ fn a_full_queue_answers_busy() {
 #[test]
 fn dropping_the_handle_aborts_the_job_and_frees_the_worker() {
     let pool = pool("ggml-tiny.en.bin", 1, 2);
-    let mut handle = pool.submit(long_speech(), one_thread()).unwrap();
+    let mut handle = pool.submit(long_speech(), greedy()).unwrap();
     // Wait until the job is producing output, so it is truly running.
     match handle.blocking_next() {
         Some(JobEvent::Segment(_)) => {}
@@ -458,7 +468,7 @@ fn dropping_the_handle_aborts_the_job_and_frees_the_worker() {
     drop(handle);
 
     let next = pool
-        .submit(read_wav("en_harvard_birch_canoe.wav"), one_thread())
+        .submit(read_wav("en_harvard_birch_canoe.wav"), greedy())
         .unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || done_tx.send(next.blocking_collect()));
@@ -490,7 +500,7 @@ fn many_jobs_on_two_workers_all_finish_with_the_right_text() {
         .iter()
         .map(|file| {
             let handle = TINY
-                .submit_blocking(read_wav(file), one_thread())
+                .submit_blocking(read_wav(file), greedy())
                 .expect("queued");
             (file, handle)
         })
@@ -517,11 +527,11 @@ fn many_jobs_on_two_workers_all_finish_with_the_right_text() {
 fn bad_options_fail_the_job_not_the_pool() {
     let options = Options {
         language: Some("not-a-language".into()),
-        ..one_thread()
+        ..greedy()
     };
     let error = BASE.submit_blocking(vec![0.0; RATE], options).unwrap_err();
     assert!(error.to_string().contains("unknown language"), "{error}");
-    let handle = BASE.submit(Vec::new(), one_thread()).unwrap();
+    let handle = BASE.submit(Vec::new(), greedy()).unwrap();
     let (segments, _) = handle
         .blocking_collect()
         .expect("empty audio is not an error");
@@ -630,17 +640,14 @@ fn run_job(pool: &Pool, audio: Vec<f32>, options: &Options) -> (Vec<String>, Job
 #[test]
 fn detection_on_a_reused_state_equals_detection_on_a_fresh_one() {
     let clip = || read_wav("zh_IT0011W0001.wav");
-    let detect = Options {
-        beam_size: Some(1),
-        ..one_thread()
-    };
+    let detect = greedy();
     let (_, fresh) = run_job(&pool("ggml-base-q5_1.bin", 1, 2), clip(), &detect);
 
     let reused = pool("ggml-base-q5_1.bin", 1, 2);
     let live = Options {
         language: Some("en".into()),
         low_latency: true,
-        ..one_thread()
+        ..greedy()
     };
     run_job(&reused, read_wav("en_jfk.wav"), &live);
     let (_, after_live) = run_job(&reused, clip(), &detect);
@@ -674,7 +681,7 @@ fn sampling_does_not_depend_on_what_the_worker_decoded_before() {
         language: Some("zh".into()),
         temperature: 1.0,
         low_latency: true,
-        ..one_thread()
+        ..greedy()
     };
     let fresh =
         |options: &Options| run_job(&pool("ggml-base-q5_1.bin", 1, 2), meeting(), options).0;
