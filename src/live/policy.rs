@@ -27,6 +27,9 @@
 //! job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the [`JobSpan`]
 //! it covered. This module must not block, spawn or talk to Whisper itself, and must not copy
 //! the buffer for a job.
+//!
+//! [`LiveConfig::tuned`] (the live WebSocket shell's config) reads benchmark overrides from
+//! `EARSHOT_LIVE_TUNING` once; nothing else here reads the environment.
 
 use std::collections::VecDeque;
 
