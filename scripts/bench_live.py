@@ -23,7 +23,12 @@ spoken under load and how long after the load ended the stream's words were fina
 Tune on `tune`, report on `report` and `jfk146` (the inputs share no audio but the first 40 s of
 the inaugural, which is in `tune` and `jfk146`).
 Usage: bench_live.py EARSHOT_BIN MODELS_DIR [--inputs tune,report,jfk146] [--runs 1] [--hog]
-                     [--hog-secs 25] [--threads 2] [--server-arg=--flag ...] [--json OUT]
+                     [--hog-secs 25] [--threads 2] [--server-arg=--flag ...] [--tuning K=V,...]
+                     [--json OUT]
+
+The server runs at the caller's priority. With the kernel's autogroup scheduling on
+(/proc/sys/kernel/sched_autogroup_enabled), `nice` of processes in other sessions does not
+yield the CPU to it; docs/BENCHMARKS.md "Live latency" says how the numbers there were taken.
 """
 import argparse
 import asyncio
@@ -100,8 +105,10 @@ def batch_words(binary, models, wav):
 
 
 
-def start_server(binary, models, data, port, threads, extra):
+def start_server(binary, models, data, port, threads, extra, tuning=None):
     env = dict(os.environ, EARSHOT_MODEL_MIRROR=str(models))
+    if tuning is not None:
+        env["EARSHOT_LIVE_TUNING"] = tuning
     args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
             "--models-dir", str(data / "models"), *(["--log", "warn"] if not any(a.startswith("--log") for a in extra) else []), "--workers", "1",
             "--threads", str(threads), *extra]
@@ -208,7 +215,8 @@ async def bench(args):
             ref = batch_words(args.binary, args.models, wav)
             data = work / f"data-{name}"
             port = free_port()
-            proc = start_server(args.binary, args.models, data, port, args.threads, extra)
+            proc = start_server(args.binary, args.models, data, port, args.threads, extra,
+                                args.tuning)
             runs = []
             try:
                 url = f"ws://127.0.0.1:{port}/"
@@ -279,6 +287,8 @@ def main():
     ap.add_argument("--hog-secs", type=float, default=25.0,
                     help="the hog stops this many seconds before the input ends")
     ap.add_argument("--server-arg", action="append", help="extra `earshot serve` argument")
+    ap.add_argument("--tuning", help="live policy overrides for the server, e.g. "
+                    "'min_step_secs=0.4,settle_secs=0.6' (EARSHOT_LIVE_TUNING, LiveConfig fields)")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     results = asyncio.run(bench(args))

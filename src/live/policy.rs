@@ -27,6 +27,9 @@
 //! job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the [`JobSpan`]
 //! it covered. This module must not block, spawn or talk to Whisper itself, and must not copy
 //! the buffer for a job.
+//!
+//! [`LiveConfig::tuned`] (the live WebSocket shell's config) reads benchmark overrides from
+//! `EARSHOT_LIVE_TUNING` once; nothing else here reads the environment.
 
 use std::collections::VecDeque;
 
@@ -57,9 +60,14 @@ pub struct LiveConfig {
     pub settle_secs: f64,
     /// Buffer length beyond which audio is cut at the last committed word rather than only at
     /// the end of a committed segment; shorter keeps hypotheses cheap, longer gives Whisper more
-    /// of the sentence. Off by default (`f64::INFINITY`) until measured on a quiet machine: on a
-    /// loaded one, cuts at words went with a worse live-vs-batch WER (docs/BENCHMARKS.md).
+    /// of the sentence. Default: the window, so that a hypothesis over a whole window always
+    /// moves the buffer on (with no cut, the next one re-read the same window, committing a
+    /// word or two at its edge each time); 5 s lost more words (docs/BENCHMARKS.md).
     pub cut_secs: f64,
+    /// Least audio a hypothesis must have read for agreement or settling to commit from it
+    /// (the last job of a stream or a pause commits regardless): on a buffer of a fraction of
+    /// a second Whisper guesses, and two guesses may agree.
+    pub min_commit_secs: f64,
     /// Most uncommitted audio kept; a stream further behind sheds its oldest audio (its words
     /// are lost) so that memory and latency stay bounded when the machine cannot keep up.
     pub max_buffer_secs: f64,
@@ -81,12 +89,70 @@ impl Default for LiveConfig {
             pause_secs: 0.6,
             window_secs: 10.0,
             settle_secs: f64::INFINITY,
-            cut_secs: f64::INFINITY,
+            cut_secs: 10.0,
+            min_commit_secs: 0.0,
             max_buffer_secs: 30.0,
             speech_rms: 0.01,
             above_floor: 3.0,
             lead_in_secs: 0.3,
         }
+    }
+}
+
+/// The environment variable [`LiveConfig::tuned`] reads: benchmark overrides of the defaults.
+pub const TUNING_ENV: &str = "EARSHOT_LIVE_TUNING";
+
+impl LiveConfig {
+    /// The defaults with `key=value` overrides (comma-separated; keys are the field names,
+    /// `inf` is infinity), so `scripts/bench-live` can try a lever without a rebuild. Unknown
+    /// keys and unreadable values are an error naming them.
+    pub fn with_overrides(mut self, overrides: &str) -> Result<Self, String> {
+        for pair in overrides
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not key=value"))?;
+            let number: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{value}` is not a number (for {key})"))?;
+            let field = match key.trim() {
+                "step_secs" => &mut self.step_secs,
+                "min_step_secs" => &mut self.min_step_secs,
+                "step_per_inference" => &mut self.step_per_inference,
+                "pause_secs" => &mut self.pause_secs,
+                "window_secs" => &mut self.window_secs,
+                "settle_secs" => &mut self.settle_secs,
+                "cut_secs" => &mut self.cut_secs,
+                "min_commit_secs" => &mut self.min_commit_secs,
+                "max_buffer_secs" => &mut self.max_buffer_secs,
+                other => return Err(format!("unknown live tuning key `{other}`")),
+            };
+            *field = number;
+        }
+        Ok(self)
+    }
+
+    /// The defaults, with the overrides in [`TUNING_ENV`] if it is set (read once; an invalid
+    /// value is logged and ignored). For benchmarks: production runs leave it unset.
+    pub fn tuned() -> Self {
+        static TUNED: std::sync::OnceLock<LiveConfig> = std::sync::OnceLock::new();
+        TUNED
+            .get_or_init(|| {
+                let Ok(overrides) = std::env::var(TUNING_ENV) else {
+                    return Self::default();
+                };
+                Self::default()
+                    .with_overrides(&overrides)
+                    .unwrap_or_else(|why| {
+                        tracing::warn!(%why, "{TUNING_ENV} ignored");
+                        Self::default()
+                    })
+            })
+            .clone()
     }
 }
 
@@ -146,7 +212,7 @@ pub struct LivePolicy {
     /// Timeline second where the committed text ends; units of later hypotheses centred
     /// before it were committed already.
     committed_end: f64,
-    /// The last few committed words (normalised), to drop a repeat at the boundary.
+    /// The last [`REPEAT_WORDS`] committed words (normalised), to drop a repeat at the boundary.
     recent_words: Vec<String>,
     /// Revision of the last partial sent.
     revision: u64,
@@ -175,6 +241,11 @@ const PROMPT_WORDS: usize = 40;
 /// What a hypothesis that read a whole window leaves uncommitted at its end (seconds): its
 /// last words may be cut off by the window's edge.
 const WINDOW_TAIL_SECS: f64 = 1.0;
+/// Committed words a new hypothesis' opening is compared with: a repeat of up to this many of
+/// the last committed words is dropped ([`LivePolicy::new_units`]).
+const REPEAT_WORDS: usize = 16;
+/// Longest phrase (units) the loop guard looks for repeated back to back ([`loop_start`]).
+const LOOP_PHRASE_UNITS: usize = 8;
 /// Weight of the newest inference time in the smoothed one.
 const INFERENCE_WEIGHT: f64 = 0.3;
 /// Frames (of 30 ms) whose quietest sets the background level: about 5 s.
@@ -426,6 +497,8 @@ impl LivePolicy {
         let whole_window = job.samples as u64 >= samples(self.config.window_secs);
         let n_commit = if job.is_final {
             units.len()
+        } else if !whole_window && secs(job.samples as u64) < self.config.min_commit_secs {
+            0
         } else {
             let settled = settled_prefix(&units, job_end - self.config.settle_secs);
             let n = self.agreed_prefix(&units).max(settled);
@@ -458,14 +531,15 @@ impl LivePolicy {
     }
 
     /// The hypothesis' units that are not committed yet: those centred after the committed
-    /// text, less a repeat of its last words.
+    /// text, less a repeat of its last words (up to [`REPEAT_WORDS`]: Whisper's times drift, and
+    /// a hypothesis may place a committed phrase after the committed end again).
     fn new_units(&self, hyp: &[Segment]) -> Vec<Unit> {
         let mut units: Vec<Unit> = units_of(hyp)
             .into_iter()
             .filter(|u| (u.start + u.end) / 2.0 > self.committed_end)
             .collect();
         units.truncate(loop_start(&units));
-        let max = units.len().min(self.recent_words.len()).min(3);
+        let max = units.len().min(self.recent_words.len()).min(REPEAT_WORDS);
         for n in (1..=max).rev() {
             let tail = &self.recent_words[self.recent_words.len() - n..];
             if units[..n]
@@ -499,7 +573,7 @@ impl LivePolicy {
     fn remember(&mut self, committed: &[Unit]) {
         self.recent_words
             .extend(committed.iter().map(|u| normalise(&u.text)));
-        let extra = self.recent_words.len().saturating_sub(3);
+        let extra = self.recent_words.len().saturating_sub(REPEAT_WORDS);
         self.recent_words.drain(..extra);
         self.unprompted
             .extend(committed.iter().map(|u| (u.text.clone(), u.end)));
@@ -617,15 +691,19 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
 }
 
 /// Where a hypothesis starts looping (Whisper, without temperature fallback, may repeat a word
-/// or two until its token limit: "bring bring bring…"): the index after the first of three
-/// back-to-back repeats of one or two units; the length of the hypothesis if it does not loop.
+/// or a phrase until its token limit: "bring bring bring…", "and so my fellow Americans and so
+/// my fellow Americans…"): the index after the first of three back-to-back repeats of one or
+/// two units, or of two back-to-back repeats of a phrase of three to [`LOOP_PHRASE_UNITS`]
+/// units (speech says "no, no, no" but rarely a whole phrase twice in a row); the length of the
+/// hypothesis if it does not loop.
 fn loop_start(units: &[Unit]) -> usize {
     let words: Vec<String> = units.iter().map(|u| normalise(&u.text)).collect();
     (0..words.len())
         .find_map(|i| {
-            (1..=2).find_map(|n| {
-                let run = words.get(i..i + 3 * n)?;
-                let repeats = run[..n] == run[n..2 * n] && run[..n] == run[2 * n..];
+            (1..=LOOP_PHRASE_UNITS).find_map(|n| {
+                let times = if n <= 2 { 3 } else { 2 };
+                let run = words.get(i..i + times * n)?;
+                let repeats = run.chunks(n).all(|c| c == &run[..n]);
                 repeats.then_some(i + n)
             })
         })
@@ -722,6 +800,53 @@ mod tests {
 
     fn seg(start: f64, end: f64, text: &str) -> Segment {
         Segment::new(start, end, text)
+    }
+
+    #[test]
+    fn tuning_overrides_name_fields_and_reject_the_unknown() {
+        let c = LiveConfig::default()
+            .with_overrides("min_step_secs=0.4, settle_secs=inf,window_secs=8")
+            .unwrap();
+        assert_eq!(c.min_step_secs, 0.4);
+        assert!(c.settle_secs.is_infinite());
+        assert_eq!(c.window_secs, 8.0);
+        assert_eq!(c.pause_secs, LiveConfig::default().pause_secs);
+        assert!(LiveConfig::default().with_overrides("").is_ok());
+        let err = LiveConfig::default().with_overrides("speed=2").unwrap_err();
+        assert!(err.contains("speed"), "{err}");
+        assert!(LiveConfig::default().with_overrides("step_secs").is_err());
+        assert!(LiveConfig::default()
+            .with_overrides("step_secs=fast")
+            .is_err());
+    }
+
+    #[test]
+    fn a_hypothesis_over_too_little_audio_commits_nothing_until_the_pause() {
+        let mut p = policy(|c| {
+            c.min_commit_secs = 1.5;
+            c.settle_secs = 0.2;
+        });
+        p.push(&tone(1.0));
+        let j1 = p.take_job().unwrap();
+        let words = [("hello", 0.1, 0.4), ("there", 0.4, 0.6)];
+        let out = p.on_result(j1.span, vec![word_seg(&words)]);
+        assert!(
+            out.iter().all(|o| !matches!(o, LiveOutput::Commit(_))),
+            "1 s is too short to commit from: {out:?}"
+        );
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        let out = p.on_result(j2.span, vec![word_seg(&words)]);
+        assert!(
+            matches!(&out[0], LiveOutput::Commit(c) if c[0].text == "hello there"),
+            "{out:?}"
+        );
+        p.push(&silence(0.7));
+        let j3 = p.take_job().unwrap();
+        assert!(
+            j3.span.is_final,
+            "a pause still commits whatever the length"
+        );
     }
 
     #[test]
@@ -853,6 +978,34 @@ mod tests {
         );
         let out = p.on_result(job.span, vec![seg(0.0, 3.0, "a"), seg(3.0, 5.0, "b")]);
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 3.0, "a")]));
+    }
+
+    #[test]
+    fn a_whole_window_moves_the_buffer_on_even_mid_segment() {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(12.0));
+        let j1 = p.take_job().unwrap();
+        assert_eq!(j1.audio.len() as u64, samples(10.0));
+        // One segment that goes on past the window's edge: no segment end to cut at.
+        let names: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+        let words: Vec<(&str, f64, f64)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.as_str(), i as f64 * 0.5, i as f64 * 0.5 + 0.4))
+            .collect();
+        p.on_result(j1.span, vec![word_seg(&words)]);
+        assert!(
+            p.buffer_start_secs() > 8.0,
+            "cut at the last committed word: {}",
+            p.buffer_start_secs()
+        );
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        assert!(
+            j2.span.offset > 8.0,
+            "the next job reads on: {}",
+            j2.span.offset
+        );
     }
 
     #[test]
@@ -1025,6 +1178,19 @@ mod tests {
             4,
             "two is no loop"
         );
+        let phrase = ["and", "so", "my", "fellow", "americans"];
+        let looped: Vec<&str> = phrase.iter().cycle().take(15).copied().collect();
+        assert_eq!(
+            loop_start(&units(&looped)),
+            5,
+            "a phrase twice in a row loops"
+        );
+        assert_eq!(
+            loop_start(&units(&[
+                "the", "energy", "the", "faith", "the", "devotion"
+            ])),
+            6
+        );
     }
 
     #[test]
@@ -1077,6 +1243,17 @@ mod tests {
         let out = p.on_result(job.span, vec![seg(0.0, 0.4, "hi")]);
         assert_eq!(out[0], LiveOutput::Commit(vec![seg(0.0, 0.4, "hi")]));
         assert!(p.finish().is_none());
+    }
+
+    /// A policy that heard `secs` of sound, then a pause, and committed `words` for it.
+    fn committed_at_a_pause(secs: f64, words: &[(&str, f64, f64)]) -> LivePolicy {
+        let mut p = LivePolicy::new(LiveConfig::default());
+        p.push(&tone(secs));
+        p.push(&silence(0.7));
+        let job = p.take_job().unwrap();
+        assert!(job.span.is_final);
+        p.on_result(job.span, vec![word_seg(words)]);
+        p
     }
 
     fn word_seg(words: &[(&str, f64, f64)]) -> Segment {
@@ -1168,15 +1345,7 @@ mod tests {
 
     #[test]
     fn a_repeated_boundary_word_is_not_committed_twice() {
-        let mut p = LivePolicy::new(LiveConfig::default());
-        p.push(&tone(1.0));
-        p.push(&silence(0.7));
-        let job = p.take_job().unwrap();
-        assert!(job.span.is_final);
-        p.on_result(
-            job.span,
-            vec![word_seg(&[("fellow", 0.1, 0.5), ("Americans", 0.5, 1.0)])],
-        );
+        let mut p = committed_at_a_pause(1.0, &[("fellow", 0.1, 0.5), ("Americans", 0.5, 1.0)]);
         // Whisper places the last word of the old audio a little later this time.
         p.push(&tone(2.0));
         let j2 = p.take_job().unwrap();
@@ -1196,6 +1365,40 @@ mod tests {
                 text: "ask not".into(),
                 revision: 1
             }]
+        );
+    }
+
+    #[test]
+    fn a_committed_phrase_placed_after_the_committed_end_again_is_not_committed_twice() {
+        let said = [
+            ("it", 0.1, 0.2),
+            ("was", 0.2, 0.4),
+            ("my", 0.4, 0.5),
+            ("reports", 0.5, 1.0),
+            ("from", 1.0, 1.2),
+            ("the", 1.2, 1.3),
+            ("north", 1.3, 1.8),
+        ];
+        let mut p = committed_at_a_pause(3.0, &said);
+        // The next hypothesis hears the phrase again, timed after the committed end.
+        p.push(&tone(2.0));
+        p.push(&silence(0.7));
+        let j2 = p.take_job().unwrap();
+        let again: Vec<(&str, f64, f64)> = said
+            .iter()
+            .map(|&(w, s, e)| (w, s * 0.5, e * 0.5))
+            .chain([("which", 1.0, 1.3), ("chiefly", 1.3, 1.8)])
+            .collect();
+        let out = p.on_result(j2.span, vec![word_seg(&again)]);
+        assert_eq!(
+            out[0],
+            LiveOutput::Commit(vec![Segment {
+                start: j2.span.offset + 1.0,
+                end: j2.span.offset + 1.8,
+                text: "which chiefly".into(),
+                no_speech_prob: 0.0,
+                tokens: None,
+            }])
         );
     }
 

@@ -390,7 +390,7 @@ impl Runner {
         };
         let started = Instant::now();
         let mut link = Some(link);
-        let mut policy = LivePolicy::new(LiveConfig::default());
+        let mut policy = LivePolicy::new(LiveConfig::tuned());
         let mut pending: Option<Pending> = None;
         let mut committed: Vec<Segment> = Vec::new();
         let mut at = Progress::default();
