@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Weight of the newest measurement in a stream's smoothed demand.
 const WEIGHT: f64 = 0.3;
@@ -129,6 +130,34 @@ impl StreamLoad {
     }
 }
 
+/// A stream's share and when it last reported: what a transport holds for each live stream
+/// (WebSocket stream, Realtime session, Wyoming utterance). The caller passes the time in.
+#[derive(Debug)]
+pub struct Metered {
+    /// The share in the account; dropping this frees it.
+    load: StreamLoad,
+    /// When the stream last reported (or was admitted): the wall time of the next report
+    /// counts from here.
+    last: Instant,
+}
+
+impl Metered {
+    /// A share admitted at `now`.
+    pub fn new(load: StreamLoad, now: Instant) -> Self {
+        Metered { load, last: now }
+    }
+
+    /// Reports a hypothesis of `busy_secs` that finished at `now`, over at least
+    /// `min_wall_secs` (the stream's longest step: a stream demands what it needs at its
+    /// slowest pace, not the spare time its step takes up).
+    pub fn report(&mut self, busy_secs: f64, now: Instant, min_wall_secs: f64) {
+        let wall = now
+            .saturating_duration_since(std::mem::replace(&mut self.last, now))
+            .as_secs_f64();
+        self.load.record(busy_secs, wall.max(min_wall_secs));
+    }
+}
+
 impl Drop for StreamLoad {
     fn drop(&mut self) {
         self.capacity.loads().streams.remove(&self.id);
@@ -179,6 +208,20 @@ mod tests {
             capacity.admit().is_err(),
             "0.5 now, and a typical stream as much"
         );
+    }
+
+    #[test]
+    fn a_metered_share_reports_over_the_time_since_its_last_report() {
+        let capacity = LiveCapacity::new(1, 0.75);
+        let start = Instant::now();
+        let mut share = Metered::new(capacity.admit().unwrap(), start);
+        share.report(0.5, start + std::time::Duration::from_secs(2), 1.0);
+        assert!((capacity.demand() - 0.25).abs() < 1e-9, "0.5 s of 2 s");
+        // 0.1 s later, but the wall time counts at least the step of 1 s.
+        share.report(0.5, start + std::time::Duration::from_millis(2100), 1.0);
+        assert!((capacity.demand() - (0.25 + 0.3 * 0.25)).abs() < 1e-9);
+        drop(share);
+        assert_eq!(capacity.streams(), 0);
     }
 
     #[test]

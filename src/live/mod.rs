@@ -7,14 +7,17 @@
 //! the table of streams a client may continue after a dropped connection, with their grace
 //! periods and caps (pure bookkeeping; the session layer holds the streams themselves).
 //! [`capacity`] adds up what the open streams demand of the Whisper workers, measured from
-//! their hypotheses, and says whether one more stream fits.
+//! their hypotheses, and says whether one more stream fits. [`language`] pins a stream's
+//! detected language once Whisper is sure of it.
 //!
 //! This module must not do I/O, spawn, or run Whisper: everything here is testable with plain
 //! values.
 
 pub mod capacity;
+pub mod language;
 pub mod policy;
 pub mod resume;
 
-pub use capacity::{Full, LiveCapacity, StreamLoad};
+pub use capacity::{Full, LiveCapacity, Metered, StreamLoad};
+pub use language::LanguagePin;
 pub use policy::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};

@@ -185,8 +185,10 @@ impl Default for ServerVad {
 pub struct Settings {
     /// The session's id (`sess_…`), fixed for its life.
     pub id: String,
-    /// The transcription model the client named; any name means the server's loaded model.
+    /// The transcription model as the client named it (shown back as named).
     pub model: String,
+    /// The served model that name means (OpenAI's names and none mean the default).
+    pub served: String,
     /// Language code asked for; `None` lets Whisper detect it.
     pub language: Option<String>,
     /// Prompt that guides Whisper's spelling and style.
@@ -195,15 +197,26 @@ pub struct Settings {
     pub turn_detection: Option<ServerVad>,
 }
 
+/// The models a session may choose from: how `session.update` checks a model name and which
+/// languages the model takes.
+pub trait Models {
+    /// The served model `requested` means (`None`, an empty name or one of OpenAI's names: the
+    /// default) and whether it is multilingual; an unknown name is an error that lists the
+    /// served names.
+    fn choose(&self, requested: Option<&str>) -> Result<(String, bool), String>;
+}
+
 /// Silence bounds a client may set for server VAD, in milliseconds.
 const SILENCE_MS: std::ops::RangeInclusive<u64> = 100..=10_000;
 
 impl Settings {
-    /// The settings a new session starts with (OpenAI's: server VAD on).
-    pub fn new(id: String, model: String) -> Self {
+    /// The settings a new session starts with (OpenAI's: server VAD on), for the model the
+    /// client named (`model`) and the served one it means (`served`).
+    pub fn new(id: String, model: String, served: String) -> Self {
         Settings {
             id,
             model,
+            served,
             language: None,
             prompt: String::new(),
             turn_detection: Some(ServerVad::default()),
@@ -211,9 +224,9 @@ impl Settings {
     }
 
     /// Applies a `session.update`'s `session`: only the fields present change, and nothing
-    /// changes if any field is wrong. `multilingual` says whether other languages than English
-    /// may be asked for.
-    pub fn apply(&mut self, session: &Value, multilingual: bool) -> Result<(), EventError> {
+    /// changes if any field is wrong. `models` says which model names are served and which
+    /// of them take other languages than English.
+    pub fn apply(&mut self, session: &Value, models: &dyn Models) -> Result<(), EventError> {
         let mut next = self.clone();
         match session.get("type") {
             Some(Value::String(t)) if t == "transcription" => {}
@@ -231,7 +244,7 @@ impl Settings {
         }
         let input = object_at(session, &["audio", "input"])?;
         if let Some(input) = input {
-            next.apply_input(input, multilingual)?;
+            next.apply_input(input, models)?;
         }
         *self = next;
         Ok(())
@@ -240,14 +253,14 @@ impl Settings {
     fn apply_input(
         &mut self,
         input: &Map<String, Value>,
-        multilingual: bool,
+        models: &dyn Models,
     ) -> Result<(), EventError> {
         if let Some(format) = input.get("format") {
             check_format(format)?;
         }
         match input.get("transcription") {
             None | Some(Value::Null) => {}
-            Some(Value::Object(t)) => self.apply_transcription(t, multilingual)?,
+            Some(Value::Object(t)) => self.apply_transcription(t, models)?,
             Some(_) => {
                 return Err(EventError::wrong_type(
                     "session.audio.input.transcription",
@@ -272,22 +285,29 @@ impl Settings {
     fn apply_transcription(
         &mut self,
         t: &Map<String, Value>,
-        multilingual: bool,
+        models: &dyn Models,
     ) -> Result<(), EventError> {
         const AT: &str = "session.audio.input.transcription";
         if let Some(model) = optional_str(t, "model", AT)? {
+            let (served, _) = models
+                .choose(Some(model))
+                .map_err(|e| EventError::invalid("session.audio.input.transcription.model", e))?;
             self.model = model.to_string();
+            self.served = served;
         }
         if t.contains_key("language") {
             let language = optional_str(t, "language", AT)?.map(str::to_ascii_lowercase);
-            let language = language.filter(|l| !l.is_empty() && l != "auto");
-            if let Some(l) = &language {
-                let (code, _) = crate::domain::split_language_tag(l);
-                crate::inference::engine::check_language(&code, multilingual).map_err(|e| {
-                    EventError::invalid("session.audio.input.transcription.language", e.to_string())
-                })?;
-            }
-            self.language = language;
+            self.language = language.filter(|l| !l.is_empty() && l != "auto");
+        }
+        if let Some(l) = &self.language {
+            let (_, multilingual) = models
+                .choose(Some(&self.served))
+                .map_err(|e| EventError::invalid("session.audio.input.transcription.model", e))?;
+            let (code, _) = crate::domain::split_language_tag(l);
+            crate::inference::engine::check_language(&code, multilingual).map_err(|e| {
+                let e = format!("{e} (model {})", self.served);
+                EventError::invalid("session.audio.input.transcription.language", e)
+            })?;
         }
         if t.contains_key("prompt") {
             let prompt = optional_str(t, "prompt", AT)?.unwrap_or_default();
@@ -659,11 +679,28 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings::new("sess_1".into(), "whisper-1".into())
+        Settings::new("sess_1".into(), "whisper-1".into(), "tiny.en".into())
+    }
+
+    /// A server with `tiny.en` (the default, English only) and `base` (multilingual).
+    struct TwoModels;
+
+    impl Models for TwoModels {
+        fn choose(&self, requested: Option<&str>) -> Result<(String, bool), String> {
+            match requested {
+                None | Some("whisper-1" | "gpt-4o-transcribe" | "tiny.en") => {
+                    Ok(("tiny.en".into(), false))
+                }
+                Some("base") => Ok(("base".into(), true)),
+                Some(other) => Err(format!(
+                    "unknown model {other:?}; this server serves: tiny.en, base"
+                )),
+            }
+        }
     }
 
     fn update(s: &mut Settings, session: Value) -> Result<(), EventError> {
-        s.apply(&session, false)
+        s.apply(&session, &TwoModels)
     }
 
     #[test]
@@ -739,7 +776,42 @@ mod tests {
             assert_eq!(e.param.as_deref(), Some(param), "{session}");
             assert_eq!(s, before, "{session}");
         }
-        assert!(s.apply(&json!({"type": "transcription", "audio": {"input": {"transcription": {"language": "de"}}}}), true).is_ok());
+        let german = json!({"type": "transcription", "audio": {"input": {"transcription": {"model": "base", "language": "de"}}}});
+        update(&mut s, german).unwrap();
+        assert_eq!(
+            (s.served.as_str(), s.language.as_deref()),
+            ("base", Some("de"))
+        );
+    }
+
+    #[test]
+    fn the_model_named_is_served_or_refused_with_the_names_served() {
+        let mut s = settings();
+        let named = |model: &str| json!({"type": "transcription", "audio": {"input": {"transcription": {"model": model}}}});
+        update(&mut s, named("base")).unwrap();
+        assert_eq!((s.model.as_str(), s.served.as_str()), ("base", "base"));
+        update(&mut s, named("gpt-4o-transcribe")).unwrap();
+        assert_eq!(s.served, "tiny.en", "OpenAI's names mean the default");
+        assert_eq!(
+            s.to_json()["audio"]["input"]["transcription"]["model"],
+            "gpt-4o-transcribe"
+        );
+        let before = s.clone();
+        let e = update(&mut s, named("large-v9")).unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("session.audio.input.transcription.model")
+        );
+        assert!(e.message.contains("tiny.en, base"), "{}", e.message);
+        assert_eq!(s, before);
+        // A language the newly chosen model cannot take is refused with the model.
+        update(&mut s, json!({"type": "transcription", "audio": {"input": {"transcription": {"model": "base", "language": "fr"}}}})).unwrap();
+        let e = update(&mut s, named("tiny.en")).unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("session.audio.input.transcription.language")
+        );
+        assert_eq!(s.served, "base");
     }
 
     #[test]

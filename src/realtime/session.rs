@@ -20,7 +20,7 @@ use futures_util::{Sink, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::event::{
-    self, ClientEvent, ClientKind, ErrorBody, EventError, ServerEvent, Settings, Usage,
+    self, ClientEvent, ClientKind, ErrorBody, EventError, Models, ServerEvent, Settings, Usage,
 };
 use crate::app::AppState;
 use crate::audio::decode::{PcmDecoder, PcmFormat};
@@ -28,7 +28,8 @@ use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
-use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
+use crate::inference::served::{Lease, Served};
+use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered};
 use crate::transcript::Segment;
 use crate::ws::{close, Closed, Outbound};
 
@@ -43,7 +44,8 @@ const TICK: Duration = Duration::from_millis(100);
 const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Serves one Realtime connection until the client leaves, misbehaves or the server shuts
-/// down. `model` is the `model` query value, shown back as the transcription model.
+/// down. `model` is the `model` query value, shown back as the transcription model; a served
+/// model's name selects it, anything else means the default (`session.update` may choose).
 pub async fn run<S, E>(
     socket: S,
     state: Arc<AppState>,
@@ -126,11 +128,39 @@ struct Session {
     appended: bool,
     /// A commit that arrived while the previous turn was still closing, with its event id.
     deferred_commit: Option<Option<String>>,
+    /// The session's model (`settings.served`), held loaded from the first audio on; dropped
+    /// when `session.update` chooses another, which the next append takes.
+    lease: Option<Lease>,
+    /// The session's share of the live capacity, taken at its first audio and held to its end,
+    /// so that Realtime sessions and WebSocket streams are admitted against one account.
+    share: Option<Metered>,
+    /// Set when the session must end (refused live work): the close code and reason.
+    closing: Option<(u16, &'static str)>,
+}
+
+/// Served models as `session.update` checks names against them.
+impl Models for Served {
+    fn choose(&self, requested: Option<&str>) -> Result<(String, bool), String> {
+        let name = self.resolve(requested).map_err(|e| e.to_string())?;
+        Ok((name.to_owned(), self.is_multilingual(name)))
+    }
+}
+
+/// Why a session cannot start live work.
+struct Refused {
+    /// The `error` event's body.
+    error: ErrorBody,
+    /// The close that follows it.
+    close: (u16, &'static str),
 }
 
 impl Session {
     fn new(state: Arc<AppState>, out: Outbound, id: String, model: String) -> Self {
-        let settings = Settings::new(id, model);
+        let served = match state.models.choose(Some(&model)) {
+            Ok((served, _)) => served,
+            Err(_) => state.models.default_name().to_owned(),
+        };
+        let settings = Settings::new(id, model, served);
         let options = options_for(&state, &settings);
         Session {
             state,
@@ -148,6 +178,9 @@ impl Session {
             previous: None,
             appended: false,
             deferred_commit: None,
+            lease: None,
+            share: None,
+            closing: None,
         }
     }
 
@@ -191,6 +224,9 @@ impl Session {
                 }
                 _ = cancel.cancelled() => return (close::GOING_AWAY, "server shutting down"),
             };
+            if let Some(close) = self.closing {
+                return close;
+            }
             let step = match step {
                 Ok(()) => self.drive().await,
                 Err(Closed) => Err(Closed),
@@ -242,11 +278,16 @@ impl Session {
         &mut self,
         session: &serde_json::Value,
     ) -> Result<Result<(), EventError>, Closed> {
-        let multilingual = self.state.pool.is_multilingual();
-        if let Err(err) = self.settings.apply(session, multilingual) {
+        if let Err(err) = self.settings.apply(session, &self.state.models) {
             return Ok(Err(err));
         }
         self.options = options_for(&self.state, &self.settings);
+        if let Some(lease) = self
+            .lease
+            .take_if(|l| l.model().name() != self.settings.served)
+        {
+            tracing::debug!(from = lease.model().name(), to = %self.settings.served, "model changed");
+        }
         tracing::debug!(
             vad = self.settings.turn_detection.is_some(),
             "session updated"
@@ -268,6 +309,14 @@ impl Session {
                 ),
             )));
         }
+        if let Err(refused) = self.start_live().await {
+            self.closing = Some(refused.close);
+            self.send(ServerEvent::Error {
+                error: refused.error,
+            })
+            .await?;
+            return Ok(Ok(()));
+        }
         let samples = self.pcm.push(bytes);
         match guarded_resample(&mut self.resampler, Some(&samples)) {
             Ok(audio) => self.policy.push(&audio),
@@ -281,6 +330,41 @@ impl Session {
             self.open_item(self.now() - secs);
         }
         self.detect_turns().await.map(Ok)
+    }
+
+    /// Before audio is taken: the session's share of the live capacity (the first audio asks
+    /// for it) and its model, loaded if it is not.
+    async fn start_live(&mut self) -> Result<(), Refused> {
+        if self.share.is_none() {
+            let load = self.state.live_capacity.admit().map_err(|full| {
+                tracing::info!(%full, "realtime session refused: no live capacity left");
+                Refused {
+                    error: ErrorBody::server(
+                        "server_busy",
+                        "the server cannot take another live session at real time; retry later",
+                    ),
+                    close: (close::POLICY, "server busy"),
+                }
+            })?;
+            self.share = Some(Metered::new(load, Instant::now()));
+        }
+        if self.lease.is_none() {
+            let lease = self.state.models.acquire(Some(&self.settings.served)).await;
+            self.lease = Some(lease.map_err(|refusal| match refusal.is_busy() {
+                true => Refused {
+                    error: ErrorBody::server("server_busy", format!("{refusal}; retry later")),
+                    close: (close::POLICY, "server busy"),
+                },
+                false => {
+                    tracing::error!(%refusal, "a realtime session's model could not be loaded");
+                    Refused {
+                        error: ErrorBody::server("server_error", "the model could not be loaded"),
+                        close: (close::INTERNAL, "model unavailable"),
+                    }
+                }
+            })?);
+        }
+        Ok(())
     }
 
     /// Ends the turn at the client's word; waits for a turn still closing. `event_id` is the
@@ -406,7 +490,11 @@ impl Session {
     }
 
     fn submit(&mut self, job: LiveJob, ends_item: bool) {
-        match self.state.pool.submit(job.audio, self.options.clone()) {
+        let Some(lease) = self.lease.as_ref() else {
+            self.policy.abandon(); // no audio was taken without a model; nothing to read
+            return;
+        };
+        match lease.submit(job.audio, self.options.clone()) {
             Ok(handle) => {
                 self.pending = Some(Pending {
                     span: job.span,
@@ -430,10 +518,14 @@ impl Session {
                 }
                 Ok(())
             }
-            Some(JobEvent::Done(_)) => {
+            Some(JobEvent::Done(summary)) => {
                 let Some(p) = self.pending.take() else {
                     return Ok(());
                 };
+                if let Some(share) = self.share.as_mut() {
+                    let step = LiveConfig::default().step_secs;
+                    share.report(summary.processing_secs, Instant::now(), step);
+                }
                 for output in self.policy.on_result(p.span, p.segments) {
                     if let LiveOutput::Commit(segments) = output {
                         self.delta(&segments);

@@ -42,7 +42,7 @@ use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::{Lease, Refusal};
 use crate::jobs::{TaskResult, TaskState};
-use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, StreamLoad};
+use crate::live::{JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered};
 use crate::protocol::message::{
     AudioFormat, ResumeFrom, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
@@ -142,9 +142,10 @@ impl Connection {
                 ..self.state.engine_options(&start.options)
             },
             language: std::sync::Mutex::new(None),
+            pin: std::sync::Mutex::new(LanguagePin::default()),
             handoffs,
             received_bytes: 0,
-            share: std::sync::Mutex::new(Some((load, Instant::now()))),
+            share: std::sync::Mutex::new(Some(Metered::new(load, Instant::now()))),
         };
         let link = Link {
             input: rx,
@@ -332,6 +333,9 @@ struct Runner {
     /// The language of the latest hypothesis (Whisper's detection when none was asked for)
     /// and, when detected, Whisper's probability for it.
     language: std::sync::Mutex<Option<(String, Option<f32>)>>,
+    /// With `language` auto: the language once Whisper is sure of it, asked for from then on
+    /// (no detection pass per hypothesis) and reported as the stream's.
+    pin: std::sync::Mutex<LanguagePin>,
     /// New connections for this stream (resumes), from `AppState::streams`.
     handoffs: mpsc::Receiver<Attach>,
     /// Audio payload bytes taken in since the stream started, over all its connections: where
@@ -340,7 +344,7 @@ struct Runner {
     /// The stream's share of the live capacity and when it last reported its load (or
     /// started); given back before `transcription_complete` goes out, so a client may start
     /// its next stream at once.
-    share: std::sync::Mutex<Option<(StreamLoad, Instant)>>,
+    share: std::sync::Mutex<Option<Metered>>,
 }
 
 /// A hypothesis being computed.
@@ -577,7 +581,11 @@ impl Runner {
     fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
         // `job.prompt` is not passed: tiny.en primed with the committed text fell into
         // repetition loops (docs/BENCHMARKS.md, "Live latency").
-        match self.model.submit(job.audio, self.options.clone()) {
+        let mut options = self.options.clone();
+        if let Some((language, _)) = self.pin.lock().unwrap_or_else(|e| e.into_inner()).pinned() {
+            options.language = Some(language.to_owned());
+        }
+        match self.model.submit(job.audio, options) {
             Ok(handle) => Some(Pending {
                 span: job.span,
                 handle,
@@ -615,6 +623,7 @@ impl Runner {
                     segments = p.segments.len(),
                     "live hypothesis"
                 );
+                self.observe_language(&summary);
                 *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((summary.language, summary.language_probability));
                 policy.observe_inference(p.submitted.elapsed().as_secs_f64());
@@ -633,6 +642,15 @@ impl Runner {
                 pending.take();
                 policy.abandon();
             }
+        }
+    }
+
+    /// Pins the stream's language when a hypothesis detected it surely enough.
+    fn observe_language(&self, summary: &crate::inference::pool::JobSummary) {
+        let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        let (language, probability) = (&summary.language, summary.language_probability);
+        if pin.observe(language, probability, summary.audio_secs) {
+            tracing::info!(task_id = %self.task_id, language, ?probability, "live language pinned");
         }
     }
 
@@ -663,16 +681,11 @@ impl Runner {
         }
     }
 
-    /// Tells the live capacity what a hypothesis cost. Over at least the longest step: a stream
-    /// demands what it needs at its slowest pace, not the spare time its step takes up.
+    /// Tells the live capacity what a hypothesis cost.
     fn report_load(&self, busy_secs: f64) {
         let mut share = self.share.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((load, last)) = share.as_mut() {
-            let now = Instant::now();
-            let wall = now
-                .duration_since(std::mem::replace(last, now))
-                .as_secs_f64();
-            load.record(busy_secs, wall.max(LiveConfig::default().step_secs));
+        if let Some(share) = share.as_mut() {
+            share.report(busy_secs, Instant::now(), LiveConfig::default().step_secs);
         }
     }
 
@@ -699,11 +712,14 @@ impl Runner {
         interrupted: bool,
         out: Option<&Outbound>,
     ) {
-        let detected = self
+        let pinned = self.pin.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pinned = pinned.pinned().map(|(l, p)| (l.to_owned(), Some(p)));
+        let latest = self
             .language
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let detected = pinned.or(latest);
         let (language, language_probability) = detected.unwrap_or_else(|| {
             let asked = self.options.language.clone();
             (asked.unwrap_or_else(|| "en".into()), None)

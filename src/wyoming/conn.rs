@@ -21,10 +21,11 @@ use tokio::time::{sleep_until, Instant};
 
 use super::event::{self, Refusal, Request};
 use super::frame::{self, Decoder, Event, FrameError, Limits};
-use super::utterance::Utterance;
+use super::utterance::{Live, Utterance};
 use crate::app::AppState;
 use crate::inference::engine::Options;
 use crate::inference::pool::JobEvent;
+use crate::live::Metered;
 
 /// How often a stream checks whether a hypothesis is due (and retries after `busy`).
 const TICK: Duration = Duration::from_millis(100);
@@ -90,7 +91,9 @@ struct Conn {
     state: Arc<AppState>,
     /// Where events are written.
     writer: OwnedWriteHalf,
-    /// Model and language from the last `transcribe`, for the next utterance.
+    /// The served model from the last `transcribe` (else the default), for the next utterance.
+    model: String,
+    /// Language from the last `transcribe`, for the next utterance.
     language: Option<String>,
     /// The utterance in progress.
     utterance: Option<Utterance>,
@@ -106,9 +109,11 @@ pub async fn serve(socket: TcpStream, state: Arc<AppState>) {
         buf: BytesMut::new(),
         decoder: Decoder::new(Limits::default()),
     };
+    let model = state.models.default_name().to_owned();
     let mut conn = Conn {
         state,
         writer,
+        model,
         language: None,
         utterance: None,
     };
@@ -189,7 +194,8 @@ impl Conn {
                 }
                 let max = self.state.config.wyoming_max_audio.as_secs_f64();
                 let options = self.options();
-                let utterance = Utterance::start(format, options, max)?;
+                let live = start_live(&self.state, &self.model).await?;
+                let utterance = Utterance::start(format, options, max, Some(live))?;
                 self.utterance = Some(utterance);
                 let language = self.language.clone();
                 self.write(&event::transcript_start(language.as_deref()))
@@ -224,13 +230,10 @@ impl Conn {
         name: Option<String>,
         language: Option<String>,
     ) -> Result<(), Refusal> {
-        let pool = &self.state.pool;
-        if name.as_deref().is_some_and(|n| n != pool.model_name()) {
-            return Err(Refusal::new(
-                "unknown-model",
-                format!("this server has one model: {}", pool.model_name()),
-            ));
-        }
+        let served = &self.state.models;
+        let model = served
+            .resolve(name.as_deref())
+            .map_err(|refusal| Refusal::new("unknown-model", refusal.to_string()))?;
         // Home Assistant may send a region ("en-US"); Whisper knows languages only.
         let language = language
             .map(|l| {
@@ -241,9 +244,11 @@ impl Conn {
             })
             .filter(|l| !l.is_empty() && l != "auto");
         if let Some(l) = &language {
-            crate::inference::engine::check_language(l, pool.is_multilingual())
-                .map_err(|e| Refusal::new("unsupported-language", e.to_string()))?;
+            crate::inference::engine::check_language(l, served.is_multilingual(model)).map_err(
+                |e| Refusal::new("unsupported-language", format!("{e} (model {model})")),
+            )?;
         }
+        self.model = model.to_owned();
         self.language = language;
         Ok(())
     }
@@ -260,10 +265,13 @@ impl Conn {
     }
 
     fn info(&self) -> Event {
-        let pool = &self.state.pool;
+        let served = &self.state.models;
+        let models = served.names().iter().map(|name| event::ModelInfo {
+            name,
+            languages: crate::inference::model::languages(served.is_multilingual(name)),
+        });
         event::info(&event::Program {
-            model: pool.model_name(),
-            languages: pool.languages(),
+            models: models.collect(),
             version: env!("CARGO_PKG_VERSION"),
             homepage: env!("CARGO_PKG_HOMEPAGE"),
         })
@@ -286,7 +294,7 @@ impl Conn {
         let Some(utterance) = self.utterance.as_mut() else {
             return Ok(());
         };
-        if !utterance.schedule(&self.state.pool) {
+        if !utterance.schedule() {
             return Ok(());
         }
         let (text, language) = utterance.result();
@@ -313,6 +321,32 @@ impl Conn {
             _ => Err(()),
         }
     }
+}
+
+/// An utterance's model (loaded if it is not) and share of the live capacity; refused
+/// `busy` when the server cannot take another live stream at real time, or when the
+/// model memory is held by models in use.
+async fn start_live(state: &AppState, model: &str) -> Result<Live, Refusal> {
+    let busy = || {
+        Refusal::fatal(
+            "busy",
+            "the server cannot take another live transcription now; try again later",
+        )
+    };
+    let load = state.live_capacity.admit().map_err(|full| {
+        tracing::info!(%full, "wyoming utterance refused: no live capacity left");
+        busy()
+    })?;
+    let lease = state.models.acquire(Some(model)).await;
+    let lease = lease.map_err(|refusal| {
+        if refusal.is_busy() {
+            return busy();
+        }
+        tracing::error!(%refusal, "a wyoming utterance's model could not be loaded");
+        Refusal::fatal("model-unavailable", "the model could not be loaded")
+    })?;
+    let share = Metered::new(load, std::time::Instant::now());
+    Ok(Live { lease, share })
 }
 
 /// The next Whisper event of the utterance; pending when there is none.

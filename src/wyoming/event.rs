@@ -132,36 +132,50 @@ fn format(event: &Event) -> Result<AudioFormat, Refusal> {
     })
 }
 
+/// One model `info` lists.
+#[derive(Debug, Clone)]
+pub struct ModelInfo<'a> {
+    /// The model's short name, e.g. `tiny.en`: what `transcribe`'s `name` selects.
+    pub name: &'a str,
+    /// The model's languages as Whisper codes.
+    pub languages: Vec<&'a str>,
+}
+
 /// What `info` says about the server.
 #[derive(Debug, Clone)]
 pub struct Program<'a> {
-    /// The loaded model's short name, e.g. `tiny.en`.
-    pub model: &'a str,
-    /// The model's languages as Whisper codes.
-    pub languages: Vec<&'a str>,
+    /// The served models, the default first.
+    pub models: Vec<ModelInfo<'a>>,
     /// Earshot's version.
     pub version: &'a str,
     /// Where Earshot comes from (the package's homepage; may be empty).
     pub homepage: &'a str,
 }
 
-/// The `info` event: one ASR program, `earshot`, with the loaded model, streaming.
+/// The `info` event: one ASR program, `earshot`, with the served models, streaming.
 pub fn info(program: &Program) -> Event {
     let whisper = json!({"name": "OpenAI Whisper (whisper.cpp)", "url": "https://github.com/ggml-org/whisper.cpp"});
+    let models: Vec<Value> = program
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "attribution": whisper,
+                "installed": true,
+                "description": format!("Whisper {}", m.name),
+                "version": null,
+                "languages": m.languages,
+            })
+        })
+        .collect();
     let asr = json!({
         "name": "earshot",
         "attribution": {"name": "Earshot", "url": program.homepage},
         "installed": true,
         "description": "Earshot: self-hosted Whisper speech transcription",
         "version": program.version,
-        "models": [{
-            "name": program.model,
-            "attribution": whisper,
-            "installed": true,
-            "description": format!("Whisper {}", program.model),
-            "version": null,
-            "languages": program.languages,
-        }],
+        "models": models,
         "supports_transcript_streaming": true,
         // The client (Home Assistant's pipeline) decides where a command ends.
         "requires_external_vad": true,
@@ -274,8 +288,16 @@ mod tests {
     #[test]
     fn info_has_the_reference_shape() {
         let info = info(&Program {
-            model: "tiny.en",
-            languages: vec!["en"],
+            models: vec![
+                ModelInfo {
+                    name: "tiny.en",
+                    languages: vec!["en"],
+                },
+                ModelInfo {
+                    name: "base",
+                    languages: vec!["en", "zh"],
+                },
+            ],
             version: "0.1.0",
             homepage: "",
         });
@@ -286,6 +308,8 @@ mod tests {
         assert_eq!(asr["installed"], true);
         assert_eq!(asr["models"][0]["name"], "tiny.en");
         assert_eq!(asr["models"][0]["languages"], json!(["en"]));
+        assert_eq!(asr["models"][1]["name"], "base");
+        assert_eq!(asr["models"][1]["languages"], json!(["en", "zh"]));
         for key in ["name", "url"] {
             assert!(asr["attribution"][key].is_string());
             assert!(asr["models"][0]["attribution"][key].is_string());

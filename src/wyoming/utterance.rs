@@ -10,9 +10,12 @@
 use crate::audio::decode::{PcmDecoder, PcmFormat};
 use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
+use std::time::Instant;
+
 use crate::inference::engine::Options;
-use crate::inference::pool::{JobEvent, JobHandle, Pool};
-use crate::live::{JobSpan, LiveConfig, LiveOutput, LivePolicy};
+use crate::inference::pool::{JobEvent, JobHandle};
+use crate::inference::served::Lease;
+use crate::live::{JobSpan, LiveConfig, LiveOutput, LivePolicy, Metered};
 use crate::transcript::{Segment, TextJoiner};
 
 use super::event::{AudioFormat, Refusal};
@@ -20,8 +23,19 @@ use super::event::{AudioFormat, Refusal};
 /// Failed hypotheses in a row after which the utterance is given up.
 const MAX_FAILURES: u32 = 3;
 
+/// What an utterance runs on: its model, held loaded for its life, and its share of the live
+/// capacity, given back when it ends.
+pub struct Live {
+    /// The model `transcribe` chose (else the default).
+    pub lease: Lease,
+    /// The utterance's share of the live capacity, reported after each hypothesis.
+    pub share: Metered,
+}
+
 /// The live state of one utterance.
 pub struct Utterance {
+    /// Model and live-capacity share; `None` only in unit tests, which never reach Whisper.
+    live: Option<Live>,
     /// What `audio-start` announced; every chunk must repeat it.
     format: AudioFormat,
     /// Interleaved 16-bit PCM to mono.
@@ -66,6 +80,7 @@ impl Utterance {
         format: AudioFormat,
         options: Options,
         max_secs: f64,
+        live: Option<Live>,
     ) -> Result<Utterance, Refusal> {
         let unsupported = || {
             Refusal::fatal(
@@ -79,6 +94,7 @@ impl Utterance {
         let pcm = PcmDecoder::new(PcmFormat::S16Le, format.channels).map_err(|_| unsupported())?;
         let resampler = Resampler::new(format.rate).map_err(|_| unsupported())?;
         Ok(Utterance {
+            live,
             format,
             pcm,
             resampler,
@@ -142,7 +158,7 @@ impl Utterance {
 
     /// Submits the next hypothesis when one is due and none is out. Returns whether the
     /// utterance is finished: stopped, and nothing left to transcribe.
-    pub fn schedule(&mut self, pool: &Pool) -> bool {
+    pub fn schedule(&mut self) -> bool {
         if self.pending.is_some() {
             return false;
         }
@@ -154,7 +170,11 @@ impl Utterance {
         let Some(job) = job else {
             return self.stopped && !self.policy.in_flight();
         };
-        match pool.submit(job.audio, self.options.clone()) {
+        let Some(live) = self.live.as_ref() else {
+            self.policy.abandon(); // no model: nothing can be read
+            return self.stopped;
+        };
+        match live.lease.submit(job.audio, self.options.clone()) {
             Ok(handle) => {
                 self.pending = Some(Pending {
                     span: job.span,
@@ -192,6 +212,11 @@ impl Utterance {
                     return Ok(Vec::new());
                 };
                 self.failures = 0;
+                if let Some(live) = self.live.as_mut() {
+                    let step = LiveConfig::default().step_secs;
+                    live.share
+                        .report(summary.processing_secs, Instant::now(), step);
+                }
                 self.detected = Some(summary.language);
                 let outputs = self.policy.on_result(p.span, p.segments);
                 Ok(self.chunks(outputs))
@@ -255,7 +280,7 @@ mod tests {
     };
 
     fn utterance(max_secs: f64) -> Utterance {
-        Utterance::start(MONO16K, Options::default(), max_secs).unwrap()
+        Utterance::start(MONO16K, Options::default(), max_secs, None).unwrap()
     }
 
     #[test]
@@ -266,7 +291,7 @@ mod tests {
                 width,
                 channels,
             };
-            let refusal = Utterance::start(format, Options::default(), 60.0)
+            let refusal = Utterance::start(format, Options::default(), 60.0, None)
                 .err()
                 .unwrap();
             assert_eq!(refusal.code, "unsupported-audio");
@@ -277,7 +302,7 @@ mod tests {
             width: 2,
             channels: 2,
         };
-        assert!(Utterance::start(stereo, Options::default(), 60.0).is_ok());
+        assert!(Utterance::start(stereo, Options::default(), 60.0, None).is_ok());
     }
 
     #[test]
