@@ -1,7 +1,8 @@
 //! The web page in a real headless Chromium (Debian's `chromium`, driven by `playwright-core`
 //! from tests/browser/): a fake microphone fed from a corpus WAV, an upload through the file
-//! picker, one dropped on the page and paused half way, and an upload whose connection is cut
-//! half way and must resume.
+//! picker, one dropped on the page and paused half way, an upload whose connection is cut
+//! half way and must resume, and a live stream whose connection is cut and must resume the same
+//! task.
 //!
 //! Each test starts the real server in-process and runs `node tests/browser/run.mjs URL
 //! SCENARIO …`, which prints `RESULT {json}` with what the page showed. Screenshots go to
@@ -368,4 +369,99 @@ async fn file_dropped_on_the_page_pauses_and_resumes() {
     assert!(!heard.is_empty());
     assert_eq!(number(&result, "/stats/uploadsStarted"), 1, "{result}");
     assert_eq!(number(&result, "/stats/chunksSent"), total, "{result}");
+}
+
+/// Word trigrams of `text`, lower-cased without punctuation, with how often each occurs.
+fn trigrams(text: &str) -> std::collections::HashMap<String, usize> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut counts = std::collections::HashMap::new();
+    for three in words.windows(3) {
+        *counts.entry(three.join(" ")).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stream_cut_mid_way_resumes_the_same_task_without_losing_or_repeating_audio() {
+    let (_one, server, shots) = browser_scene().await;
+    let file = "en_jfk.wav";
+    let wav = common::corpus_file(file).canonicalize().unwrap();
+    // About 3.5 s of 48 kHz 16-bit audio: the cut comes in the first half of the 11 s speech,
+    // and the 3 s without WebSockets fall inside it.
+    let result = run(
+        &server,
+        "micresume",
+        &[
+            format!("wav={}", wav.display()),
+            "drop_after=340000".into(),
+            "seconds=12.5".into(),
+            format!("screenshot={}", screenshot("page-mic-resume.png", &shots)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        result["proxy"]["cut"], true,
+        "the connection was cut: {result}"
+    );
+    assert!(
+        text(&result, "/duringCut/state").starts_with("Connection lost"),
+        "the page said so: {result}"
+    );
+    assert_eq!(text(&result, "/duringCut/alert"), "", "{result}");
+    assert!(number(&result, "/stats/connections") >= 2, "{result}");
+    assert_eq!(number(&result, "/stats/streamResumes"), 1, "{result}");
+
+    // One task from start to end: started once, then resumed with the same id.
+    let started = result["started"].as_array().expect("stream_started list");
+    assert_eq!(started.len(), 2, "{result}");
+    let task_id = text(&result, "/taskId");
+    assert_eq!(started[0]["task_id"], task_id.as_str());
+    assert_eq!(started[0]["resumed"], false);
+    assert_eq!(started[1]["task_id"], task_id.as_str());
+    assert_eq!(started[1]["resumed"], true);
+    let received = started[1]["received_bytes"].as_u64().unwrap();
+    assert!(
+        received > 0,
+        "the server kept audio from before the cut: {result}"
+    );
+    assert_eq!(number(&result, "/stats/streamReceivedAtResume"), received);
+    assert!(
+        number(&result, "/stats/streamSentAtResume") > 0,
+        "audio captured while the link was down was sent after the resume: {result}"
+    );
+
+    // Nothing lost, nothing twice: the server heard exactly as much audio as the page
+    // captured, and the text has the reference's words once.
+    let heard = assert_transcript(&result, file);
+    let json: Value =
+        serde_json::from_str(&server_rendering(&server, &result, "verbose_json").await)
+            .expect("verbose_json");
+    let captured = number(&result, "/stats/streamBytes") as f64
+        / (2.0 * number(&result, "/stats/streamRate") as f64);
+    let duration = json["duration"].as_f64().expect("a duration");
+    assert!(
+        (duration - captured).abs() < 0.1,
+        "the server took in {duration:.3} s, the page captured {captured:.3} s"
+    );
+    let reference = trigrams(&common::reference(file));
+    for (three, n) in trigrams(&heard) {
+        assert!(
+            n <= reference.get(&three).copied().unwrap_or(1),
+            "{three:?} is repeated in {heard:?}"
+        );
+    }
+    assert_eq!(text(&result, "/txt/body"), format!("{heard}\n"));
+    assert_eq!(
+        text(&result, "/txt/body"),
+        server_rendering(&server, &result, "text").await
+    );
 }

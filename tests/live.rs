@@ -270,3 +270,26 @@ async fn a_stream_beyond_the_live_capacity_is_refused_busy_while_the_first_is_se
     let started = next_json(&mut second).await.unwrap();
     assert_eq!(started["type"], "stream_started", "{started}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandarin_stream_with_language_auto_is_pinned_to_mandarin() {
+    let _serial = SERIAL.lock().await;
+    let pool = common::server::MULTILINGUAL.clone();
+    let server = TestServer::start_with_pool(pool, |_| {}).await;
+    // No language: Whisper detects it, and the stream pins it once it is sure.
+    let start = json!({"format": "pcm_s16le", "sample_rate": 16000, "channels": 1});
+    let (ws, _) = open(&server, start).await;
+    let file = "zh_BAC009S0764W0121.wav";
+    let heard = stream(ws, s16le(&decode(file)), 1600, true).await;
+    let done = heard.complete.expect("transcription_complete");
+    assert_eq!(done["data"]["language"], "zh", "{done}");
+    let probability = done["data"]["language_probability"].as_f64();
+    assert!(probability.is_some_and(|p| p > 0.5), "{done}");
+    let text = done["data"]["text"].as_str().unwrap();
+    assert!(
+        text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
+        "Mandarin text: {text:?}"
+    );
+    let cer = earshot::eval::cer(&common::reference(file), text);
+    assert!(cer <= 0.4, "CER {cer:.3}: {text:?}");
+}

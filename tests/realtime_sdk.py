@@ -2,7 +2,12 @@
 
 Run by tests/realtime_sdk.rs against a real server (tiny.en, API key required):
 
-    python3 tests/realtime_sdk.py URL KEY CORPUS_DIR
+    python3 tests/realtime_sdk.py URL KEY CORPUS_DIR [turns|models|busy]
+
+`turns` (the default): keys, bad input, a committed turn, server VAD. `models` (a server serving
+tiny.en and base-q5_1): `session.update` chooses the model, an unknown one is an `error` naming
+the served ones. `busy` (a server whose live capacity takes one session once one is measured):
+a session's first audio beyond the capacity gets an `error` `server_busy` and the close.
 
 Every protocol check asserts here; the transcripts are printed as one JSON object on the last
 line so the Rust side can score them against the corpus references.
@@ -22,6 +27,7 @@ import openai
 import websockets
 
 URL, KEY, CORPUS = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+MODE = sys.argv[4] if len(sys.argv) > 4 else "turns"
 WS_URL = URL.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
 # Generous per-event wait: the CPU may be shared; a hang still fails instead of blocking.
 WAIT = 120
@@ -66,13 +72,13 @@ async def expect_error(conn, code, event_id=None):
     return event
 
 
-def session(turn_detection):
+def session(turn_detection, model="gpt-4o-transcribe", language="en"):
     return {
         "type": "transcription",
         "audio": {
             "input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
-                "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                "transcription": {"model": model, "language": language},
                 "turn_detection": turn_detection,
             }
         },
@@ -243,7 +249,83 @@ async def server_vad_at_real_time():
     return " ".join(t for t in transcripts if t)
 
 
+async def committed_turn(conn, audio):
+    """Appends `audio` and commits it; returns the item's transcript (no error on the way)."""
+    for i in range(0, len(audio), PIECE):
+        await conn.input_audio_buffer.append(audio=b64(audio[i : i + PIECE]))
+    await conn.input_audio_buffer.commit()
+    while True:
+        event = await recv(conn)
+        assert event.type != "error", event
+        if event.type == "conversation.item.input_audio_transcription.completed":
+            return event.transcript
+
+
+def has_han(text):
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+async def models_are_chosen_per_session():
+    zh_audio = pcm24("zh_BAC009S0764W0121.wav")
+    async with connect() as conn:
+        await expect(conn, "session.created")
+        await conn.session.update(session=session(None, model="large-v9"), event_id="e-model")
+        err = await expect_error(conn, "invalid_value", "e-model")
+        assert err.error.param == "session.audio.input.transcription.model", err
+        assert "tiny.en" in err.error.message and "base-q5_1" in err.error.message, err
+        # An English-only model cannot take Mandarin.
+        await conn.session.update(session=session(None, model="tiny.en", language="zh"), event_id="e-zh")
+        err = await expect_error(conn, "invalid_value", "e-zh")
+        assert err.error.param == "session.audio.input.transcription.language", err
+
+        await conn.session.update(session=session(None, model="base-q5_1", language="zh"))
+        updated = await expect(conn, "session.updated")
+        assert updated.session.audio.input.transcription.model == "base-q5_1", updated
+        zh = await committed_turn(conn, zh_audio)
+        assert has_han(zh), zh
+        # OpenAI's names mean the default model (tiny.en: English only) from the next audio on.
+        await conn.session.update(session=session(None, language="en"))
+        await expect(conn, "session.updated")
+        en = await committed_turn(conn, pcm24("en_harvard_birch_canoe.wav"))
+    return {"zh": zh, "en": en}
+
+
+async def sessions_beyond_the_live_capacity_are_refused():
+    audio = pcm24("en_harvard_birch_canoe.wav")
+    async with connect() as held:
+        await expect(held, "session.created")
+        await held.session.update(session=session(None))
+        await expect(held, "session.updated")
+        first = await committed_turn(held, audio)  # measured: a live session's cost is known
+        async with connect() as refused:
+            await expect(refused, "session.created")
+            await refused.input_audio_buffer.append(audio=b64(audio[:PIECE]), event_id="e-busy")
+            event = await expect(refused, "error")
+            assert event.error.type == "server_error", event
+            assert event.error.code == "server_busy", event
+            assert event.error.event_id == "e-busy", event
+            try:
+                await recv(refused)
+            except websockets.exceptions.ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1008, closed
+            else:
+                raise AssertionError("the refused session stays open")
+    # The held session is gone, and its share with it: a new session is served.
+    async with connect() as again:
+        await expect(again, "session.created")
+        await again.session.update(session=session(None))
+        await expect(again, "session.updated")
+        second = await committed_turn(again, audio)
+    return {"first": first, "second": second}
+
+
 async def main():
+    if MODE == "models":
+        print(json.dumps(await models_are_chosen_per_session()))
+        return
+    if MODE == "busy":
+        print(json.dumps(await sessions_beyond_the_live_capacity_are_refused()))
+        return
     await wrong_keys_are_refused()
     committed = await bad_input_then_a_committed_turn()
     vad = await server_vad_at_real_time()

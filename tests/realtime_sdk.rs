@@ -30,6 +30,68 @@ async fn the_openai_sdk_realtime_client_transcribes_turns() {
     server.shutdown().await;
 }
 
+/// `session.update` chooses among the served models (tiny.en, the default, and base-q5_1); an
+/// unknown name, or a language the model cannot take, is an `error` naming what is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_update_chooses_the_model() {
+    let server = TestServer::start_with_pool(TINY.clone(), |c| {
+        c.api_keys = vec![KEY.into()];
+        c.models = vec!["tiny.en".into(), "base-q5_1".into()];
+        c.models_dir = common::models_dir();
+    })
+    .await;
+    let texts = common::run_python("realtime_sdk.py", sdk_args(&server, "models"), "openai").await;
+    eprintln!("transcripts: {texts}");
+    let zh = texts["zh"].as_str().unwrap();
+    let cer = earshot::eval::cer(&common::reference("zh_BAC009S0764W0121.wav"), zh);
+    assert!(cer <= 0.4, "base-q5_1 on Mandarin: CER {cer} for {zh:?}");
+    let en = texts["en"].as_str().unwrap();
+    let wer = earshot::eval::wer(&common::reference("en_harvard_birch_canoe.wav"), en);
+    assert!(wer <= 0.3, "the default model: WER {wer} for {en:?}");
+    server.shutdown().await;
+}
+
+/// Realtime sessions are admitted against the live capacity WebSocket streams use: with room
+/// for one measured session, a second one's first audio is refused with `server_busy` and the
+/// close, and the first one's end frees its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_beyond_the_live_capacity_is_refused_busy() {
+    let server = TestServer::start_with_pool(TINY.clone(), |c| {
+        c.api_keys = vec![KEY.into()];
+        c.live_capacity = 0.0;
+    })
+    .await;
+    let texts = common::run_python("realtime_sdk.py", sdk_args(&server, "busy"), "openai").await;
+    let reference = common::reference("en_harvard_birch_canoe.wav");
+    for key in ["first", "second"] {
+        let text = texts[key].as_str().unwrap();
+        let wer = earshot::eval::wer(&reference, text);
+        assert!(wer <= 0.3, "{key}: WER {wer} for {text:?}");
+    }
+    // The last session's task ends just after its close.
+    for _ in 0..100 {
+        if server.state.live_capacity.streams() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        server.state.live_capacity.streams(),
+        0,
+        "every share is given back"
+    );
+    server.shutdown().await;
+}
+
+fn sdk_args(server: &TestServer, mode: &str) -> Vec<String> {
+    vec![
+        server.http_url(),
+        KEY.to_string(),
+        common::corpus_dir().display().to_string(),
+        mode.to_string(),
+    ]
+}
+
 /// What is refused before a session starts: another intent, a plain GET, and (at the
 /// connection cap) the upgrade itself, with an OpenAI-shaped `error` event and a 1008 close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,8 @@
 //! a client being served; this side starts the server from a settings file on port 0, learns
 //! the Wyoming port from its log, converts the corpus file with ffmpeg, scores the texts and
 //! checks the connection cap and a graceful shutdown with a connection open.
+//! tests/wyoming_models.py does the same for a server with two models (`transcribe` chooses, `info`
+//! lists them) and for one whose live capacity takes one transcription at a time (`busy`).
 
 mod common;
 
@@ -102,16 +104,21 @@ impl Drop for Server {
 
 /// The recording as raw 16-bit little-endian PCM at `rate` with `channels`, via ffmpeg.
 fn pcm(dir: &Path, rate: u32, channels: u32) -> std::path::PathBuf {
-    let out = dir.join(format!("jfk_{rate}_{channels}.s16le"));
+    corpus_pcm(dir, RECORDING, rate, channels)
+}
+
+/// A corpus file as raw 16-bit little-endian PCM at `rate` with `channels`, via ffmpeg.
+fn corpus_pcm(dir: &Path, file: &str, rate: u32, channels: u32) -> std::path::PathBuf {
+    let out = dir.join(format!("{file}_{rate}_{channels}.s16le"));
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
-        .arg(common::corpus_file(RECORDING))
+        .arg(common::corpus_file(file))
         .args(["-ac", &channels.to_string(), "-ar", &rate.to_string()])
         .args(["-f", "s16le"])
         .arg(&out)
         .status()
         .expect("ffmpeg runs (install ffmpeg)");
-    assert!(status.success(), "ffmpeg converts {RECORDING}");
+    assert!(status.success(), "ffmpeg converts {file}");
     out
 }
 
@@ -202,5 +209,56 @@ fn connections_over_the_cap_are_told_busy_and_a_freed_slot_serves_again() {
     BufReader::new(&next).read_line(&mut line).unwrap();
     let header: Value = serde_json::from_str(&line).expect("a header line");
     assert_eq!(header["type"], "info", "{line}");
+    assert!(server.terminate());
+}
+
+/// Mandarin: "甚至出现交易几乎停滞的情况".
+const ZH: &str = "zh_BAC009S0764W0121.wav";
+
+#[test]
+fn transcribe_chooses_among_the_served_models_and_info_lists_them() {
+    let server = Server::start(
+        "wyoming = \"127.0.0.1:0\"\n",
+        &[("EARSHOT_MODELS", "tiny.en,base-q5_1")],
+    );
+    let en = pcm(server.dir.path(), 16_000, 1);
+    let zh = corpus_pcm(server.dir.path(), ZH, 16_000, 1);
+    let args = [
+        "models".to_string(),
+        server.wyoming.ip().to_string(),
+        server.wyoming.port().to_string(),
+        en.display().to_string(),
+        zh.display().to_string(),
+    ];
+    let texts = common::python_checks("wyoming_models.py", &args, "wyoming");
+    let heard = texts["zh"].as_str().unwrap();
+    let cer = earshot::eval::cer(&common::reference(ZH), heard);
+    assert!(cer <= 0.4, "base-q5_1 on Mandarin: CER {cer} for {heard:?}");
+    let heard = texts["en"].as_str().unwrap();
+    let wer = earshot::eval::wer(&common::reference(RECORDING), heard);
+    assert!(wer <= 0.25, "the default, tiny.en: WER {wer} for {heard:?}");
+    assert!(server.terminate());
+}
+
+#[test]
+fn an_utterance_beyond_the_live_capacity_is_told_busy_and_a_freed_share_serves_again() {
+    let server = Server::start(
+        "wyoming = \"127.0.0.1:0\"\n",
+        &[("EARSHOT_LIVE_CAPACITY", "0")],
+    );
+    let en = pcm(server.dir.path(), 16_000, 1);
+    let args = [
+        "busy".to_string(),
+        server.wyoming.ip().to_string(),
+        server.wyoming.port().to_string(),
+        en.display().to_string(),
+    ];
+    let texts = common::python_checks("wyoming_models.py", &args, "wyoming");
+    let reference = common::reference(RECORDING);
+    for key in ["first", "held", "again"] {
+        let text = texts[key].as_str().unwrap();
+        let wer = earshot::eval::wer(&reference, text);
+        assert!(wer <= 0.25, "{key}: WER {wer} for {text:?}");
+    }
     assert!(server.terminate());
 }

@@ -76,7 +76,7 @@ function onError(d) {
     if (!upload.onBusy(wait)) live.onRefused();
     return;
   }
-  if (upload.absorb(d)) return;
+  if (upload.absorb(d) || live.absorb(d)) return;
   const mine = upload.owns(d.task_id) || live.owns(d.task_id);
   if (d.code === "session_not_found" && d.task_id && !mine) return;
   if (d.code === "not_ready") return;

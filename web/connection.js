@@ -19,8 +19,11 @@ const MAX_BUFFERED = 8 << 20;
 const KIND_AUDIO = 0x02;
 const KIND_CHUNK_CRC32 = 0x04;
 
-/** Counters the browser tests read (window.earshotStats); upload.js counts its own in it. */
-export const stats = { connections: 0, chunksSent: 0, resumes: 0, uploadsStarted: 0, missingAtResume: null, sentSinceResume: 0 };
+/** Counters the browser tests read (window.earshotStats); upload.js and live.js count theirs in it. */
+export const stats = {
+  connections: 0, chunksSent: 0, resumes: 0, uploadsStarted: 0, missingAtResume: null, sentSinceResume: 0,
+  streamResumes: 0, streamReceivedAtResume: null, streamSentAtResume: null, streamBytes: 0, streamRate: null,
+};
 
 /**
  * The socket and what the server said in `connected`. `generation` counts sockets, so a

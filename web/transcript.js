@@ -37,6 +37,13 @@ export function adopt(taskId) {
 /** The task shown, or null. */
 export const taskId = () => shown.taskId;
 
+/** How many segments from index 0 on the page holds: a resumed stream asks for the rest. */
+export function held() {
+  let n = 0;
+  while (shown.segments[n]) n++;
+  return n;
+}
+
 export function onSegment(d) {
   if (d.task_id !== shown.taskId) return;
   shown.segments[d.index] = { start: d.start, end: d.end, text: d.text };

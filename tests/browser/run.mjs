@@ -17,6 +17,10 @@
 //           the file is dropped on the drop zone (a real drop event carrying the file), the
 //           page's traffic goes through a proxy throttled to `rate`; Pause is clicked once
 //           some chunks are sent, nothing may be sent while paused, then Resume finishes it
+//   micresume wav=PATH drop_after=BYTES [seconds=12.5] [screenshot=PNG]
+//           the fake microphone through the proxy of `resume`: the live stream's WebSocket is
+//           cut once after BYTES bytes from the browser and WebSockets are refused for 3 s; the
+//           page must resume the same stream. RESULT adds every `stream_started` it received
 //   hashes                                             checks web/hash.js in Node
 //
 // Every browser scenario's RESULT has `taskId`: the last task the server named to the page
@@ -69,16 +73,18 @@ async function launch(extraArgs = []) {
   page.on("console", (m) => console.error(`[page ${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => console.error(`[page error] ${e.message}`));
   const tasks = [];
+  const started = [];
   page.on("websocket", (ws) => ws.on("framereceived", ({ payload }) => {
     if (typeof payload !== "string") return;
     const msg = JSON.parse(payload);
     if (msg.type === "upload_ready" || msg.type === "stream_started") tasks.push(msg.data.task_id);
+    if (msg.type === "stream_started") started.push(msg.data);
   }));
   const close = async () => {
     await context.close();
     rmSync(userDataDir, { recursive: true, force: true });
   };
-  return { context, page, close, taskId: () => tasks.at(-1) ?? null };
+  return { context, page, close, taskId: () => tasks.at(-1) ?? null, started };
 }
 
 async function waitConnected(page) {
@@ -111,13 +117,15 @@ async function downloadText(page, format) {
   return { name: download.suggestedFilename(), body: readFileSync(file, "utf8") };
 }
 
+/** Chromium flags that make a WAV file the microphone (played once, from when it opens). */
+const fakeMicrophone = (wav) => [
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+  `--use-file-for-fake-audio-capture=${wav}%noloop`,
+];
+
 async function micScenario() {
-  const wav = opts.wav;
-  const { page, close, taskId } = await launch([
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${wav}%noloop`,
-  ]);
+  const { page, close, taskId } = await launch(fakeMicrophone(opts.wav));
   try {
     await page.goto(url);
     await waitConnected(page);
@@ -143,6 +151,38 @@ async function micScenario() {
     result({ ...state, partials: partials.length, textDuringStream: duringStream.text, txt, taskId: taskId() });
   } finally {
     await close();
+  }
+}
+
+/**
+ * The fake microphone streams through a proxy that cuts the live WebSocket part way and keeps
+ * WebSockets down for 3 s: the page must reconnect and resume the same stream.
+ */
+async function micResumeScenario() {
+  const proxy = await startProxy(new URL(url), Number(opts.drop_after), 3000);
+  const { page, close, taskId, started } = await launch(fakeMicrophone(opts.wav));
+  try {
+    await page.goto(`http://127.0.0.1:${proxy.port}/`);
+    await waitConnected(page);
+    await page.click("#mic");
+    const micOpened = Date.now();
+    await page.waitForFunction(() => document.getElementById("transcript-state").textContent.startsWith("Connection lost"), null, { timeout: 60000 });
+    const duringCut = await pageState(page);
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+    await page.waitForFunction(() => window.earshotStats.streamResumes >= 1, null, { timeout: 60000 });
+    const resumed = await pageState(page);
+    const left = Number(opts.seconds ?? 12.5) * 1000 - (Date.now() - micOpened);
+    if (left > 0) await page.waitForTimeout(left);
+    await page.click("#mic");
+    await waitDone(page);
+    const state = await pageState(page);
+    console.error("page after the resumed stream:", JSON.stringify(state));
+    const txt = state.text ? await downloadText(page, "txt") : null;
+    if (opts.screenshot) await page.screenshot({ path: opts.screenshot.replace(/\.png$/, "-done.png"), fullPage: true });
+    result({ ...state, duringCut, resumed, started, txt, proxy: proxy.report, taskId: taskId() });
+  } finally {
+    await close();
+    proxy.server.close();
   }
 }
 
@@ -352,6 +392,7 @@ async function hashesScenario() {
 
 const scenarios = {
   mic: micScenario,
+  micresume: micResumeScenario,
   upload: async () => result(await uploadScenario()),
   resume: resumeScenario,
   reload: reloadScenario,
