@@ -141,14 +141,78 @@ async fn wait_ready(node: &Process, ready: bool) -> Value {
     )
 }
 
+/// The max age of every stream Earshot made in `nats`, read through NATS's own API.
+async fn assert_expiry_in_nats(nats: &Nats, ttl: Duration) {
+    let client = async_nats::connect(nats.url()).await.expect("NATS answers");
+    let js = async_nats::jetstream::new(client);
+    for (stream, age) in [
+        ("KV_earshot_tasks", ttl),
+        ("EARSHOT_EVENTS", ttl),
+        ("EARSHOT_JOBS", ttl),
+        ("OBJ_earshot_audio", ttl),
+        ("KV_earshot_uploads", ttl),
+        ("EARSHOT_UPLOADS", ttl * 2),
+    ] {
+        let mut found = js.get_stream(stream).await.expect(stream);
+        let info = found.info().await.expect(stream);
+        assert_eq!(info.config.max_age, age, "{stream}");
+    }
+}
+
+/// A second WebSocket on a node started with `--max-connections 1` (one already open):
+/// `error busy` with `retry_after_ms`, then close 1008.
+async fn assert_busy_at_cap(node: &Process) {
+    use futures_util::StreamExt;
+    let (mut extra, _) = tokio_tungstenite::connect_async(node.url.as_str())
+        .await
+        .expect("the node upgrades, then refuses");
+    let first = extra.next().await.expect("a message").expect("a frame");
+    let busy: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(busy["data"]["code"], "busy", "{busy}");
+    assert!(
+        busy["data"]["retry_after_ms"].as_u64().unwrap() > 0,
+        "{busy}"
+    );
+    match extra.next().await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 1008)
+        }
+        other => panic!("expected close 1008, got {other:?}"),
+    }
+}
+
+/// A counter or gauge from a node's `/metrics` (`None` when it is not there).
+async fn metric(node: &Process, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", node.http_url()))
+        .await
+        .expect("the node answers")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_answers_for_any_task_and_nodes_ride_out_a_nats_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(&tmp.path().join("nats"));
-    let a = node(tmp.path(), "a", &nats, &[]);
-    let b = node(tmp.path(), "b", &nats, &[]);
+    let ttl = ["--session-ttl", "1h"];
+    let a = node(tmp.path(), "a", &nats, &ttl);
+    // B takes one WebSocket connection at a time (its cap is checked below).
+    let b = node(
+        tmp.path(),
+        "b",
+        &nats,
+        &[&ttl[..], &["--max-connections", "1"]].concat(),
+    );
     let body = wait_ready(&b, true).await;
     assert_eq!(body["cluster_connected"], true, "{body}");
+    // Expiry is NATS's, cluster-wide and once: every record, event, job's audio and upload
+    // expires by its stream's max age (the session TTL; upload bytes twice it), not by a node.
+    assert_expiry_in_nats(&nats, Duration::from_secs(3600)).await;
 
     // Submitted on A over HTTP (run by whichever node pulls it), read on B.
     let file = "en_jfk.wav";
@@ -165,6 +229,9 @@ async fn any_node_answers_for_any_task_and_nodes_ride_out_a_nats_restart() {
         .await;
     let done = ws.expect("transcription_complete").await;
     assert_eq!(done["data"]["text"], text.as_str());
+    // At its connection cap a cluster node says busy, with when to retry, so a load balancer
+    // or client goes elsewhere.
+    assert_busy_at_cap(&b).await;
 
     // NATS goes away: readiness says why, and requests that need it fail fast, not hang.
     nats.stop();
@@ -249,6 +316,12 @@ async fn a_node_killed_mid_job_hands_it_over_and_the_client_hears_each_segment_o
     assert!(runner.is_some(), "the job ran and was killed mid-way");
     let survivor = &nodes[0];
     assert!(survivor.logged("running a job from the cluster", &task));
+    // Per-node metrics say it: the survivor took over one job; the cluster's queue depth is
+    // reported (the job stays in the work queue until it is acked).
+    let redelivered = metric(survivor, "earshot_cluster_redelivered_total").await;
+    assert_eq!(redelivered, Some(1.0), "redeliveries on the survivor");
+    let depth = metric(survivor, "earshot_cluster_queue_depth").await;
+    assert!(depth.is_some(), "the cluster's queue depth is a metric");
     let text = done["data"]["text"].as_str().unwrap().to_string();
     for words in ["long history of the world", "this responsibility"] {
         assert!(text.contains(words), "{words:?} not in {text:?}");
@@ -391,6 +464,14 @@ async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_n
     assert_eq!(status, StatusCode::OK, "{on_c}");
     assert_eq!(on_c["status"], "completed", "{on_c}");
     assert_eq!(on_c["text"], text.as_str(), "{on_c}");
+
+    // An HTTP request waiting on B (no processing slots) gets the transcript of the job C ran.
+    let file = "en_arctic_a0024.wav";
+    let response = transcribe_over_http(&b, file).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (http_task, text) = task_and_text(response).await;
+    assert_wer(file, &text, 0.3);
+    assert!(c.logged("running a job from the cluster", &http_task));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -285,6 +285,7 @@ async fn heartbeat(message: Arc<Message>, every: Duration) {
 #[async_trait::async_trait]
 impl JobQueue for NatsQueue {
     fn submit(&self, job: Job) {
+        tracing::info!(task_id = %job.task_id, "queued a job in the cluster");
         drop(self.registry.create(job.task_id, job.owner.clone()));
         let queue = self.clone();
         self.batch.tracker.spawn(async move {

@@ -57,6 +57,7 @@ pub struct Batch {
 #[async_trait::async_trait]
 impl JobQueue for Batch {
     fn submit(&self, job: Job) {
+        tracing::info!(task_id = %job.task_id, "queued a job");
         self.tasks.create(job.task_id, job.owner.clone());
         let batch = self.clone();
         self.tracker.spawn(async move { batch.run(job).await });
@@ -83,6 +84,7 @@ impl Batch {
         let Ok(_slot) = self.processing_slots.clone().acquire_owned().await else {
             return;
         };
+        tracing::info!(task_id = %job.task_id, "running a job");
         self.execute(job).await;
     }
 
