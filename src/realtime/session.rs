@@ -263,7 +263,7 @@ impl Session {
         let ClientEvent { event_id, kind } = event;
         let result = match kind {
             ClientKind::SessionUpdate(session) => self.update(&session).await,
-            ClientKind::Append(bytes) => self.append(&bytes).await,
+            ClientKind::Append(bytes) => self.append(&bytes, event_id.clone()).await,
             ClientKind::Commit => self.commit(event_id.clone()).await,
             ClientKind::Clear => self.clear().await,
         };
@@ -298,7 +298,12 @@ impl Session {
             .map(Ok)
     }
 
-    async fn append(&mut self, bytes: &[u8]) -> Result<Result<(), EventError>, Closed> {
+    /// Takes audio; `event_id` is the append's, named in a refusal that closes the session.
+    async fn append(
+        &mut self,
+        bytes: &[u8],
+        event_id: Option<String>,
+    ) -> Result<Result<(), EventError>, Closed> {
         let secs = bytes.len() as f64 / event::BYTES_PER_SEC as f64;
         if self.policy.buffered_secs() + secs > MAX_BUFFER_SECS {
             return Ok(Err(EventError::new(
@@ -312,7 +317,10 @@ impl Session {
         if let Err(refused) = self.start_live().await {
             self.closing = Some(refused.close);
             self.send(ServerEvent::Error {
-                error: refused.error,
+                error: ErrorBody {
+                    event_id,
+                    ..refused.error
+                },
             })
             .await?;
             return Ok(Ok(()));
