@@ -194,9 +194,10 @@ impl Conn {
                 }
                 let max = self.state.config.wyoming_max_audio.as_secs_f64();
                 let options = self.options();
+                // The format first: a malformed audio-start is told so even on a full server.
+                let utterance = Utterance::start(format, options, max, None)?;
                 let live = start_live(&self.state, &self.model).await?;
-                let utterance = Utterance::start(format, options, max, Some(live))?;
-                self.utterance = Some(utterance);
+                self.utterance = Some(utterance.on(live));
                 let language = self.language.clone();
                 self.write(&event::transcript_start(language.as_deref()))
                     .await

@@ -34,7 +34,8 @@ pub struct Live {
 
 /// The live state of one utterance.
 pub struct Utterance {
-    /// Model and live-capacity share; `None` only in unit tests, which never reach Whisper.
+    /// Model and live-capacity share, set by [`Utterance::on`] once the format is accepted;
+    /// `None` in unit tests, which never reach Whisper.
     live: Option<Live>,
     /// What `audio-start` announced; every chunk must repeat it.
     format: AudioFormat,
@@ -75,6 +76,14 @@ struct Pending {
 }
 
 impl Utterance {
+    /// The same utterance, running on `live` (its model and capacity share).
+    pub fn on(self, live: Live) -> Utterance {
+        Utterance {
+            live: Some(live),
+            ..self
+        }
+    }
+
     /// Starts an utterance in `format`; only 16-bit PCM at a rate the resampler takes.
     pub fn start(
         format: AudioFormat,
