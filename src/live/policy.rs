@@ -26,10 +26,8 @@
 //! in flight at a time; audio that arrives meanwhile waits in the buffer (nothing queues up). A
 //! job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the [`JobSpan`]
 //! it covered. This module must not block, spawn or talk to Whisper itself, and must not copy
-//! the buffer for a job.
-//!
-//! [`LiveConfig::tuned`] (the live WebSocket shell's config) reads benchmark overrides from
-//! `EARSHOT_LIVE_TUNING` once; nothing else here reads the environment.
+//! the buffer for a job, or read the environment ([`LiveConfig::with_overrides`] parses the
+//! benchmark overrides the socket shell reads from `EARSHOT_LIVE_TUNING`).
 
 use std::collections::VecDeque;
 
@@ -99,9 +97,6 @@ impl Default for LiveConfig {
     }
 }
 
-/// The environment variable [`LiveConfig::tuned`] reads: benchmark overrides of the defaults.
-pub const TUNING_ENV: &str = "EARSHOT_LIVE_TUNING";
-
 impl LiveConfig {
     /// The defaults with `key=value` overrides (comma-separated; keys are the field names,
     /// `inf` is infinity), so `scripts/bench-live` can try a lever without a rebuild. Unknown
@@ -134,25 +129,6 @@ impl LiveConfig {
             *field = number;
         }
         Ok(self)
-    }
-
-    /// The defaults, with the overrides in [`TUNING_ENV`] if it is set (read once; an invalid
-    /// value is logged and ignored). For benchmarks: production runs leave it unset.
-    pub fn tuned() -> Self {
-        static TUNED: std::sync::OnceLock<LiveConfig> = std::sync::OnceLock::new();
-        TUNED
-            .get_or_init(|| {
-                let Ok(overrides) = std::env::var(TUNING_ENV) else {
-                    return Self::default();
-                };
-                Self::default()
-                    .with_overrides(&overrides)
-                    .unwrap_or_else(|why| {
-                        tracing::warn!(%why, "{TUNING_ENV} ignored");
-                        Self::default()
-                    })
-            })
-            .clone()
     }
 }
 

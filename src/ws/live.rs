@@ -394,7 +394,7 @@ impl Runner {
         };
         let started = Instant::now();
         let mut link = Some(link);
-        let mut policy = LivePolicy::new(LiveConfig::tuned());
+        let mut policy = LivePolicy::new(tuned_config());
         let mut pending: Option<Pending> = None;
         let mut committed: Vec<Segment> = Vec::new();
         let mut at = Progress::default();
@@ -803,4 +803,28 @@ async fn next_event(pending: &mut Option<Pending>) -> Option<JobEvent> {
         Some(p) => p.handle.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// Benchmark overrides of the live policy's defaults (`LiveConfig::with_overrides` syntax), read
+/// by [`tuned_config`]; production runs leave it unset. `scripts/bench-live --tuning` sets it.
+const TUNING_ENV: &str = "EARSHOT_LIVE_TUNING";
+
+/// The live policy's defaults, with the overrides in [`TUNING_ENV`] if it is set (read once; an
+/// invalid value is logged and ignored). Read here, in the socket shell, so that the policy
+/// itself stays pure.
+fn tuned_config() -> LiveConfig {
+    static TUNED: std::sync::OnceLock<LiveConfig> = std::sync::OnceLock::new();
+    TUNED
+        .get_or_init(|| {
+            let Ok(overrides) = std::env::var(TUNING_ENV) else {
+                return LiveConfig::default();
+            };
+            LiveConfig::default()
+                .with_overrides(&overrides)
+                .unwrap_or_else(|why| {
+                    tracing::warn!(%why, "{TUNING_ENV} ignored");
+                    LiveConfig::default()
+                })
+        })
+        .clone()
 }
