@@ -556,16 +556,6 @@ impl UploadStorage for ClusterUploads {
         Ok(Self::progress_of(&h.record, None))
     }
 
-    fn put_chunk(
-        &self,
-        task_id: TaskId,
-        index: u32,
-        data: &[u8],
-    ) -> Result<(Insert, Progress), StoreError> {
-        let insert = self.write_chunk(task_id, index, data)?;
-        Ok((insert, self.sync(task_id)?))
-    }
-
     fn progress(&self, task_id: TaskId, missing_limit: usize) -> Result<Progress, StoreError> {
         let (record, _) = self.load(task_id)?;
         Ok(Self::progress_of(&record, Some(missing_limit)))

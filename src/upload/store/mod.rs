@@ -87,13 +87,17 @@ pub trait UploadStorage: Send + Sync {
     /// resend.
     fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError>;
 
-    /// Writes and syncs one chunk: the JSON path's per-chunk ack.
+    /// Writes and syncs one chunk: the JSON path's per-chunk ack. A store that can sync one
+    /// chunk more cheaply than [`sync`](Self::sync) (the local store groups fsyncs) overrides it.
     fn put_chunk(
         &self,
         task_id: TaskId,
         index: u32,
         data: &[u8],
-    ) -> Result<(Insert, Progress), StoreError>;
+    ) -> Result<(Insert, Progress), StoreError> {
+        let insert = self.write_chunk(task_id, index, data)?;
+        Ok((insert, self.sync(task_id)?))
+    }
 
     /// Where the upload stands, listing up to `missing_limit` missing chunks (for
     /// `upload_resume`). Chunks written but not synced count as missing.
