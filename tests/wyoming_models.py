@@ -19,7 +19,7 @@ import asyncio
 import json
 import sys
 
-from wyoming.asr import Transcribe, Transcript, TranscriptStop
+from wyoming.asr import Transcribe, Transcript, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -105,6 +105,10 @@ async def busy():
         # A holds the live capacity with an open utterance …
         await a.write_event(Transcribe(language="en").event())
         await a.write_event(AudioStart(**FMT).event())
+        # A's share is taken once the server answers `transcript-start`; only then may B ask
+        # (otherwise the server could see B's audio-start first).
+        event = await a.read_event()
+        assert event is not None and TranscriptStart.is_type(event.type), event
         await send_audio(a, EN[: 16000 * 2])
         # … so B's is refused, and B is closed.
         async with client() as b:
