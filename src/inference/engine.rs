@@ -313,7 +313,8 @@ pub fn context_params() -> WhisperContextParameters<'static> {
 
 /// The whisper.cpp parameters a job runs with, without the callbacks: whisper-cli 1.9.3's
 /// decoding (beam 5, best of 5 when a window falls back to sampling, temperature raised by 0.2
-/// per retry, its entropy, log-probability and no-speech thresholds) unless the options say
+/// per retry, its entropy, log-probability and no-speech thresholds, non-speech tokens allowed;
+/// a 30 s window gives whisper-cli's transcript to the token) unless the options say
 /// otherwise. Low-latency jobs decode greedily with one candidate and no fallback, to stay real
 /// time. Public so benchmarks can run whisper-rs directly on equal terms.
 pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '_> {
@@ -341,7 +342,10 @@ pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '
     params.set_print_special(false);
     params.set_print_timestamps(false);
     params.set_suppress_blank(true);
-    params.set_suppress_nst(true);
+    // whisper-cli leaves non-speech tokens (♪, [ ], ( ), …) allowed, and suppressing them changes
+    // which words a beam keeps; `clean_text` removes the marks they make. Live hypotheses keep
+    // them suppressed: a partial shown for a moment should not be a sound mark.
+    params.set_suppress_nst(options.low_latency);
     params.set_temperature(options.temperature.clamp(0.0, 1.0));
     params.set_temperature_inc(0.2);
     params.set_entropy_thold(2.4);

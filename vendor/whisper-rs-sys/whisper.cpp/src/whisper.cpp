@@ -2146,18 +2146,22 @@ static struct ggml_cgraph * whisper_build_graph_encoder(
                 ggml_build_forward_expand(gf, ggml_cpy(ctx0, Kcur, ggml_view_1d(ctx0, kv_pad.k, n_ctx*n_state, 0)));
                 ggml_build_forward_expand(gf, ggml_cpy(ctx0, Vcur, ggml_view_1d(ctx0, kv_pad.v, n_ctx*n_state, 0)));
 
-                // only the n_ctx rows written above: rows n_ctx..GGML_PAD(n_ctx, 256) of kv_pad are never written
-                // here and hold leftovers of earlier (longer) encodings or zeros, and no mask is passed
+                // Rows n_ctx..GGML_PAD(n_ctx, 256) of kv_pad are never written here and no mask is passed.
+                // A full window (n_ctx 1500) attends over all 1536 rows as upstream does: its 36 padding
+                // rows are never written by any encoding, so they are the zeros a fresh state has, and
+                // the result is whisper-cli's to the bit. A shorter audio_ctx attends over the written
+                // rows only: its padding holds leftovers of earlier, longer encodings.
+                const int n_kv_enc = n_ctx == hparams.n_audio_ctx ? GGML_PAD(n_ctx, 256) : n_ctx;
                 struct ggml_tensor * K =
                     ggml_view_3d(ctx0, kv_pad.k,
-                            n_state_head, n_ctx, n_head,
+                            n_state_head, n_kv_enc, n_head,
                             ggml_element_size(kv_pad.k)*n_state,
                             ggml_element_size(kv_pad.k)*n_state_head,
                             0);
 
                 struct ggml_tensor * V =
                     ggml_view_3d(ctx0, kv_pad.v,
-                            n_state_head, n_ctx, n_head,
+                            n_state_head, n_kv_enc, n_head,
                             ggml_element_size(kv_pad.v)*n_state,
                             ggml_element_size(kv_pad.v)*n_state_head,
                             0);
@@ -2443,6 +2447,13 @@ static bool whisper_encode_internal(
     {
         auto & sched = wstate.sched_cross.sched;
 
+        // a full window's decoder attends over each layer's padding rows (see the decoder graph):
+        // make them zeros, as in a fresh state, whatever shorter encodings wrote there before
+        const int n_ctx_enc = wstate.exp_n_audio_ctx > 0 ? wstate.exp_n_audio_ctx : wctx.model.hparams.n_audio_ctx;
+        if (wctx.params.flash_attn && n_ctx_enc == wctx.model.hparams.n_audio_ctx) {
+            ggml_backend_buffer_clear(wstate.kv_cross.buffer, 0);
+        }
+
         ggml_cgraph * gf = whisper_build_graph_cross(wctx, wstate);
 
         if (!ggml_backend_sched_alloc_graph(sched, gf)) {
@@ -2684,20 +2695,23 @@ static struct ggml_cgraph * whisper_build_graph_decoder(
                         0, 2, 1, 3);
 
             if (wctx.params.flash_attn) {
-                // only the n_audio_ctx rows whisper_build_graph_cross wrote for this encoding; the
-                // layer stride stays n_audio_ctx_pad, as there. Rows n_audio_ctx..n_audio_ctx_pad are
-                // never written (zeros, or other layers'/encodings' K,V after an audio_ctx change) and
-                // no mask is passed, so they must not be in the view.
+                // Rows n_audio_ctx..n_audio_ctx_pad of each layer are not written by
+                // whisper_build_graph_cross (the layer stride is n_audio_ctx_pad) and no mask is passed.
+                // A full window attends over them as upstream does: whisper_encode_internal clears
+                // kv_cross before a full window's cross graph, so they are a fresh state's zeros and the
+                // result is whisper-cli's to the bit. A shorter audio_ctx attends over the written rows
+                // only: its padding holds other layers' and earlier encodings' K,V.
+                const int n_kv_cross = n_audio_ctx == hparams.n_audio_ctx ? n_audio_ctx_pad : n_audio_ctx;
                 struct ggml_tensor * Kcross =
                     ggml_view_3d(ctx0, wstate.kv_cross.k,
-                            n_state_head, n_audio_ctx, n_head,
+                            n_state_head, n_kv_cross, n_head,
                             ggml_element_size(wstate.kv_cross.k)*n_state,
                             ggml_element_size(wstate.kv_cross.k)*n_state_head,
                             ggml_element_size(wstate.kv_cross.k)*n_state*n_audio_ctx_pad*il);
 
                 struct ggml_tensor * Vcross =
                     ggml_view_3d(ctx0, wstate.kv_cross.v,
-                            n_state_head, n_audio_ctx, n_head,
+                            n_state_head, n_kv_cross, n_head,
                             ggml_element_size(wstate.kv_cross.v)*n_state,
                             ggml_element_size(wstate.kv_cross.v)*n_state_head,
                             ggml_element_size(wstate.kv_cross.v)*n_state*n_audio_ctx_pad*il);
