@@ -271,7 +271,9 @@ def pickups_once(args, work, mode):
 def failover_once(args, work):
     """Seconds from SIGKILL of the worker running a job to the other worker running it."""
     setup = Setup(args, work, "cluster", nodes=(
-        ("front", ("--max-processing", "0")),
+        # every node gets the same ack wait: the job queue is the cluster's, created by
+        # whichever node starts first (docs/CLUSTER.md)
+        ("front", ("--max-processing", "0", "--cluster-ack-wait", args.ack_wait)),
         ("w1", ("--max-processing", "1", "--cluster-ack-wait", args.ack_wait)),
         ("w2", ("--max-processing", "1", "--cluster-ack-wait", args.ack_wait)),
     ))
@@ -409,7 +411,7 @@ def main():
                       "the job published, pulled, its audio fetched back).")
     if fails:
         md.append(f"- Failover: a front node without processing slots takes a {LONG_FILE} transcription "
-                  f"over HTTP; two worker nodes (`--max-processing 1`, `--cluster-ack-wait {args.ack_wait}`); "
+                  f"over HTTP; two worker nodes (`--max-processing 1`), every node `--cluster-ack-wait {args.ack_wait}`; "
                   "2 s after the job starts on one, that worker gets SIGKILL. Time from the kill to the "
                   f"other worker's `running a job from the cluster` line: "
                   f"{', '.join(f'{x:.1f} s' for x in fails)} (median {median(fails):.1f} s); the HTTP "

@@ -377,6 +377,19 @@ fn assembled(node_dir: &Path, task: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// How many local copies (`received.*.part`) of an upload a node still has.
+fn copies_left(node_dir: &Path, task: &str) -> usize {
+    let dir = node_dir.join("cluster-uploads").join(task);
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("received."))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// An upload half sent through one node.
 struct Half {
     /// The file's bytes.
@@ -455,6 +468,9 @@ async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_n
         assembled(&tmp.path().join("b"), &task, "audio.wav") == data,
         "byte-identical"
     );
+    // B's local copy had only the chunks it published: the file came from NATS's pieces and
+    // the copy is gone.
+    assert_eq!(copies_left(&tmp.path().join("b"), &task), 0);
     let (_, done) = again.transcript().await;
     let text = done["data"]["text"].as_str().unwrap().to_string();
     assert_wer(file, &text, 0.15);
@@ -519,6 +535,7 @@ async fn a_stale_node_cannot_corrupt_an_upload_another_took_over() {
         assembled(&tmp.path().join("b"), &task, "audio.wav") == data,
         "byte-identical"
     );
+    assert_eq!(copies_left(&tmp.path().join("b"), &task), 0);
     let (_, done) = on_b.transcript().await;
     assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
 }

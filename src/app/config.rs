@@ -238,7 +238,9 @@ pub struct ServerConfig {
     pub cluster: Vec<String>,
 
     /// In a cluster: how long a job may go without word from the node running it before
-    /// another node takes it over (a running node reports three times per period).
+    /// another node takes it over (a running node reports three times per period). It belongs
+    /// to the cluster's job queue, which the first node to start creates: give every node the
+    /// same value (a node whose value differs warns and keeps to the queue's).
     #[arg(long, env = "EARSHOT_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = positive_duration)]
     pub cluster_ack_wait: Duration,
 

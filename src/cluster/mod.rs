@@ -12,7 +12,8 @@
 //!   created with `replicas` copies.
 //! - [`uploads::ClusterUploads`]: the [`UploadStorage`](crate::upload::store::UploadStorage)
 //!   over them, so an upload resumes on any node; [`upload_record`] holds its pure decisions
-//!   (leases, chunk bookkeeping).
+//!   (leases, chunk bookkeeping), [`local_copy`] the holding node's own copy of the chunks it
+//!   published, which becomes the file when the upload completes there.
 //! - [`registry::NatsRegistry`]: the [`TaskRegistry`](crate::jobs::TaskRegistry) over them.
 //! - [`queue::NatsQueue`]: the [`JobQueue`](crate::jobs::JobQueue) over them; jobs run here
 //!   through [`Batch`](crate::jobs::batch::Batch).
@@ -25,6 +26,7 @@
 //! This module must not know about sockets, routes or the wire protocol of clients, and must not
 //! hold a job's audio or an upload in memory: files go to and from NATS in chunks.
 
+pub mod local_copy;
 pub mod queue;
 pub mod registry;
 pub mod upload_record;

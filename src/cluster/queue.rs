@@ -119,6 +119,16 @@ impl NatsQueue {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
+        let ack_wait = consumer.cached_info().config.ack_wait;
+        if ack_wait != self.cluster.config.ack_wait {
+            // The consumer is the cluster's: the first node created it, and its ack wait is
+            // what NATS redelivers by; this node's in-progress acks must keep to it.
+            tracing::warn!(
+                cluster = ?ack_wait,
+                configured = ?self.cluster.config.ack_wait,
+                "the job queue's ack wait was set by the node that created it; using the cluster's"
+            );
+        }
         loop {
             let slots = self.batch.processing_slots.clone();
             let Ok(slot) = slots.acquire_owned().await else {
@@ -127,7 +137,7 @@ impl NatsQueue {
             match next_job(&consumer).await {
                 Ok(Some(message)) => {
                     let me = self.clone();
-                    self.batch.tracker.spawn(me.run(message, slot));
+                    self.batch.tracker.spawn(me.run(message, slot, ack_wait));
                 }
                 Ok(None) => {}
                 Err(err) => {
@@ -138,8 +148,9 @@ impl NatsQueue {
         }
     }
 
-    /// Runs one job taken from the queue, holding a processing slot.
-    async fn run(self, message: Message, _slot: OwnedSemaphorePermit) {
+    /// Runs one job taken from the queue, holding a processing slot; `ack_wait` is the
+    /// consumer's, which the in-progress acks must beat.
+    async fn run(self, message: Message, _slot: OwnedSemaphorePermit, ack_wait: Duration) {
         let Ok(job) = serde_json::from_slice::<JobMessage>(&message.payload) else {
             tracing::warn!("an unreadable job is dropped");
             let _ = timed(message.ack_with(AckKind::Term)).await;
@@ -152,7 +163,7 @@ impl NatsQueue {
             crate::metrics::cluster_redelivered();
         }
         let message = Arc::new(message);
-        let beat = tokio::spawn(heartbeat(message.clone(), self.cluster.config.ack_wait / 3));
+        let beat = tokio::spawn(heartbeat(message.clone(), ack_wait / 3));
         let ended = self.transcribe(job).await;
         beat.abort();
         match ended {

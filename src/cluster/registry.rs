@@ -271,18 +271,20 @@ impl NatsRegistry {
 
     async fn owned_snapshot(&self, task_id: TaskId) -> Option<(Snapshot, Option<Owner>)> {
         if let Some(found) = self.local(task_id) {
-            return Some(found);
+            if is_over(&found.0.state) {
+                return Some(found);
+            }
+            // This node's mirror may lag behind the node that ran the job (its client heard
+            // the end already): the record, written before the end event, says if it ended.
+            let record = self.record(task_id).await;
+            return Some(record.and_then(ended).unwrap_or(found));
         }
         let record = self.record(task_id).await?;
+        if let Some(found) = ended(record.clone()) {
+            return Some(found);
+        }
         let owner = record.owner.clone();
         let state = TaskState::from(record.state);
-        if is_over(&state) {
-            let segments = match &state {
-                TaskState::Done(result) => result.transcript.segments.clone(),
-                _ => Vec::new(),
-            };
-            return Some((Snapshot { state, segments }, owner));
-        }
         // Queued or running, perhaps on another node: its events say how far.
         self.follow(task_id, Some(owner.clone()), false);
         let caught_up = lock(&self.tasks)
@@ -311,6 +313,19 @@ impl NatsRegistry {
         self.write(Write::Put(task_id, record));
         self.write(Write::Publish(task_id, Event::End { state }));
     }
+}
+
+/// The snapshot of a task whose record says it ended; `None` while it is queued or running.
+fn ended(record: Record) -> Option<(Snapshot, Option<Owner>)> {
+    let state = TaskState::from(record.state);
+    if !is_over(&state) {
+        return None;
+    }
+    let segments = match &state {
+        TaskState::Done(result) => result.transcript.segments.clone(),
+        _ => Vec::new(),
+    };
+    Some((Snapshot { state, segments }, record.owner))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -13,6 +13,8 @@
 //! This module must not talk to NATS or read the clock; a field added here must stay
 //! readable by a node running the previous version (`#[serde(default)]`).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::TaskId;
@@ -208,6 +210,18 @@ impl UploadRecord {
         }
     }
 
+    /// Whether a node's local copy holds the file exactly as this record names it: every chunk
+    /// stored, and each written there under the generation the record stores it under
+    /// (`written`: chunk → the generation it was published under when the copy got it). Only
+    /// then may the copy become the file; a chunk the record has from another generation (a
+    /// takeover, a stale node's bytes) sends the node to NATS's pieces.
+    pub fn matches_copy(&self, written: &HashMap<u32, u64>) -> bool {
+        (0..self.meta.plan.total_chunks).all(|i| {
+            self.gen_of(i)
+                .is_some_and(|gen| written.get(&i) == Some(&gen))
+        })
+    }
+
     /// The stored chunks as the plan's bitmap.
     pub fn received(&self) -> ReceivedSet {
         let mut set = ReceivedSet::new(self.meta.plan.total_chunks);
@@ -314,6 +328,30 @@ mod tests {
         let bytes = serde_json::to_vec(&r).unwrap();
         assert_eq!(serde_json::from_slice::<UploadRecord>(&bytes).unwrap(), r);
         assert_eq!(r.meta.status, UploadStatus::Uploading);
+    }
+
+    #[test]
+    fn a_local_copy_is_the_file_only_if_every_chunk_is_in_it_under_the_stored_generation() {
+        let mut r = record(3);
+        let copy: HashMap<u32, u64> = [(0, 1), (1, 1), (2, 1)].into();
+        // Written here but not all stored yet: not the file.
+        r.add(&[0, 1]);
+        assert!(!r.matches_copy(&copy));
+        r.add(&[2]);
+        assert!(r.matches_copy(&copy));
+        // A chunk missing from the copy (its local write failed): NATS has the last word.
+        let partial: HashMap<u32, u64> = [(0, 1), (2, 1)].into();
+        assert!(!r.matches_copy(&partial));
+        // Another node took over and stored chunk 2 under generation 2: the copy's chunk 2 is
+        // this node's late (generation 1) bytes, which the record does not name.
+        let mut taken = record(3).claimed(Claim::Take, "b", 2_000, 10_000).unwrap();
+        taken.lease.gen = 1;
+        taken.add(&[0, 1]);
+        taken.lease.gen = 2;
+        taken.add(&[2]);
+        assert!(!taken.matches_copy(&copy));
+        let moved: HashMap<u32, u64> = [(0, 1), (1, 1), (2, 2)].into();
+        assert!(taken.matches_copy(&moved));
     }
 
     #[test]

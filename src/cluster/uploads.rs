@@ -18,11 +18,13 @@
 //! - **Whole-file hash**: computed when the file is assembled (`finalize`, or `audio_path` on a
 //!   node without a copy), streaming the pieces from NATS into a local file in
 //!   `<data_dir>/cluster-uploads/<id>/`; so nothing needs to move between nodes but the record.
-//!   The node holding the lease also writes each chunk it stores at its offset in a local
-//!   `received.part`; when every chunk the record names is one it wrote under the same
-//!   generation, `finalize` hashes that file instead of reading the pieces back from NATS
-//!   (which took two thirds of a loopback upload's time). The record still decides which bytes
-//!   count, and the declared hash still checks them.
+//!   The node holding the lease also writes each chunk it publishes at its offset in a local
+//!   copy ([`LocalCopy`]), hashing it as the prefix grows; when every chunk the record names is
+//!   one it wrote there under the same generation, `finalize` checks the declared hash and
+//!   renames the copy into place, reading nothing back from NATS and writing nothing again
+//!   (reading back and copying cost the cluster half its upload speed). The record still
+//!   decides which bytes count, and the declared hash still checks them: a copy that fails it
+//!   is dropped and the file assembled from NATS.
 //!
 //! Calls are blocking (the trait's contract): each NATS operation runs on the node's runtime
 //! through `block_in_place`, under [`OP_TIMEOUT`], and a NATS that does not answer is
@@ -33,8 +35,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::future::{Future, IntoFuture};
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +44,7 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 
+use super::local_copy::LocalCopy;
 use super::upload_record::{chunks_of, piece_subject, pieces, Claim, UploadRecord, PIECE};
 use super::{timed, Cluster, ClusterError, OP_TIMEOUT};
 use crate::domain::TaskId;
@@ -66,9 +68,9 @@ struct Held {
     pending: Vec<u32>,
     /// The stream's acks of their pieces, awaited by the next commit.
     acks: Vec<PublishAckFuture>,
-    /// Chunks this process also wrote to its local `received.part`, with the generation they
-    /// were published under: where they match the record, `finalize` need not read NATS.
-    local: HashMap<u32, u64>,
+    /// The chunks this process published, also written to a local file: where they are the
+    /// file the record names, `finalize` renames it into place instead of reading NATS.
+    copy: LocalCopy,
 }
 
 /// Uploads in the cluster's NATS; see the module docs.
@@ -277,12 +279,14 @@ impl ClusterUploads {
             lock(&self.held).insert(task_id, held.clone());
             return held;
         }
+        let dir = self.spool.join(task_id.to_string());
+        let copy = LocalCopy::new(&dir, record.meta.declared().kinds());
         let held = Arc::new(Mutex::new(Held {
             record,
             revision,
             pending: Vec::new(),
             acks: Vec::new(),
-            local: HashMap::new(),
+            copy,
         }));
         lock(&self.held).insert(task_id, held.clone());
         held
@@ -307,49 +311,8 @@ impl ClusterUploads {
             let ack = self.block(self.cluster.js.publish(subject, bytes))?;
             h.acks.push(ack);
         }
-        self.keep_local(task_id, h, index, data);
+        h.copy.write(&h.record.meta.plan, index, gen, data);
         Ok(())
-    }
-
-    /// The local file chunks are written to as they are published.
-    fn received_file(&self, task_id: TaskId) -> PathBuf {
-        self.spool.join(task_id.to_string()).join("received.part")
-    }
-
-    /// Writes a published chunk at its offset in the local `received.part` too; on failure the
-    /// chunk is only in NATS, where `finalize` then reads it.
-    fn keep_local(&self, task_id: TaskId, h: &mut Held, index: u32, data: &[u8]) {
-        h.local.remove(&index);
-        let Some(offset) = h.record.meta.plan.chunk_offset(index) else {
-            return;
-        };
-        let path = self.received_file(task_id);
-        let written = path
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| {
-                fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-            })
-            .and_then(|file| file.write_all_at(data, offset));
-        match written {
-            Ok(()) => {
-                h.local.insert(index, h.record.lease.gen);
-            }
-            Err(err) => tracing::debug!(%task_id, %err, "a chunk is kept in NATS only"),
-        }
-    }
-
-    /// Whether every chunk of `record` is in the local `received.part`, as the record names it.
-    fn all_local(record: &UploadRecord, local: &HashMap<u32, u64>) -> bool {
-        (0..record.meta.plan.total_chunks).all(|i| {
-            record
-                .gen_of(i)
-                .is_some_and(|gen| local.get(&i) == Some(&gen))
-        })
     }
 
     /// Makes the pending chunks durable: every piece acked by the stream, then the record
@@ -404,7 +367,7 @@ impl ClusterUploads {
 
     /// Streams every chunk from NATS into the local file, hashing as it goes, and keeps it
     /// only if it matches the declared hashes. Never more than one piece in memory.
-    fn assemble(&self, record: &UploadRecord, local: bool) -> Result<PathBuf, StoreError> {
+    fn assemble(&self, record: &UploadRecord) -> Result<PathBuf, StoreError> {
         let meta = &record.meta;
         let dest = self.audio_file(meta);
         let dir = dest.parent().unwrap_or(&self.spool).to_path_buf();
@@ -417,10 +380,7 @@ impl ClusterUploads {
         } else {
             kinds
         });
-        let copied = match local {
-            true => self.copy_local(record, &mut file, &mut digest),
-            false => self.copy_chunks(record, &mut file, &mut digest),
-        };
+        let copied = self.copy_chunks(record, &mut file, &mut digest);
         let verified = copied.and_then(|()| {
             file.sync_all().map_err(io("syncing an assembled upload"))?;
             match meta.declared().mismatch(&digest.finish()) {
@@ -437,31 +397,6 @@ impl ClusterUploads {
             .and_then(|d| d.sync_all())
             .map_err(io("syncing an upload's directory"))?;
         Ok(dest)
-    }
-
-    /// Copies the local `received.part` (every chunk in it, see [`Self::all_local`]) into
-    /// `file`, hashing as it goes, one block in memory at a time.
-    fn copy_local(
-        &self,
-        record: &UploadRecord,
-        file: &mut File,
-        digest: &mut RunningDigest,
-    ) -> Result<(), StoreError> {
-        let mut source = File::open(self.received_file(record.meta.task_id))
-            .map_err(io("opening an upload's received chunks"))?;
-        let mut left = record.meta.plan.file_size;
-        let mut block = vec![0u8; 1 << 20];
-        while left > 0 {
-            let want = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            source
-                .read_exact(&mut block[..want])
-                .map_err(io("reading an upload's received chunks"))?;
-            file.write_all(&block[..want])
-                .map_err(io("writing an assembled upload"))?;
-            digest.update(&block[..want]);
-            left -= want as u64;
-        }
-        Ok(())
     }
 
     fn copy_chunks(
@@ -498,13 +433,40 @@ impl ClusterUploads {
         Ok(())
     }
 
+    /// The verified file of a complete upload this node holds: its local copy renamed into
+    /// place when the record names exactly the chunks in it (one write of every byte here,
+    /// not two); otherwise, or when the copy fails the declared hash, assembled from NATS's
+    /// pieces, which have the last word.
+    fn adopt_copy(&self, h: &mut Held) -> Result<PathBuf, StoreError> {
+        if h.record.matches_copy(h.copy.written()) {
+            let (meta, dest) = (&h.record.meta, self.audio_file(&h.record.meta));
+            match h.copy.verify_into(&meta.plan, &meta.declared(), &dest) {
+                Ok(true) => {
+                    let dir = dest.parent().unwrap_or(&self.spool);
+                    File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io("syncing an upload's directory"))?;
+                    return Ok(dest);
+                }
+                Ok(false) => {
+                    tracing::info!(task_id = %meta.task_id, "the local copy fails the hash; assembling from NATS");
+                }
+                Err(err) => {
+                    tracing::warn!(task_id = %meta.task_id, %err, "the local copy is unusable; assembling from NATS");
+                }
+            }
+        }
+        h.copy.discard();
+        self.assemble(&h.record)
+    }
+
     /// The local copy of a verified upload, assembled again if this node has none.
     fn local_copy(&self, record: &UploadRecord) -> Result<PathBuf, StoreError> {
         let path = self.audio_file(&record.meta);
         if path.exists() {
             return Ok(path);
         }
-        self.assemble(record, false).map_err(|e| match e {
+        self.assemble(record).map_err(|e| match e {
             StoreError::HashMismatch { .. } => {
                 StoreError::Corrupt("a verified upload changed".into())
             }
@@ -587,6 +549,7 @@ impl UploadStorage for ClusterUploads {
         let mut meta = h.record.meta.clone();
         meta.declare(hashes)?;
         if meta != h.record.meta {
+            h.copy.declare(meta.declared().kinds());
             meta.updated_at = unix_secs(SystemTime::now());
             h.record.meta = meta;
             // Written with the next commit's CAS, pending chunks or none.
@@ -612,15 +575,7 @@ impl UploadStorage for ClusterUploads {
         if h.record.meta.declared().kinds().is_empty() {
             return Err(StoreError::AwaitingHash);
         }
-        let local = Self::all_local(&h.record, &h.local);
-        let mut assembled = self.assemble(&h.record, local);
-        if local && matches!(assembled, Err(StoreError::HashMismatch { .. })) {
-            // The local copy is only a shortcut: NATS's pieces have the last word.
-            assembled = self.assemble(&h.record, false);
-        }
-        let _ = fs::remove_file(self.received_file(task_id));
-        h.local.clear();
-        let path = match assembled {
+        let path = match self.adopt_copy(&mut h) {
             Ok(path) => path,
             Err(e @ StoreError::HashMismatch { .. }) => {
                 h.record.meta.error = Some(e.to_string());
