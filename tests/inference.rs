@@ -567,10 +567,10 @@ fn traditional_only(text: &str) -> String {
 fn mandarin_comes_out_in_the_script_asked_for() {
     // Every run decodes the same (sampling is reseeded per job, see
     // `sampling_does_not_depend_on_what_the_worker_decoded_before`).
+    // Greedy: the subject is the script, not the decoding. Primed with this prompt, a beam
+    // search on the 2 s clips falls back through every temperature (as whisper-cli does).
     let files = [
         "zh_BAC009S0764W0121.wav",
-        "zh_IT0011W0001.wav",
-        "zh_TEST_NET_Y0000000000_S00000.wav",
         "zh_TEST_MEETING_T0000000001_S00000.wav",
     ];
     let run = |file: &str, zh_script: Option<ZhScript>| {
@@ -579,7 +579,7 @@ fn mandarin_comes_out_in_the_script_asked_for() {
             token_timestamps: true,
             initial_prompt: Some("以下是普通話的句子。".into()),
             zh_script,
-            ..Options::default()
+            ..greedy()
         };
         let handle = BASE.submit_blocking(read_wav(file), options).unwrap();
         let (segments, summary) = handle.blocking_collect().expect("job succeeds");
@@ -672,10 +672,11 @@ fn detection_on_a_reused_state_equals_detection_on_a_fresh_one() {
 #[test]
 fn sampling_does_not_depend_on_what_the_worker_decoded_before() {
     let meeting = || read_wav("zh_TEST_MEETING_T0000000001_S00000.wav");
+    // Greedy with its fallback (best of 5 at t > 0), at a fraction of beam 5's cost.
     let batch = Options {
         language: Some("zh".into()),
         threads: 2,
-        ..Options::default()
+        ..greedy()
     };
     let hot = Options {
         language: Some("zh".into()),
