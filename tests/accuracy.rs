@@ -22,17 +22,18 @@ use earshot::inference::{Options, Pool, PoolConfig};
 use earshot::transcript::Transcript;
 use tokio_util::sync::CancellationToken;
 
-/// Pooled error (WER; CER for zh and ja) of Earshot's column in docs/ACCURACY.md, per language
-/// and model, made on 2026-12-03 18:11 UTC by `scripts/bench-accuracy` (earshot release build
-/// of commit 9309827, quiet machine; see that page for the machine and whisper-cli's numbers).
-/// en on tiny.en and zh miss the goal (≤ whisper-cli's 0.130 and 0.245): the page says why.
+/// Pooled error (WER; CER for zh and ja) of Earshot's columns in docs/ACCURACY.md, per language
+/// and model, made on 2026-12-03 22:14 UTC by `scripts/bench-accuracy --earshot
+/// target/release/earshot --scorer target/release/examples/score_transcripts` (release build of
+/// commit c7d0e03, Intel Xeon, 2 CPUs; see that page for whisper-cli's numbers). Every row equals
+/// whisper-cli's, on the same WAV and on Earshot's own decoding of the original file alike.
 const THRESHOLDS: &[(&str, &str, f64)] = &[
-    ("en", "tiny.en", 0.152),
-    ("en", "base-q5_1", 0.101),
-    ("zh", "base-q5_1", 0.298),
+    ("en", "tiny.en", 0.145),
+    ("en", "base-q5_1", 0.123),
+    ("zh", "base-q5_1", 0.255),
     ("ja", "base-q5_1", 0.100),
     ("de", "base-q5_1", 0.300),
-    ("fr", "base-q5_1", 0.077),
+    ("fr", "base-q5_1", 0.231),
     ("ru", "base-q5_1", 0.111),
 ];
 
@@ -111,7 +112,7 @@ fn every_language_is_as_accurate_as_docs_accuracy_md_says() {
             .unwrap_or_else(|| panic!("no corpus file scored for {language} on {model}"));
         let error = edits / units as f64;
         eprintln!("{language} {model}: {error:.3} (docs/ACCURACY.md: {threshold:.3})");
-        if !(error <= threshold + SLACK) {
+        if error.is_nan() || error > threshold + SLACK {
             failures.push(format!(
                 "{language} on {model}: error {error:.3} above docs/ACCURACY.md's {threshold:.3}"
             ));

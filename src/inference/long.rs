@@ -21,8 +21,8 @@
 //! itself (whisper.cpp drops it after a high-temperature fallback, which whisper-rs does not
 //! report; a repeated segment is what that fallback is for). Windows shorter than
 //! [`SHORT_WINDOW`] get only the caller's prompt: whisper.cpp drops the earlier text for a
-//! file's last few seconds, where it tends to make the decoder repeat itself. All of this is
-//! switched off for now ([`CARRY_TEXT`]).
+//! file's last few seconds, where it tends to make the decoder repeat itself ([`CARRY_TEXT`]
+//! switches all of this off).
 //!
 //! The caller stops a run with a [`CancellationToken`]: it is checked before each pull from the
 //! source, and a cancelled run ends with [`LongError::Stopped`]. The source's own error comes back
@@ -67,12 +67,12 @@ const EDGE: usize = RATE;
 pub const CONTEXT_CHARS: usize = 1200;
 
 /// Whether a batch window's prompt carries the text of the windows before it, as whisper-cli
-/// does (within the rules of [`Context`]). Off until the rules are checked on real audio:
-/// without them, on twenty minutes of clips with 40 s silences between them
-/// (tests/inference.rs, `twenty_minutes_are_transcribed_in_order_with_bounded_lookahead`),
-/// Whisper repeated the carried text as a later window's segment; with them that test and
-/// docs/ACCURACY.md's 146 s speech have not been run yet.
-const CARRY_TEXT: bool = false;
+/// does (within the rules of [`Context`]). Without those rules, on twenty minutes of clips with
+/// 40 s silences between them (tests/inference.rs,
+/// `twenty_minutes_are_transcribed_in_order_with_bounded_lookahead`), Whisper repeated the
+/// carried text as a later window's segment; with them that test passes, and on the 146 s speech
+/// (docs/ACCURACY.md) the text stays as close to whisper-cli's as without carrying.
+const CARRY_TEXT: bool = true;
 /// Longest silence between one window's speech (with its [`CONTEXT`]) and the next window's
 /// first speech across which the earlier text is still carried: a pause within one talk, not
 /// a new recording.

@@ -265,7 +265,7 @@ impl Served {
         }
         self.load(&name).await?;
         self.try_lease(&name)
-            .ok_or_else(|| Refusal::Load(InferenceError::ShutDown))
+            .ok_or(Refusal::Load(InferenceError::ShutDown))
     }
 
     /// Whether the named model transcribes more than English: known once it has been loaded,

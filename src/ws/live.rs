@@ -26,7 +26,6 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use axum::extract::ws::{CloseFrame, Message};
-use tokio::sync::mpsc::error::TryRecvError;
 
 use super::follow::segment_msg;
 use super::{close, Connection, Outbound};
@@ -528,18 +527,13 @@ impl Runner {
     /// Answers resumes that reached the stream as it ended: there is nothing to continue.
     async fn refuse_handoffs(&mut self) {
         self.handoffs.close();
-        loop {
-            match self.handoffs.try_recv() {
-                Ok(attach) => {
-                    let err = ProtocolError::new(
-                        ErrorCode::SessionNotFound,
-                        "that stream has just ended; get_result has its transcript",
-                    );
-                    let msg = err.with_task(self.task_id).to_message();
-                    let _ = attach.link.out.send(msg).await;
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(attach) = self.handoffs.try_recv() {
+            let err = ProtocolError::new(
+                ErrorCode::SessionNotFound,
+                "that stream has just ended; get_result has its transcript",
+            );
+            let msg = err.with_task(self.task_id).to_message();
+            let _ = attach.link.out.send(msg).await;
         }
     }
 
