@@ -23,9 +23,9 @@ use earshot::transcript::Transcript;
 use tokio_util::sync::CancellationToken;
 
 /// Pooled error (WER; CER for zh and ja) of Earshot's columns in docs/ACCURACY.md, per language
-/// and model, made on 2026-12-03 22:14 UTC by `scripts/bench-accuracy --earshot
+/// and model, made on 2026-12-03 22:58 UTC by `scripts/bench-accuracy --earshot
 /// target/release/earshot --scorer target/release/examples/score_transcripts` (release build of
-/// commit c7d0e03, Intel Xeon, 2 CPUs; see that page for whisper-cli's numbers). Every row equals
+/// commit e0c357f, Intel Xeon, 2 CPUs; see that page for whisper-cli's numbers). Every row equals
 /// whisper-cli's, on the same WAV and on Earshot's own decoding of the original file alike.
 const THRESHOLDS: &[(&str, &str, f64)] = &[
     ("en", "tiny.en", 0.145),
