@@ -216,6 +216,18 @@ async fn an_idle_model_is_unloaded_and_loaded_again_on_its_next_use() {
     assert_eq!(base["name"], BASE, "{health}");
     assert_eq!(base["loaded"], false, "{health}");
     assert_eq!(base["requests"], 2, "{health}");
+    // /metrics has a series per served model (values are not compared: the recorder is the
+    // whole test process's, which other tests' servers scrape too).
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["tiny.en", BASE] {
+        let series = format!("earshot_model_loaded{{model=\"{name}\"}}");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
     server.shutdown().await;
 }
 
