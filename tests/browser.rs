@@ -468,3 +468,32 @@ async fn live_stream_cut_mid_way_resumes_the_same_task_without_losing_or_repeati
         server_rendering(&server, &result, "text").await
     );
 }
+
+/// The page's language list follows the model chosen: English only for tiny.en (with the hint),
+/// every language for the multilingual model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_language_list_follows_the_model_chosen() {
+    check_setup();
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start_with(|c| {
+        c.models = vec!["tiny.en".into(), "base-q5_1".into()];
+        c.models_dir = common::models_dir();
+    })
+    .await;
+    let result = run(&server, "models", &[]).await;
+    let models = result["models"].as_array().expect("models listed");
+    let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, ["tiny.en", "base-q5_1"], "{result}");
+    assert_eq!(
+        models[0]["languages"],
+        serde_json::json!(["en"]),
+        "{result}"
+    );
+    assert_eq!(models[0]["chosen"], "en", "{result}");
+    assert_eq!(models[0]["hint"], true, "{result}");
+    let offered = models[1]["languages"].as_array().unwrap();
+    assert!(offered.len() > 10, "{result}");
+    assert!(offered.contains(&serde_json::json!("zh")), "{result}");
+    assert_eq!(models[1]["hint"], false, "{result}");
+    server.shutdown().await;
+}

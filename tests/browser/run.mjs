@@ -21,6 +21,9 @@
 //           the fake microphone through the proxy of `resume`: the live stream's WebSocket is
 //           cut once after BYTES bytes from the browser and WebSockets are refused for 3 s; the
 //           page must resume the same stream. RESULT adds every `stream_started` it received
+//   models                                             each served model chosen in turn:
+//           RESULT has `models`, per model the languages the page still offers and whether it
+//           shows the English-only hint
 //   hashes                                             checks web/hash.js in Node
 //
 // Every browser scenario's RESULT has `taskId`: the last task the server named to the page
@@ -390,7 +393,31 @@ async function hashesScenario() {
   result({ failures });
 }
 
+/** Chooses each model in the page's list and reads which languages it then offers. */
+async function modelsScenario() {
+  const { page, close } = await launch();
+  try {
+    await page.goto(url);
+    await waitConnected(page);
+    const names = await page.$$eval("#model option", (os) => os.map((o) => o.value));
+    const models = [];
+    for (const name of names) {
+      await page.selectOption("#model", name);
+      models.push(await page.evaluate((name) => ({
+        name,
+        languages: [...document.querySelectorAll("#language option")].filter((o) => !o.disabled).map((o) => o.value),
+        chosen: document.getElementById("language").value,
+        hint: !document.getElementById("language-hint").hidden,
+      }), name));
+    }
+    result({ models });
+  } finally {
+    await close();
+  }
+}
+
 const scenarios = {
+  models: modelsScenario,
   mic: micScenario,
   micresume: micResumeScenario,
   upload: async () => result(await uploadScenario()),
