@@ -147,27 +147,19 @@ impl LocalCopy {
         file.write_all_at(data, offset)
     }
 
-    /// Hashes the chunks written early that now follow the hashed prefix (from the page cache:
-    /// they were just written).
+    /// Hashes the chunks written early that now follow the hashed prefix.
     fn advance(&mut self, plan: &ChunkPlan) {
         let Some(file) = &self.file else {
             return;
         };
-        loop {
-            let hashed = self.digest.hashed();
-            if hashed >= plan.file_size || !hashed.is_multiple_of(plan.chunk_size) {
-                return;
-            }
-            let next = (hashed / plan.chunk_size) as u32;
-            if !self.written.contains_key(&next) {
-                return;
-            }
-            let end = hashed + plan.chunk_len(next).unwrap_or(0);
-            if self.digest.update_from_file(file, end).is_err() {
-                // Unreadable: start over; the finish reads the whole file again.
-                self.digest = RunningDigest::new(self.kinds);
-                return;
-            }
+        let written = &self.written;
+        if self
+            .digest
+            .catch_up(file, plan, |i| written.contains_key(&i))
+            .is_err()
+        {
+            // Unreadable: start over; the finish reads the whole file again.
+            self.digest = RunningDigest::new(self.kinds);
         }
     }
 }

@@ -15,6 +15,8 @@ use std::os::unix::fs::FileExt;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
+use super::plan::ChunkPlan;
+
 /// Read size when hashing bytes already on disk.
 const BLOCK: usize = 1 << 20;
 
@@ -143,6 +145,28 @@ impl RunningDigest {
         Ok(())
     }
 
+    /// Hashes, read back from `file`, the chunks of `plan` that now follow the hashed prefix
+    /// and for which `written` holds (chunks that arrived early, from the page cache: they were
+    /// just written). Stops at the first chunk not written.
+    pub fn catch_up(
+        &mut self,
+        file: &File,
+        plan: &ChunkPlan,
+        written: impl Fn(u32) -> bool,
+    ) -> io::Result<()> {
+        loop {
+            let hashed = self.len;
+            if hashed >= plan.file_size || !hashed.is_multiple_of(plan.chunk_size) {
+                return Ok(());
+            }
+            let next = (hashed / plan.chunk_size) as u32;
+            if !written(next) {
+                return Ok(());
+            }
+            self.update_from_file(file, hashed + plan.chunk_len(next).unwrap_or(0))?;
+        }
+    }
+
     /// The hashes of everything added.
     pub fn finish(self) -> FileHashes {
         FileHashes {
@@ -220,6 +244,24 @@ mod tests {
         assert_eq!(declared.mismatch(&other), Some("file_sha256"));
         assert!(declared.kinds().sha256);
         assert!(FileHashes::default().kinds().is_empty());
+    }
+
+    #[test]
+    fn catching_up_hashes_the_written_chunks_after_the_prefix_and_stops_at_a_gap() {
+        let bytes = data(10_000);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        let plan = ChunkPlan::new(10_000, 1_000, 10, &Default::default()).unwrap();
+        let mut d = RunningDigest::new(ALL);
+        d.update(&bytes[..1_000]);
+        d.catch_up(&file, &plan, |i| i != 4).unwrap();
+        assert_eq!(d.hashed(), 4_000);
+        d.catch_up(&file, &plan, |_| true).unwrap();
+        assert_eq!(d.hashed(), 10_000);
+        assert_eq!(
+            d.finish().blake3,
+            Some(blake3::hash(&bytes).to_hex().to_string())
+        );
     }
 
     #[test]

@@ -350,26 +350,17 @@ impl Session {
         self.meta.plan.chunk_offset(index) == Some(self.digest.hashed())
     }
 
-    /// Hashes the chunks that arrived early and now follow the hashed prefix (from the page
-    /// cache: they were just written).
+    /// Hashes the chunks that arrived early and now follow the hashed prefix.
     fn advance_digest(&mut self) -> Result<(), StoreError> {
         let plan = self.meta.plan;
-        loop {
-            let hashed = self.digest.hashed();
-            if hashed >= plan.file_size || !hashed.is_multiple_of(plan.chunk_size) {
-                return Ok(());
-            }
-            let next = (hashed / plan.chunk_size) as u32;
-            if !self.received.contains(next) && !self.pending.contains(&next) {
-                return Ok(());
-            }
-            let end = hashed + plan.chunk_len(next).unwrap_or(0);
-            self.data_file()?;
-            let file = self.data.as_deref().expect("opened above");
-            self.digest
-                .update_from_file(file, end)
-                .map_err(io_err("reading data.part"))?;
-        }
+        self.data_file()?;
+        let file = self.data.as_deref().expect("opened above");
+        let (received, pending) = (&self.received, &self.pending);
+        self.digest
+            .catch_up(file, &plan, |i| {
+                received.contains(i) || pending.contains(&i)
+            })
+            .map_err(io_err("reading data.part"))
     }
 
     /// Finishes the running hashes (reading whatever was not hashed yet) and compares them
