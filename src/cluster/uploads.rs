@@ -9,7 +9,8 @@
 //!   one message per subject).
 //! - **Durable before acknowledged**: `write_chunk` publishes; `sync` waits for the stream's
 //!   acks of every piece, then writes the record naming the chunks (CAS). Only then are they
-//!   reported. A crash or NATS failure in between leaves bytes no record names: unacknowledged,
+//!   reported. The acks are awaited without the upload's lock, so the connection publishes
+//!   its next chunks meanwhile; commits of one upload still run one at a time, in order. A crash or NATS failure in between leaves bytes no record names: unacknowledged,
 //!   resent by the client, never half-counted.
 //! - **One writer**: the node holding the lease writes; `upload_resume` takes it over
 //!   (generation + 1) and a lapsed lease may be taken by any node. A stale node's commit fails
@@ -68,6 +69,13 @@ struct Held {
     pending: Vec<u32>,
     /// The stream's acks of their pieces, awaited by the next commit.
     acks: Vec<PublishAckFuture>,
+    /// Chunks a commit took from `pending` and is making durable: the next chunks are
+    /// published while it waits for the stream (this lock is not held meanwhile), and a chunk
+    /// sent again in that time is still a duplicate.
+    committing: Vec<u32>,
+    /// Taken for a whole commit, before this lock: one commit of an upload at a time, so
+    /// records are written in the order their chunks were published.
+    turn: Arc<Mutex<()>>,
     /// The chunks this process published, also written to a local file: where they are the
     /// file the record names, `finalize` renames it into place instead of reading NATS.
     copy: LocalCopy,
@@ -272,6 +280,7 @@ impl ClusterUploads {
             if h.record.lease.gen != record.lease.gen {
                 h.pending.clear();
                 h.acks.clear();
+                h.committing.clear();
             }
             h.record = record;
             h.revision = revision;
@@ -286,6 +295,8 @@ impl ClusterUploads {
             revision,
             pending: Vec::new(),
             acks: Vec::new(),
+            committing: Vec::new(),
+            turn: Arc::default(),
             copy,
         }));
         lock(&self.held).insert(task_id, held.clone());
@@ -316,22 +327,43 @@ impl ClusterUploads {
     }
 
     /// Makes the pending chunks durable: every piece acked by the stream, then the record
-    /// naming them written with compare-and-set (which also renews the lease).
-    fn commit(&self, task_id: TaskId, h: &mut Held) -> Result<(), StoreError> {
-        for ack in std::mem::take(&mut h.acks) {
-            if let Err(e) = self.block(ack.into_future()) {
-                h.pending.clear();
-                return Err(e);
-            }
+    /// naming them written with compare-and-set (which also renews the lease). The stream's
+    /// acks are awaited without the upload's lock, so its next chunks are published meanwhile;
+    /// the caller holds the upload's `turn`. Returns the upload, locked, as the write left it.
+    fn commit<'a>(
+        &self,
+        task_id: TaskId,
+        held: &'a Mutex<Held>,
+    ) -> Result<std::sync::MutexGuard<'a, Held>, StoreError> {
+        let (gen, acks) = {
+            let mut h = lock(held);
+            h.committing = std::mem::take(&mut h.pending);
+            (h.record.lease.gen, std::mem::take(&mut h.acks))
+        };
+        let acked = acks
+            .into_iter()
+            .try_for_each(|ack| self.block(ack.into_future()).map(drop));
+        let mut h = lock(held);
+        let batch = std::mem::take(&mut h.committing);
+        acked?;
+        if h.record.lease.gen != gen {
+            // Taken over while the stream answered: these chunks are the old generation's.
+            return Err(StoreError::HeldElsewhere);
         }
+        self.record(task_id, &mut h, &batch)?;
+        Ok(h)
+    }
+
+    /// Writes the held record with `added` chunks stored, under compare-and-set (renewing
+    /// the lease).
+    fn record(&self, task_id: TaskId, h: &mut Held, added: &[u32]) -> Result<(), StoreError> {
         let mut record = h.record.clone();
         for _ in 0..CAS_RETRIES {
-            record.add(&h.pending);
+            record.add(added);
             record.lease.until_ms = now_ms() + self.lease_ms();
             match self.write(task_id, &record, h.revision) {
                 Ok(revision) => {
                     (h.record, h.revision) = (record, revision);
-                    h.pending.clear();
                     return Ok(());
                 }
                 Err(Cas::Conflict) => {
@@ -347,13 +379,25 @@ impl ClusterUploads {
                     // Our own earlier write landed unanswered: build on what it stored.
                     (record.stored, h.revision) = (latest.stored, revision);
                 }
-                Err(Cas::Failed(e)) => {
-                    h.pending.clear();
-                    return Err(e);
-                }
+                Err(Cas::Failed(e)) => return Err(e),
             }
         }
         Err(StoreError::HeldElsewhere)
+    }
+
+    /// Changes the held record's meta and writes it (compare-and-set); on failure the held
+    /// record stays as NATS has it.
+    fn write_meta(
+        &self,
+        task_id: TaskId,
+        h: &mut Held,
+        change: impl FnOnce(&mut Meta),
+    ) -> Result<(), StoreError> {
+        let before = h.record.meta.clone();
+        change(&mut h.record.meta);
+        h.record.meta.updated_at = unix_secs(SystemTime::now());
+        self.record(task_id, h, &[])
+            .inspect_err(|_| h.record.meta = before)
     }
 
     /// Where the assembled file of an upload goes.
@@ -503,7 +547,9 @@ impl UploadStorage for ClusterUploads {
         let held = self.holding(task_id, false)?;
         let mut h = lock(&held);
         h.record.meta.plan.check_chunk(index, data.len() as u64)?;
-        if h.record.contains(index) || h.pending.contains(&index) {
+        let known =
+            h.record.contains(index) || h.pending.contains(&index) || h.committing.contains(&index);
+        if known {
             return Ok(Insert::Duplicate);
         }
         self.publish(task_id, &mut h, index, data)?;
@@ -513,8 +559,9 @@ impl UploadStorage for ClusterUploads {
 
     fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError> {
         let held = self.holding(task_id, false)?;
-        let mut h = lock(&held);
-        self.commit(task_id, &mut h)?;
+        let turn = lock(&held).turn.clone();
+        let _turn = lock(&turn);
+        let h = self.commit(task_id, &held)?;
         Ok(Self::progress_of(&h.record, None))
     }
 
@@ -545,15 +592,15 @@ impl UploadStorage for ClusterUploads {
             };
         }
         let held = self.holding(task_id, false)?;
-        let mut h = lock(&held);
+        let turn = lock(&held).turn.clone();
+        let _turn = lock(&turn);
+        let mut h = self.commit(task_id, &held)?;
         let mut meta = h.record.meta.clone();
         meta.declare(hashes)?;
         if meta != h.record.meta {
-            h.copy.declare(meta.declared().kinds());
-            meta.updated_at = unix_secs(SystemTime::now());
-            h.record.meta = meta;
-            // Written with the next commit's CAS, pending chunks or none.
-            self.commit(task_id, &mut h)?;
+            self.write_meta(task_id, &mut h, |m| *m = meta)?;
+            let kinds = h.record.meta.declared().kinds();
+            h.copy.declare(kinds);
         }
         Ok(Some(Self::progress_of(&h.record, None)))
     }
@@ -564,8 +611,9 @@ impl UploadStorage for ClusterUploads {
             return self.local_copy(&record);
         }
         let held = self.holding(task_id, false)?;
-        let mut h = lock(&held);
-        self.commit(task_id, &mut h)?;
+        let turn = lock(&held).turn.clone();
+        let _turn = lock(&turn);
+        let mut h = self.commit(task_id, &held)?;
         let received = h.record.received();
         if !received.is_complete() {
             return Err(StoreError::Incomplete {
@@ -578,16 +626,12 @@ impl UploadStorage for ClusterUploads {
         let path = match self.adopt_copy(&mut h) {
             Ok(path) => path,
             Err(e @ StoreError::HashMismatch { .. }) => {
-                h.record.meta.error = Some(e.to_string());
-                h.record.meta.updated_at = unix_secs(SystemTime::now());
-                self.commit(task_id, &mut h)?;
+                self.write_meta(task_id, &mut h, |m| m.error = Some(e.to_string()))?;
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
-        h.record.meta.status = UploadStatus::Uploaded;
-        h.record.meta.updated_at = unix_secs(SystemTime::now());
-        self.commit(task_id, &mut h)?;
+        self.write_meta(task_id, &mut h, |m| m.status = UploadStatus::Uploaded)?;
         drop(h);
         self.forget(task_id);
         Ok(path)

@@ -87,6 +87,9 @@ pub struct Connection {
     pub cancel: CancellationToken,
     /// Uploads this connection is sending, each holding one upload slot.
     uploads: HashMap<TaskId, ActiveUpload>,
+    /// The group commit under way, at most one: the next chunks are received and written
+    /// while the store makes the last group durable, and its ack is sent when it is done.
+    committing: Option<upload::Committing>,
     /// The live stream this connection is sending, if any.
     live: Option<live::LiveStream>,
     /// `audio_segment` tasks in progress, by task.
@@ -153,6 +156,7 @@ pub async fn run<S, E>(
         caller,
         out,
         uploads: HashMap::new(),
+        committing: None,
         live: None,
         segments: HashMap::new(),
         followers: HashMap::new(),
@@ -271,6 +275,10 @@ impl Connection {
                 _ = tokio::time::sleep(GROUP_COMMIT_DELAY), if pending => {
                     self.flush_pending().await
                 }
+                (task_id, synced) = upload::committed(&mut self.committing) => {
+                    let result = self.acknowledge(task_id, synced).await;
+                    self.report(result).await
+                }
                 _ = sleep_until_some(idle_check) => {
                     self.release_idle_uploads(config.upload_idle_timeout);
                     Flow::Continue
@@ -374,6 +382,11 @@ impl Connection {
     /// `text` is the frame's shared buffer: a large one moves to the blocking pool as it is,
     /// and its base64 is decoded from there without a copy.
     async fn on_text(&mut self, text: Utf8Bytes) -> Flow {
+        // Whatever the message is about, it is answered after the group commit under way.
+        let settled = self.settle().await;
+        if let Flow::Close(code, reason) = self.report(settled).await {
+            return Flow::Close(code, reason);
+        }
         let limits = self.state.limits();
         let parsed = if text.len() > INLINE_PARSE_BYTES {
             tokio::task::spawn_blocking(move || protocol::parse_client(text.as_str(), &limits))

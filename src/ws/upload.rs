@@ -2,7 +2,9 @@
 //! (fast path, group commit + cumulative `chunk_ack`), `upload_resume` and `get_result`.
 //!
 //! Every disk operation runs on the blocking pool; a chunk is acknowledged only after the store
-//! has made it durable. When the last chunk is in, the file is verified, `upload_complete` sent,
+//! has made it durable. A binary upload's group commit runs while the connection receives and
+//! writes the next chunks (one commit under way per connection; any other message waits for
+//! it), so the client's window keeps moving while the store syncs. When the last chunk is in, the file is verified, `upload_complete` sent,
 //! and transcription started; this connection then follows the task. Uploads of another API
 //! key are answered as if they did not exist.
 //!
@@ -24,6 +26,29 @@ use crate::protocol::store::{chunk_ack, new_upload};
 use crate::protocol::{ErrorCode, ProtocolError, ServerMessage, MAX_MISSING_LISTED};
 use crate::upload::plan::Insert;
 use crate::upload::store::{Meta, Progress, StoreError, UploadStatus, UploadStorage};
+
+/// What a group commit's blocking task returns.
+type Synced = Result<Result<Progress, StoreError>, tokio::task::JoinError>;
+
+/// A group commit running on the blocking pool.
+pub(super) struct Committing {
+    /// The upload it makes durable.
+    task_id: TaskId,
+    /// The store's `sync`, joined when the connection next needs its answer.
+    done: tokio::task::JoinHandle<Result<Progress, StoreError>>,
+}
+
+/// The result of the group commit under way, when it finishes; never, if none is. Takes it,
+/// so the caller acknowledges it exactly once.
+pub(super) async fn committed(committing: &mut Option<Committing>) -> (TaskId, Synced) {
+    let Some(c) = committing.as_mut() else {
+        return std::future::pending().await;
+    };
+    let synced = (&mut c.done).await;
+    let task_id = c.task_id;
+    *committing = None;
+    (task_id, synced)
+}
 
 /// How long a client is asked to wait when every upload slot is taken.
 const UPLOAD_RETRY_MS: u64 = 2_000;
@@ -166,14 +191,21 @@ impl Connection {
         if insert == Insert::New {
             upload.pending += 1;
         }
-        if upload.pending >= MAX_PENDING_CHUNKS || insert == Insert::Duplicate {
+        if insert == Insert::Duplicate {
             return self.commit(task_id).await;
+        }
+        if upload.pending >= MAX_PENDING_CHUNKS {
+            return self.start_commit(task_id).await;
         }
         Ok(())
     }
 
     /// Syncs every upload with pending chunks and acknowledges them.
     pub(super) async fn flush_pending(&mut self) -> Flow {
+        let settled = self.settle().await;
+        if let Flow::Close(code, reason) = self.report(settled).await {
+            return Flow::Close(code, reason);
+        }
         let ids: Vec<TaskId> = self
             .uploads
             .iter()
@@ -191,10 +223,42 @@ impl Connection {
 
     /// Group commit: one sync for all pending chunks, then one cumulative ack.
     async fn commit(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        self.start_commit(task_id).await?;
+        self.settle().await
+    }
+
+    /// Starts the group commit of the upload's pending chunks, after the one under way has
+    /// been acknowledged; the connection goes on receiving meanwhile.
+    async fn start_commit(&mut self, task_id: TaskId) -> Result<(), ProtocolError> {
+        self.settle().await?;
         if let Some(u) = self.uploads.get_mut(&task_id) {
             u.pending = 0;
         }
-        let synced = blocking(self, Some(task_id), move |s| s.sync(task_id)).await;
+        let state = self.state.clone();
+        let done = tokio::task::spawn_blocking(move || state.uploads.sync(task_id));
+        self.committing = Some(Committing { task_id, done });
+        Ok(())
+    }
+
+    /// Waits for the group commit under way, if any, and acknowledges it.
+    pub(super) async fn settle(&mut self) -> Result<(), ProtocolError> {
+        let Some(Committing { task_id, done }) = self.committing.take() else {
+            return Ok(());
+        };
+        let synced = done.await;
+        self.acknowledge(task_id, synced).await
+    }
+
+    /// Sends the cumulative ack of a finished group commit (and completes the upload if that
+    /// was its last chunk).
+    pub(super) async fn acknowledge(
+        &mut self,
+        task_id: TaskId,
+        synced: Synced,
+    ) -> Result<(), ProtocolError> {
+        let synced = synced
+            .map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))
+            .and_then(|r| r.map_err(|e| store_error(e, Some(task_id))));
         let progress: Progress = synced.inspect_err(|e| self.release_if_gone(task_id, e))?;
         self.send(ServerMessage::ChunkAck(chunk_ack(task_id, &progress)))
             .await?;

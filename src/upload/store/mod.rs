@@ -82,9 +82,10 @@ pub trait UploadStorage: Send + Sync {
     /// acknowledging (the fast path's group commit). The length must match the plan.
     fn write_chunk(&self, task_id: TaskId, index: u32, data: &[u8]) -> Result<Insert, StoreError>;
 
-    /// Makes every chunk written so far durable and returns what to acknowledge; `missing`
-    /// lists the gaps below the highest stored chunk (capped), what a pipelined sender must
-    /// resend.
+    /// Makes every chunk written before the call durable and returns what to acknowledge;
+    /// `missing` lists the gaps below the highest stored chunk (capped), what a pipelined
+    /// sender must resend. Chunks written while it runs (from another thread) may be left to
+    /// the next sync.
     fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError>;
 
     /// Writes and syncs one chunk: the JSON path's per-chunk ack. A store that can sync one
