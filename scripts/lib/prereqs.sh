@@ -31,8 +31,9 @@ need_packages() {
     "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# What building whisper.cpp (C++, cmake), libopus and the bindgen step needs.
-BUILD_PACKAGES=(cmake clang libclang-dev build-essential pkg-config curl ca-certificates)
+# What building whisper.cpp (C++, cmake) and libopus needs. No clang: the whisper.cpp
+# bindings are generated once, when it is updated (vendor/whisper-rs-sys/README.md).
+BUILD_PACKAGES=(cmake build-essential pkg-config curl ca-certificates)
 
 need_cargo() {
     if [[ -d "$HOME/.cargo/bin" ]]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
