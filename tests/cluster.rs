@@ -2,7 +2,7 @@
 //! processes on `127.0.0.1:0` with the real tiny.en model: a task submitted on one node is
 //! read on another; a node killed with SIGKILL mid-job hands the job to another node and the
 //! client hears each segment once; while NATS is down the nodes say so quickly, and they carry
-//! on when it is back. Each test starts and stops its own NATS on a free port.
+//! on when it is back; a binary upload's group commits keep their acks in order. Each test starts and stops its own NATS on a free port.
 
 mod common;
 
@@ -584,4 +584,69 @@ async fn twenty_uploads_over_three_nodes_all_complete_on_more_than_one_node() {
     };
     let busy = nodes.iter().filter(|n| ran(n)).count();
     assert!(busy > 1, "only {busy} node transcribed");
+}
+
+/// The binary fast path in the cluster: a window of chunks in flight, each group committed
+/// while the next is sent, and chunks sent again right behind their first copy (so some
+/// arrive while their group is being made durable). Acks never go back, every chunk counts
+/// once, and the file the node keeps is byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&tmp.path().join("nats"));
+    let a = node(tmp.path(), "a", &nats, &[]);
+    wait_ready(&a, true).await;
+    let file = "en_jfk.wav";
+    let data = std::fs::read(common::corpus_file(file)).unwrap();
+    let chunk = 8 * 1024;
+    let total = data.len().div_ceil(chunk) as u32;
+    assert!(total > 32, "several group commits");
+    let mut c = Client::connect(&a.url).await;
+    c.send(json!({"type": "upload_request", "data": {
+        "file_name": file, "file_size": data.len(), "chunk_size": chunk,
+        "total_chunks": total, "transport": "binary"}}))
+        .await;
+    let ready = c.expect("upload_ready").await;
+    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
+    let window = ready["data"]["chunk_window"]
+        .as_u64()
+        .expect("chunk_window") as u32;
+    let piece = |i: u32| &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
+
+    let (mut next, mut stored) = (0u32, 0u64);
+    while stored < u64::from(total) {
+        while next < total && u64::from(next) < stored + u64::from(window) {
+            c.send_binary(common::server::binary_chunk(&task, next, piece(next)))
+                .await;
+            if next % 3 == 0 {
+                // The same chunk again at once: a duplicate, whatever its group is doing.
+                c.send_binary(common::server::binary_chunk(&task, next, piece(next)))
+                    .await;
+            }
+            next += 1;
+        }
+        let ack = c.expect("chunk_ack").await;
+        let now = ack["data"]["received_chunks"].as_u64().unwrap();
+        assert!(now >= stored, "acks go forward: {now} after {stored}");
+        assert!(now <= u64::from(next), "only sent chunks are acked: {ack}");
+        stored = now;
+    }
+    let blake3 = blake3::hash(&data).to_hex().to_string();
+    c.send(json!({"type": "upload_finish", "data": {"task_id": task, "file_blake3": blake3}}))
+        .await;
+    loop {
+        let msg = c.recv().await;
+        match msg["type"].as_str().unwrap() {
+            "chunk_ack" => {}
+            "upload_complete" => break,
+            other => panic!("unexpected {other}: {msg}"),
+        }
+    }
+    assert!(
+        assembled(&tmp.path().join("a"), &task, "audio.wav") == data,
+        "byte-identical"
+    );
+    assert_eq!(copies_left(&tmp.path().join("a"), &task), 0);
+    let (_, done) = c.transcript().await;
+    assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
 }
