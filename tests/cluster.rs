@@ -390,6 +390,27 @@ fn copies_left(node_dir: &Path, task: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Checks that the node in `node_dir` kept the upload's file byte-identical and no local copy
+/// of it, then waits for its transcript on `client`; returns the text.
+async fn assert_kept_and_transcribed(
+    node_dir: &Path,
+    task: &str,
+    data: &[u8],
+    client: &mut Client,
+    file: &str,
+    max_wer: f64,
+) -> String {
+    assert!(
+        assembled(node_dir, task, "audio.wav") == data,
+        "byte-identical"
+    );
+    assert_eq!(copies_left(node_dir, task), 0, "no local copy left");
+    let (_, done) = client.transcript().await;
+    let text = done["data"]["text"].as_str().unwrap().to_string();
+    assert_wer(file, &text, max_wer);
+    text
+}
+
 /// An upload half sent through one node.
 struct Half {
     /// The file's bytes.
@@ -464,16 +485,10 @@ async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_n
     assert_eq!(missing, (half as u64 + 2..total as u64).collect::<Vec<_>>());
     send_chunks(&mut again, &task, &data, chunk, half + 2..total).await;
     again.expect("upload_complete").await;
-    assert!(
-        assembled(&tmp.path().join("b"), &task, "audio.wav") == data,
-        "byte-identical"
-    );
     // B's local copy had only the chunks it published: the file came from NATS's pieces and
     // the copy is gone.
-    assert_eq!(copies_left(&tmp.path().join("b"), &task), 0);
-    let (_, done) = again.transcript().await;
-    let text = done["data"]["text"].as_str().unwrap().to_string();
-    assert_wer(file, &text, 0.15);
+    let b_dir = tmp.path().join("b");
+    let text = assert_kept_and_transcribed(&b_dir, &task, &data, &mut again, file, 0.15).await;
 
     // Read on C over HTTP.
     let (status, on_c) = get_json(format!("{}/v1/tasks/{task}", c.http_url())).await;
@@ -531,13 +546,7 @@ async fn a_stale_node_cannot_corrupt_an_upload_another_took_over() {
     // B finishes with the true bytes: the file is the original and transcribes right.
     send_chunks(&mut on_b, &task, &data, chunk, total - 1..total).await;
     on_b.expect("upload_complete").await;
-    assert!(
-        assembled(&tmp.path().join("b"), &task, "audio.wav") == data,
-        "byte-identical"
-    );
-    assert_eq!(copies_left(&tmp.path().join("b"), &task), 0);
-    let (_, done) = on_b.transcript().await;
-    assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
+    assert_kept_and_transcribed(&tmp.path().join("b"), &task, &data, &mut on_b, file, 0.3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,10 +616,7 @@ async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() 
         "total_chunks": total, "transport": "binary"}}))
         .await;
     let ready = c.expect("upload_ready").await;
-    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
-    let window = ready["data"]["chunk_window"]
-        .as_u64()
-        .expect("chunk_window") as u32;
+    let (task, window) = common::server::task_and_window(&ready);
     let piece = |i: u32| &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
 
     let (mut next, mut stored) = (0u32, 0u64);
@@ -634,19 +640,6 @@ async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() 
     let blake3 = blake3::hash(&data).to_hex().to_string();
     c.send(json!({"type": "upload_finish", "data": {"task_id": task, "file_blake3": blake3}}))
         .await;
-    loop {
-        let msg = c.recv().await;
-        match msg["type"].as_str().unwrap() {
-            "chunk_ack" => {}
-            "upload_complete" => break,
-            other => panic!("unexpected {other}: {msg}"),
-        }
-    }
-    assert!(
-        assembled(&tmp.path().join("a"), &task, "audio.wav") == data,
-        "byte-identical"
-    );
-    assert_eq!(copies_left(&tmp.path().join("a"), &task), 0);
-    let (_, done) = c.transcript().await;
-    assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
+    c.expect_upload_complete().await;
+    assert_kept_and_transcribed(&tmp.path().join("a"), &task, &data, &mut c, file, 0.3).await;
 }

@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::server::{
-    assert_wer, binary_chunk, md5_hex, sha256_hex, stored_audio, Client, TestServer,
+    assert_wer, binary_chunk, md5_hex, sha256_hex, stored_audio, task_and_window, Client,
+    TestServer,
 };
 use serde_json::json;
 
@@ -25,10 +26,7 @@ async fn binary_chunks_in_a_window_with_a_corrupt_one_resent() {
         "upload_mode": "chunked", "transport": "binary"}}))
         .await;
     let ready = c.expect("upload_ready").await;
-    let task = ready["data"]["task_id"].as_str().unwrap().to_string();
-    let window = ready["data"]["chunk_window"]
-        .as_u64()
-        .expect("chunk_window") as u32;
+    let (task, window) = task_and_window(&ready);
     assert!(window >= 2, "{ready}");
     let piece = |i: u32| &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
     let corrupt = 5;
@@ -179,14 +177,7 @@ async fn the_file_hash_may_follow_the_chunks() {
     let blake3 = blake3::hash(&data).to_hex().to_string();
     c.send(json!({"type": "upload_finish", "data": {"task_id": task, "file_blake3": blake3}}))
         .await;
-    loop {
-        let msg = c.recv().await;
-        match msg["type"].as_str().unwrap() {
-            "chunk_ack" => {}
-            "upload_complete" => break,
-            other => panic!("unexpected {other}: {msg}"),
-        }
-    }
+    c.expect_upload_complete().await;
     let (_, done) = c.transcript().await;
     assert_wer(name, done["data"]["text"].as_str().unwrap(), 0.2);
     assert_eq!(stored_audio(&server.data_path(), &task), data);

@@ -234,6 +234,19 @@ impl Client {
         v
     }
 
+    /// Reads until `upload_complete`, passing over `chunk_ack`s (the last group's ack may come
+    /// first); returns it. Any other message fails the test.
+    pub async fn expect_upload_complete(&mut self) -> Value {
+        loop {
+            let msg = self.recv().await;
+            match msg["type"].as_str().unwrap_or_default() {
+                "chunk_ack" => {}
+                "upload_complete" => return msg,
+                other => panic!("unexpected {other}: {msg}"),
+            }
+        }
+    }
+
     /// The next message, which must be an `error` with `code`; returns its `data`.
     pub async fn expect_error(&mut self, code: &str) -> Value {
         let v = self.recv().await;
@@ -302,6 +315,15 @@ pub fn upload_chunk(task_id: &str, data: &[u8], chunk: usize, i: usize) -> Value
 }
 
 /// A fast-path binary chunk frame.
+/// An `upload_ready`'s task id and chunk window (binary uploads have one).
+pub fn task_and_window(ready: &Value) -> (String, u32) {
+    let task = ready["data"]["task_id"].as_str().expect("task_id");
+    let window = ready["data"]["chunk_window"]
+        .as_u64()
+        .expect("chunk_window");
+    (task.to_string(), window as u32)
+}
+
 pub fn binary_chunk(task_id: &str, index: u32, payload: &[u8]) -> Vec<u8> {
     let id = uuid::Uuid::parse_str(task_id).expect("a uuid");
     let mut f = Vec::with_capacity(29 + payload.len());
