@@ -5,7 +5,7 @@
 //! - [`Cluster`]: the connection, and the JetStream resources every node uses (created by the
 //!   first node that starts, found by the others): the `earshot_tasks` KV bucket (one record per
 //!   task), the `EARSHOT_EVENTS` stream (each task's events on its own subject), the
-//!   `EARSHOT_JOBS` work-queue stream and the `earshot_audio` object store (a job's audio,
+//!   `EARSHOT_JOBS` work-queue stream and the `earshot_audio` object store (an HTTP job's audio,
 //!   readable by whichever node runs it), the `earshot_uploads` KV bucket (one record per
 //!   upload: meta, lease, stored chunks) and the `EARSHOT_UPLOADS` stream (chunk bytes). Their
 //!   max age is the session TTL, so expiry is cluster-wide and happens once, in NATS; each is
@@ -47,7 +47,7 @@ const TASKS_BUCKET: &str = "earshot_tasks";
 const EVENTS_STREAM: &str = "EARSHOT_EVENTS";
 /// The work-queue stream of jobs.
 const JOBS_STREAM: &str = "EARSHOT_JOBS";
-/// The object store of jobs' audio.
+/// The object store of HTTP jobs' audio (an upload's job reads the upload's chunks).
 const AUDIO_BUCKET: &str = "earshot_audio";
 /// The KV bucket of upload records.
 const UPLOADS_BUCKET: &str = "earshot_uploads";

@@ -1,5 +1,6 @@
-//! The cluster's job queue, [`NatsQueue`]: a job's audio goes to the object store, the job to the
-//! `EARSHOT_JOBS` work-queue stream; every node pulls from one durable consumer, at most as many
+//! The cluster's job queue, [`NatsQueue`]: an HTTP job's audio goes to the object store (a
+//! finished upload's is read from the upload's own chunks, through the upload storage), the job
+//! to the `EARSHOT_JOBS` work-queue stream; every node pulls from one durable consumer, at most as many
 //! jobs as it has free processing slots, and runs them through [`Batch`].
 //!
 //! While a job runs its node tells NATS it is still working (an in-progress ack three times per
@@ -78,9 +79,21 @@ impl NatsQueue {
         Ok(queue)
     }
 
-    /// Puts the audio in the object store, then the job on the queue, once its task record is
-    /// written (so no node can record its end before its start).
+    /// Puts the audio in the object store (a finished upload's is in the uploads stream
+    /// already), then the job on the queue, once its task record is written (so no node can
+    /// record its end before its start).
     async fn enqueue(&self, job: &Job) -> Result<(), ClusterError> {
+        let message = JobMessage::of(job);
+        if !message.audio_in_upload {
+            self.store_audio(job).await?;
+        }
+        self.registry.flush().await?;
+        let message = serde_json::to_vec(&message).unwrap_or_default();
+        super::registry::publish(&self.cluster, JOB_SUBJECT.into(), message).await
+    }
+
+    /// Streams a one-off file into the object store under its task id.
+    async fn store_audio(&self, job: &Job) -> Result<(), ClusterError> {
         let mut file =
             tokio::fs::File::open(&job.path)
                 .await
@@ -94,9 +107,7 @@ impl NatsQueue {
             self.cluster.audio.put(name.as_str(), &mut file),
         )
         .await?;
-        self.registry.flush().await?;
-        let message = serde_json::to_vec(&JobMessage::of(job)).unwrap_or_default();
-        super::registry::publish(&self.cluster, JOB_SUBJECT.into(), message).await
+        Ok(())
     }
 
     async fn consumer(&self) -> Result<PullConsumer, ClusterError> {
@@ -209,17 +220,20 @@ impl NatsQueue {
             return Ok(Ended::Recorded);
         }
         let path = self.spool.join(format!("{task_id}.audio"));
-        if let Err(err) = self.fetch_audio(task_id, &path).await {
-            let _ = tokio::fs::remove_file(&path).await;
-            if matches!(err, ClusterError::Nats(_)) && self.cluster.connected() {
-                // NATS answers but has no audio: it expired, or was never stored whole.
-                tracing::warn!(%task_id, %err, "a job's audio is missing");
-                self.registry
-                    .fail(task_id, FailureCode::Internal, "the job's audio was lost");
-                return Ok(Ended::Recorded);
-            }
-            return Err(err);
-        }
+        let fetched = match job.audio_in_upload {
+            true => self.upload_audio(task_id).await,
+            false => match self.fetch_audio(task_id, &path).await {
+                Ok(()) => Ok(path),
+                Err(err) => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    Err(err)
+                }
+            },
+        };
+        let path = match fetched {
+            Ok(path) => path,
+            Err(err) => return self.audio_missing(task_id, err).await,
+        };
         self.registry.begin(task_id);
         self.registry.running(task_id, job.owner.clone());
         tracing::info!(%task_id, "running a job from the cluster");
@@ -232,6 +246,42 @@ impl NatsQueue {
             owner: job.owner,
         };
         Ok(self.batch.execute(job).await)
+    }
+
+    /// What happens to a job whose audio could not be fetched: NATS answers but has none (it
+    /// expired, or was never stored whole): the task fails; otherwise the job goes back to the
+    /// queue for a later try.
+    async fn audio_missing(
+        &self,
+        task_id: TaskId,
+        err: ClusterError,
+    ) -> Result<Ended, ClusterError> {
+        if matches!(err, ClusterError::Nats(_)) && self.cluster.connected() {
+            tracing::warn!(%task_id, %err, "a job's audio is missing");
+            self.registry
+                .fail(task_id, FailureCode::Internal, "the job's audio was lost");
+            return Ok(Ended::Recorded);
+        }
+        Err(err)
+    }
+
+    /// A finished upload's file: this node's own if it has it (the node that took the upload
+    /// usually runs its job too), else assembled here from the upload's chunks and verified.
+    async fn upload_audio(&self, task_id: TaskId) -> Result<PathBuf, ClusterError> {
+        let uploads = self.batch.uploads.clone();
+        let found = tokio::task::spawn_blocking(move || uploads.audio_path(task_id)).await;
+        match found {
+            Ok(Ok(path)) => Ok(path),
+            Ok(Err(StoreError::Unavailable)) => Err(ClusterError::Timeout(OP_TIMEOUT)),
+            Ok(Err(StoreError::Io { context, source })) => {
+                Err(ClusterError::Io { context, source })
+            }
+            Ok(Err(err)) => Err(ClusterError::Nats(err.to_string())),
+            Err(join) => Err(ClusterError::Io {
+                context: "assembling a job's audio",
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
     }
 
     /// Copies a job's audio from the object store to `path`, chunk by chunk.

@@ -132,7 +132,9 @@ impl Event {
     }
 }
 
-/// A job on the work queue. The audio travels separately, in the object store under the task id.
+/// A job on the work queue. The audio travels separately: a one-off file in the object store
+/// under the task id; a finished upload as its chunks in the uploads stream, where they already
+/// are (not a second copy).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobMessage {
     /// The task it publishes to.
@@ -147,6 +149,10 @@ pub struct JobMessage {
     pub owner: Option<Owner>,
     /// Whether the audio is a finished upload (kept by its node) or a one-off file.
     pub upload: bool,
+    /// Whether the audio is read from the upload's chunks, not the object store: set for
+    /// uploads by nodes of this version. Absent (from an older node): the object store.
+    #[serde(default)]
+    pub audio_in_upload: bool,
 }
 
 impl JobMessage {
@@ -158,6 +164,7 @@ impl JobMessage {
             model: job.model.clone(),
             owner: job.owner.clone(),
             upload: job.source == Source::Upload,
+            audio_in_upload: job.source == Source::Upload,
         }
     }
 }
