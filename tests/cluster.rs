@@ -598,7 +598,7 @@ async fn twenty_uploads_over_three_nodes_all_complete_on_more_than_one_node() {
 /// The binary fast path in the cluster: a window of chunks in flight, each group committed
 /// while the next is sent, and chunks sent again right behind their first copy (so some
 /// arrive while their group is being made durable). Acks never go back, every chunk counts
-/// once, and the file the node keeps is byte-identical.
+/// once, and the file the node keeps is byte-identical; its job reads it without a second copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -642,4 +642,9 @@ async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() 
         .await;
     c.expect_upload_complete().await;
     assert_kept_and_transcribed(&tmp.path().join("a"), &task, &data, &mut c, file, 0.3).await;
+    // The job read the upload's own chunks: no copy of its audio ever went to the object store.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut audio = js.get_stream("OBJ_earshot_audio").await.unwrap();
+    let written = audio.info().await.unwrap().state.last_sequence;
+    assert_eq!(written, 0, "messages written to the job audio store");
 }
