@@ -4,9 +4,9 @@
 //! Every disk operation runs on the blocking pool; a chunk is acknowledged only after the store
 //! has made it durable. A binary upload's group commit runs while the connection receives and
 //! writes the next chunks (one commit under way per connection; any other message waits for
-//! it), so the client's window keeps moving while the store syncs. When the last chunk is in, the file is verified, `upload_complete` sent,
-//! and transcription started; this connection then follows the task. Uploads of another API
-//! key are answered as if they did not exist.
+//! it), so the client's window keeps moving while the store syncs. When the last chunk is in,
+//! the file is verified, `upload_complete` sent, and transcription started; this connection
+//! then follows the task. Uploads of another API key are answered as if they did not exist.
 //!
 //! This module must not touch disk on an async thread or acknowledge a chunk the store has not
 //! made durable.
@@ -65,6 +65,14 @@ where
 {
     let state = conn.state.clone();
     let joined = tokio::task::spawn_blocking(move || f(state.uploads.as_ref())).await;
+    answer(joined, task_id)
+}
+
+/// A store operation's result from the blocking pool, as the client hears it.
+fn answer<T>(
+    joined: Result<Result<T, StoreError>, tokio::task::JoinError>,
+    task_id: Option<TaskId>,
+) -> Result<T, ProtocolError> {
     let result = joined.map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))?;
     result.map_err(|e| store_error(e, task_id))
 }
@@ -256,10 +264,8 @@ impl Connection {
         task_id: TaskId,
         synced: Synced,
     ) -> Result<(), ProtocolError> {
-        let synced = synced
-            .map_err(|_| ProtocolError::new(ErrorCode::Internal, "internal error"))
-            .and_then(|r| r.map_err(|e| store_error(e, Some(task_id))));
-        let progress: Progress = synced.inspect_err(|e| self.release_if_gone(task_id, e))?;
+        let progress = answer(synced, Some(task_id));
+        let progress = progress.inspect_err(|e| self.release_if_gone(task_id, e))?;
         self.send(ServerMessage::ChunkAck(chunk_ack(task_id, &progress)))
             .await?;
         if progress.complete {
