@@ -38,8 +38,18 @@ const THRESHOLDS: &[(&str, &str, f64)] = &[
 ];
 
 /// Room for floating-point differences between this debug build's whisper.cpp (RelWithDebInfo)
-/// and the release build the page was made with: one edit in a few hundred.
+/// and the release build the page was made with: one edit in a few hundred, or one reference
+/// unit's worth when a language's pool is smaller. whisper.cpp picks its kernels for the CPU it
+/// is built on, so another CPU may flip a close call: on an AMD EPYC with AVX-512 base-q5_1 reads
+/// "my report" for `en_arctic_a0024.wav`'s "my reports" (one edit of en's pooled 138 words) and
+/// French one word better than the Xeon the page was made on.
 const SLACK: f64 = 0.005;
+
+/// The error a language may reach over `units` reference units without failing: its documented
+/// rate (rounded to three places there, hence the half of the last place) plus the slack.
+fn allowed(threshold: f64, units: usize) -> f64 {
+    threshold + 0.0005 + SLACK.max(1.0 / units as f64)
+}
 
 fn pool(model: &str) -> Pool {
     Pool::start(PoolConfig {
@@ -111,8 +121,10 @@ fn every_language_is_as_accurate_as_docs_accuracy_md_says() {
             .copied()
             .unwrap_or_else(|| panic!("no corpus file scored for {language} on {model}"));
         let error = edits / units as f64;
-        eprintln!("{language} {model}: {error:.3} (docs/ACCURACY.md: {threshold:.3})");
-        if error.is_nan() || error > threshold + SLACK {
+        eprintln!(
+            "{language} {model}: {error:.3} over {units} units (docs/ACCURACY.md: {threshold:.3})"
+        );
+        if error.is_nan() || error > allowed(threshold, units) {
             failures.push(format!(
                 "{language} on {model}: error {error:.3} above docs/ACCURACY.md's {threshold:.3}"
             ));
