@@ -56,6 +56,10 @@ pub struct LiveConfig {
     /// Audio a hypothesis must have heard after a unit's end for the unit to be final without a
     /// second agreeing hypothesis; `f64::INFINITY` waits for agreement only.
     pub settle_secs: f64,
+    /// Audio the newer of two agreeing hypotheses must have heard after a unit's end for their
+    /// agreement to commit it: two hypotheses a short step apart may agree on a word half heard
+    /// at the buffer's end. 0 commits whatever they agree on.
+    pub agree_margin_secs: f64,
     /// Buffer length beyond which audio is cut at the last committed word rather than only at
     /// the end of a committed segment; shorter keeps hypotheses cheap, longer gives Whisper more
     /// of the sentence. Default: the window, so that a hypothesis over a whole window always
@@ -87,6 +91,7 @@ impl Default for LiveConfig {
             pause_secs: 0.6,
             window_secs: 10.0,
             settle_secs: f64::INFINITY,
+            agree_margin_secs: 0.0,
             cut_secs: 10.0,
             min_commit_secs: 0.0,
             max_buffer_secs: 30.0,
@@ -121,6 +126,7 @@ impl LiveConfig {
                 "pause_secs" => &mut self.pause_secs,
                 "window_secs" => &mut self.window_secs,
                 "settle_secs" => &mut self.settle_secs,
+                "agree_margin_secs" => &mut self.agree_margin_secs,
                 "cut_secs" => &mut self.cut_secs,
                 "min_commit_secs" => &mut self.min_commit_secs,
                 "max_buffer_secs" => &mut self.max_buffer_secs,
@@ -477,7 +483,7 @@ impl LivePolicy {
             0
         } else {
             let settled = settled_prefix(&units, job_end - self.config.settle_secs);
-            let n = self.agreed_prefix(&units).max(settled);
+            let n = self.agreed_prefix(&units, job_end).max(settled);
             if whole_window {
                 n.max(window_commit(&units, job_end))
             } else {
@@ -557,9 +563,14 @@ impl LivePolicy {
 
     /// How many leading units (all but the last) the previous hypothesis agreed on. Agreement
     /// stops where the hypothesis goes back in time: Whisper sometimes repeats the buffer's
-    /// opening words after its end, and two hypotheses may agree on such a repeat.
-    fn agreed_prefix(&self, units: &[Unit]) -> usize {
-        let complete = units.len().saturating_sub(1).min(in_order(units));
+    /// opening words after its end, and two hypotheses may agree on such a repeat; and, with
+    /// [`LiveConfig::agree_margin_secs`], at a unit ending too close to `job_end`.
+    fn agreed_prefix(&self, units: &[Unit], job_end: f64) -> usize {
+        let mut complete = units.len().saturating_sub(1).min(in_order(units));
+        if self.config.agree_margin_secs > 0.0 {
+            let heard = settled_prefix(units, job_end - self.config.agree_margin_secs);
+            complete = complete.min(heard);
+        }
         units[..complete]
             .iter()
             .zip(&self.previous)
@@ -1317,6 +1328,55 @@ mod tests {
                 revision: 3
             }
         );
+    }
+
+    #[test]
+    fn agreement_with_a_margin_waits_for_words_heard_well_before_the_end() {
+        let mut p = policy(|c| c.agree_margin_secs = 0.5);
+        p.push(&tone(2.0));
+        let j1 = p.take_job().unwrap();
+        let first = [
+            ("ask", 0.0, 0.4),
+            ("not", 0.4, 0.8),
+            ("what", 0.8, 1.2),
+            ("your", 1.2, 1.9),
+        ];
+        p.on_result(j1.span, vec![word_seg(&first)]);
+        p.push(&tone(0.2));
+        let j2 = p.job(false);
+        let second = [
+            ("ask", 0.0, 0.4),
+            ("not", 0.4, 0.8),
+            ("what", 0.8, 1.2),
+            ("your", 1.2, 1.9),
+            ("country", 1.9, 2.2),
+        ];
+        let out = p.on_result(j2.span, vec![word_seg(&second)]);
+        // Without a margin both agree on "ask not what your"; but "your" ends 0.3 s before this
+        // job's end (2.2 s), too close to be sure of: only the words heard well before commit.
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "ask not what");
+        assert_eq!(
+            out[1],
+            LiveOutput::Partial {
+                text: "your country".into(),
+                revision: 2
+            }
+        );
+        // Another hypothesis over the same audio agrees on "your" again: still too close.
+        let j3 = p.job(false);
+        let out = p.on_result(j3.span, vec![word_seg(&second)]);
+        assert!(out.is_empty(), "{out:?}");
+        // Once 0.5 s more is heard, "your" is final.
+        p.push(&tone(0.5));
+        let j4 = p.job(false);
+        let out = p.on_result(j4.span, vec![word_seg(&second)]);
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "your");
     }
 
     #[test]
