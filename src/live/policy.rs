@@ -226,6 +226,9 @@ const WINDOW_TAIL_SECS: f64 = 1.0;
 /// Committed words a new hypothesis' opening is compared with: a repeat of up to this many of
 /// the last committed words is dropped ([`LivePolicy::new_units`]).
 const REPEAT_WORDS: usize = 16;
+/// Opening units beyond the committed words' count that [`LivePolicy::restated`] considers:
+/// Whisper may split a committed word in two, or hear one that was missed.
+const RESTATE_EXTRA: usize = 3;
 /// Longest phrase (units) the loop guard looks for repeated back to back ([`loop_start`]).
 const LOOP_PHRASE_UNITS: usize = 8;
 /// Weight of the newest inference time in the smoothed one.
@@ -512,11 +515,49 @@ impl LivePolicy {
         out
     }
 
-    /// The hypothesis' units that are not committed yet: those centred after the committed
-    /// text, less a repeat of its last words (up to [`REPEAT_WORDS`]: Whisper's times drift, and
-    /// a hypothesis may place a committed phrase after the committed end again).
+    /// The hypothesis' units that are not committed yet. A hypothesis re-reads the committed
+    /// words whose audio is still buffered; where its opening lines up with their text
+    /// ([`restated`](Self::restated)), what follows is new. Otherwise (their audio is gone, or
+    /// Whisper now reads them too differently) by time: the units centred after the committed
+    /// text, less a repeat of its last words (up to [`REPEAT_WORDS`]: Whisper's times drift,
+    /// and a hypothesis may place a committed phrase after the committed end again). Times
+    /// alone lost short words whose times drifted before the committed end ("asked", "the").
     fn new_units(&self, hyp: &[Segment]) -> Vec<Unit> {
-        let mut units: Vec<Unit> = units_of(hyp)
+        let all = units_of(hyp);
+        let Some(n) = self.restated(&all) else {
+            return self.after_committed_end(all);
+        };
+        let mut units = all[n..].to_vec();
+        units.truncate(loop_start(&units));
+        units
+    }
+
+    /// How many opening units restate the committed words whose audio is still buffered: the
+    /// opening closest to them by edit distance (ties broken by time), if it differs from them
+    /// by at most a third of their words; `None` when there are none or nothing lines up.
+    fn restated(&self, units: &[Unit]) -> Option<usize> {
+        if self.unprompted.is_empty() {
+            return None;
+        }
+        let committed: Vec<String> = self.unprompted.iter().map(|(w, _)| normalise(w)).collect();
+        let opening: Vec<String> = units
+            .iter()
+            .take(committed.len() + RESTATE_EXTRA)
+            .map(|u| normalise(&u.text))
+            .collect();
+        let distances = prefix_distances(&committed, &opening);
+        let gap = |n: usize| (units[n - 1].end - self.committed_end).abs();
+        let n = (1..distances.len()).min_by(|&a, &b| {
+            (distances[a], gap(a))
+                .partial_cmp(&(distances[b], gap(b)))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })?;
+        (distances[n] <= committed.len() / 3).then_some(n)
+    }
+
+    /// The time rule of [`new_units`](Self::new_units).
+    fn after_committed_end(&self, all: Vec<Unit>) -> Vec<Unit> {
+        let mut units: Vec<Unit> = all
             .into_iter()
             .filter(|u| (u.start + u.end) / 2.0 > self.committed_end)
             .collect();
@@ -675,6 +716,21 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
         }
     }
     words
+}
+
+/// Edit distance (in words) between `target` and each prefix of `words`: element `n` is the
+/// distance to `words[..n]`.
+fn prefix_distances(target: &[String], words: &[String]) -> Vec<usize> {
+    let mut row: Vec<usize> = (0..=words.len()).collect();
+    for t in target {
+        let mut next = vec![row[0] + 1];
+        for (j, w) in words.iter().enumerate() {
+            let substitute = row[j] + usize::from(t != w);
+            next.push(substitute.min(row[j + 1] + 1).min(next[j] + 1));
+        }
+        row = next;
+    }
+    row
 }
 
 /// Where a hypothesis starts looping (Whisper, without temperature fallback, may repeat a word
@@ -1377,6 +1433,67 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(committed[0].text, "your");
+    }
+
+    #[test]
+    fn a_word_whose_time_drifts_before_the_committed_end_is_still_heard() {
+        let mut p = policy(|_| {});
+        p.push(&tone(2.0));
+        let first = [
+            ("ask", 0.0, 0.4),
+            ("not", 0.4, 0.8),
+            ("what", 0.8, 1.2),
+            ("your", 1.2, 1.9),
+        ];
+        let j1 = p.take_job().unwrap();
+        p.on_result(j1.span, vec![word_seg(&first)]);
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        let second = [
+            ("ask", 0.0, 0.4),
+            ("not", 0.4, 0.8),
+            ("what", 0.8, 1.2),
+            ("your", 1.2, 1.9),
+            ("country", 1.9, 2.6),
+        ];
+        p.on_result(j2.span, vec![word_seg(&second)]);
+        assert_eq!(p.committed_end, 1.9, "\"ask not what your\" is final");
+        // The next reading of the same audio places "your" and "country" earlier: by time,
+        // "country" (centred at 1.7 s) would count as committed and be lost.
+        p.push(&tone(1.0));
+        let j3 = p.take_job().unwrap();
+        let third = [
+            ("Ask", 0.0, 0.3),
+            ("not", 0.3, 0.6),
+            ("what", 0.6, 0.9),
+            ("your", 0.9, 1.4),
+            ("country", 1.4, 2.0),
+            ("can", 2.0, 2.4),
+            ("do", 2.4, 3.5),
+        ];
+        let out = p.on_result(j3.span, vec![word_seg(&third)]);
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "country");
+        assert_eq!(
+            out[1],
+            LiveOutput::Partial {
+                text: "can do".into(),
+                revision: 3
+            }
+        );
+    }
+
+    #[test]
+    fn committed_words_read_differently_are_lined_up_by_edit_distance() {
+        let committed: Vec<String> = ["ask", "not", "what", "your"].map(String::from).to_vec();
+        let opening: Vec<String> = ["ask", "knot", "what", "your", "country"]
+            .map(String::from)
+            .to_vec();
+        let d = prefix_distances(&committed, &opening);
+        assert_eq!(d, vec![4, 3, 3, 2, 1, 2]);
+        assert_eq!(prefix_distances(&committed, &[]), vec![4]);
     }
 
     #[test]
