@@ -190,6 +190,7 @@ def measure(ref, events, hog_until=None):
         "words": len(ref), "matched": len(pairs), "wer": edits / max(1, len(ref)),
         "shown": [s for _, s, _ in rows], "final": [f for _, _, f in rows],
         "text": " ".join(w for w, _, _ in live),
+        "reference": " ".join(w for w, _ in ref),
     }
     if hog_until is not None:
         result["final_loaded"] = [f for end, _, f in rows if end <= hog_until]

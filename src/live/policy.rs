@@ -5,7 +5,8 @@
 //! hypothesis is read as a sequence of units: words when Whisper reported token timings (live
 //! jobs ask for them), else whole segments. Text becomes final — a `transcript_segment` — when
 //! - two consecutive hypotheses agree on its leading units (all but the last unit, which may
-//!   still be half spoken): "local agreement", or
+//!   still be half spoken, and, with [`LiveConfig::agree_margin_secs`], any unit that ended too
+//!   close to the newer hypothesis' end): "local agreement", or
 //! - the hypothesis heard at least [`LiveConfig::settle_secs`] of audio after a unit ended:
 //!   words that far from the buffer's end do not change any more, so they need no second
 //!   hypothesis, or
@@ -19,10 +20,12 @@
 //! without waiting for a step and commit as they go (catching up sheds the agreement
 //! hypotheses). Audio is dropped from the buffer once a whole Whisper segment is committed, or
 //! at the end of the last committed word once the buffer is longer than
-//! [`LiveConfig::cut_secs`]; words committed earlier are recognised in later hypotheses by their
-//! time and skipped; the committed text whose audio is gone is offered as the next job's prompt
-//! ([`LiveJob::prompt`]; the socket shell does not pass it to tiny.en, which looped with it). Memory per stream is bounded by [`LiveConfig::max_buffer_secs`]: a
-//! stream that falls that far behind sheds its oldest audio. Only one hypothesis per stream is
+//! [`LiveConfig::cut_secs`]. A later hypothesis re-reads the committed words whose audio is
+//! still buffered: they are recognised by their text (edit distance) where it lines up, else
+//! by their time, and skipped. The committed text whose audio is gone is offered as the next
+//! job's prompt ([`LiveJob::prompt`]; the socket shell does not pass it to tiny.en, which
+//! looped with it). Memory per stream is bounded by [`LiveConfig::max_buffer_secs`]: a stream
+//! that falls that far behind sheds its oldest audio. Only one hypothesis per stream is
 //! in flight at a time; audio that arrives meanwhile waits in the buffer (nothing queues up). A
 //! job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the [`JobSpan`]
 //! it covered. This module must not block, spawn or talk to Whisper itself, and must not copy
@@ -42,8 +45,11 @@ pub struct LiveConfig {
     pub step_secs: f64,
     /// Shortest wait between hypotheses, however fast inference is. Default 1 s (the step may
     /// only grow): with 0.3 s a hypothesis on a very short buffer committed words early and
-    /// dropped others (tests/live_resume.rs caught it); shorter steps wait for a quiet-machine
-    /// measurement (`scripts/bench-live`).
+    /// dropped others (tests/live_resume.rs caught it); 0.5 s with a 0.4 s
+    /// [`agree_margin_secs`](Self::agree_margin_secs) cut final latency by 0.7 s at the same WER
+    /// in `scripts/bench-live`, but on `en_jfk.wav` (tests/live.rs) it committed "And so my
+    /// fellow Americans." and then heard its opening again, WER 0.23 (docs/BENCHMARKS.md,
+    /// "Live latency").
     pub min_step_secs: f64,
     /// The step as a multiple of the recent inference time: 2 keeps a stream's worker busy at
     /// most about half the time, so the step shrinks on a fast machine and grows under load.
@@ -58,7 +64,7 @@ pub struct LiveConfig {
     pub settle_secs: f64,
     /// Audio the newer of two agreeing hypotheses must have heard after a unit's end for their
     /// agreement to commit it: two hypotheses a short step apart may agree on a word half heard
-    /// at the buffer's end. 0 commits whatever they agree on.
+    /// at the buffer's end. 0 (the default) commits whatever they agree on.
     pub agree_margin_secs: f64,
     /// Buffer length beyond which audio is cut at the last committed word rather than only at
     /// the end of a committed segment; shorter keeps hypotheses cheap, longer gives Whisper more
