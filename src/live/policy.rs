@@ -1392,49 +1392,50 @@ mod tests {
         );
     }
 
+    /// `out` commits one segment of `committed` and then shows `partial` as revision `revision`.
+    fn assert_commit_then_partial(
+        out: &[LiveOutput],
+        committed: &str,
+        partial: &str,
+        revision: u64,
+    ) {
+        let LiveOutput::Commit(segments) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(segments[0].text, committed);
+        let text = partial.to_string();
+        assert_eq!(out[1], LiveOutput::Partial { text, revision });
+    }
+
+    /// Words of "ask not what your country", as two hypotheses place them.
+    const ASK_NOT: [(&str, f64, f64); 5] = [
+        ("ask", 0.0, 0.4),
+        ("not", 0.4, 0.8),
+        ("what", 0.8, 1.2),
+        ("your", 1.2, 1.9),
+        ("country", 1.9, 2.2),
+    ];
+
     #[test]
     fn agreement_with_a_margin_waits_for_words_heard_well_before_the_end() {
         let mut p = policy(|c| c.agree_margin_secs = 0.5);
         p.push(&tone(2.0));
         let j1 = p.take_job().unwrap();
-        let first = [
-            ("ask", 0.0, 0.4),
-            ("not", 0.4, 0.8),
-            ("what", 0.8, 1.2),
-            ("your", 1.2, 1.9),
-        ];
-        p.on_result(j1.span, vec![word_seg(&first)]);
+        p.on_result(j1.span, vec![word_seg(&ASK_NOT[..4])]);
         p.push(&tone(0.2));
         let j2 = p.job(false);
-        let second = [
-            ("ask", 0.0, 0.4),
-            ("not", 0.4, 0.8),
-            ("what", 0.8, 1.2),
-            ("your", 1.2, 1.9),
-            ("country", 1.9, 2.2),
-        ];
-        let out = p.on_result(j2.span, vec![word_seg(&second)]);
+        let out = p.on_result(j2.span, vec![word_seg(&ASK_NOT)]);
         // Without a margin both agree on "ask not what your"; but "your" ends 0.3 s before this
         // job's end (2.2 s), too close to be sure of: only the words heard well before commit.
-        let LiveOutput::Commit(committed) = &out[0] else {
-            panic!("{out:?}")
-        };
-        assert_eq!(committed[0].text, "ask not what");
-        assert_eq!(
-            out[1],
-            LiveOutput::Partial {
-                text: "your country".into(),
-                revision: 2
-            }
-        );
+        assert_commit_then_partial(&out, "ask not what", "your country", 2);
         // Another hypothesis over the same audio agrees on "your" again: still too close.
         let j3 = p.job(false);
-        let out = p.on_result(j3.span, vec![word_seg(&second)]);
+        let out = p.on_result(j3.span, vec![word_seg(&ASK_NOT)]);
         assert!(out.is_empty(), "{out:?}");
         // Once 0.5 s more is heard, "your" is final.
         p.push(&tone(0.5));
         let j4 = p.job(false);
-        let out = p.on_result(j4.span, vec![word_seg(&second)]);
+        let out = p.on_result(j4.span, vec![word_seg(&ASK_NOT)]);
         let LiveOutput::Commit(committed) = &out[0] else {
             panic!("{out:?}")
         };
@@ -1445,24 +1446,11 @@ mod tests {
     fn a_word_whose_time_drifts_before_the_committed_end_is_still_heard() {
         let mut p = policy(|_| {});
         p.push(&tone(2.0));
-        let first = [
-            ("ask", 0.0, 0.4),
-            ("not", 0.4, 0.8),
-            ("what", 0.8, 1.2),
-            ("your", 1.2, 1.9),
-        ];
         let j1 = p.take_job().unwrap();
-        p.on_result(j1.span, vec![word_seg(&first)]);
+        p.on_result(j1.span, vec![word_seg(&ASK_NOT[..4])]);
         p.push(&tone(1.0));
         let j2 = p.take_job().unwrap();
-        let second = [
-            ("ask", 0.0, 0.4),
-            ("not", 0.4, 0.8),
-            ("what", 0.8, 1.2),
-            ("your", 1.2, 1.9),
-            ("country", 1.9, 2.6),
-        ];
-        p.on_result(j2.span, vec![word_seg(&second)]);
+        p.on_result(j2.span, vec![word_seg(&ASK_NOT)]);
         assert_eq!(p.committed_end, 1.9, "\"ask not what your\" is final");
         // The next reading of the same audio places "your" and "country" earlier: by time,
         // "country" (centred at 1.7 s) would count as committed and be lost.
@@ -1478,17 +1466,7 @@ mod tests {
             ("do", 2.4, 3.5),
         ];
         let out = p.on_result(j3.span, vec![word_seg(&third)]);
-        let LiveOutput::Commit(committed) = &out[0] else {
-            panic!("{out:?}")
-        };
-        assert_eq!(committed[0].text, "country");
-        assert_eq!(
-            out[1],
-            LiveOutput::Partial {
-                text: "can do".into(),
-                revision: 3
-            }
-        );
+        assert_commit_then_partial(&out, "country", "can do", 3);
     }
 
     #[test]
