@@ -529,22 +529,23 @@ impl LivePolicy {
     /// and a hypothesis may place a committed phrase after the committed end again). Times
     /// alone lost short words whose times drifted before the committed end ("asked", "the").
     fn new_units(&self, hyp: &[Segment]) -> Vec<Unit> {
-        let all = units_of(hyp);
-        let Some(n) = self.restated(&all) else {
+        let mut all = units_of(hyp);
+        if self.unprompted.is_empty() {
             return self.after_committed_end(all);
-        };
-        let mut units = all[n..].to_vec();
-        units.truncate(loop_start(&units));
-        units
+        }
+        // The committed words are part of this reading: a loop back to them is a loop too
+        // ("And so my fellow Americans. And so my fellow Americans.").
+        all.truncate(loop_start(&all));
+        match self.restated(&all) {
+            Some(n) => all.split_off(n),
+            None => self.after_committed_end(all),
+        }
     }
 
     /// How many opening units restate the committed words whose audio is still buffered: the
     /// opening closest to them by edit distance (ties broken by time), if it differs from them
     /// by at most a third of their words; `None` when there are none or nothing lines up.
     fn restated(&self, units: &[Unit]) -> Option<usize> {
-        if self.unprompted.is_empty() {
-            return None;
-        }
         let committed: Vec<String> = self.unprompted.iter().map(|(w, _)| normalise(w)).collect();
         let opening: Vec<String> = units
             .iter()
@@ -1467,6 +1468,37 @@ mod tests {
         ];
         let out = p.on_result(j3.span, vec![word_seg(&third)]);
         assert_commit_then_partial(&out, "country", "can do", 3);
+    }
+
+    #[test]
+    fn a_loop_back_to_committed_words_still_buffered_is_not_committed() {
+        let mut p = policy(|_| {});
+        p.push(&tone(2.0));
+        let j1 = p.take_job().unwrap();
+        p.on_result(j1.span, vec![word_seg(&ASK_NOT[..4])]);
+        p.push(&tone(1.0));
+        let j2 = p.take_job().unwrap();
+        p.on_result(j2.span, vec![word_seg(&ASK_NOT)]);
+        assert_eq!(p.committed_end, 1.9, "\"ask not what your\" is final");
+        // Two readings go on past "country" by starting the committed phrase over.
+        let looped = [
+            ASK_NOT.as_slice(),
+            &[("ask", 2.2, 2.4), ("not", 2.4, 2.6), ("what", 2.6, 2.8)],
+            &[("your", 2.8, 3.0), ("country", 3.0, 3.4)],
+        ]
+        .concat();
+        for _ in 0..2 {
+            p.push(&tone(1.0));
+            let job = p.take_job().unwrap();
+            let out = p.on_result(job.span, vec![word_seg(&looped)]);
+            // Read up to the loop, only "country" is new; being the last word, it waits.
+            assert!(
+                !out.iter().any(|o| matches!(o, LiveOutput::Commit(_))),
+                "{out:?}"
+            );
+            assert_eq!(p.last_partial, "country", "{out:?}");
+        }
+        assert_eq!(p.recent_words.last().map(String::as_str), Some("your"));
     }
 
     #[test]
