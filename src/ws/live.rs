@@ -623,6 +623,11 @@ impl Runner {
                 policy.observe_inference(p.submitted.elapsed().as_secs_f64());
                 self.report_load(summary.processing_secs);
                 let segments = p.segments;
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    let text: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
+                    let text = text.join(" ");
+                    tracing::trace!(offset = p.span.offset, %text, "live hypothesis text");
+                }
                 for output in policy.on_result(p.span, segments) {
                     self.emit(output, committed, link).await;
                 }
