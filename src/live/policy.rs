@@ -7,9 +7,9 @@
 //! - two consecutive hypotheses agree on its leading units (all but the last unit, which may
 //!   still be half spoken, and, with [`LiveConfig::agree_margin_secs`], any unit that ended too
 //!   close to the newer hypothesis' end): "local agreement", or
-//! - the hypothesis heard at least [`LiveConfig::settle_secs`] of audio after a unit ended:
-//!   words that far from the buffer's end do not change any more, so they need no second
-//!   hypothesis, or
+//! - the hypothesis heard at least [`LiveConfig::settle_secs`] of audio after a unit ended
+//!   and Whisper was sure of each of its tokens ([`LiveConfig::settle_min_prob`]): such words
+//!   rarely change any more, so they need no second hypothesis, or
 //! - the speaker pauses (trailing silence of [`LiveConfig::pause_secs`]), or
 //! - the hypothesis read a whole window ([`LiveConfig::window_secs`]): all but its last second
 //!   is committed, so every window moves the stream forward, or
@@ -22,15 +22,17 @@
 //! at the end of the last committed word once the buffer is longer than
 //! [`LiveConfig::cut_secs`]. A later hypothesis re-reads the committed words whose audio is
 //! still buffered: they are recognised by their text (edit distance) where it lines up, else
-//! by their time, and skipped. The committed text whose audio is gone is offered as the next
-//! job's prompt ([`LiveJob::prompt`]; the socket shell does not pass it to tiny.en, which
-//! looped with it). Memory per stream is bounded by [`LiveConfig::max_buffer_secs`]: a stream
-//! that falls that far behind sheds its oldest audio. Only one hypothesis per stream is
-//! in flight at a time; audio that arrives meanwhile waits in the buffer (nothing queues up). A
-//! job lends the buffer as a [`SharedAudio`] snapshot; its result is matched to the [`JobSpan`]
-//! it covered. This module must not block, spawn or talk to Whisper itself, and must not copy
-//! the buffer for a job, or read the environment ([`LiveConfig::with_overrides`] parses the
-//! benchmark overrides the socket shell reads from `EARSHOT_LIVE_TUNING`).
+//! by their time, and skipped; a committed unit never starts before the committed text ends
+//! (Whisper's word times move between hypotheses). The committed text whose audio is gone is
+//! offered as the next job's prompt ([`LiveJob::prompt`]; the socket shell does not pass it to
+//! tiny.en, which looped with it). Memory per stream is bounded by
+//! [`LiveConfig::max_buffer_secs`]: a stream that falls that far behind sheds its oldest
+//! audio. Only one hypothesis per stream is in flight at a time; audio that arrives meanwhile
+//! waits in the buffer (nothing queues up). A job lends the buffer as a [`SharedAudio`]
+//! snapshot; its result is matched to the [`JobSpan`] it covered. This module must not block,
+//! spawn or talk to Whisper itself, and must not copy the buffer for a job, or read the
+//! environment ([`LiveConfig::with_overrides`] parses the benchmark overrides the socket shell
+//! reads from `EARSHOT_LIVE_TUNING`).
 
 use std::collections::VecDeque;
 
@@ -43,16 +45,15 @@ pub struct LiveConfig {
     /// Longest wait for new audio between hypotheses (also the step before any inference time
     /// is known); trades latency for CPU.
     pub step_secs: f64,
-    /// Shortest wait between hypotheses, however fast inference is. Default 1 s (the step may
-    /// only grow): with 0.3 s a hypothesis on a very short buffer committed words early and
-    /// dropped others (tests/live_resume.rs caught it); 0.5 s with a 0.4 s
-    /// [`agree_margin_secs`](Self::agree_margin_secs) cut final latency by 0.7 s at the same WER
-    /// in `scripts/bench-live`, but on `en_jfk.wav` (tests/live.rs) it committed "And so my
-    /// fellow Americans." and then heard its opening again, WER 0.23 (docs/BENCHMARKS.md,
-    /// "Live latency").
+    /// Shortest wait between hypotheses, however fast inference is. Default 0.5 s: with the
+    /// [`agree_margin_secs`](Self::agree_margin_secs) and confident settling it made words
+    /// final 0.7 s sooner (p50) than a 1 s floor at the same live-vs-batch WER in
+    /// `scripts/bench-live` (docs/BENCHMARKS.md, "Live latency"); without the margin a short
+    /// step commits words two hypotheses agree on while still half heard.
     pub min_step_secs: f64,
-    /// The step as a multiple of the recent inference time: 2 keeps a stream's worker busy at
-    /// most about half the time, so the step shrinks on a fast machine and grows under load.
+    /// The step as a multiple of the recent inference time: 1.5 keeps a stream's worker busy
+    /// at most about two thirds of the time, so the step shrinks on a fast machine and grows
+    /// under load.
     pub step_per_inference: f64,
     /// Longest trailing silence that still counts as "mid-sentence"; longer commits everything.
     pub pause_secs: f64,
@@ -60,11 +61,19 @@ pub struct LiveConfig {
     /// below Whisper's 30 s window).
     pub window_secs: f64,
     /// Audio a hypothesis must have heard after a unit's end for the unit to be final without a
-    /// second agreeing hypothesis; `f64::INFINITY` waits for agreement only.
+    /// second agreeing hypothesis, if Whisper was sure of it
+    /// ([`settle_min_prob`](Self::settle_min_prob)); `f64::INFINITY` waits for agreement only.
+    /// Default 0.8 s: with the margin and the 0.5 s step it cut final p95 by 1.4 s against
+    /// agreement alone with a 1 s step, at the same WER.
     pub settle_secs: f64,
+    /// Least probability Whisper must give every token of a unit for settling
+    /// ([`settle_secs`](Self::settle_secs)) to commit it: a word guessed from half its sound
+    /// is often a low-probability token. 0 settles whatever is old enough (at 0.6 s that
+    /// doubled the WER in an earlier measurement); default 0.9.
+    pub settle_min_prob: f64,
     /// Audio the newer of two agreeing hypotheses must have heard after a unit's end for their
     /// agreement to commit it: two hypotheses a short step apart may agree on a word half heard
-    /// at the buffer's end. 0 (the default) commits whatever they agree on.
+    /// at the buffer's end. 0 commits whatever they agree on; default 0.4 s.
     pub agree_margin_secs: f64,
     /// Buffer length beyond which audio is cut at the last committed word rather than only at
     /// the end of a committed segment; shorter keeps hypotheses cheap, longer gives Whisper more
@@ -92,12 +101,13 @@ impl Default for LiveConfig {
     fn default() -> Self {
         Self {
             step_secs: 1.0,
-            min_step_secs: 1.0,
-            step_per_inference: 2.0,
+            min_step_secs: 0.5,
+            step_per_inference: 1.5,
             pause_secs: 0.6,
             window_secs: 10.0,
-            settle_secs: f64::INFINITY,
-            agree_margin_secs: 0.0,
+            settle_secs: 0.8,
+            settle_min_prob: 0.9,
+            agree_margin_secs: 0.4,
             cut_secs: 10.0,
             min_commit_secs: 0.0,
             max_buffer_secs: 30.0,
@@ -132,6 +142,7 @@ impl LiveConfig {
                 "pause_secs" => &mut self.pause_secs,
                 "window_secs" => &mut self.window_secs,
                 "settle_secs" => &mut self.settle_secs,
+                "settle_min_prob" => &mut self.settle_min_prob,
                 "agree_margin_secs" => &mut self.agree_margin_secs,
                 "cut_secs" => &mut self.cut_secs,
                 "min_commit_secs" => &mut self.min_commit_secs,
@@ -492,6 +503,7 @@ impl LivePolicy {
             0
         } else {
             let settled = settled_prefix(&units, job_end - self.config.settle_secs);
+            let settled = confident_prefix(&units[..settled], self.config.settle_min_prob);
             let n = self.agreed_prefix(&units, job_end).max(settled);
             if whole_window {
                 n.max(window_commit(&units, job_end))
@@ -501,6 +513,8 @@ impl LivePolicy {
         };
         let mut out = Vec::new();
         let (committed, rest) = units.split_at(n_commit);
+        let committed = not_before(committed, self.committed_end);
+        let committed = committed.as_slice();
         if let Some(last) = committed.last() {
             self.committed_end = last.end;
             self.remember(committed);
@@ -680,6 +694,8 @@ struct Unit {
     end: f64,
     /// Index of the hypothesis segment it belongs to.
     segment: usize,
+    /// The least probability Whisper gave one of its tokens (0 for a segment without tokens).
+    probability: f32,
 }
 
 /// The units of a hypothesis, in order.
@@ -693,22 +709,33 @@ fn units_of(hyp: &[Segment]) -> Vec<Unit> {
                 start: s.start,
                 end: s.end,
                 segment,
+                probability: 0.0,
             });
         }
-        units.extend(words.into_iter().map(|(text, start, end)| Unit {
-            text,
-            start: start.clamp(s.start, s.end),
-            end: end.clamp(s.start, s.end),
+        units.extend(words.into_iter().map(|w| Unit {
+            text: w.text,
+            start: w.start.clamp(s.start, s.end),
+            end: w.end.clamp(s.start, s.end),
             segment,
+            probability: w.probability,
         }));
     }
     units
 }
 
+/// A word joined from tokens.
+struct Word {
+    text: String,
+    start: f64,
+    end: f64,
+    /// The least probability of its tokens.
+    probability: f32,
+}
+
 /// Joins tokens into words (a token starting with a space starts one); special tokens such
 /// as `[_BEG_]` or `<|endoftext|>` carry no text and are skipped.
-fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
-    let mut words: Vec<(String, f64, f64)> = Vec::new();
+fn words_of(tokens: &[crate::transcript::Token]) -> Vec<Word> {
+    let mut words: Vec<Word> = Vec::new();
     for t in tokens {
         let trimmed = t.text.trim();
         if trimmed.is_empty() || trimmed.starts_with("[_") || trimmed.starts_with("<|") {
@@ -716,10 +743,16 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<(String, f64, f64)> {
         }
         match words.last_mut() {
             Some(word) if !t.text.starts_with(char::is_whitespace) => {
-                word.0.push_str(t.text.trim_end());
-                word.2 = t.end;
+                word.text.push_str(t.text.trim_end());
+                word.end = t.end;
+                word.probability = word.probability.min(t.probability);
             }
-            _ => words.push((trimmed.to_string(), t.start, t.end)),
+            _ => words.push(Word {
+                text: trimmed.to_string(),
+                start: t.start,
+                end: t.end,
+                probability: t.probability,
+            }),
         }
     }
     words
@@ -777,10 +810,31 @@ fn settled_prefix(units: &[Unit], limit: f64) -> usize {
         .count()
 }
 
+/// How many leading units Whisper gave at least `min_prob` for every token.
+fn confident_prefix(units: &[Unit], min_prob: f64) -> usize {
+    units
+        .iter()
+        .take_while(|u| u.probability >= min_prob as f32)
+        .count()
+}
+
 /// After a hypothesis over a whole window: everything but its last second, and one unit at
 /// least, so that every window moves the stream forward.
 fn window_commit(units: &[Unit], job_end: f64) -> usize {
     settled_prefix(units, job_end - WINDOW_TAIL_SECS).max(units.len().min(1))
+}
+
+/// `units` with their times moved to `floor` where they are earlier: Whisper's word times are
+/// approximate (more so on a short buffer), and committed segments must follow the timeline.
+fn not_before(units: &[Unit], floor: f64) -> Vec<Unit> {
+    units
+        .iter()
+        .map(|u| Unit {
+            start: u.start.max(floor),
+            end: u.end.max(floor),
+            ..u.clone()
+        })
+        .collect()
 }
 
 /// Committed units grouped back into one segment per hypothesis segment they came from.
@@ -837,6 +891,16 @@ mod tests {
         let mut config = LiveConfig::default();
         tweak(&mut config);
         LivePolicy::new(config)
+    }
+
+    /// A policy that commits by agreement alone (no margin, no settling), then `tweak`ed: for
+    /// the tests of the rules around agreement.
+    fn agreement_only(tweak: impl FnOnce(&mut LiveConfig)) -> LivePolicy {
+        policy(|c| {
+            c.settle_secs = f64::INFINITY;
+            c.agree_margin_secs = 0.0;
+            tweak(c);
+        })
     }
 
     fn tone(secs: f64) -> Vec<f32> {
@@ -998,6 +1062,34 @@ mod tests {
     }
 
     #[test]
+    fn committed_times_never_go_back_when_whisper_moves_a_word() {
+        let mut p = policy(|_| {});
+        p.push(&tone(1.7));
+        let j1 = p.job(false);
+        let out = p.on_result(
+            j1.span,
+            vec![word_seg(&[("And", 0.34, 0.85), ("so", 0.85, 1.5)])],
+        );
+        assert_commit_then_partial(&out, "And", "so", 1);
+        // A longer hypothesis hears the opening earlier than the short one did.
+        p.push(&tone(1.5));
+        let j2 = p.job(false);
+        let words = [
+            ("And", 0.0, 0.33),
+            ("so", 0.33, 0.4),
+            ("my", 0.4, 0.51),
+            ("fellow", 0.6, 1.0),
+            ("Americans", 1.0, 2.0),
+        ];
+        let out = p.on_result(j2.span, vec![word_seg(&words)]);
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "so my fellow Americans");
+        assert!(committed[0].start >= 0.85, "{committed:?}");
+    }
+
+    #[test]
     fn a_pause_over_room_noise_still_counts_as_a_pause() {
         let mut p = LivePolicy::new(LiveConfig::default());
         let hiss = |secs: f64| -> Vec<f32> {
@@ -1118,6 +1210,32 @@ mod tests {
     }
 
     #[test]
+    fn settling_stops_at_a_word_whisper_was_unsure_of() {
+        let mut p = policy(|c| {
+            c.settle_secs = 1.0;
+            c.settle_min_prob = 0.5;
+        });
+        p.push(&tone(3.0));
+        let job = p.take_job().unwrap();
+        let mut hyp = word_seg(&[("ask", 0.2, 0.6), ("not", 0.6, 1.0), ("what", 1.2, 2.2)]);
+        if let Some(tokens) = hyp.tokens.as_mut() {
+            tokens[1].probability = 0.3;
+        }
+        let out = p.on_result(job.span, vec![hyp]);
+        let LiveOutput::Commit(committed) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(committed[0].text, "ask", "\"not\" was a guess");
+        assert_eq!(
+            out[1],
+            LiveOutput::Partial {
+                text: "not what".into(),
+                revision: 1
+            }
+        );
+    }
+
+    #[test]
     fn a_pause_makes_a_job_at_once_without_waiting_for_the_step() {
         let mut p = LivePolicy::new(LiveConfig::default());
         p.push(&tone(1.0));
@@ -1216,6 +1334,7 @@ mod tests {
                     start: 0.0,
                     end: 0.0,
                     segment: 0,
+                    probability: 0.9,
                 })
                 .collect()
         };
@@ -1295,9 +1414,10 @@ mod tests {
         assert!(p.finish().is_none());
     }
 
-    /// A policy that heard `secs` of sound, then a pause, and committed `words` for it.
+    /// A policy (agreement only) that heard `secs` of sound, then a pause, and committed
+    /// `words` for it.
     fn committed_at_a_pause(secs: f64, words: &[(&str, f64, f64)]) -> LivePolicy {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = agreement_only(|_| {});
         p.push(&tone(secs));
         p.push(&silence(0.7));
         let job = p.take_job().unwrap();
@@ -1327,7 +1447,7 @@ mod tests {
 
     #[test]
     fn words_agreed_by_two_hypotheses_are_final_without_waiting_for_the_segment() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = agreement_only(|_| {});
         p.push(&tone(2.0));
         let j1 = p.take_job().unwrap();
         let out = p.on_result(
@@ -1419,7 +1539,7 @@ mod tests {
 
     #[test]
     fn agreement_with_a_margin_waits_for_words_heard_well_before_the_end() {
-        let mut p = policy(|c| c.agree_margin_secs = 0.5);
+        let mut p = agreement_only(|c| c.agree_margin_secs = 0.5);
         p.push(&tone(2.0));
         let j1 = p.take_job().unwrap();
         p.on_result(j1.span, vec![word_seg(&ASK_NOT[..4])]);
@@ -1445,7 +1565,7 @@ mod tests {
 
     #[test]
     fn a_word_whose_time_drifts_before_the_committed_end_is_still_heard() {
-        let mut p = policy(|_| {});
+        let mut p = agreement_only(|_| {});
         p.push(&tone(2.0));
         let j1 = p.take_job().unwrap();
         p.on_result(j1.span, vec![word_seg(&ASK_NOT[..4])]);
@@ -1472,7 +1592,7 @@ mod tests {
 
     #[test]
     fn a_loop_back_to_committed_words_still_buffered_is_not_committed() {
-        let mut p = policy(|_| {});
+        let mut p = agreement_only(|_| {});
         p.push(&tone(2.0));
         let j1 = p.take_job().unwrap();
         p.on_result(j1.span, vec![word_seg(&ASK_NOT[..4])]);
@@ -1573,7 +1693,7 @@ mod tests {
 
     #[test]
     fn a_hypothesis_that_repeats_itself_commits_only_up_to_the_repeat() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = agreement_only(|_| {});
         p.push(&tone(3.0));
         let garbled = || {
             vec![
