@@ -8,7 +8,8 @@
 //! periods and caps (pure bookkeeping; the session layer holds the streams themselves).
 //! [`capacity`] adds up what the open streams demand of the Whisper workers, measured from
 //! their hypotheses, and says whether one more stream fits. [`language`] pins a stream's
-//! detected language once Whisper is sure of it.
+//! detected language once Whisper is sure of it. [`threads`] picks each hypothesis' thread
+//! count from what recent ones cost, so a stream on a loaded machine does not spin.
 //!
 //! This module must not do I/O, spawn, or run Whisper: everything here is testable with plain
 //! values.
@@ -17,7 +18,9 @@ pub mod capacity;
 pub mod language;
 pub mod policy;
 pub mod resume;
+pub mod threads;
 
 pub use capacity::{Full, LiveCapacity, Metered, StreamLoad};
 pub use language::LanguagePin;
 pub use policy::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy};
+pub use threads::ThreadChoice;

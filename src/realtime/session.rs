@@ -29,7 +29,7 @@ use crate::audio::resample::Resampler;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::{Lease, Served};
-use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered};
+use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered, ThreadChoice};
 use crate::transcript::Segment;
 use crate::ws::{close, Closed, Outbound};
 
@@ -94,6 +94,8 @@ struct Pending {
     segments: Vec<Segment>,
     /// Whether its result completes the closing item.
     ends_item: bool,
+    /// The whisper.cpp threads it runs on.
+    threads: usize,
 }
 
 /// Per-connection state.
@@ -116,6 +118,8 @@ struct Session {
     resampler: Resampler,
     /// The live commit policy over the audio not yet committed.
     policy: LivePolicy,
+    /// Threads per hypothesis: the configured count, or one while that is cheaper.
+    threads: ThreadChoice,
     /// Session seconds before `policy`'s timeline zero (audio of buffers cleared earlier).
     base_secs: f64,
     /// The hypothesis in the pool, if any (one at a time).
@@ -162,6 +166,7 @@ impl Session {
         };
         let settings = Settings::new(id, model, served);
         let options = options_for(&state, &settings);
+        let threads = options.threads;
         Session {
             state,
             out,
@@ -172,6 +177,7 @@ impl Session {
             pcm: pcm_decoder(),
             resampler: resampler(),
             policy: LivePolicy::new(LiveConfig::default()),
+            threads: ThreadChoice::new(threads),
             base_secs: 0.0,
             pending: None,
             item: None,
@@ -502,13 +508,19 @@ impl Session {
             self.policy.abandon(); // no audio was taken without a model; nothing to read
             return;
         };
-        match lease.submit(job.audio, self.options.clone()) {
+        let threads = self.threads.next();
+        let options = Options {
+            threads,
+            ..self.options.clone()
+        };
+        match lease.submit(job.audio, options) {
             Ok(handle) => {
                 self.pending = Some(Pending {
                     span: job.span,
                     handle,
                     segments: Vec::new(),
                     ends_item,
+                    threads,
                 })
             }
             Err(busy) => {
@@ -534,6 +546,8 @@ impl Session {
                     let step = LiveConfig::default().step_secs;
                     share.report(summary.processing_secs, Instant::now(), step);
                 }
+                self.threads
+                    .observe(p.threads, summary.audio_secs, summary.processing_secs);
                 for output in self.policy.on_result(p.span, p.segments) {
                     if let LiveOutput::Commit(segments) = output {
                         self.delta(&segments);

@@ -41,7 +41,9 @@ use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::{Lease, Refusal};
 use crate::jobs::{TaskResult, TaskState};
-use crate::live::{JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered};
+use crate::live::{
+    JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered, ThreadChoice,
+};
 use crate::protocol::message::{
     AudioFormat, ResumeFrom, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
@@ -130,16 +132,18 @@ impl Connection {
         let handle: StreamHandle = Arc::new(handoff);
         let (owner, client) = (self.caller.owner.clone(), self.caller.client());
         self.state.streams.register(task_id, owner, client, handle);
+        let options = Options {
+            low_latency: true,
+            // Word timings let the commit policy agree word by word.
+            token_timestamps: true,
+            ..self.state.engine_options(&start.options)
+        };
         let runner = Runner {
             state: self.state.clone(),
             task_id,
             model,
-            options: Options {
-                low_latency: true,
-                // Word timings let the commit policy agree word by word.
-                token_timestamps: true,
-                ..self.state.engine_options(&start.options)
-            },
+            threads: std::sync::Mutex::new(ThreadChoice::new(options.threads)),
+            options,
             language: std::sync::Mutex::new(None),
             pin: std::sync::Mutex::new(LanguagePin::default()),
             handoffs,
@@ -329,6 +333,9 @@ struct Runner {
     /// The stream's model, held (kept loaded) for the stream's life.
     model: Lease,
     options: Options,
+    /// Threads for the next hypothesis: the configured count, or one while that is cheaper
+    /// (other work holds the cores).
+    threads: std::sync::Mutex<ThreadChoice>,
     /// The language of the latest hypothesis (Whisper's detection when none was asked for)
     /// and, when detected, Whisper's probability for it.
     language: std::sync::Mutex<Option<(String, Option<f32>)>>,
@@ -354,6 +361,28 @@ struct Pending {
     segments: Vec<Segment>,
     /// When the job went to the pool: its turnaround (queue and work) paces the stream's step.
     submitted: Instant,
+    /// The whisper.cpp threads it runs on, to learn what each count costs.
+    threads: usize,
+}
+
+/// Logs what Whisper said for a hypothesis, with each word's least token probability and each
+/// segment's no-speech probability, for tuning the commit policy.
+fn trace_hypothesis(span: JobSpan, segments: &[Segment]) {
+    let text: Vec<String> = segments
+        .iter()
+        .map(|s| {
+            let words: Vec<String> = s
+                .tokens
+                .iter()
+                .flatten()
+                .filter(|t| !t.text.trim().is_empty() && !t.text.trim().starts_with(['[', '<']))
+                .map(|t| format!("{}({:.2})", t.text.trim(), t.probability))
+                .collect();
+            format!("[nsp {:.2}] {}", s.no_speech_prob, words.join(" "))
+        })
+        .collect();
+    let text = text.join(" ");
+    tracing::trace!(offset = span.offset, secs = span.samples as f64 / 16000.0, %text, "live hypothesis text");
 }
 
 /// Keeps a stream resumable while its task runs; forgets it when the task ends, however.
@@ -576,15 +605,22 @@ impl Runner {
         // `job.prompt` is not passed: tiny.en primed with the committed text fell into
         // repetition loops (docs/BENCHMARKS.md, "Live latency").
         let mut options = self.options.clone();
+        options.threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next();
         if let Some((language, _)) = self.pin.lock().unwrap_or_else(|e| e.into_inner()).pinned() {
             options.language = Some(language.to_owned());
         }
+        let threads = options.threads;
         match self.model.submit(job.audio, options) {
             Ok(handle) => Some(Pending {
                 span: job.span,
                 handle,
                 segments: Vec::new(),
                 submitted: Instant::now(),
+                threads,
             }),
             Err(busy) => {
                 tracing::debug!(queue = busy.queue_len, "pool busy; the stream waits");
@@ -614,6 +650,7 @@ impl Runner {
                     audio = summary.audio_secs,
                     took = summary.processing_secs,
                     is_final = p.span.is_final,
+                    threads = p.threads,
                     segments = p.segments.len(),
                     "live hypothesis"
                 );
@@ -621,12 +658,14 @@ impl Runner {
                 *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((summary.language, summary.language_probability));
                 policy.observe_inference(p.submitted.elapsed().as_secs_f64());
+                self.threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe(p.threads, summary.audio_secs, summary.processing_secs);
                 self.report_load(summary.processing_secs);
                 let segments = p.segments;
                 if tracing::enabled!(tracing::Level::TRACE) {
-                    let text: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
-                    let text = text.join(" ");
-                    tracing::trace!(offset = p.span.offset, %text, "live hypothesis text");
+                    trace_hypothesis(p.span, &segments);
                 }
                 for output in policy.on_result(p.span, segments) {
                     self.emit(output, committed, link).await;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::Lease;
-use crate::live::{JobSpan, LiveConfig, LiveOutput, LivePolicy, Metered};
+use crate::live::{JobSpan, LiveConfig, LiveOutput, LivePolicy, Metered, ThreadChoice};
 use crate::transcript::{Segment, TextJoiner};
 
 use super::event::{AudioFormat, Refusal};
@@ -45,6 +45,8 @@ pub struct Utterance {
     resampler: Resampler,
     /// When Whisper should look again and what is final.
     policy: LivePolicy,
+    /// Threads per hypothesis: the configured count, or one while that is cheaper.
+    threads: ThreadChoice,
     /// The hypothesis in the pool, if any.
     pending: Option<Pending>,
     /// How Whisper decodes this utterance (language, threads, low latency).
@@ -73,6 +75,8 @@ struct Pending {
     handle: JobHandle,
     /// Segments received so far.
     segments: Vec<Segment>,
+    /// The whisper.cpp threads it runs on.
+    threads: usize,
 }
 
 impl Utterance {
@@ -108,6 +112,7 @@ impl Utterance {
             pcm,
             resampler,
             policy: LivePolicy::new(LiveConfig::default()),
+            threads: ThreadChoice::new(options.threads),
             pending: None,
             options,
             frames: 0,
@@ -183,12 +188,18 @@ impl Utterance {
             self.policy.abandon(); // no model: nothing can be read
             return self.stopped;
         };
-        match live.lease.submit(job.audio, self.options.clone()) {
+        let threads = self.threads.next();
+        let options = Options {
+            threads,
+            ..self.options.clone()
+        };
+        match live.lease.submit(job.audio, options) {
             Ok(handle) => {
                 self.pending = Some(Pending {
                     span: job.span,
                     handle,
                     segments: Vec::new(),
+                    threads,
                 });
             }
             Err(busy) => {
@@ -226,6 +237,8 @@ impl Utterance {
                     live.share
                         .report(summary.processing_secs, Instant::now(), step);
                 }
+                self.threads
+                    .observe(p.threads, summary.audio_secs, summary.processing_secs);
                 self.detected = Some(summary.language);
                 let outputs = self.policy.on_result(p.span, p.segments);
                 Ok(self.chunks(outputs))
