@@ -62,7 +62,8 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
-    /// CPU threads each worker uses inside whisper.cpp.
+    /// CPU threads each worker uses inside whisper.cpp. A live stream moves to one thread when
+    /// its hypotheses show the cores are taken by other work (whisper.cpp's threads spin).
     #[arg(long, env = "EARSHOT_THREADS", default_value_t = default_threads())]
     pub threads: usize,
 

@@ -15,6 +15,10 @@
 //!   is committed, so every window moves the stream forward, or
 //! - the stream ends.
 //!
+//! Agreement and settling trust only a hypothesis whose new tokens have a mean log-probability
+//! of at least [`LiveConfig::min_logprob`]: on a buffer of a breath and a word's tail Whisper
+//! invents text with low confidence, and two such guesses may agree.
+//!
 //! The work per hypothesis is bounded whatever the lag: a job reads at most `window_secs` of
 //! the buffer (its oldest part), and while more than that is waiting jobs follow each other
 //! without waiting for a step and commit as they go (catching up sheds the agreement
@@ -71,6 +75,11 @@ pub struct LiveConfig {
     /// is often a low-probability token. 0 settles whatever is old enough (at 0.6 s that
     /// doubled the WER in an earlier measurement); default 0.9.
     pub settle_min_prob: f64,
+    /// Least mean log-probability of a hypothesis' new tokens for agreement or settling to
+    /// commit from it (whisper.cpp's fallback threshold is the same -1): on a buffer holding
+    /// the tail of a committed word and a breath, tiny.en invents text ("I'm gonna get it.",
+    /// tokens at 0.05–0.45) and two such hypotheses may agree. `-inf` trusts every hypothesis.
+    pub min_logprob: f64,
     /// Audio the newer of two agreeing hypotheses must have heard after a unit's end for their
     /// agreement to commit it: two hypotheses a short step apart may agree on a word half heard
     /// at the buffer's end. 0 commits whatever they agree on; default 0.4 s.
@@ -108,6 +117,7 @@ impl Default for LiveConfig {
             settle_secs: 0.8,
             settle_min_prob: 0.9,
             agree_margin_secs: 0.4,
+            min_logprob: -1.0,
             cut_secs: 10.0,
             min_commit_secs: 0.0,
             max_buffer_secs: 30.0,
@@ -144,6 +154,7 @@ impl LiveConfig {
                 "settle_secs" => &mut self.settle_secs,
                 "settle_min_prob" => &mut self.settle_min_prob,
                 "agree_margin_secs" => &mut self.agree_margin_secs,
+                "min_logprob" => &mut self.min_logprob,
                 "cut_secs" => &mut self.cut_secs,
                 "min_commit_secs" => &mut self.min_commit_secs,
                 "max_buffer_secs" => &mut self.max_buffer_secs,
@@ -499,7 +510,7 @@ impl LivePolicy {
         let whole_window = job.samples as u64 >= samples(self.config.window_secs);
         let n_commit = if job.is_final {
             units.len()
-        } else if !whole_window && secs(job.samples as u64) < self.config.min_commit_secs {
+        } else if !whole_window && !self.trusted(&units, job) {
             0
         } else {
             let settled = settled_prefix(&units, job_end - self.config.settle_secs);
@@ -533,6 +544,14 @@ impl LivePolicy {
         let text = rest.iter().map(|u| u.text.as_str()).collect::<Vec<_>>();
         self.partial(&text.join(" "), &mut out);
         out
+    }
+
+    /// Whether a hypothesis over less than a window may commit by agreement or settling: it
+    /// read enough audio ([`LiveConfig::min_commit_secs`]) and Whisper was sure enough of its
+    /// new tokens ([`LiveConfig::min_logprob`]).
+    fn trusted(&self, units: &[Unit], job: JobSpan) -> bool {
+        secs(job.samples as u64) >= self.config.min_commit_secs
+            && mean_logprob(units) >= self.config.min_logprob
     }
 
     /// The hypothesis' units that are not committed yet. A hypothesis re-reads the committed
@@ -696,6 +715,8 @@ struct Unit {
     segment: usize,
     /// The least probability Whisper gave one of its tokens (0 for a segment without tokens).
     probability: f32,
+    /// The sum of its tokens' log-probabilities, and their number (0 without tokens).
+    logprob: (f64, u32),
 }
 
 /// The units of a hypothesis, in order.
@@ -710,6 +731,7 @@ fn units_of(hyp: &[Segment]) -> Vec<Unit> {
                 end: s.end,
                 segment,
                 probability: 0.0,
+                logprob: (0.0, 0),
             });
         }
         units.extend(words.into_iter().map(|w| Unit {
@@ -718,6 +740,7 @@ fn units_of(hyp: &[Segment]) -> Vec<Unit> {
             end: w.end.clamp(s.start, s.end),
             segment,
             probability: w.probability,
+            logprob: w.logprob,
         }));
     }
     units
@@ -730,6 +753,8 @@ struct Word {
     end: f64,
     /// The least probability of its tokens.
     probability: f32,
+    /// The sum of its tokens' log-probabilities, and their number.
+    logprob: (f64, u32),
 }
 
 /// Joins tokens into words (a token starting with a space starts one); special tokens such
@@ -746,12 +771,14 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<Word> {
                 word.text.push_str(t.text.trim_end());
                 word.end = t.end;
                 word.probability = word.probability.min(t.probability);
+                word.logprob = (word.logprob.0 + ln(t.probability), word.logprob.1 + 1);
             }
             _ => words.push(Word {
                 text: trimmed.to_string(),
                 start: t.start,
                 end: t.end,
                 probability: t.probability,
+                logprob: (ln(t.probability), 1),
             }),
         }
     }
@@ -808,6 +835,23 @@ fn settled_prefix(units: &[Unit], limit: f64) -> usize {
         .iter()
         .take_while(|u| u.end <= limit)
         .count()
+}
+
+/// A token probability's natural log, floored so that a zero does not make a sum infinite.
+fn ln(p: f32) -> f64 {
+    f64::from(p).max(1e-6).ln()
+}
+
+/// The mean log-probability of the units' tokens; 0 (sure) when none carry probabilities.
+fn mean_logprob(units: &[Unit]) -> f64 {
+    let (sum, n) = units
+        .iter()
+        .fold((0.0, 0), |(s, n), u| (s + u.logprob.0, n + u.logprob.1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / f64::from(n)
+    }
 }
 
 /// How many leading units Whisper gave at least `min_prob` for every token.
@@ -1236,6 +1280,45 @@ mod tests {
     }
 
     #[test]
+    fn hypotheses_whisper_was_unsure_of_commit_nothing_even_when_they_agree() {
+        let mut p = agreement_only(|c| c.min_logprob = -1.0);
+        p.push(&tone(2.0));
+        let unsure = |words: &[(&str, f64, f64)]| {
+            let mut s = word_seg(words);
+            for (t, prob) in s.tokens.iter_mut().flatten().zip([0.05, 0.24, 0.1, 0.27]) {
+                t.probability = prob;
+            }
+            s
+        };
+        let words = [
+            ("I'm", 0.1, 0.3),
+            ("gonna", 0.3, 0.6),
+            ("get", 0.6, 0.8),
+            ("it", 0.8, 1.0),
+        ];
+        let j1 = p.job(false);
+        p.on_result(j1.span, vec![unsure(&words)]);
+        p.push(&tone(0.5));
+        let j2 = p.job(false);
+        let out = p.on_result(j2.span, vec![unsure(&words)]);
+        assert!(
+            out.iter().all(|o| !matches!(o, LiveOutput::Commit(_))),
+            "mean log-probability about -1.9: {out:?}"
+        );
+        // The same words heard with confidence (0.9 each) are agreed on.
+        let j3 = p.job(false);
+        let out = p.on_result(j3.span, vec![word_seg(&words)]);
+        let j4 = p.job(false);
+        let out4 = p.on_result(j4.span, vec![word_seg(&words)]);
+        assert!(
+            out.iter()
+                .chain(&out4)
+                .any(|o| matches!(o, LiveOutput::Commit(_))),
+            "{out4:?}"
+        );
+    }
+
+    #[test]
     fn a_pause_makes_a_job_at_once_without_waiting_for_the_step() {
         let mut p = LivePolicy::new(LiveConfig::default());
         p.push(&tone(1.0));
@@ -1335,6 +1418,7 @@ mod tests {
                     end: 0.0,
                     segment: 0,
                     probability: 0.9,
+                    logprob: (0.0, 0),
                 })
                 .collect()
         };

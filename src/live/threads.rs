@@ -54,7 +54,7 @@ impl ThreadChoice {
     }
 
     /// The thread count for the next hypothesis.
-    pub fn next(&mut self) -> usize {
+    pub fn next_count(&mut self) -> usize {
         if self.on_one {
             return 1;
         }
@@ -121,7 +121,7 @@ mod tests {
     fn run(choice: &mut ThreadChoice, n: usize, mut cost: impl FnMut(usize) -> f64) -> Vec<usize> {
         (0..n)
             .map(|_| {
-                let threads = choice.next();
+                let threads = choice.next_count();
                 choice.observe(threads, 5.0, 5.0 * cost(threads));
                 threads
             })
@@ -161,7 +161,11 @@ mod tests {
         let last_on_two = loaded.iter().rposition(|&t| t == 2).unwrap_or(0);
         assert!(last_on_two < RECENT + PROBE_EVERY as usize, "{loaded:?}");
         assert!(run(&mut c, 30, quiet).iter().all(|&t| t == 1));
-        assert_eq!(ThreadChoice::new(2).next(), 2, "a new stream starts over");
+        assert_eq!(
+            ThreadChoice::new(2).next_count(),
+            2,
+            "a new stream starts over"
+        );
     }
 
     #[test]
@@ -191,18 +195,18 @@ mod tests {
         c.observe(2, 10.0, 0.30);
         c.observe(1, 9.0, 0.44);
         c.observe(2, 2.0, 0.14);
-        assert_eq!(c.next(), 2);
+        assert_eq!(c.next_count(), 2);
         c.observe(1, 2.0, 0.21);
-        assert_eq!(c.next(), 2);
+        assert_eq!(c.next_count(), 2);
     }
 
     #[test]
     fn nonsense_measurements_are_ignored() {
         let mut c = ThreadChoice::new(2);
-        assert_eq!(c.next(), 2);
+        assert_eq!(c.next_count(), 2);
         c.observe(2, 0.1, 50.0);
         c.observe(2, 5.0, f64::NAN);
         c.observe(3, 5.0, 1.0);
-        assert_eq!(c.next(), 2, "nothing measured yet");
+        assert_eq!(c.next_count(), 2, "nothing measured yet");
     }
 }

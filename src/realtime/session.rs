@@ -508,7 +508,7 @@ impl Session {
             self.policy.abandon(); // no audio was taken without a model; nothing to read
             return;
         };
-        let threads = self.threads.next();
+        let threads = self.threads.next_count();
         let options = Options {
             threads,
             ..self.options.clone()

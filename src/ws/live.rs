@@ -609,7 +609,7 @@ impl Runner {
             .threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .next();
+            .next_count();
         if let Some((language, _)) = self.pin.lock().unwrap_or_else(|e| e.into_inner()).pinned() {
             options.language = Some(language.to_owned());
         }

@@ -188,7 +188,7 @@ impl Utterance {
             self.policy.abandon(); // no model: nothing can be read
             return self.stopped;
         };
-        let threads = self.threads.next();
+        let threads = self.threads.next_count();
         let options = Options {
             threads,
             ..self.options.clone()
