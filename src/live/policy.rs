@@ -723,7 +723,7 @@ struct Unit {
 fn units_of(hyp: &[Segment]) -> Vec<Unit> {
     let mut units = Vec::new();
     for (segment, s) in hyp.iter().enumerate() {
-        let words = s.tokens.as_deref().map(words_of).unwrap_or_default();
+        let words = words_of(s.tokens.as_deref().unwrap_or_default(), segment);
         if words.is_empty() {
             units.push(Unit {
                 text: s.text.clone(),
@@ -735,32 +735,19 @@ fn units_of(hyp: &[Segment]) -> Vec<Unit> {
             });
         }
         units.extend(words.into_iter().map(|w| Unit {
-            text: w.text,
             start: w.start.clamp(s.start, s.end),
             end: w.end.clamp(s.start, s.end),
-            segment,
-            probability: w.probability,
-            logprob: w.logprob,
+            ..w
         }));
     }
     units
 }
 
-/// A word joined from tokens.
-struct Word {
-    text: String,
-    start: f64,
-    end: f64,
-    /// The least probability of its tokens.
-    probability: f32,
-    /// The sum of its tokens' log-probabilities, and their number.
-    logprob: (f64, u32),
-}
-
-/// Joins tokens into words (a token starting with a space starts one); special tokens such
-/// as `[_BEG_]` or `<|endoftext|>` carry no text and are skipped.
-fn words_of(tokens: &[crate::transcript::Token]) -> Vec<Word> {
-    let mut words: Vec<Word> = Vec::new();
+/// Joins the tokens of hypothesis segment `segment` into word units (a token starting with a
+/// space starts one); special tokens such as `[_BEG_]` or `<|endoftext|>` carry no text and
+/// are skipped.
+fn words_of(tokens: &[crate::transcript::Token], segment: usize) -> Vec<Unit> {
+    let mut words: Vec<Unit> = Vec::new();
     for t in tokens {
         let trimmed = t.text.trim();
         if trimmed.is_empty() || trimmed.starts_with("[_") || trimmed.starts_with("<|") {
@@ -773,10 +760,11 @@ fn words_of(tokens: &[crate::transcript::Token]) -> Vec<Word> {
                 word.probability = word.probability.min(t.probability);
                 word.logprob = (word.logprob.0 + ln(t.probability), word.logprob.1 + 1);
             }
-            _ => words.push(Word {
+            _ => words.push(Unit {
                 text: trimmed.to_string(),
                 start: t.start,
                 end: t.end,
+                segment,
                 probability: t.probability,
                 logprob: (ln(t.probability), 1),
             }),
