@@ -31,10 +31,12 @@ const FIXED_AUDIO_SECS: f64 = 4.0;
 pub struct ThreadChoice {
     /// The configured count (`--threads`); the only other candidate is 1.
     max: usize,
-    /// Inference seconds per audio second of the last hypotheses with `max` threads.
+    /// Costs (inference seconds per audio second plus [`FIXED_AUDIO_SECS`]) of the last
+    /// hypotheses with `max` threads.
     with_max: Costs,
-    /// The same with one thread.
-    with_one: Costs,
+    /// The cost of the latest hypothesis on one thread: it runs once in a while, so the
+    /// latest is the one that says what one thread costs now.
+    with_one: Option<f64>,
     /// Hypotheses since one thread was last measured.
     since_probe: u32,
     /// Whether the stream moved to one thread (for good).
@@ -47,7 +49,7 @@ impl ThreadChoice {
         Self {
             max: max.max(1),
             with_max: Costs::default(),
-            with_one: Costs::default(),
+            with_one: None,
             since_probe: 0,
             on_one: max <= 1,
         }
@@ -61,7 +63,7 @@ impl ThreadChoice {
         let Some(max) = self.with_max.estimate() else {
             return self.max;
         };
-        let Some(one) = self.with_one.estimate() else {
+        let Some(one) = self.with_one else {
             return 1;
         };
         if max > CLEARLY * one {
@@ -84,9 +86,7 @@ impl ThreadChoice {
         }
         let cost = busy_secs / (audio_secs + FIXED_AUDIO_SECS);
         if threads == 1 {
-            // One thread is measured once in a while: the latest measurement is the one.
-            self.with_one = Costs::default();
-            self.with_one.add(cost);
+            self.with_one = Some(cost);
         } else if threads == self.max {
             self.with_max.add(cost);
         }
@@ -98,7 +98,7 @@ impl ThreadChoice {
 struct Costs(std::collections::VecDeque<f64>);
 
 impl Costs {
-    /// The least recent cost; `None` until one is measured.
+    /// The least of the recent costs; `None` until one is measured.
     fn estimate(&self) -> Option<f64> {
         self.0.iter().copied().reduce(f64::min)
     }

@@ -33,8 +33,8 @@ use crate::app::{AppState, StreamHandle};
 use crate::audio::decode::{
     byte_feed, ByteFeedSender, DecodeError, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
 };
-use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
+use crate::audio::{guarded_resample, SAMPLE_RATE};
 use crate::domain::TaskId;
 use crate::domain::{FailureCode, Task};
 use crate::inference::engine::Options;
@@ -365,8 +365,8 @@ struct Pending {
     threads: usize,
 }
 
-/// Logs what Whisper said for a hypothesis, with each word's least token probability and each
-/// segment's no-speech probability, for tuning the commit policy.
+/// Logs what Whisper said for a hypothesis, with each token's probability and each segment's
+/// no-speech probability, for tuning the commit policy.
 fn trace_hypothesis(span: JobSpan, segments: &[Segment]) {
     let text: Vec<String> = segments
         .iter()
@@ -382,7 +382,8 @@ fn trace_hypothesis(span: JobSpan, segments: &[Segment]) {
         })
         .collect();
     let text = text.join(" ");
-    tracing::trace!(offset = span.offset, secs = span.samples as f64 / 16000.0, %text, "live hypothesis text");
+    let secs = span.samples as f64 / f64::from(SAMPLE_RATE);
+    tracing::trace!(offset = span.offset, secs, %text, "live hypothesis text");
 }
 
 /// Keeps a stream resumable while its task runs; forgets it when the task ends, however.
