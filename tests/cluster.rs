@@ -2,7 +2,9 @@
 //! processes on `127.0.0.1:0` with the real tiny.en model: a task submitted on one node is
 //! read on another; a node killed with SIGKILL mid-job hands the job to another node and the
 //! client hears each segment once; while NATS is down the nodes say so quickly, and they carry
-//! on when it is back; a binary upload's group commits keep their acks in order. Each test starts and stops its own NATS on a free port.
+//! on when it is back; a binary upload's group commits keep their acks in order. The upload
+//! tests run twice: with the bytes in NATS, and in a directory the nodes share
+//! (`--cluster-upload-store`). Each test starts and stops its own NATS on a free port.
 
 mod common;
 
@@ -88,6 +90,60 @@ impl Drop for Nats {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Where a test's nodes keep upload bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Chunks {
+    /// In NATS (the `EARSHOT_UPLOADS` stream), the default.
+    InNats,
+    /// In a directory every node shares (`--cluster-upload-store file://…`).
+    Shared,
+}
+
+impl Chunks {
+    /// The shared directory under `tmp`.
+    fn dir(tmp: &Path) -> PathBuf {
+        tmp.join("shared-chunks")
+    }
+
+    /// The node flags that put upload bytes there.
+    fn flags(self, tmp: &Path) -> Vec<String> {
+        match self {
+            Chunks::InNats => Vec::new(),
+            Chunks::Shared => vec![
+                "--cluster-upload-store".into(),
+                format!("file://{}", Chunks::dir(tmp).display()),
+            ],
+        }
+    }
+
+    /// After an upload's job is done: its chunks are gone from where they were, and in the
+    /// shared mode none ever went through NATS.
+    async fn assert_purged(self, tmp: &Path, nats: &Nats, task: &str) {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let in_nats = js.get_stream("EARSHOT_UPLOADS").await;
+        if self == Chunks::Shared {
+            assert!(in_nats.is_err(), "no upload stream in NATS");
+            let dir = Chunks::dir(tmp).join(task);
+            for _ in 0..100 {
+                if !dir.exists() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{} still holds the upload's chunks", dir.display());
+        }
+        // This test's only upload: every byte of the stream is its.
+        let mut stream = in_nats.expect("the upload stream");
+        for _ in 0..100 {
+            if stream.info().await.unwrap().state.messages == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("NATS still holds the upload's chunks");
     }
 }
 
@@ -446,12 +502,28 @@ async fn half_upload(node: &Process, file: &str, chunk: usize) -> Half {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_node() {
+    upload_survives_its_node(Chunks::InNats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_its_bytes_in_a_shared_directory_survives_its_node_and_a_nats_restart() {
+    upload_survives_its_node(Chunks::Shared).await;
+}
+
+/// Half an upload through A, A killed, resumed through B across a NATS restart, read on C.
+async fn upload_survives_its_node(chunks: Chunks) {
     let tmp = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(&tmp.path().join("nats"));
+    let store = chunks.flags(tmp.path());
+    let flags = |more: &[&'static str]| {
+        let mut all: Vec<&str> = store.iter().map(String::as_str).collect();
+        all.extend_from_slice(more);
+        all
+    };
     // A and B only hold sockets; C transcribes (so B's assembled copy stays to compare).
-    let a = node(tmp.path(), "a", &nats, &["--max-processing", "0"]);
-    let b = node(tmp.path(), "b", &nats, &["--max-processing", "0"]);
-    let c = node(tmp.path(), "c", &nats, &[]);
+    let a = node(tmp.path(), "a", &nats, &flags(&["--max-processing", "0"]));
+    let b = node(tmp.path(), "b", &nats, &flags(&["--max-processing", "0"]));
+    let c = node(tmp.path(), "c", &nats, &flags(&[]));
     wait_ready(&a, true).await;
     let file = "en_jfk.wav";
     let chunk = 32 * 1024;
@@ -485,10 +557,11 @@ async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_n
     assert_eq!(missing, (half as u64 + 2..total as u64).collect::<Vec<_>>());
     send_chunks(&mut again, &task, &data, chunk, half + 2..total).await;
     again.expect("upload_complete").await;
-    // B's local copy had only the chunks it published: the file came from NATS's pieces and
-    // the copy is gone.
+    // B's local copy had only the chunks it published: the file came from the stored chunks
+    // (NATS's pieces, or the shared directory's objects) and the copy is gone.
     let b_dir = tmp.path().join("b");
     let text = assert_kept_and_transcribed(&b_dir, &task, &data, &mut again, file, 0.15).await;
+    chunks.assert_purged(tmp.path(), &nats, &task).await;
 
     // Read on C over HTTP.
     let (status, on_c) = get_json(format!("{}/v1/tasks/{task}", c.http_url())).await;
@@ -507,12 +580,25 @@ async fn an_upload_survives_its_node_and_a_nats_restart_and_is_read_on_a_third_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_node_cannot_corrupt_an_upload_another_took_over() {
+    stale_node_is_fenced(Chunks::InNats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_node_cannot_corrupt_an_upload_in_a_shared_directory() {
+    stale_node_is_fenced(Chunks::Shared).await;
+}
+
+/// A paused past its lease while B takes the upload over; A's late chunk is refused.
+async fn stale_node_is_fenced(chunks: Chunks) {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(&tmp.path().join("nats"));
-    let lease = ["--cluster-lease", "4s", "--max-processing", "0"];
+    let store = chunks.flags(tmp.path());
+    let mut lease: Vec<&str> = store.iter().map(String::as_str).collect();
+    let shared = lease.clone();
+    lease.extend_from_slice(&["--cluster-lease", "4s", "--max-processing", "0"]);
     let a = node(tmp.path(), "a", &nats, &lease);
     let b = node(tmp.path(), "b", &nats, &lease);
-    let _c = node(tmp.path(), "c", &nats, &[]);
+    let _c = node(tmp.path(), "c", &nats, &shared);
     wait_ready(&a, true).await;
     let file = "en_arctic_a0024.wav";
     let chunk = 16 * 1024;
@@ -547,6 +633,7 @@ async fn a_stale_node_cannot_corrupt_an_upload_another_took_over() {
     send_chunks(&mut on_b, &task, &data, chunk, total - 1..total).await;
     on_b.expect("upload_complete").await;
     assert_kept_and_transcribed(&tmp.path().join("b"), &task, &data, &mut on_b, file, 0.3).await;
+    chunks.assert_purged(tmp.path(), &nats, &task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use bytes::Bytes;
 use earshot::domain::TaskId;
 use earshot::protocol::binary::{self, BinaryFrame};
 use earshot::protocol::message::UploadMode;
@@ -69,7 +70,9 @@ fn seed_json_upload_of_a_real_file() {
             let ClientMessage::UploadChunk(c) = parse_client(&msg, &limits()).unwrap() else {
                 panic!("expected upload_chunk")
             };
-            let (insert, progress) = store.put_chunk(c.task_id, c.chunk_index, &c.data).unwrap();
+            let (insert, progress) = store
+                .put_chunk(c.task_id, c.chunk_index, c.data.into())
+                .unwrap();
             let expected = if attempt == 0 {
                 Insert::New
             } else {
@@ -116,7 +119,7 @@ fn binary_fast_path_with_group_commit() {
             match binary::decode(&frame) {
                 Ok(BinaryFrame::UploadChunk(c)) => {
                     store
-                        .write_chunk(c.task_id, c.chunk_index, c.payload)
+                        .write_chunk(c.task_id, c.chunk_index, Bytes::copy_from_slice(c.payload))
                         .unwrap();
                 }
                 Ok(other) => panic!("unexpected frame {other:?}"),
@@ -165,9 +168,9 @@ fn crash_data() -> Vec<u8> {
     (0..10_000u32).map(|i| (i % 253) as u8).collect()
 }
 
-fn chunk_of(data: &[u8], i: u32) -> &[u8] {
+fn chunk_of(data: &[u8], i: u32) -> Bytes {
     let start = i as usize * 1000;
-    &data[start..start + 1000]
+    Bytes::copy_from_slice(&data[start..start + 1000])
 }
 
 #[test]

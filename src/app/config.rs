@@ -256,6 +256,13 @@ pub struct ServerConfig {
     /// node takes it at once, so this only bounds how long a vanished node blocks one).
     #[arg(long, env = "EARSHOT_CLUSTER_LEASE", default_value = "10s", value_parser = positive_duration)]
     pub cluster_lease: Duration,
+
+    /// In a cluster: keep upload bytes in shared storage instead of NATS — `file:///DIR`, a
+    /// directory every node mounts (NFS or the like; each chunk is fsynced before it is
+    /// acknowledged). NATS keeps the upload records, leases and jobs either way. Unset = the
+    /// bytes go through NATS JetStream (docs/CLUSTER.md).
+    #[arg(long, env = "EARSHOT_CLUSTER_UPLOAD_STORE", value_name = "URL")]
+    pub cluster_upload_store: Option<String>,
 }
 
 /// A count that must not be zero (a cap of zero would refuse everything).

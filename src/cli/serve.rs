@@ -79,6 +79,7 @@ async fn join_cluster(
         ack_wait: config.cluster_ack_wait,
         replicas: config.cluster_replicas,
         upload_lease: config.cluster_lease,
+        upload_store: config.cluster_upload_store.clone(),
         node: addr.to_string(),
     })
     .await

@@ -32,7 +32,7 @@ pub struct LocalCopy {
     /// The file, opened (and truncated) at the first chunk.
     file: Option<File>,
     /// Chunk → the lease generation it was published under when written here; a chunk whose
-    /// write failed is absent (then it is only in NATS).
+    /// write failed is absent (then it is only in the chunk store).
     written: HashMap<u32, u64>,
     /// Which hashes `digest` computes (the declared ones).
     kinds: HashKinds,
@@ -88,7 +88,7 @@ impl LocalCopy {
                 self.written.insert(index, gen);
             }
             Err(err) => {
-                tracing::debug!(%err, path = %self.path.display(), "a chunk is kept in NATS only");
+                tracing::debug!(%err, path = %self.path.display(), "a chunk is kept in the chunk store only");
                 return;
             }
         }

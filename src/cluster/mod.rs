@@ -7,7 +7,8 @@
 //!   task), the `EARSHOT_EVENTS` stream (each task's events on its own subject), the
 //!   `EARSHOT_JOBS` work-queue stream and the `earshot_audio` object store (an HTTP job's audio,
 //!   readable by whichever node runs it), the `earshot_uploads` KV bucket (one record per
-//!   upload: meta, lease, stored chunks) and the `EARSHOT_UPLOADS` stream (chunk bytes). Their
+//!   upload: meta, lease, stored chunks) and the `EARSHOT_UPLOADS` stream (chunk bytes, unless
+//!   [`chunk_store`] puts them in a directory every node mounts). Their
 //!   max age is the session TTL, so expiry is cluster-wide and happens once, in NATS; each is
 //!   created with `replicas` copies.
 //! - [`uploads::ClusterUploads`]: the [`UploadStorage`](crate::upload::store::UploadStorage)
@@ -26,6 +27,7 @@
 //! This module must not know about sockets, routes or the wire protocol of clients, and must not
 //! hold a job's audio or an upload in memory: files go to and from NATS in chunks.
 
+pub mod chunk_store;
 pub mod local_copy;
 pub mod queue;
 pub mod registry;
@@ -63,6 +65,9 @@ pub enum ClusterError {
     /// NATS answered with an error.
     #[error("NATS: {0}")]
     Nats(String),
+    /// The shared storage of upload bytes (`--cluster-upload-store`) failed.
+    #[error("upload store: {0}")]
+    Storage(String),
     /// Local file I/O around a transfer.
     #[error("{context}: {source}")]
     Io {
@@ -122,6 +127,29 @@ async fn kv_bucket(
     timed(js.get_key_value(bucket)).await
 }
 
+/// The stream of upload chunk bytes, for a cluster without shared upload storage. Chunks may
+/// wait for their upload's end: they are kept twice the session TTL.
+async fn upload_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    replicas: usize,
+) -> Result<chunk_store::ChunkStore, ClusterError> {
+    let stream = timed(js.get_or_create_stream(stream::Config {
+        name: UPLOADS_STREAM.into(),
+        subjects: vec![format!("{}.>", upload_record::UPLOAD_PREFIX)],
+        max_messages_per_subject: 1,
+        max_age: config.ttl * 2,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }))
+    .await?;
+    Ok(chunk_store::ChunkStore::Stream {
+        js: js.clone(),
+        stream: Box::new(stream),
+    })
+}
+
 /// How to join a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -140,6 +168,9 @@ pub struct ClusterConfig {
     /// How long a node keeps the right to write an upload without storing a chunk; after it,
     /// another node may take the upload over (`upload_resume` takes it at once).
     pub upload_lease: Duration,
+    /// Where upload chunk bytes go instead of NATS: `file:///DIR`, a directory every node
+    /// mounts (`--cluster-upload-store`). None = the `EARSHOT_UPLOADS` stream.
+    pub upload_store: Option<String>,
 }
 
 /// One node's connection to the cluster and the shared resources on it.
@@ -158,8 +189,9 @@ pub struct Cluster {
     audio: object_store::ObjectStore,
     /// Upload records by task id.
     uploads: kv::Store,
-    /// Upload chunk bytes (`earshot.upload.<id>.<gen>.<index>.<piece>`).
-    upload_bytes: stream::Stream,
+    /// Upload chunk bytes: the `EARSHOT_UPLOADS` stream, or shared storage
+    /// (`--cluster-upload-store`).
+    chunks: chunk_store::ChunkStore,
     /// The settings it was joined with.
     config: ClusterConfig,
 }
@@ -220,17 +252,11 @@ impl Cluster {
                 .await?
             }
         };
-        // Chunks may wait for their upload's end; they are kept twice the session TTL.
-        let upload_bytes = timed(js.get_or_create_stream(stream::Config {
-            name: UPLOADS_STREAM.into(),
-            subjects: vec![format!("{}.>", upload_record::UPLOAD_PREFIX)],
-            max_messages_per_subject: 1,
-            max_age: config.ttl * 2,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        }))
-        .await?;
+        let chunks = match &config.upload_store {
+            Some(url) => chunk_store::ChunkStore::directory(url)?,
+            None => upload_stream(&js, &config, replicas).await?,
+        };
+        tracing::info!(store = chunks.location(), "upload bytes");
         Ok(Cluster {
             client,
             js,
@@ -239,7 +265,7 @@ impl Cluster {
             jobs,
             audio,
             uploads,
-            upload_bytes,
+            chunks,
             config,
         })
     }

@@ -4,11 +4,11 @@
 //! - **Record**: one key per upload in the `earshot_uploads` KV bucket
 //!   ([`UploadRecord`]: the meta, the lease, the stored chunks by generation), always written
 //!   with compare-and-set on its revision.
-//! - **Bytes**: each chunk is published in pieces of at most [`PIECE`] bytes to
-//!   `earshot.upload.<id>.<gen>.<index>.<piece>` on the `EARSHOT_UPLOADS` stream (file storage,
-//!   one message per subject).
-//! - **Durable before acknowledged**: `write_chunk` publishes; `sync` waits for the stream's
-//!   acks of every piece, then writes the record naming the chunks (CAS). Only then are they
+//! - **Bytes**: each chunk goes to the cluster's [`ChunkStore`](super::chunk_store::ChunkStore)
+//!   under the lease generation: pieces on the `EARSHOT_UPLOADS` stream, or one file in a
+//!   directory every node shares (`--cluster-upload-store`).
+//! - **Durable before acknowledged**: `write_chunk` stores; `sync` waits until the store says
+//!   the chunks are durable, then writes the record naming them (CAS). Only then are they
 //!   reported. The acks are awaited without the upload's lock, so the connection publishes
 //!   its next chunks meanwhile; commits of one upload still run one at a time, in order. A crash or NATS failure in between leaves bytes no record names: unacknowledged,
 //!   resent by the client, never half-counted.
@@ -17,15 +17,15 @@
 //!   its CAS and its chunk is refused ([`StoreError::HeldElsewhere`]); the bytes it published
 //!   are under its old generation, which no record names for that chunk.
 //! - **Whole-file hash**: computed when the file is assembled (`finalize`, or `audio_path` on a
-//!   node without a copy), streaming the pieces from NATS into a local file in
+//!   node without a copy), streaming the stored chunks into a local file in
 //!   `<data_dir>/cluster-uploads/<id>/`; so nothing needs to move between nodes but the record.
 //!   The node holding the lease also writes each chunk it publishes at its offset in a local
 //!   copy ([`LocalCopy`]), hashing it as the prefix grows; when every chunk the record names is
 //!   one it wrote there under the same generation, `finalize` checks the declared hash and
-//!   renames the copy into place, reading nothing back from NATS and writing nothing again
+//!   renames the copy into place, reading nothing back from the store and writing nothing again
 //!   (reading back and copying cost the cluster half its upload speed). The record still
 //!   decides which bytes count, and the declared hash still checks them: a copy that fails it
-//!   is dropped and the file assembled from NATS.
+//!   is dropped and the file assembled from the stored chunks.
 //!
 //! Calls are blocking (the trait's contract): each NATS operation runs on the node's runtime
 //! through `block_in_place`, under [`OP_TIMEOUT`], and a NATS that does not answer is
@@ -35,18 +35,18 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 
+use super::chunk_store::Stored;
 use super::local_copy::LocalCopy;
-use super::upload_record::{chunks_of, piece_subject, pieces, Claim, UploadRecord, PIECE};
+use super::upload_record::{Claim, UploadRecord};
 use super::{timed, Cluster, ClusterError, OP_TIMEOUT};
 use crate::domain::TaskId;
 use crate::upload::digest::{FileHashes, HashKinds, RunningDigest};
@@ -67,8 +67,8 @@ struct Held {
     revision: u64,
     /// Chunks published but not yet in the record.
     pending: Vec<u32>,
-    /// The stream's acks of their pieces, awaited by the next commit.
-    acks: Vec<PublishAckFuture>,
+    /// Their stores' answers (the stream's acks, or the puts), awaited by the next commit.
+    acks: Vec<Stored>,
     /// Chunks a commit took from `pending` and is making durable: the next chunks are
     /// published while it waits for the stream (this lock is not held meanwhile), and a chunk
     /// sent again in that time is still a duplicate.
@@ -77,11 +77,11 @@ struct Held {
     /// records are written in the order their chunks were published.
     turn: Arc<Mutex<()>>,
     /// The chunks this process published, also written to a local file: where they are the
-    /// file the record names, `finalize` renames it into place instead of reading NATS.
+    /// file the record names, `finalize` renames it into place instead of reading the store.
     copy: LocalCopy,
 }
 
-/// Uploads in the cluster's NATS; see the module docs.
+/// Uploads in the cluster (records in NATS, bytes in its chunk store); see the module docs.
 pub struct ClusterUploads {
     /// The connection, the bucket and the stream.
     cluster: Arc<Cluster>,
@@ -160,12 +160,23 @@ impl ClusterUploads {
         &self,
         op: impl Future<Output = Result<T, E>>,
     ) -> Result<T, StoreError> {
-        let run = || self.runtime.block_on(timed(op));
-        let result = match tokio::runtime::Handle::try_current() {
+        self.run(timed(op)).map_err(unavailable)
+    }
+
+    /// Runs a cluster operation from a blocking caller under [`OP_TIMEOUT`], keeping its
+    /// error as it is.
+    fn run<T>(&self, op: impl Future<Output = Result<T, ClusterError>>) -> Result<T, ClusterError> {
+        let timed = async {
+            match tokio::time::timeout(OP_TIMEOUT, op).await {
+                Ok(result) => result,
+                Err(_) => Err(ClusterError::Timeout(OP_TIMEOUT)),
+            }
+        };
+        let run = || self.runtime.block_on(timed);
+        match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::task::block_in_place(run),
             Err(_) => run(),
-        };
-        result.map_err(unavailable)
+        }
     }
 
     fn lease_ms(&self) -> u64 {
@@ -183,8 +194,15 @@ impl ClusterUploads {
         Ok((record, entry.revision))
     }
 
-    /// Writes the record if its revision is still `revision`.
+    /// Writes the record if its revision is still `revision`. Refused at once while NATS is
+    /// unreachable: the client would keep the write and send it on reconnecting, so a chunk
+    /// reported as refused would count after all.
     fn write(&self, task_id: TaskId, record: &UploadRecord, revision: u64) -> Result<u64, Cas> {
+        if !self.cluster.connected() {
+            return Err(Cas::Failed(unavailable(ClusterError::Nats(
+                "not connected".into(),
+            ))));
+        }
         let bytes = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
         let update = self
             .cluster
@@ -307,28 +325,21 @@ impl ClusterUploads {
         lock(&self.held).remove(&task_id);
     }
 
-    /// Publishes a chunk's pieces under the held generation; their acks wait for the commit.
+    /// Stores a chunk under the held generation (in one trip to the runtime: a blocking
+    /// hand-over per NATS piece cost more than the piece's copy); its durability waits for the
+    /// commit.
     fn publish(
         &self,
         task_id: TaskId,
         h: &mut Held,
         index: u32,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(), StoreError> {
         let gen = h.record.lease.gen;
-        // All pieces in one trip to the runtime: a blocking hand-over per piece cost more
-        // than the piece's copy.
-        let acks = self.block(async {
-            let mut acks = Vec::with_capacity(data.len().div_ceil(PIECE));
-            for (piece, bytes) in data.chunks(PIECE).enumerate() {
-                let subject = piece_subject(task_id, gen, index, piece);
-                let bytes = Bytes::copy_from_slice(bytes);
-                acks.push(self.cluster.js.publish(subject, bytes).await?);
-            }
-            Ok::<_, async_nats::jetstream::context::PublishError>(acks)
-        })?;
-        h.acks.extend(acks);
-        h.copy.write(&h.record.meta.plan, index, gen, data);
+        let stored = self.run(self.cluster.chunks.put(task_id, gen, index, data.clone()));
+        let stored = stored.map_err(unavailable)?;
+        h.acks.push(stored);
+        h.copy.write(&h.record.meta.plan, index, gen, &data);
         Ok(())
     }
 
@@ -348,7 +359,7 @@ impl ClusterUploads {
         };
         let acked = acks
             .into_iter()
-            .try_for_each(|ack| self.block(ack.into_future()).map(drop));
+            .try_for_each(|ack| self.run(ack).map_err(unavailable));
         let mut h = lock(held);
         let batch = std::mem::take(&mut h.committing);
         acked?;
@@ -415,7 +426,7 @@ impl ClusterUploads {
         self.spool.join(meta.task_id.to_string()).join(name)
     }
 
-    /// Streams every chunk from NATS into the local file, hashing as it goes, and keeps it
+    /// Streams every stored chunk into the local file, hashing as it goes, and keeps it
     /// only if it matches the declared hashes. Never more than one piece in memory.
     fn assemble(&self, record: &UploadRecord) -> Result<PathBuf, StoreError> {
         let meta = &record.meta;
@@ -461,21 +472,21 @@ impl ClusterUploads {
                 || StoreError::Corrupt(format!("upload {task_id}: chunk {index} is gone"));
             let gen = record.gen_of(index).ok_or_else(missing)?;
             let len = plan.chunk_len(index).unwrap_or(0);
-            let mut got = 0u64;
-            for piece in 0..pieces(len) {
-                let subject = piece_subject(task_id, gen, index, piece);
-                let message = self
-                    .block(
-                        self.cluster
-                            .upload_bytes
-                            .get_last_raw_message_by_subject(&subject),
-                    )
-                    .map_err(|_| missing())?;
-                file.write_all(&message.payload)
-                    .map_err(io("writing an assembled upload"))?;
-                digest.update(&message.payload);
-                got += message.payload.len() as u64;
-            }
+            let mut sink = |bytes: &[u8]| {
+                digest.update(bytes);
+                file.write_all(bytes)
+            };
+            let read = self
+                .cluster
+                .chunks
+                .read(task_id, gen, index, len, &mut sink);
+            let got = self.run(read).map_err(|e| match e {
+                ClusterError::Io { context, source } => StoreError::Io { context, source },
+                other => {
+                    tracing::warn!(%task_id, index, err = %other, "an upload's chunk could not be read");
+                    missing()
+                }
+            })?;
             if got != len {
                 return Err(missing());
             }
@@ -485,8 +496,8 @@ impl ClusterUploads {
 
     /// The verified file of a complete upload this node holds: its local copy renamed into
     /// place when the record names exactly the chunks in it (one write of every byte here,
-    /// not two); otherwise, or when the copy fails the declared hash, assembled from NATS's
-    /// pieces, which have the last word.
+    /// not two); otherwise, or when the copy fails the declared hash, assembled from the stored
+    /// chunks, which have the last word.
     fn adopt_copy(&self, h: &mut Held) -> Result<PathBuf, StoreError> {
         if h.record.matches_copy(h.copy.written()) {
             let (meta, dest) = (&h.record.meta, self.audio_file(&h.record.meta));
@@ -499,10 +510,10 @@ impl ClusterUploads {
                     return Ok(dest);
                 }
                 Ok(false) => {
-                    tracing::info!(task_id = %meta.task_id, "the local copy fails the hash; assembling from NATS");
+                    tracing::info!(task_id = %meta.task_id, "the local copy fails the hash; assembling from the stored chunks");
                 }
                 Err(err) => {
-                    tracing::warn!(task_id = %meta.task_id, %err, "the local copy is unusable; assembling from NATS");
+                    tracing::warn!(task_id = %meta.task_id, %err, "the local copy is unusable; assembling from the stored chunks");
                 }
             }
         }
@@ -522,6 +533,26 @@ impl ClusterUploads {
             }
             other => other,
         })
+    }
+
+    /// Removes the chunks in shared storage of uploads whose record is gone (expired) or over.
+    fn sweep_orphans(&self) {
+        let Ok(stored) = self.run(self.cluster.chunks.uploads()) else {
+            return;
+        };
+        for task_id in stored {
+            let over = match self.load(task_id) {
+                Ok((record, _)) => record.meta.status.is_over(),
+                Err(StoreError::NotFound) => true,
+                Err(_) => false,
+            };
+            if over {
+                match self.run(self.cluster.chunks.purge(task_id)) {
+                    Ok(()) => tracing::info!(%task_id, "removed an expired upload's chunks"),
+                    Err(err) => tracing::warn!(%task_id, %err, "an upload's chunks stay"),
+                }
+            }
+        }
     }
 
     /// Where the upload stands: with a limit, its missing chunks (resume); without, the gaps
@@ -549,7 +580,7 @@ impl UploadStorage for ClusterUploads {
         Ok(task_id)
     }
 
-    fn write_chunk(&self, task_id: TaskId, index: u32, data: &[u8]) -> Result<Insert, StoreError> {
+    fn write_chunk(&self, task_id: TaskId, index: u32, data: Bytes) -> Result<Insert, StoreError> {
         let held = self.holding(task_id, false)?;
         let mut h = lock(&held);
         h.record.meta.plan.check_chunk(index, data.len() as u64)?;
@@ -668,8 +699,8 @@ impl UploadStorage for ClusterUploads {
         })?;
         if matches!(status, UploadStatus::Done | UploadStatus::Failed) {
             // Transcribed: the chunks and this node's copy are no longer needed.
-            let purge = self.cluster.upload_bytes.purge().filter(chunks_of(task_id));
-            self.block(purge.into_future())?;
+            self.run(self.cluster.chunks.purge(task_id))
+                .map_err(unavailable)?;
             let _ = fs::remove_dir_all(self.spool.join(task_id.to_string()));
         }
         Ok(())
@@ -681,9 +712,11 @@ impl UploadStorage for ClusterUploads {
         Vec::new()
     }
 
-    /// Records and chunks expire in NATS (max age); here only this node's assembled copies of
-    /// uploads that are transcribed, failed or gone are removed.
+    /// Records and chunks in NATS expire there (max age); here this node's assembled copies of
+    /// uploads that are transcribed, failed or gone are removed, and chunks in shared storage
+    /// whose record expired (any node may do it; deleting twice is harmless).
     fn sweep(&self, _ttl: Duration) -> Vec<TaskId> {
+        self.sweep_orphans();
         let Ok(dirs) = fs::read_dir(&self.spool) else {
             return Vec::new();
         };
@@ -693,10 +726,7 @@ impl UploadStorage for ClusterUploads {
                 continue;
             };
             let over = match self.load(task_id) {
-                Ok((record, _)) => matches!(
-                    record.meta.status,
-                    UploadStatus::Done | UploadStatus::Failed
-                ),
+                Ok((record, _)) => record.meta.status.is_over(),
                 Err(StoreError::NotFound) => true,
                 Err(_) => false,
             };

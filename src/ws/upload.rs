@@ -136,7 +136,10 @@ impl Connection {
         if let UploadMode::Single { data } = &req.mode {
             drop(slot);
             let data = data.clone();
-            blocking(self, Some(task_id), move |s| s.put_chunk(task_id, 0, &data)).await?;
+            blocking(self, Some(task_id), move |s| {
+                s.put_chunk(task_id, 0, data.into())
+            })
+            .await?;
             self.send(ready(task_id, &req, None)).await?;
             self.complete(task_id).await?;
             return Ok(());
@@ -155,7 +158,7 @@ impl Connection {
         } = chunk;
         self.ensure_slot(task_id).await?;
         let stored = blocking(self, Some(task_id), move |s| {
-            s.put_chunk(task_id, chunk_index, &data)
+            s.put_chunk(task_id, chunk_index, data.into())
         })
         .await;
         let (insert, progress) = stored.map_err(|e| {
@@ -185,7 +188,7 @@ impl Connection {
     ) -> Result<(), ProtocolError> {
         self.ensure_slot(task_id).await?;
         let written = blocking(self, Some(task_id), move |s| {
-            s.write_chunk(task_id, index, &payload)
+            s.write_chunk(task_id, index, payload)
         })
         .await;
         let insert = written.map_err(|e| {

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::schema::{Meta, UploadStatus};
@@ -362,8 +363,8 @@ impl UploadStorage for UploadStore {
         Ok(task_id)
     }
 
-    fn write_chunk(&self, task_id: TaskId, index: u32, data: &[u8]) -> Result<Insert, StoreError> {
-        self.with_receiving(task_id, |s| s.write(index, data))
+    fn write_chunk(&self, task_id: TaskId, index: u32, data: Bytes) -> Result<Insert, StoreError> {
+        self.with_receiving(task_id, |s| s.write(index, &data))
     }
 
     fn sync(&self, task_id: TaskId) -> Result<Progress, StoreError> {
@@ -377,10 +378,10 @@ impl UploadStorage for UploadStore {
         &self,
         task_id: TaskId,
         index: u32,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(Insert, Progress), StoreError> {
         self.with_receiving(task_id, |s| {
-            Ok((s.put(index, data, &self.syncer)?, s.acked()))
+            Ok((s.put(index, &data, &self.syncer)?, s.acked()))
         })
     }
 

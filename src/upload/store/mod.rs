@@ -37,6 +37,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use thiserror::Error;
 
 pub use local::{free_bytes, StoreConfig, UploadStore};
@@ -80,7 +81,9 @@ pub trait UploadStorage: Send + Sync {
 
     /// Stores chunk `index`'s bytes, not yet durably: [`sync`](Self::sync) before
     /// acknowledging (the fast path's group commit). The length must match the plan.
-    fn write_chunk(&self, task_id: TaskId, index: u32, data: &[u8]) -> Result<Insert, StoreError>;
+    /// The bytes are owned so a store that hands them on (to NATS, to shared storage) need
+    /// not copy them.
+    fn write_chunk(&self, task_id: TaskId, index: u32, data: Bytes) -> Result<Insert, StoreError>;
 
     /// Makes every chunk written before the call durable and returns what to acknowledge;
     /// `missing` lists the gaps below the highest stored chunk (capped), what a pipelined
@@ -94,7 +97,7 @@ pub trait UploadStorage: Send + Sync {
         &self,
         task_id: TaskId,
         index: u32,
-        data: &[u8],
+        data: Bytes,
     ) -> Result<(Insert, Progress), StoreError> {
         let insert = self.write_chunk(task_id, index, data)?;
         Ok((insert, self.sync(task_id)?))

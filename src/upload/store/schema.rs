@@ -41,6 +41,13 @@ pub enum UploadStatus {
     Failed,
 }
 
+impl UploadStatus {
+    /// Transcribed or failed: nothing will read the upload's bytes again.
+    pub fn is_over(self) -> bool {
+        matches!(self, UploadStatus::Done | UploadStatus::Failed)
+    }
+}
+
 /// The contents of `meta.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {

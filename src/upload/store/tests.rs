@@ -11,6 +11,7 @@ use super::session::{DATA, LOG, TMP_PREFIX};
 use super::*;
 use crate::domain::TaskId;
 use crate::upload::plan::Insert;
+use bytes::Bytes;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
@@ -65,9 +66,9 @@ fn md5(data: &[u8]) -> FileHashes {
     }
 }
 
-fn chunk(data: &[u8], i: u32) -> &[u8] {
+fn chunk(data: &[u8], i: u32) -> Bytes {
     let start = (u64::from(i) * CHUNK) as usize;
-    &data[start..(start + CHUNK as usize).min(data.len())]
+    Bytes::copy_from_slice(&data[start..(start + CHUNK as usize).min(data.len())])
 }
 
 fn open(dir: &Path) -> UploadStore {
@@ -179,7 +180,9 @@ fn duplicates_and_bad_chunks() {
         store.put_chunk(id, 0, chunk(&data, 0)).unwrap().0,
         Insert::Duplicate
     );
-    let e = store.write_chunk(id, 3, b"x").unwrap_err();
+    let e = store
+        .write_chunk(id, 3, Bytes::from_static(b"x"))
+        .unwrap_err();
     assert!(matches!(
         e,
         StoreError::Chunk(PlanError::IndexOutOfRange { .. })
@@ -190,7 +193,9 @@ fn duplicates_and_bad_chunks() {
         e,
         StoreError::Chunk(PlanError::WrongChunkLength { .. })
     ));
-    assert!(store.write_chunk(id, 1, &data[..999]).is_err());
+    assert!(store
+        .write_chunk(id, 1, Bytes::copy_from_slice(&data[..999]))
+        .is_err());
     assert_eq!(store.progress(id, 10).unwrap().received_chunks, 1);
 }
 
@@ -303,7 +308,9 @@ fn file_without_extension_is_named_audio() {
     let mut up = new_upload(&data);
     up.extension = None;
     let id = store.create(up).unwrap();
-    store.put_chunk(id, 0, &data).unwrap();
+    store
+        .put_chunk(id, 0, Bytes::copy_from_slice(&data))
+        .unwrap();
     assert_eq!(store.finalize(id).unwrap().file_name().unwrap(), "audio");
 }
 
@@ -314,7 +321,9 @@ fn statuses_persist() {
     let store = open(tmp.path());
     let id = store.create(new_upload(&data)).unwrap();
     assert!(store.audio_path(id).is_err());
-    store.put_chunk(id, 0, &data).unwrap();
+    store
+        .put_chunk(id, 0, Bytes::copy_from_slice(&data))
+        .unwrap();
     store.finalize(id).unwrap();
     store
         .set_status(id, UploadStatus::Transcribing, None)
@@ -340,7 +349,9 @@ fn sweep_removes_idle_sessions_only() {
     let a = store.create(new_upload(&data)).unwrap();
     let b = store.create(new_upload(&data)).unwrap();
     let busy = store.create(new_upload(&data)).unwrap();
-    store.put_chunk(busy, 0, &data).unwrap();
+    store
+        .put_chunk(busy, 0, Bytes::copy_from_slice(&data))
+        .unwrap();
     store.finalize(busy).unwrap();
     store
         .set_status(busy, UploadStatus::Transcribing, None)
@@ -520,7 +531,9 @@ fn unknown_ids_and_odd_directories() {
     let missing = TaskId::new_v4();
     let e = store.progress(missing, 1).unwrap_err();
     assert!(matches!(e, StoreError::NotFound), "{e:?}");
-    assert!(store.write_chunk(missing, 0, b"x").is_err());
+    assert!(store
+        .write_chunk(missing, 0, Bytes::from_static(b"x"))
+        .is_err());
     assert!(matches!(store.remove(missing), Err(StoreError::NotFound)));
 }
 
@@ -530,7 +543,9 @@ fn crash_between_rename_and_meta_update_recovers_as_uploaded() {
     let data = file_bytes(100);
     let store = open(tmp.path());
     let id = store.create(new_upload(&data)).unwrap();
-    store.put_chunk(id, 0, &data).unwrap();
+    store
+        .put_chunk(id, 0, Bytes::copy_from_slice(&data))
+        .unwrap();
     drop(store);
     let dir = tmp.path().join("uploads").join(id.to_string());
     fs::rename(dir.join(DATA), dir.join("audio.mp3")).unwrap();
