@@ -688,9 +688,22 @@ async fn twenty_uploads_over_three_nodes_all_complete_on_more_than_one_node() {
 /// once, and the file the node keeps is byte-identical; its job reads it without a second copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() {
+    binary_upload_stored_once(Chunks::InNats).await;
+}
+
+/// The same with the bytes in a shared directory: the node keeps no copy of its own (the
+/// chunks were verified as they came), and the job reads the shared chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upload_into_a_shared_directory_is_written_once_and_verified_as_it_came() {
+    binary_upload_stored_once(Chunks::Shared).await;
+}
+
+async fn binary_upload_stored_once(chunks: Chunks) {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(&tmp.path().join("nats"));
-    let a = node(tmp.path(), "a", &nats, &[]);
+    let store = chunks.flags(tmp.path());
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
+    let a = node(tmp.path(), "a", &nats, &store);
     wait_ready(&a, true).await;
     let file = "en_jfk.wav";
     let data = std::fs::read(common::corpus_file(file)).unwrap();
@@ -728,7 +741,23 @@ async fn a_binary_upload_with_resent_chunks_is_acked_in_order_and_stored_once() 
     c.send(json!({"type": "upload_finish", "data": {"task_id": task, "file_blake3": blake3}}))
         .await;
     c.expect_upload_complete().await;
-    assert_kept_and_transcribed(&tmp.path().join("a"), &task, &data, &mut c, file, 0.3).await;
+    let a_dir = tmp.path().join("a");
+    if chunks == Chunks::Shared {
+        // Every chunk once, under the one generation, byte for byte; nothing kept on A.
+        let gen = Chunks::dir(tmp.path()).join(&task).join("1");
+        let stored: Vec<u8> = (0..total)
+            .flat_map(|i| std::fs::read(gen.join(i.to_string())).unwrap())
+            .collect();
+        assert!(stored == data, "the shared chunks are the file");
+        assert_eq!(std::fs::read_dir(&gen).unwrap().count(), total as usize);
+        let kept = a_dir.join("cluster-uploads").join(&task);
+        assert!(!kept.join("audio.wav").exists() && copies_left(&a_dir, &task) == 0);
+        let (_, done) = c.transcript().await;
+        assert_wer(file, done["data"]["text"].as_str().unwrap(), 0.3);
+    } else {
+        assert_kept_and_transcribed(&a_dir, &task, &data, &mut c, file, 0.3).await;
+    }
+    chunks.assert_purged(tmp.path(), &nats, &task).await;
     // The job read the upload's own chunks: no copy of its audio ever went to the object store.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let mut audio = js.get_stream("OBJ_earshot_audio").await.unwrap();

@@ -100,6 +100,12 @@ impl ChunkStore {
         })
     }
 
+    /// Whether the bytes are in storage every node reads directly (not NATS): then a node
+    /// keeps no local copy of what it stores.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, ChunkStore::Objects { .. })
+    }
+
     /// Where the bytes go, for the log.
     pub fn location(&self) -> &str {
         match self {

@@ -9,6 +9,11 @@
 //! ([`UploadRecord::matches_copy`](super::upload_record::UploadRecord::matches_copy)), and the
 //! declared hash checks the bytes.
 //!
+//! When the cluster keeps upload bytes in shared storage, a copy keeps no bytes
+//! ([`LocalCopy::hash_only`]): it only hashes the chunks that arrive in order, so the upload can
+//! be verified without reading anything back, and the node that runs the job reads the shared
+//! chunks.
+//!
 //! This module must not talk to NATS, must not hold more than one chunk in memory, and must not
 //! hash bytes it did not write (the running hash covers only this copy's own writes, in order,
 //! and starts over when a hashed offset is written again).
@@ -29,6 +34,9 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 pub struct LocalCopy {
     /// `<dir>/received.<n>.part`, written only through this value.
     path: PathBuf,
+    /// Whether chunks are written to `path` at all: not when the cluster keeps upload bytes
+    /// in shared storage, where the node that runs the job reads them ([`Self::hash_only`]).
+    keeps_bytes: bool,
     /// The file, opened (and truncated) at the first chunk.
     file: Option<File>,
     /// Chunk → the lease generation it was published under when written here; a chunk whose
@@ -51,11 +59,26 @@ impl LocalCopy {
         };
         LocalCopy {
             path: dir.join(format!("received.{n}.part")),
+            keeps_bytes: true,
             file: None,
             written: HashMap::new(),
             kinds,
             digest: RunningDigest::new(kinds),
         }
+    }
+
+    /// A copy that keeps no bytes, only the hash of the chunks written in order (the cluster's
+    /// bytes are in shared storage, so a second copy here would only double the writes):
+    /// [`verify_hashed`](Self::verify_hashed) says whether they have the declared hashes.
+    pub fn hash_only(dir: &Path, kinds: HashKinds) -> Self {
+        let mut copy = LocalCopy::new(dir, kinds);
+        copy.keeps_bytes = false;
+        copy
+    }
+
+    /// Whether chunks are written to a file here.
+    pub fn keeps_bytes(&self) -> bool {
+        self.keeps_bytes
     }
 
     /// Chunk → generation, for [`UploadRecord::matches_copy`](super::upload_record::UploadRecord::matches_copy).
@@ -83,7 +106,11 @@ impl LocalCopy {
             // Hashed bytes are written again (a resend after a failed commit): start over.
             self.digest = RunningDigest::new(self.kinds);
         }
-        match self.write_at(offset, data) {
+        let written = match self.keeps_bytes {
+            true => self.write_at(offset, data),
+            false => Ok(()),
+        };
+        match written {
             Ok(()) => {
                 self.written.insert(index, gen);
             }
@@ -121,6 +148,17 @@ impl LocalCopy {
         self.file = None;
         self.written.clear();
         Ok(true)
+    }
+
+    /// For a copy that keeps no bytes: whether the chunks written here, every byte hashed in
+    /// order as it arrived, have the declared hashes; `None` when not every byte was (a chunk
+    /// came ahead of a gap, or a hash of another kind was declared after the chunks).
+    pub fn verify_hashed(&mut self, plan: &ChunkPlan, declared: &FileHashes) -> Option<bool> {
+        if self.digest.hashed() != plan.file_size {
+            return None;
+        }
+        let digest = std::mem::replace(&mut self.digest, RunningDigest::new(self.kinds));
+        Some(declared.mismatch(&digest.finish()).is_none())
     }
 
     /// Removes the file (after it was renamed, nothing is left to remove).
@@ -226,6 +264,36 @@ mod tests {
         assert!(!dest.exists());
         assert!(copy.verify_into(&p, &blake3_of(&want), &dest).unwrap());
         assert_eq!(fs::read(&dest).unwrap(), want);
+    }
+
+    #[test]
+    fn a_copy_without_bytes_verifies_what_came_in_order_and_knows_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
+        let p = plan(2500, 1000);
+        let chunk = |i: u32| &data[(i * 1000) as usize..((i + 1) * 1000).min(2500) as usize];
+        let mut in_order = LocalCopy::hash_only(dir.path(), HashKinds::default());
+        for i in 0..3 {
+            in_order.write(&p, i, 1, chunk(i));
+        }
+        assert_eq!(in_order.written().len(), 3);
+        assert_eq!(in_order.verify_hashed(&p, &blake3_of(&data)), Some(true));
+        let mut again = LocalCopy::hash_only(dir.path(), HashKinds::default());
+        for i in 0..3 {
+            again.write(&p, i, 1, chunk(i));
+        }
+        assert_eq!(again.verify_hashed(&p, &blake3_of(b"other")), Some(false));
+        // A chunk ahead of a gap cannot be hashed later without its bytes.
+        let mut ahead = LocalCopy::hash_only(dir.path(), HashKinds::default());
+        for i in [1u32, 0, 2] {
+            ahead.write(&p, i, 1, chunk(i));
+        }
+        assert_eq!(ahead.verify_hashed(&p, &blake3_of(&data)), None);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no file written"
+        );
     }
 
     #[test]

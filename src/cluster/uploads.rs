@@ -25,7 +25,9 @@
 //!   renames the copy into place, reading nothing back from the store and writing nothing again
 //!   (reading back and copying cost the cluster half its upload speed). The record still
 //!   decides which bytes count, and the declared hash still checks them: a copy that fails it
-//!   is dropped and the file assembled from the stored chunks.
+//!   is dropped and the file assembled from the stored chunks. With the bytes in shared
+//!   storage the copy keeps no bytes ([`LocalCopy::hash_only`]): the chunks are hashed as they
+//!   arrive in order, and the node that runs the job assembles the file (`audio_path`).
 //!
 //! Calls are blocking (the trait's contract): each NATS operation runs on the node's runtime
 //! through `block_in_place`, under [`OP_TIMEOUT`], and a NATS that does not answer is
@@ -306,8 +308,14 @@ impl ClusterUploads {
             lock(&self.held).insert(task_id, held.clone());
             return held;
         }
-        let dir = self.spool.join(task_id.to_string());
-        let copy = LocalCopy::new(&dir, record.meta.declared().kinds());
+        let (dir, kinds) = (
+            self.spool.join(task_id.to_string()),
+            record.meta.declared().kinds(),
+        );
+        let copy = match self.cluster.chunks.is_shared() {
+            true => LocalCopy::hash_only(&dir, kinds),
+            false => LocalCopy::new(&dir, kinds),
+        };
         let held = Arc::new(Mutex::new(Held {
             record,
             revision,
@@ -433,7 +441,8 @@ impl ClusterUploads {
         let dest = self.audio_file(meta);
         let dir = dest.parent().unwrap_or(&self.spool).to_path_buf();
         fs::create_dir_all(&dir).map_err(io("creating an upload's directory"))?;
-        let part = dir.join("audio.part");
+        // Its own name: two readers assembling at once (a job, a resume) never share a file.
+        let part = dir.join(format!("audio.{}.part", &TaskId::new_v4().to_string()[..8]));
         let mut file = File::create(&part).map_err(io("creating an assembled upload"))?;
         let kinds = meta.declared().kinds();
         let mut digest = RunningDigest::new(if kinds.is_empty() {
@@ -494,31 +503,44 @@ impl ClusterUploads {
         Ok(())
     }
 
-    /// The verified file of a complete upload this node holds: its local copy renamed into
-    /// place when the record names exactly the chunks in it (one write of every byte here,
-    /// not two); otherwise, or when the copy fails the declared hash, assembled from the stored
-    /// chunks, which have the last word.
+    /// The verified file of a complete upload this node holds: its local copy's when the
+    /// record names exactly the chunks in it; otherwise, or when the copy fails the declared
+    /// hash, assembled from the stored chunks, which have the last word.
     fn adopt_copy(&self, h: &mut Held) -> Result<PathBuf, StoreError> {
         if h.record.matches_copy(h.copy.written()) {
-            let (meta, dest) = (&h.record.meta, self.audio_file(&h.record.meta));
-            match h.copy.verify_into(&meta.plan, &meta.declared(), &dest) {
-                Ok(true) => {
-                    let dir = dest.parent().unwrap_or(&self.spool);
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(io("syncing an upload's directory"))?;
-                    return Ok(dest);
-                }
-                Ok(false) => {
-                    tracing::info!(task_id = %meta.task_id, "the local copy fails the hash; assembling from the stored chunks");
-                }
-                Err(err) => {
-                    tracing::warn!(task_id = %meta.task_id, %err, "the local copy is unusable; assembling from the stored chunks");
-                }
+            if let Some(path) = self.verified_copy(h)? {
+                return Ok(path);
             }
         }
         h.copy.discard();
         self.assemble(&h.record)
+    }
+
+    /// The local copy, if it has the declared hashes: renamed into place (one write of every
+    /// byte here, not two); or, for a copy that keeps no bytes (shared storage), verified as
+    /// the chunks arrived, the file to be assembled where it is first read (`audio_path`).
+    fn verified_copy(&self, h: &mut Held) -> Result<Option<PathBuf>, StoreError> {
+        let (meta, dest) = (&h.record.meta, self.audio_file(&h.record.meta));
+        if !h.copy.keeps_bytes() {
+            let verified = h.copy.verify_hashed(&meta.plan, &meta.declared());
+            return Ok((verified == Some(true)).then_some(dest));
+        }
+        match h.copy.verify_into(&meta.plan, &meta.declared(), &dest) {
+            Ok(true) => {
+                let dir = dest.parent().unwrap_or(&self.spool);
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("syncing an upload's directory"))?;
+                return Ok(Some(dest));
+            }
+            Ok(false) => {
+                tracing::info!(task_id = %meta.task_id, "the local copy fails the hash; assembling from the stored chunks");
+            }
+            Err(err) => {
+                tracing::warn!(task_id = %meta.task_id, %err, "the local copy is unusable; assembling from the stored chunks");
+            }
+        }
+        Ok(None)
     }
 
     /// The local copy of a verified upload, assembled again if this node has none.

@@ -121,7 +121,9 @@ pub trait UploadStorage: Send + Sync {
     ) -> Result<Option<Progress>, StoreError>;
 
     /// Verifies the complete file against its declared hashes and marks it `Uploaded`;
-    /// returns the path of the verified file, local to this process, for the decoder.
+    /// returns the path of the verified file, local to this process, for the decoder (a
+    /// cluster node whose chunks are in shared storage keeps no copy: there the path is where
+    /// [`audio_path`](Self::audio_path) assembles the file when it is first read).
     /// `Incomplete` or `AwaitingHash` when it cannot yet; idempotent once uploaded.
     fn finalize(&self, task_id: TaskId) -> Result<PathBuf, StoreError>;
 
