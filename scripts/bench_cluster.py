@@ -4,7 +4,8 @@ embedded node on the same work, in the same run, the two modes taking turns in e
 
 - upload: a >= 100 MB WAV of corpus speech (concatenated, made in a temp dir) through the binary
   fast path (`earshot upload`), seconds between the node's own `upload started` and
-  `upload complete` log lines;
+  `upload complete` log lines; also in a third mode, the cluster with `--cluster-upload-store`
+  (upload bytes in a shared directory, not in NATS);
 - jobs: N short corpus files posted over HTTP (`/v1/audio/transcriptions`) by three clients in turn, jobs per
   minute from the first post to the last answer;
 - pick-up: one job at a time, from the node's `queued a job` log line to its `running a job`
@@ -154,11 +155,15 @@ class Node:
 
 
 class Setup:
-    """One mode's processes: embedded (one node) or cluster (nats-server + node(s))."""
+    """One mode's processes: embedded (one node), cluster (nats-server + node(s)) or shared
+    (the cluster with upload bytes in a directory, `--cluster-upload-store`, instead of NATS)."""
 
     def __init__(self, args, work, mode, nodes=(("n", ()),)):
-        self.nats = Nats(work) if mode == "cluster" else None
+        self.nats = Nats(work) if mode in ("cluster", "shared") else None
         flags = ["--cluster", self.nats.url] if self.nats else []
+        self.store = work / f"store-{uuid.uuid4().hex[:6]}" if mode == "shared" else None
+        if self.store:
+            flags += ["--cluster-upload-store", f"file://{self.store}"]
         self.nodes = [Node(args, work, name, [*flags, *extra]) for name, extra in nodes]
 
     def stop(self):
@@ -167,6 +172,8 @@ class Setup:
             shutil.rmtree(n.dir, ignore_errors=True)
         if self.nats:
             self.nats.stop()
+        if self.store:
+            shutil.rmtree(self.store, ignore_errors=True)
 
 
 def make_upload_file(path, megabytes):
@@ -356,9 +363,8 @@ def main():
     load.start()
     began = time.time()
     want = lambda name: args.only in (None, name)
-    up, jobs, picks = {"embedded": [], "cluster": []}, {"embedded": [], "cluster": []}, \
-        {"embedded": [], "cluster": []}
-    up_mem, cpu_mem = {"embedded": [], "cluster": []}, {"embedded": [], "cluster": []}
+    modes = lambda: {"embedded": [], "cluster": [], "shared": []}
+    up, jobs, picks, up_mem, cpu_mem = modes(), modes(), modes(), modes(), modes()
     try:
         src = work / "speech.wav"
         if want("upload"):
@@ -366,18 +372,21 @@ def main():
         mb = src.stat().st_size / 1e6 if src.exists() else 0
         # Rounds interleave the modes, and swap which goes first, so drift hits both alike.
         for r in range(args.runs):
-            order = ["embedded", "cluster"] if r % 2 == 0 else ["cluster", "embedded"]
+            order = ["embedded", "cluster", "shared"]
+            order = order if r % 2 == 0 else order[::-1]
             for mode in order:
                 if want("upload"):
                     up[mode].append(mb / upload_once(args, work, mode, src)[0])
                     secs, cpu = upload_once(args, memory, mode, src)
                     up_mem[mode].append(mb / secs)
                     cpu_mem[mode].append(cpu / mb * 100)
-                if want("jobs"):
+                # Jobs never touch upload bytes: the shared store changes nothing for them.
+                if want("jobs") and mode != "shared":
                     jobs[mode].append(jobs_once(args, work, mode))
-                if want("pickup"):
+                if want("pickup") and mode != "shared":
                     picks[mode].extend(pickups_once(args, work, mode))
-                print(f"round {r + 1} {mode}: upload {up[mode][-1:]} MB/s, jobs/min {jobs[mode][-1:]}",
+                print(f"round {r + 1} {mode}: upload {up[mode][-1:]} MB/s, in memory {up_mem[mode][-1:]}, "
+                      f"jobs/min {jobs[mode][-1:]}",
                       file=sys.stderr)
         fails = [failover_once(args, work) for _ in range(args.failovers)] if want("failover") else []
     finally:
@@ -393,20 +402,22 @@ def main():
           f"Release build, tiny.en, nats-server {nats_version()} (file store, one server, R1) on loopback. "
           f"Run: `nice -n 19 scripts/bench-cluster {' '.join(sys.argv[4:])}`".rstrip() + f" ({minutes:.0f} min).",
           "",
-          f"Each round runs both modes on the same work, taking turns (the first mode alternates); "
+          f"Each round runs the modes on the same work, taking turns (the order reverses every round); "
           f"{args.runs} rounds, medians. *Embedded* is one node on its data directory; *cluster* is one "
           "node with `--cluster` on its own nats-server, so every chunk, job, event and result goes "
           "through JetStream. Each measurement starts fresh processes.", ""]
     rows = []
     if up["cluster"]:
-        e, c = median(up["embedded"]), median(up["cluster"])
-        rows.append(("binary-path upload, MB/s, on disk", f"{e:.0f}", f"{c:.0f}", f"{c / e:.2f}×", "≥ 0.8×"))
-        e, c = median(up_mem["embedded"]), median(up_mem["cluster"])
-        rows.append(("binary-path upload, MB/s, in memory (tmpfs)", f"{e:.0f}", f"{c:.0f}", f"{c / e:.2f}×",
-                     "≥ 0.8×"))
-        e, c = median(cpu_mem["embedded"]), median(cpu_mem["cluster"])
-        rows.append(("server CPU seconds per 100 MB uploaded, in memory", f"{e:.2f}", f"{c:.2f}",
-                     f"{c / e:.2f}×", ""))
+        for mode, where in (("cluster", "bytes in NATS"), ("shared", "bytes in a shared directory")):
+            e, c = median(up["embedded"]), median(up[mode])
+            rows.append((f"binary-path upload, MB/s, on disk; cluster: {where}", f"{e:.0f}", f"{c:.0f}",
+                         f"{c / e:.2f}×", "≥ 0.8×"))
+            e, c = median(up_mem["embedded"]), median(up_mem[mode])
+            rows.append((f"binary-path upload, MB/s, in memory (tmpfs); cluster: {where}", f"{e:.0f}",
+                         f"{c:.0f}", f"{c / e:.2f}×", "≥ 0.8×"))
+            e, c = median(cpu_mem["embedded"]), median(cpu_mem[mode])
+            rows.append((f"server CPU seconds per 100 MB uploaded, in memory; cluster: {where}", f"{e:.2f}",
+                         f"{c:.2f}", f"{c / e:.2f}×", ""))
     if jobs["cluster"]:
         e, c = median(jobs["embedded"]), median(jobs["cluster"])
         rows.append(("transcription jobs per minute", f"{e:.1f}", f"{c:.1f}", f"{c / e:.2f}×", "≥ 0.98×"))
@@ -423,15 +434,21 @@ def main():
             md.append(f"- Upload: a {mb:.0f} MB WAV of corpus speech (the corpus WAVs, noise files left out, "
                       "as 16 kHz mono, repeated), sent by `earshot upload` (binary frames, 1 MiB chunks, "
                       "pipelined acks); seconds from the node's `upload started` log line to its "
-                      "`upload complete` line (the file stored, verified and, in the cluster, assembled "
-                      "on the node); every run starts after `sync` and a second's rest, so no earlier "
+                      "`upload complete` line (the file stored and verified; with bytes in NATS the node's "
+                      "local copy renamed into place, with a shared directory nothing kept on the node: "
+                      "the job's node assembles the file from the shared chunks); every run starts after `sync` and a second's rest, so no earlier "
                       "run's writeback falls into it. Runs on disk (MB/s): embedded "
-                      f"{', '.join(f'{x:.0f}' for x in up['embedded'])}; cluster "
-                      f"{', '.join(f'{x:.0f}' for x in up['cluster'])}. In memory: data directory "
-                      "and nats-server store on /dev/shm; embedded "
-                      f"{', '.join(f'{x:.0f}' for x in up_mem['embedded'])}; cluster "
-                      f"{', '.join(f'{x:.0f}' for x in up_mem['cluster'])}. Server CPU: user + system "
-                      "time of the node (and nats-server) from the client's start to `upload complete`.")
+                      f"{', '.join(f'{x:.0f}' for x in up['embedded'])}; cluster, bytes in NATS "
+                      f"{', '.join(f'{x:.0f}' for x in up['cluster'])}; cluster, bytes in a shared "
+                      f"directory {', '.join(f'{x:.0f}' for x in up['shared'])}. In memory: data "
+                      "directory, nats-server store and shared directory on /dev/shm; embedded "
+                      f"{', '.join(f'{x:.0f}' for x in up_mem['embedded'])}; bytes in NATS "
+                      f"{', '.join(f'{x:.0f}' for x in up_mem['cluster'])}; in a shared directory "
+                      f"{', '.join(f'{x:.0f}' for x in up_mem['shared'])}. *Bytes in a shared "
+                      "directory* is the cluster node with `--cluster-upload-store file://DIR` (one "
+                      "fsynced file per chunk; NATS holds the records and leases). Server CPU: user + "
+                      "system time of the node (and nats-server) from the client's start to "
+                      "`upload complete`.")
         if jobs["cluster"]:
             md.append(f"- Jobs: {args.jobs} short corpus files ({', '.join(JOB_FILES)} in turn) posted "
                       "to `/v1/audio/transcriptions` (curl) by three clients, each posting its next file "
