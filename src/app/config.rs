@@ -261,8 +261,15 @@ pub struct ServerConfig {
     /// directory every node mounts (NFS or the like; each chunk is fsynced before it is
     /// acknowledged). NATS keeps the upload records, leases and jobs either way. Unset = the
     /// bytes go through NATS JetStream (docs/CLUSTER.md).
-    #[arg(long, env = "EARSHOT_CLUSTER_UPLOAD_STORE", value_name = "URL")]
+    #[arg(long, env = "EARSHOT_CLUSTER_UPLOAD_STORE", value_name = "URL", value_parser = upload_store)]
     pub cluster_upload_store: Option<String>,
+}
+
+/// A `--cluster-upload-store` URL this build can open, checked before anything starts.
+fn upload_store(raw: &str) -> Result<String, String> {
+    crate::cluster::chunk_store::store_dir(raw)
+        .map(|_| raw.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A count that must not be zero (a cap of zero would refuse everything).

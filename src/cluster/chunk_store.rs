@@ -66,7 +66,7 @@ pub fn store_dir(url: &str) -> Result<PathBuf, ClusterError> {
         Some(("file", path)) => path,
         Some((scheme, _)) => {
             return Err(storage(format!(
-                "upload store {url}: {scheme}:// is not built in; use file:///DIR, a directory \
+                "{url}: {scheme}:// is not built in; use file:///DIR, a directory \
                  every node mounts"
             )))
         }
@@ -76,7 +76,7 @@ pub fn store_dir(url: &str) -> Result<PathBuf, ClusterError> {
     match dir.is_absolute() {
         true => Ok(dir.to_path_buf()),
         false => Err(storage(format!(
-            "upload store {url}: the directory must be an absolute path"
+            "{url}: the directory must be an absolute path"
         ))),
     }
 }
