@@ -44,6 +44,8 @@ pub enum ChunkStore {
     Objects {
         /// The store (a directory every node mounts; fsynced before a put returns).
         store: Arc<dyn ObjectStore>,
+        /// That directory, for its free space.
+        dir: PathBuf,
         /// Where it is, for the log.
         location: String,
     },
@@ -52,6 +54,27 @@ pub enum ChunkStore {
 /// A storage failure as a cluster error; the detail goes to the log by the caller.
 fn storage(err: impl std::fmt::Display) -> ClusterError {
     ClusterError::Storage(err.to_string())
+}
+
+/// A failed put: a full file system stays an I/O error (the client hears "disk full"), the
+/// rest is a storage failure.
+fn put_failed(err: ::object_store::Error) -> ClusterError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) {
+                return ClusterError::Io {
+                    context: "storing a chunk in the upload store",
+                    source: std::io::Error::from(io.kind()),
+                };
+            }
+        }
+        cause = e.source();
+    }
+    storage(err)
 }
 
 /// The object of one chunk.
@@ -97,6 +120,7 @@ impl ChunkStore {
         Ok(ChunkStore::Objects {
             store: Arc::new(store),
             location: format!("file://{}", dir.display()),
+            dir,
         })
     }
 
@@ -104,6 +128,14 @@ impl ChunkStore {
     /// keeps no local copy of what it stores.
     pub fn is_shared(&self) -> bool {
         matches!(self, ChunkStore::Objects { .. })
+    }
+
+    /// Free bytes where the chunks go, when this node can tell (a shared directory).
+    pub fn free_bytes(&self) -> Option<u64> {
+        match self {
+            ChunkStore::Stream { .. } => None,
+            ChunkStore::Objects { dir, .. } => crate::upload::store::free_bytes(dir),
+        }
     }
 
     /// Where the bytes go, for the log.
@@ -147,7 +179,7 @@ impl ChunkStore {
                 let payload = PutPayload::from(data);
                 let put = tokio::spawn(async move { store.put(&path, payload).await });
                 Ok(Box::pin(async move {
-                    put.await.map_err(storage)?.map_err(storage)?;
+                    put.await.map_err(storage)?.map_err(put_failed)?;
                     Ok(())
                 }))
             }
@@ -254,6 +286,19 @@ mod tests {
         assert!(s3.contains("s3:// is not built in"), "{s3}");
         assert!(store_dir("relative/dir").is_err());
         assert!(store_dir("file://relative").is_err());
+    }
+
+    #[test]
+    fn a_full_file_system_is_told_apart_from_other_failures() {
+        let wrap = |io: std::io::Error| ::object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(io),
+        };
+        let full = put_failed(wrap(std::io::ErrorKind::StorageFull.into()));
+        assert!(matches!(full, ClusterError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull));
+        let other = put_failed(wrap(std::io::ErrorKind::PermissionDenied.into()));
+        assert!(matches!(other, ClusterError::Storage(_)), "{other}");
     }
 
     #[tokio::test]

@@ -113,6 +113,21 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A failure to store a chunk: a full upload store is [`StoreError::DiskFull`], the rest as
+/// [`unavailable`].
+fn not_stored(err: ClusterError) -> StoreError {
+    match err {
+        ClusterError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                || source.kind() == std::io::ErrorKind::QuotaExceeded =>
+        {
+            tracing::warn!("the upload store is full");
+            StoreError::DiskFull
+        }
+        other => unavailable(other),
+    }
+}
+
 /// A NATS failure, as callers hear it; the detail goes to the log.
 fn unavailable(err: ClusterError) -> StoreError {
     tracing::warn!(%err, "the cluster's upload storage did not answer");
@@ -345,7 +360,7 @@ impl ClusterUploads {
     ) -> Result<(), StoreError> {
         let gen = h.record.lease.gen;
         let stored = self.run(self.cluster.chunks.put(task_id, gen, index, data.clone()));
-        let stored = stored.map_err(unavailable)?;
+        let stored = stored.map_err(not_stored)?;
         h.acks.push(stored);
         h.copy.write(&h.record.meta.plan, index, gen, &data);
         Ok(())
@@ -367,7 +382,7 @@ impl ClusterUploads {
         };
         let acked = acks
             .into_iter()
-            .try_for_each(|ack| self.run(ack).map_err(unavailable));
+            .try_for_each(|ack| self.run(ack).map_err(not_stored));
         let mut h = lock(held);
         let batch = std::mem::take(&mut h.committing);
         acked?;
@@ -759,10 +774,11 @@ impl UploadStorage for ClusterUploads {
         removed
     }
 
-    /// Only this node's disk is checked (an upload is assembled here when it completes);
-    /// NATS's own limits bound what the cluster stores.
+    /// This node's disk (an upload is assembled here when it completes or its job runs here)
+    /// and a shared upload store's are checked; NATS's own limits bound what it stores.
     fn check_quota(&self, _client: &str, file_size: u64) -> Result<(), StoreError> {
-        let free = free_bytes(&self.spool).unwrap_or(u64::MAX);
+        let here = free_bytes(&self.spool).unwrap_or(u64::MAX);
+        let free = here.min(self.cluster.chunks.free_bytes().unwrap_or(u64::MAX));
         match file_size > free.saturating_sub(self.min_free_bytes) {
             true => Err(StoreError::DiskFull),
             false => Ok(()),
