@@ -572,18 +572,23 @@ impl ClusterUploads {
         })
     }
 
+    /// Whether nothing will read the upload's bytes again: transcribed, failed, or its record
+    /// gone (expired). Not when NATS cannot say.
+    fn is_over(&self, task_id: TaskId) -> bool {
+        match self.load(task_id) {
+            Ok((record, _)) => record.meta.status.is_over(),
+            Err(StoreError::NotFound) => true,
+            Err(_) => false,
+        }
+    }
+
     /// Removes the chunks in shared storage of uploads whose record is gone (expired) or over.
     fn sweep_orphans(&self) {
         let Ok(stored) = self.run(self.cluster.chunks.uploads()) else {
             return;
         };
         for task_id in stored {
-            let over = match self.load(task_id) {
-                Ok((record, _)) => record.meta.status.is_over(),
-                Err(StoreError::NotFound) => true,
-                Err(_) => false,
-            };
-            if over {
+            if self.is_over(task_id) {
                 match self.run(self.cluster.chunks.purge(task_id)) {
                     Ok(()) => tracing::info!(%task_id, "removed an expired upload's chunks"),
                     Err(err) => tracing::warn!(%task_id, %err, "an upload's chunks stay"),
@@ -762,12 +767,7 @@ impl UploadStorage for ClusterUploads {
             let Ok(task_id) = dir.file_name().to_string_lossy().parse::<TaskId>() else {
                 continue;
             };
-            let over = match self.load(task_id) {
-                Ok((record, _)) => record.meta.status.is_over(),
-                Err(StoreError::NotFound) => true,
-                Err(_) => false,
-            };
-            if over && fs::remove_dir_all(dir.path()).is_ok() {
+            if self.is_over(task_id) && fs::remove_dir_all(dir.path()).is_ok() {
                 removed.push(task_id);
             }
         }
