@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 use super::upload_record::{chunks_of, piece_subject, pieces, PIECE};
 use super::ClusterError;
 use crate::domain::TaskId;
+use crate::upload::store::is_full;
 
 /// Resolves once a chunk is durable where it was stored.
 pub type Stored = Pin<Box<dyn Future<Output = Result<(), ClusterError>> + Send>>;
@@ -61,16 +62,11 @@ fn storage(err: impl std::fmt::Display) -> ClusterError {
 fn put_failed(err: ::object_store::Error) -> ClusterError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ) {
-                return ClusterError::Io {
-                    context: "storing a chunk in the upload store",
-                    source: std::io::Error::from(io.kind()),
-                };
-            }
+        if let Some(io) = e.downcast_ref::<std::io::Error>().filter(|io| is_full(io)) {
+            return ClusterError::Io {
+                context: "storing a chunk in the upload store",
+                source: std::io::Error::from(io.kind()),
+            };
         }
         cause = e.source();
     }

@@ -54,7 +54,8 @@ use crate::domain::TaskId;
 use crate::upload::digest::{FileHashes, HashKinds, RunningDigest};
 use crate::upload::plan::Insert;
 use crate::upload::store::{
-    free_bytes, unix_secs, Meta, NewUpload, Progress, StoreError, UploadStatus, UploadStorage,
+    free_bytes, is_full, unix_secs, Meta, NewUpload, Progress, StoreError, UploadStatus,
+    UploadStorage,
 };
 use crate::upload::MAX_MISSING_LISTED;
 
@@ -117,10 +118,7 @@ fn now_ms() -> u64 {
 /// [`unavailable`].
 fn not_stored(err: ClusterError) -> StoreError {
     match err {
-        ClusterError::Io { source, .. }
-            if source.kind() == std::io::ErrorKind::StorageFull
-                || source.kind() == std::io::ErrorKind::QuotaExceeded =>
-        {
+        ClusterError::Io { source, .. } if is_full(&source) => {
             tracing::warn!("the upload store is full");
             StoreError::DiskFull
         }
@@ -225,19 +223,12 @@ impl ClusterUploads {
             .cluster
             .uploads
             .update(task_id.to_string(), bytes, revision);
-        let run = || {
-            self.runtime
-                .block_on(tokio::time::timeout(OP_TIMEOUT, update))
-        };
-        let result = match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(run),
-            Err(_) => run(),
-        };
-        match result {
+        // The update's own error is kept: a conflict is an answer, not a failure.
+        match self.run(async { Ok(update.await) }) {
             Ok(Ok(revision)) => Ok(revision),
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(Cas::Conflict),
             Ok(Err(e)) => Err(Cas::Failed(unavailable(ClusterError::nats(e)))),
-            Err(_) => Err(Cas::Failed(unavailable(ClusterError::Timeout(OP_TIMEOUT)))),
+            Err(e) => Err(Cas::Failed(unavailable(e))),
         }
     }
 
@@ -739,7 +730,7 @@ impl UploadStorage for ClusterUploads {
             record.meta.updated_at = unix_secs(SystemTime::now());
             Ok(())
         })?;
-        if matches!(status, UploadStatus::Done | UploadStatus::Failed) {
+        if status.is_over() {
             // Transcribed: the chunks and this node's copy are no longer needed.
             self.run(self.cluster.chunks.purge(task_id))
                 .map_err(unavailable)?;

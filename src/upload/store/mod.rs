@@ -297,11 +297,20 @@ pub enum StoreError {
     HeldElsewhere,
 }
 
+/// Whether an I/O error says the file system is full (or its quota used up): what clients
+/// hear as [`StoreError::DiskFull`].
+pub fn is_full(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Maps an I/O error; a full disk (or quota of the file system) becomes [`StoreError::DiskFull`].
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> StoreError {
-    move |source| match source.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::DiskFull,
-        _ => StoreError::Io { context, source },
+    move |source| match is_full(&source) {
+        true => StoreError::DiskFull,
+        false => StoreError::Io { context, source },
     }
 }
 
