@@ -108,15 +108,15 @@ impl Chunks {
         tmp.join("shared-chunks")
     }
 
-    /// The node flags that put upload bytes there.
-    fn flags(self, tmp: &Path) -> Vec<String> {
-        match self {
+    /// A [`node`] that keeps upload bytes here, with `extra` flags.
+    fn node(self, tmp: &Path, name: &str, nats: &Nats, extra: &[&str]) -> Process {
+        let store = format!("file://{}", Chunks::dir(tmp).display());
+        let mut flags = match self {
             Chunks::InNats => Vec::new(),
-            Chunks::Shared => vec![
-                "--cluster-upload-store".into(),
-                format!("file://{}", Chunks::dir(tmp).display()),
-            ],
-        }
+            Chunks::Shared => vec!["--cluster-upload-store", store.as_str()],
+        };
+        flags.extend_from_slice(extra);
+        node(tmp, name, nats, &flags)
     }
 
     /// After an upload's job is done: its chunks are gone from where they were, and in the
@@ -514,16 +514,10 @@ async fn an_upload_with_its_bytes_in_a_shared_directory_survives_its_node_and_a_
 async fn upload_survives_its_node(chunks: Chunks) {
     let tmp = tempfile::tempdir().unwrap();
     let mut nats = Nats::start(&tmp.path().join("nats"));
-    let store = chunks.flags(tmp.path());
-    let flags = |more: &[&'static str]| {
-        let mut all: Vec<&str> = store.iter().map(String::as_str).collect();
-        all.extend_from_slice(more);
-        all
-    };
     // A and B only hold sockets; C transcribes (so B's assembled copy stays to compare).
-    let a = node(tmp.path(), "a", &nats, &flags(&["--max-processing", "0"]));
-    let b = node(tmp.path(), "b", &nats, &flags(&["--max-processing", "0"]));
-    let c = node(tmp.path(), "c", &nats, &flags(&[]));
+    let a = chunks.node(tmp.path(), "a", &nats, &["--max-processing", "0"]);
+    let b = chunks.node(tmp.path(), "b", &nats, &["--max-processing", "0"]);
+    let c = chunks.node(tmp.path(), "c", &nats, &[]);
     wait_ready(&a, true).await;
     let file = "en_jfk.wav";
     let chunk = 32 * 1024;
@@ -592,13 +586,10 @@ async fn a_stale_node_cannot_corrupt_an_upload_in_a_shared_directory() {
 async fn stale_node_is_fenced(chunks: Chunks) {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(&tmp.path().join("nats"));
-    let store = chunks.flags(tmp.path());
-    let mut lease: Vec<&str> = store.iter().map(String::as_str).collect();
-    let shared = lease.clone();
-    lease.extend_from_slice(&["--cluster-lease", "4s", "--max-processing", "0"]);
-    let a = node(tmp.path(), "a", &nats, &lease);
-    let b = node(tmp.path(), "b", &nats, &lease);
-    let _c = node(tmp.path(), "c", &nats, &shared);
+    let lease = ["--cluster-lease", "4s", "--max-processing", "0"];
+    let a = chunks.node(tmp.path(), "a", &nats, &lease);
+    let b = chunks.node(tmp.path(), "b", &nats, &lease);
+    let _c = chunks.node(tmp.path(), "c", &nats, &[]);
     wait_ready(&a, true).await;
     let file = "en_arctic_a0024.wav";
     let chunk = 16 * 1024;
@@ -701,9 +692,7 @@ async fn a_binary_upload_into_a_shared_directory_is_written_once_and_verified_as
 async fn binary_upload_stored_once(chunks: Chunks) {
     let tmp = tempfile::tempdir().unwrap();
     let nats = Nats::start(&tmp.path().join("nats"));
-    let store = chunks.flags(tmp.path());
-    let store: Vec<&str> = store.iter().map(String::as_str).collect();
-    let a = node(tmp.path(), "a", &nats, &store);
+    let a = chunks.node(tmp.path(), "a", &nats, &[]);
     wait_ready(&a, true).await;
     let file = "en_jfk.wav";
     let data = std::fs::read(common::corpus_file(file)).unwrap();
