@@ -22,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::event::{
     self, ClientEvent, ClientKind, ErrorBody, EventError, Models, ServerEvent, Settings, Usage,
 };
+use crate::app::threads::StreamThreads;
 use crate::app::AppState;
 use crate::audio::decode::{PcmDecoder, PcmFormat};
 use crate::audio::guarded_resample;
@@ -29,7 +30,7 @@ use crate::audio::resample::Resampler;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::{Lease, Served};
-use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered, ThreadChoice};
+use crate::live::{JobSpan, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered};
 use crate::transcript::Segment;
 use crate::ws::{close, Closed, Outbound};
 
@@ -119,7 +120,7 @@ struct Session {
     /// The live commit policy over the audio not yet committed.
     policy: LivePolicy,
     /// Threads per hypothesis: the configured count, or one while that is cheaper.
-    threads: ThreadChoice,
+    threads: StreamThreads,
     /// Session seconds before `policy`'s timeline zero (audio of buffers cleared earlier).
     base_secs: f64,
     /// The hypothesis in the pool, if any (one at a time).
@@ -177,7 +178,7 @@ impl Session {
             pcm: pcm_decoder(),
             resampler: resampler(),
             policy: LivePolicy::new(LiveConfig::default()),
-            threads: ThreadChoice::new(threads),
+            threads: StreamThreads::new(threads),
             base_secs: 0.0,
             pending: None,
             item: None,
@@ -546,8 +547,7 @@ impl Session {
                     let step = LiveConfig::default().step_secs;
                     share.report(summary.processing_secs, Instant::now(), step);
                 }
-                self.threads
-                    .observe(p.threads, summary.audio_secs, summary.processing_secs);
+                self.threads.observe(p.threads, &summary);
                 for output in self.policy.on_result(p.span, p.segments) {
                     if let LiveOutput::Commit(segments) = output {
                         self.delta(&segments);

@@ -29,6 +29,7 @@ use axum::extract::ws::{CloseFrame, Message};
 
 use super::follow::segment_msg;
 use super::{close, Connection, Outbound};
+use crate::app::threads::StreamThreads;
 use crate::app::{AppState, StreamHandle};
 use crate::audio::decode::{
     byte_feed, ByteFeedSender, DecodeError, DecodeLimits, Decoder, PcmDecoder, PcmFormat,
@@ -42,7 +43,7 @@ use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::{Lease, Refusal};
 use crate::jobs::{TaskResult, TaskState};
 use crate::live::{
-    JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered, ThreadChoice,
+    JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered,
 };
 use crate::protocol::message::{
     AudioFormat, ResumeFrom, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
@@ -142,7 +143,7 @@ impl Connection {
             state: self.state.clone(),
             task_id,
             model,
-            threads: std::sync::Mutex::new(ThreadChoice::new(options.threads)),
+            threads: std::sync::Mutex::new(StreamThreads::new(options.threads)),
             options,
             language: std::sync::Mutex::new(None),
             pin: std::sync::Mutex::new(LanguagePin::default()),
@@ -335,7 +336,7 @@ struct Runner {
     options: Options,
     /// Threads for the next hypothesis: the configured count, or one while that is cheaper
     /// (other work holds the cores).
-    threads: std::sync::Mutex<ThreadChoice>,
+    threads: std::sync::Mutex<StreamThreads>,
     /// The language of the latest hypothesis (Whisper's detection when none was asked for)
     /// and, when detected, Whisper's probability for it.
     language: std::sync::Mutex<Option<(String, Option<f32>)>>,
@@ -656,14 +657,14 @@ impl Runner {
                     "live hypothesis"
                 );
                 self.observe_language(&summary);
-                *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((summary.language, summary.language_probability));
                 policy.observe_inference(p.submitted.elapsed().as_secs_f64());
                 self.threads
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .observe(p.threads, summary.audio_secs, summary.processing_secs);
+                    .observe(p.threads, &summary);
                 self.report_load(summary.processing_secs);
+                *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((summary.language, summary.language_probability));
                 let segments = p.segments;
                 if tracing::enabled!(tracing::Level::TRACE) {
                     trace_hypothesis(p.span, &segments);

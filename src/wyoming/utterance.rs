@@ -7,6 +7,7 @@
 //! wait (the next tick tries again), never queue. This module must not read or write the
 //! socket (the connection does) and must not decide what is final (the policy does).
 
+use crate::app::threads::StreamThreads;
 use crate::audio::decode::{PcmDecoder, PcmFormat};
 use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::Lease;
-use crate::live::{JobSpan, LiveConfig, LiveOutput, LivePolicy, Metered, ThreadChoice};
+use crate::live::{JobSpan, LiveConfig, LiveOutput, LivePolicy, Metered};
 use crate::transcript::{Segment, TextJoiner};
 
 use super::event::{AudioFormat, Refusal};
@@ -46,7 +47,7 @@ pub struct Utterance {
     /// When Whisper should look again and what is final.
     policy: LivePolicy,
     /// Threads per hypothesis: the configured count, or one while that is cheaper.
-    threads: ThreadChoice,
+    threads: StreamThreads,
     /// The hypothesis in the pool, if any.
     pending: Option<Pending>,
     /// How Whisper decodes this utterance (language, threads, low latency).
@@ -112,7 +113,7 @@ impl Utterance {
             pcm,
             resampler,
             policy: LivePolicy::new(LiveConfig::default()),
-            threads: ThreadChoice::new(options.threads),
+            threads: StreamThreads::new(options.threads),
             pending: None,
             options,
             frames: 0,
@@ -237,8 +238,7 @@ impl Utterance {
                     live.share
                         .report(summary.processing_secs, Instant::now(), step);
                 }
-                self.threads
-                    .observe(p.threads, summary.audio_secs, summary.processing_secs);
+                self.threads.observe(p.threads, &summary);
                 self.detected = Some(summary.language);
                 let outputs = self.policy.on_result(p.span, p.segments);
                 Ok(self.chunks(outputs))
