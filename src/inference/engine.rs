@@ -230,6 +230,7 @@ pub fn run(
     let mut params = whisper_params(options, multilingual);
     if options.low_latency {
         params.set_audio_ctx(audio_ctx_for(audio.len()));
+        params.set_max_tokens(token_cap_for(audio.len()));
     }
     // SAFETY: both user-data pointers outlive `full`, which is the only place whisper.cpp
     // calls the trampolines; the trampolines cast them back to exactly these types.
@@ -355,6 +356,18 @@ pub fn whisper_params(options: &Options, multilingual: bool) -> FullParams<'_, '
         params.set_temperature_inc(0.0);
     }
     params
+}
+
+/// Most tokens a low-latency job decodes per pass over its audio: more than fast Mandarin
+/// needs (about 6 characters a second, up to two tokens each), far fewer than the 220 a
+/// repetition loop ("be willing to be willing to …") runs to, which cost a live hypothesis
+/// on 3 s of audio a second instead of 0.15 s (docs/BENCHMARKS.md, "Live latency"). At the
+/// cap whisper.cpp ends the segment with a timestamp and decodes on from there.
+pub fn token_cap_for(samples: usize) -> c_int {
+    const BASE: f64 = 16.0;
+    const PER_SEC: f64 = 15.0;
+    let secs = samples as f64 / f64::from(SAMPLE_RATE);
+    (BASE + PER_SEC * secs).ceil().min(220.0) as c_int
 }
 
 /// Encoder frames (of Whisper's 1500 per 30 s) needed for `samples` of audio plus a margin,
@@ -581,6 +594,17 @@ fn centis(t: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_cap_leaves_room_for_fast_speech_and_stops_loops() {
+        let cap = |secs: f64| token_cap_for((secs * f64::from(SAMPLE_RATE)) as usize);
+        // Fast Mandarin: 6 characters a second, two tokens each, a timestamp pair per 3 s.
+        for secs in [1.0, 3.0, 10.0, 12.0] {
+            assert!(f64::from(cap(secs)) >= 12.0 * secs + 2.0 * (secs / 3.0).ceil(), "{secs}");
+        }
+        assert!(cap(3.0) <= 64, "a loop on 3 s stops well before 220 tokens");
+
+    }
 
     #[test]
     fn clean_text_drops_annotations() {
