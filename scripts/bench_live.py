@@ -15,15 +15,17 @@ Run through scripts/bench-live (it builds the release binary). For each input:
      matched words, word end → first shown and word end → final (p50/p95), the WER of the live
      final text against the batch text, and the `stream_lag` messages.
 
-With --hog a CPU-bound process (a Python busy loop) runs beside the server from the stream's
-start until HOG_SECS seconds before its end; the table then also gives the final p95 of words
-spoken under load and how long after the load ended the stream's words were final within
-1.5 s again (recovery).
+With --hog a CPU-bound process (a Python busy loop) runs beside the server from --hog-start
+seconds into the stream until --hog-secs seconds before its end. The words before it give the
+stream's normal latency in the same run; the table then also gives the final p95 of words
+spoken under load and how long after the load ended the stream was back to normal (recovery:
+from the first word after which every run of RECOVERY_WORDS words has a median final latency
+no higher than the normal p95; "never" when the input ended first).
 
 Tune on `tune`, report on `report` and `jfk146` (the inputs share no audio but the first 40 s of
 the inaugural, which is in `tune` and `jfk146`).
 Usage: bench_live.py EARSHOT_BIN MODELS_DIR [--inputs tune,report,jfk146] [--runs 1] [--hog]
-                     [--hog-secs 25] [--threads 2] [--server-arg=--flag ...] [--tuning K=V,...]
+                     [--hog-start 15] [--hog-secs 25] [--threads 2] [--server-arg=--flag ...] [--tuning K=V,...]
                      [--json OUT]
 
 The server runs at the caller's priority. With the kernel's autogroup scheduling on
@@ -61,7 +63,7 @@ INPUTS = {
     "jfk146": [(INAUGURAL, 0, None)],
 }
 FRAME_MS = 50
-RECOVERED_SECS = 1.5
+RECOVERY_WORDS = 5
 
 
 def run(cmd, **kw):
@@ -181,26 +183,53 @@ def align(ref, hyp):
 
 
 
-def measure(ref, events, hog_until=None):
-    """Latencies of the matched words, WER, and under --hog the load/recovery figures."""
+def measure(ref, events, hog=None):
+    """Latencies of the matched words, WER, and under --hog (its start and end) the
+    load/recovery figures."""
     live = live_words(events)
     edits, pairs = align([w for w, _ in ref], [w for w, _, _ in live])
     rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs]
     result = {
         "words": len(ref), "matched": len(pairs), "wer": edits / max(1, len(ref)),
         "shown": [s for _, s, _ in rows], "final": [f for _, _, f in rows],
+        "ends": [end for end, _, _ in rows],
         "text": " ".join(w for w, _, _ in live),
         "reference": " ".join(w for w, _ in ref),
     }
-    if hog_until is not None:
-        result["final_loaded"] = [f for end, _, f in rows if end <= hog_until]
-        late = [end for end, _, f in rows if end > hog_until and f > RECOVERED_SECS]
-        result["recovery"] = max(0.0, max(late) - hog_until) if late else 0.0
+    if hog is not None:
+        start, until = hog
+        normal = [f for end, _, f in rows if end < start]
+        result["final_normal"] = normal
+        result["final_loaded"] = [f for end, _, f in rows if start <= end <= until]
+        after = [(end, f) for end, _, f in rows if end > until]
+        result["recovery"] = recovery(after, percentile(normal, 95), until)
     return result
+
+
+def recovery(after, normal_p95, until):
+    """Seconds from the load's end to the first word after which every RECOVERY_WORDS words
+    in a row have a median final latency within the normal p95; None if that never came."""
+    medians = [statistics.median(f for _, f in after[i:i + RECOVERY_WORDS])
+               for i in range(len(after) - RECOVERY_WORDS + 1)]
+    for i in range(len(medians)):
+        if all(m <= normal_p95 for m in medians[i:]):
+            return max(0.0, after[i][0] - until)
+    return None
 
 
 def hog():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def stop_hogs(loads):
+    for load in loads:
+        load.kill()
+        load.wait()
+    loads.clear()
+
+
+def secs_or_never(x):
+    return "never" if x is None else f"{x:.1f} s"
 
 
 async def bench(args):
@@ -222,19 +251,19 @@ async def bench(args):
             try:
                 url = f"ws://127.0.0.1:{port}/"
                 for _ in range(args.runs):
-                    load = hog() if args.hog else None
-                    hog_until = secs - args.hog_secs if args.hog else None
-                    stopper = None
-                    if load:
-                        stopper = asyncio.get_running_loop().call_later(hog_until, load.kill)
+                    window = (args.hog_start, secs - args.hog_secs) if args.hog else None
+                    loads, timers = [], []
+                    if window:
+                        loop = asyncio.get_running_loop()
+                        timers.append(loop.call_later(window[0], lambda: loads.append(hog())))
+                        timers.append(loop.call_later(window[1], lambda: stop_hogs(loads)))
                     try:
                         events, lags = await stream(url, pcm)
                     finally:
-                        if load:
-                            stopper.cancel()
-                            load.kill()
-                            load.wait()
-                    m = measure(ref, events, hog_until)
+                        for t in timers:
+                            t.cancel()
+                        stop_hogs(loads)
+                    m = measure(ref, events, window)
                     m["lags"] = len(lags)
                     runs.append(m)
                     print(f"{name}: {summary(m)}", file=sys.stderr)
@@ -251,8 +280,9 @@ def summary(m):
          f"final p50 {percentile(m['final'], 50):.2f} p95 {percentile(m['final'], 95):.2f} s, "
          f"WER {m['wer']:.3f} ({m['matched']}/{m['words']} matched), lag msgs {m['lags']}")
     if "recovery" in m:
-        s += (f", final p95 under load {percentile(m['final_loaded'], 95):.2f} s, "
-              f"recovered {m['recovery']:.1f} s after")
+        s += (f", final p95 before load {percentile(m['final_normal'], 95):.2f} s, "
+              f"under load {percentile(m['final_loaded'], 95):.2f} s, "
+              f"recovered {secs_or_never(m['recovery'])} after")
     return s
 
 
@@ -260,8 +290,8 @@ def table(results, hog):
     head = "| input | audio s | runs | shown p50 / p95 | final p50 / p95 | WER vs batch | stream_lag |"
     line = "|---|---:|---:|---|---|---:|---:|"
     if hog:
-        head += " final p95 under load | recovery |"
-        line += "---:|---:|"
+        head += " final p95 before load | under load (per run) | recovery (per run) |"
+        line += "---:|---|---|"
     out = [head, line]
     for name, r in results.items():
         runs = r["runs"]
@@ -271,8 +301,10 @@ def table(results, hog):
                f"{percentile(pool('final'), 50):.2f} / {percentile(pool('final'), 95):.2f} s | "
                f"{statistics.mean(m['wer'] for m in runs):.3f} | {sum(m['lags'] for m in runs)} |")
         if hog:
-            row += (f" {percentile(pool('final_loaded'), 95):.2f} s | "
-                    f"{max(m['recovery'] for m in runs):.1f} s |")
+            row += (f" {percentile(pool('final_normal'), 95):.2f} s | "
+                    f"{percentile(pool('final_loaded'), 95):.2f} s ("
+                    + ", ".join(f"{percentile(m['final_loaded'], 95):.2f}" for m in runs) + ") | "
+                    + ", ".join(secs_or_never(m['recovery']) for m in runs) + " |")
         out.append(row)
     return "\n".join(out)
 
@@ -285,6 +317,8 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hog", action="store_true")
+    ap.add_argument("--hog-start", type=float, default=15.0,
+                    help="the hog starts this many seconds into the input")
     ap.add_argument("--hog-secs", type=float, default=25.0,
                     help="the hog stops this many seconds before the input ends")
     ap.add_argument("--server-arg", action="append", help="extra `earshot serve` argument")
