@@ -16,11 +16,12 @@ Run through scripts/bench-live (it builds the release binary). For each input:
      final text against the batch text, and the `stream_lag` messages.
 
 With --hog a CPU-bound process (a Python busy loop) runs beside the server from --hog-start
-seconds into the stream until --hog-secs seconds before its end. The words before it give the
-stream's normal latency in the same run; the table then also gives the final p95 of words
-spoken under load and how long after the load ended the stream was back to normal (recovery:
-from the first word after which every run of RECOVERY_WORDS words has a median final latency
-no higher than the normal p95; "never" when the input ended first).
+seconds into the stream until --hog-secs seconds before its end, after one run without it on
+the same server (the baseline: some words are slow to settle whatever the load). The table
+then also gives the final p95 of the words before and under the load, and how long after the
+load ended the stream was back to normal (recovery: from the first word after which every run
+of RECOVERY_WORDS words is final, at the median, no more than RECOVERY_SLACK later than the
+same words in the baseline run, itself included; "never" when the input ended first).
 
 Tune on `tune`, report on `report` and `jfk146` (the inputs share no audio but the first 40 s of
 the inaugural, which is in `tune` and `jfk146`).
@@ -64,6 +65,7 @@ INPUTS = {
 }
 FRAME_MS = 50
 RECOVERY_WORDS = 5
+RECOVERY_SLACK = 0.5
 
 
 def run(cmd, **kw):
@@ -183,9 +185,9 @@ def align(ref, hyp):
 
 
 
-def measure(ref, events, hog=None):
+def measure(ref, events, hog=None, baseline=None):
     """Latencies of the matched words, WER, and under --hog (its start and end) the
-    load/recovery figures."""
+    load/recovery figures against `baseline` (a quiet run's measure)."""
     live = live_words(events)
     edits, pairs = align([w for w, _ in ref], [w for w, _, _ in live])
     rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs]
@@ -193,6 +195,7 @@ def measure(ref, events, hog=None):
         "words": len(ref), "matched": len(pairs), "wer": edits / max(1, len(ref)),
         "shown": [s for _, s, _ in rows], "final": [f for _, _, f in rows],
         "ends": [end for end, _, _ in rows],
+        "ref_index": [i for i, _ in pairs],
         "text": " ".join(w for w, _, _ in live),
         "reference": " ".join(w for w, _ in ref),
     }
@@ -201,18 +204,21 @@ def measure(ref, events, hog=None):
         normal = [f for end, _, f in rows if end < start]
         result["final_normal"] = normal
         result["final_loaded"] = [f for end, _, f in rows if start <= end <= until]
-        after = [(end, f) for end, _, f in rows if end > until]
-        result["recovery"] = recovery(after, percentile(normal, 95), until)
+        quiet = dict(zip(baseline["ref_index"], baseline["final"]))
+        after = [(end, f - quiet[i]) for (i, _), (end, _, f) in zip(pairs, rows)
+                 if end > until and i in quiet]
+        result["recovery"] = recovery(after, until)
     return result
 
 
-def recovery(after, normal_p95, until):
-    """Seconds from the load's end to the first word after which every RECOVERY_WORDS words
-    in a row have a median final latency within the normal p95; None if that never came."""
-    medians = [statistics.median(f for _, f in after[i:i + RECOVERY_WORDS])
+def recovery(after, until):
+    """Seconds from the load's end to the first word within RECOVERY_SLACK of the baseline
+    after which every RECOVERY_WORDS words in a row are too, at the median; `after` holds
+    (word end, final latency less the baseline's). None if that never came."""
+    medians = [statistics.median(x for _, x in after[i:i + RECOVERY_WORDS])
                for i in range(len(after) - RECOVERY_WORDS + 1)]
     for i in range(len(medians)):
-        if all(m <= normal_p95 for m in medians[i:]):
+        if after[i][1] <= RECOVERY_SLACK and all(m <= RECOVERY_SLACK for m in medians[i:]):
             return max(0.0, after[i][0] - until)
     return None
 
@@ -250,6 +256,12 @@ async def bench(args):
             runs = []
             try:
                 url = f"ws://127.0.0.1:{port}/"
+                baseline = None
+                if args.hog:
+                    events, lags = await stream(url, pcm)
+                    baseline = measure(ref, events)
+                    baseline["lags"] = len(lags)
+                    print(f"{name} (baseline, no load): {summary(baseline)}", file=sys.stderr)
                 for _ in range(args.runs):
                     window = (args.hog_start, secs - args.hog_secs) if args.hog else None
                     loads, timers = [], []
@@ -263,13 +275,13 @@ async def bench(args):
                         for t in timers:
                             t.cancel()
                         stop_hogs(loads)
-                    m = measure(ref, events, window)
+                    m = measure(ref, events, window, baseline)
                     m["lags"] = len(lags)
                     runs.append(m)
                     print(f"{name}: {summary(m)}", file=sys.stderr)
             finally:
                 stop(proc)
-            results[name] = {"secs": secs, "runs": runs}
+            results[name] = {"secs": secs, "runs": runs, "baseline": baseline}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
