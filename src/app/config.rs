@@ -62,8 +62,8 @@ pub struct ServerConfig {
     #[arg(long, env = "EARSHOT_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
-    /// CPU threads each worker uses inside whisper.cpp. A live stream moves to one thread when
-    /// its hypotheses show the cores are taken by other work (whisper.cpp's threads spin).
+    /// CPU threads each worker uses inside whisper.cpp. A live stream moves to one thread while
+    /// other work holds the cores (whisper.cpp's threads spin), and back once they are free.
     #[arg(long, env = "EARSHOT_THREADS", default_value_t = default_threads())]
     pub threads: usize,
 

@@ -142,7 +142,10 @@ mod tests {
             x = x.wrapping_add(std::hint::black_box(1));
         }
         let after = CpuTicks::read().unwrap();
-        assert!(after.ours > before.ours, "our busy loop counted as ours ({x})");
+        assert!(
+            after.ours > before.ours,
+            "our busy loop counted as ours ({x})"
+        );
         let free = after.free_cores_since(&before).unwrap();
         assert!((0.0..=after.cores as f64).contains(&free), "{free}");
     }

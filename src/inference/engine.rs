@@ -600,10 +600,12 @@ mod tests {
         let cap = |secs: f64| token_cap_for((secs * f64::from(SAMPLE_RATE)) as usize);
         // Fast Mandarin: 6 characters a second, two tokens each, a timestamp pair per 3 s.
         for secs in [1.0, 3.0, 10.0, 12.0] {
-            assert!(f64::from(cap(secs)) >= 12.0 * secs + 2.0 * (secs / 3.0).ceil(), "{secs}");
+            assert!(
+                f64::from(cap(secs)) >= 12.0 * secs + 2.0 * (secs / 3.0).ceil(),
+                "{secs}"
+            );
         }
         assert!(cap(3.0) <= 64, "a loop on 3 s stops well before 220 tokens");
-
     }
 
     #[test]

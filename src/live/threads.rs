@@ -128,7 +128,11 @@ impl ThreadChoice {
             return;
         }
         let enough = free >= self.max as f64 - FREE_SLACK;
-        self.readings = if enough == self.on_one { self.readings + 1 } else { 0 };
+        self.readings = if enough == self.on_one {
+            self.readings + 1
+        } else {
+            0
+        };
         if self.on_one && self.readings >= self.wait {
             self.move_back();
         } else if !self.on_one && self.readings >= BUSY_READINGS {
@@ -273,7 +277,10 @@ mod tests {
         let back = after.iter().position(|&t| t == 2).expect("moves back");
         assert!(back <= FIRST_WAIT as usize, "{after:?}");
         let ones = after[back..].iter().filter(|&&t| t == 1).count();
-        assert!(ones <= 30 / PROBE_EVERY as usize + 1, "only probes: {after:?}");
+        assert!(
+            ones <= 30 / PROBE_EVERY as usize + 1,
+            "only probes: {after:?}"
+        );
     }
 
     #[test]
@@ -300,9 +307,15 @@ mod tests {
             .collect();
         let gaps: Vec<usize> = backs.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "{gaps:?}");
-        assert!(gaps.len() >= 3 && gaps[gaps.len() - 1] > 4 * gaps[0], "{gaps:?}");
+        assert!(
+            gaps.len() >= 3 && gaps[gaps.len() - 1] > 4 * gaps[0],
+            "{gaps:?}"
+        );
         let on_two = used.iter().filter(|&&t| t == 2).count();
-        assert!(on_two <= 2 * backs.len(), "{on_two} hypotheses spun: {used:?}");
+        assert!(
+            on_two <= 2 * backs.len(),
+            "{on_two} hypotheses spun: {used:?}"
+        );
         assert_eq!(c.wait, MAX_WAIT);
     }
 

@@ -42,9 +42,7 @@ use crate::inference::engine::Options;
 use crate::inference::pool::{JobEvent, JobHandle};
 use crate::inference::served::{Lease, Refusal};
 use crate::jobs::{TaskResult, TaskState};
-use crate::live::{
-    JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered,
-};
+use crate::live::{JobSpan, LanguagePin, LiveConfig, LiveJob, LiveOutput, LivePolicy, Metered};
 use crate::protocol::message::{
     AudioFormat, ResumeFrom, StreamLag, StreamStart, StreamStarted, TranscriptPartial,
 };
