@@ -185,24 +185,33 @@ impl Costs {
 mod tests {
     use super::*;
 
-    /// Runs `n` hypotheses of 5 s whose cost per audio second is `cost(threads)`; returns the
-    /// counts used.
-    fn run(choice: &mut ThreadChoice, n: usize, mut cost: impl FnMut(usize) -> f64) -> Vec<usize> {
+    /// [`run_reading`] without readings (a machine whose load cannot be read).
+    /// Runs `n` hypotheses of 5 s whose cost per audio second is `cost(threads)`, each followed
+    /// by a reading of `free` cores (NaN: none); returns the counts used.
+    fn run_reading(
+        choice: &mut ThreadChoice,
+        n: usize,
+        free: f64,
+        mut cost: impl FnMut(usize) -> f64,
+    ) -> Vec<usize> {
         (0..n)
             .map(|_| {
                 let threads = choice.next_count();
                 choice.observe(threads, 5.0, 5.0 * cost(threads));
+                choice.observe_free_cores(free);
                 threads
             })
             .collect()
     }
 
+    /// [`run_reading`] without readings (a machine whose load cannot be read).
+    fn run(choice: &mut ThreadChoice, n: usize, cost: impl FnMut(usize) -> f64) -> Vec<usize> {
+        run_reading(choice, n, f64::NAN, cost)
+    }
+
+    /// Cost per audio second on a quiet machine: two threads are cheaper.
     fn quiet(threads: usize) -> f64 {
-        if threads == 1 {
-            0.1
-        } else {
-            0.06
-        }
+        [0.1, 0.06][usize::from(threads > 1)]
     }
 
     #[test]
@@ -240,29 +249,9 @@ mod tests {
         );
     }
 
-    /// Like [`run`], with a reading of `free` cores after each hypothesis.
-    fn run_reading(
-        choice: &mut ThreadChoice,
-        n: usize,
-        free: f64,
-        cost: impl Fn(usize) -> f64,
-    ) -> Vec<usize> {
-        (0..n)
-            .map(|_| {
-                let threads = choice.next_count();
-                choice.observe(threads, 5.0, 5.0 * cost(threads));
-                choice.observe_free_cores(free);
-                threads
-            })
-            .collect()
-    }
-
+    /// Cost per audio second with another process on a core: two threads spin.
     fn hogged(threads: usize) -> f64 {
-        if threads == 2 {
-            0.3
-        } else {
-            0.1
-        }
+        [0.1, 0.3][usize::from(threads > 1)]
     }
 
     #[test]
