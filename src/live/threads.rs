@@ -185,7 +185,6 @@ impl Costs {
 mod tests {
     use super::*;
 
-    /// [`run_reading`] without readings (a machine whose load cannot be read).
     /// Runs `n` hypotheses of 5 s whose cost per audio second is `cost(threads)`, each followed
     /// by a reading of `free` cores (NaN: none); returns the counts used.
     fn run_reading(
