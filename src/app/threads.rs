@@ -16,7 +16,8 @@ pub struct StreamThreads {
     /// The pure choice.
     choice: ThreadChoice,
     /// The machine's CPU counters at the previous hypothesis, to read the time since; `None`
-    /// before the first, or where they cannot be read (the choice then goes by costs alone).
+    /// where they are not read: one configured thread leaves nothing to choose, or they
+    /// could not be read at the stream's start (the choice then goes by costs alone).
     last: Option<CpuTicks>,
 }
 
@@ -25,7 +26,7 @@ impl StreamThreads {
     pub fn new(max: usize) -> Self {
         Self {
             choice: ThreadChoice::new(max),
-            last: CpuTicks::read(),
+            last: (max > 1).then(CpuTicks::read).flatten(),
         }
     }
 
@@ -38,13 +39,12 @@ impl StreamThreads {
     pub fn observe(&mut self, threads: usize, summary: &JobSummary) {
         self.choice
             .observe(threads, summary.audio_secs, summary.processing_secs);
-        let now = CpuTicks::read();
-        if let (Some(before), Some(now)) = (self.last, now) {
-            if let Some(free) = now.free_cores_since(&before) {
-                self.choice.observe_free_cores(free);
-            }
+        let Some(before) = self.last else { return };
+        let Some(now) = CpuTicks::read() else { return };
+        if let Some(free) = now.free_cores_since(&before) {
+            self.choice.observe_free_cores(free);
         }
-        self.last = now.or(self.last);
+        self.last = Some(now);
     }
 }
 
