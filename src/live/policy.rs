@@ -368,6 +368,12 @@ impl LivePolicy {
         });
     }
 
+    /// The longest step [`step_secs`](Self::step_secs) may take: the pace a stream's demand
+    /// on the workers is measured at ([`Metered::report`](super::Metered::report)).
+    pub fn longest_step_secs(&self) -> f64 {
+        self.config.step_secs.max(self.config.min_step_secs)
+    }
+
     /// Audio (seconds) that makes a new hypothesis due while speech continues.
     pub fn step_secs(&self) -> f64 {
         let c = &self.config;

@@ -544,7 +544,7 @@ impl Session {
                     return Ok(());
                 };
                 if let Some(share) = self.share.as_mut() {
-                    let step = LiveConfig::default().step_secs;
+                    let step = self.policy.longest_step_secs();
                     share.report(summary.processing_secs, Instant::now(), step);
                 }
                 self.threads.observe(p.threads, &summary);

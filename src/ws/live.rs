@@ -660,7 +660,7 @@ impl Runner {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .observe(p.threads, &summary);
-                self.report_load(summary.processing_secs);
+                self.report_load(summary.processing_secs, policy.longest_step_secs());
                 *self.language.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((summary.language, summary.language_probability));
                 let segments = p.segments;
@@ -720,10 +720,10 @@ impl Runner {
     }
 
     /// Tells the live capacity what a hypothesis cost.
-    fn report_load(&self, busy_secs: f64) {
+    fn report_load(&self, busy_secs: f64, step_secs: f64) {
         let mut share = self.share.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(share) = share.as_mut() {
-            share.report(busy_secs, Instant::now(), LiveConfig::default().step_secs);
+            share.report(busy_secs, Instant::now(), step_secs);
         }
     }
 

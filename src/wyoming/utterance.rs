@@ -234,7 +234,7 @@ impl Utterance {
                 };
                 self.failures = 0;
                 if let Some(live) = self.live.as_mut() {
-                    let step = LiveConfig::default().step_secs;
+                    let step = self.policy.longest_step_secs();
                     live.share
                         .report(summary.processing_secs, Instant::now(), step);
                 }
