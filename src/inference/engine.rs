@@ -42,7 +42,8 @@ pub struct Options {
     pub token_timestamps: bool,
     /// Trade a little accuracy for speed, for live partial hypotheses that are recomputed
     /// every second anyway: no temperature fallback, one greedy candidate, and an encoder
-    /// context cut to the audio's length instead of Whisper's fixed 30 s.
+    /// context cut to the audio's length and a margin ([`audio_ctx_for`]) instead of
+    /// Whisper's fixed 30 s.
     pub low_latency: bool,
     /// Sampling temperature Whisper starts at (OpenAI's `temperature`): 0 decodes the most
     /// likely text; either way whisper.cpp raises it by 0.2 per retry when a window decodes to
@@ -370,11 +371,20 @@ pub fn token_cap_for(samples: usize) -> c_int {
     (BASE + PER_SEC * secs).ceil().min(220.0) as c_int
 }
 
-/// Encoder frames (of Whisper's 1500 per 30 s) needed for `samples` of audio plus a margin,
-/// rounded up to a multiple of 64; used by low-latency jobs on short buffers.
+/// Silence after a low-latency job's audio in the encoder's window ([`audio_ctx_for`]).
+/// Whisper learnt on 30 s windows, where speech that ends early is followed by padding and
+/// words cut by the window's edge go untranscribed: with 1 s after the audio, tiny.en dropped
+/// and misheard more of a live buffer's last words than with 3 s (`scripts/bench-live`,
+/// docs/BENCHMARKS.md "Room after the audio"); the whole 30 s window was too slow to keep up.
+/// The room costs encoder time: 448 frames instead of 320 for a 5 s buffer.
+pub const AUDIO_CTX_MARGIN_SECS: f64 = 3.0;
+
+/// Encoder frames (of Whisper's 1500 per 30 s) for a low-latency job on `samples` of audio:
+/// the audio and [`AUDIO_CTX_MARGIN_SECS`], rounded up to a multiple of 64, at least 256.
+/// A short window costs less to encode than the full 30 s.
 pub fn audio_ctx_for(samples: usize) -> c_int {
     const FULL: usize = 1500;
-    let secs = samples as f64 / f64::from(SAMPLE_RATE) + 1.0;
+    let secs = samples as f64 / f64::from(SAMPLE_RATE) + AUDIO_CTX_MARGIN_SECS;
     let frames = (secs / 30.0 * FULL as f64).ceil() as usize;
     let rounded = frames.div_ceil(64) * 64;
     rounded.clamp(256, FULL) as c_int
@@ -606,6 +616,24 @@ mod tests {
             );
         }
         assert!(cap(3.0) <= 64, "a loop on 3 s stops well before 220 tokens");
+    }
+
+    #[test]
+    fn a_live_window_covers_the_audio_and_its_margin_in_whole_blocks() {
+        let frames_per_sec = 1500.0 / 30.0;
+        for secs in [1.0, 4.7, 10.0, 26.0] {
+            let ctx = audio_ctx_for((secs * f64::from(SAMPLE_RATE)) as usize);
+            assert_eq!(ctx % 64, 0, "{secs} s: {ctx}");
+            let covered = f64::from(ctx) / frames_per_sec;
+            assert!(covered >= secs + AUDIO_CTX_MARGIN_SECS, "{secs} s: {ctx}");
+            assert!(covered < secs + AUDIO_CTX_MARGIN_SECS + 64.0 / frames_per_sec + 0.01);
+        }
+        assert_eq!(audio_ctx_for(0), 256, "the shortest window");
+        assert_eq!(
+            audio_ctx_for(40 * SAMPLE_RATE as usize),
+            1500,
+            "never past 30 s"
+        );
     }
 
     #[test]
