@@ -378,9 +378,7 @@ impl LivePolicy {
     pub fn step_secs(&self) -> f64 {
         let c = &self.config;
         match self.inference_secs {
-            Some(t) => {
-                (t * c.step_per_inference).clamp(c.min_step_secs, c.step_secs.max(c.min_step_secs))
-            }
+            Some(t) => (t * c.step_per_inference).clamp(c.min_step_secs, self.longest_step_secs()),
             None => c.step_secs,
         }
     }
