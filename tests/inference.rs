@@ -13,7 +13,7 @@ use earshot::domain::ZhScript;
 use earshot::eval::{cer, normalize_chars, normalize_words, wer};
 use earshot::inference::long::{self, LongEvent};
 use earshot::inference::script;
-use earshot::inference::{Busy, JobEvent, JobSummary, Options, Pool, PoolConfig};
+use earshot::inference::{Busy, JobEvent, JobSummary, Options, Pool, PoolConfig, SpeechProbe};
 use earshot::transcript::Segment;
 use tokio_util::sync::CancellationToken;
 
@@ -701,4 +701,38 @@ fn sampling_does_not_depend_on_what_the_worker_decoded_before() {
             );
         }
     }
+}
+
+/// Silero on a stream: speech reads as speech and digital silence as silence, and feeding the
+/// audio in uneven pieces (as a socket delivers it) gives the same probabilities as one call,
+/// because the probe carries the model's state and the part-chunk left over between calls.
+#[test]
+fn the_speech_probe_hears_speech_and_silence_the_same_in_pieces_as_whole() {
+    let silence = vec![0.0f32; RATE];
+    let audio = [silence.clone(), read_wav("en_jfk.wav"), silence].concat();
+    let path = model(VAD_MODEL);
+    let whole = SpeechProbe::new(&path)
+        .expect("Silero loads")
+        .push(&audio)
+        .expect("detection runs");
+    assert_eq!(whole.len(), audio.len() / SpeechProbe::CHUNK);
+    let mut probe = SpeechProbe::new(&path).expect("Silero loads");
+    let mut pieces = Vec::new();
+    for piece in audio.chunks(800) {
+        pieces.extend(probe.push(piece).expect("detection runs"));
+    }
+    assert_eq!(pieces.len(), whole.len());
+    for (i, (a, b)) in whole.iter().zip(&pieces).enumerate() {
+        assert!((a - b).abs() < 1e-4, "chunk {i}: {a} whole, {b} in pieces");
+    }
+    let chunk_secs = SpeechProbe::CHUNK as f64 / RATE as f64;
+    let share = |from: f64, to: f64| {
+        let range = (from / chunk_secs) as usize..(to / chunk_secs) as usize;
+        let speech = whole[range.clone()].iter().filter(|p| **p >= 0.5).count();
+        speech as f64 / range.len() as f64
+    };
+    // The clip's speech runs from about 0.3 s to 10.5 s (plus the 1 s of leading silence).
+    assert!(share(0.0, 0.9) < 0.05, "leading silence read as speech");
+    assert!(share(1.5, 4.0) > 0.6, "speech not heard: {whole:?}");
+    assert!(share(12.2, 13.0) < 0.05, "trailing silence read as speech");
 }

@@ -5,12 +5,21 @@
 //! still skipped. Used by [`super::long`] to choose window boundaries and to avoid feeding
 //! Whisper stretches of non-speech, where it tends to invent text.
 //!
-//! This module must not transcribe or hold more audio than the buffer it is given.
+//! [`SpeechProbe`] runs Silero on a live stream as it arrives: its recurrent state carries on
+//! from one call to the next, so each call costs only the new audio (about 3 ms of CPU per
+//! second of audio here), and it gives a speech probability per 32 ms chunk for the live
+//! policy to find pauses in speech that energy cannot (applause, music, traffic).
+//!
+//! This module must not transcribe or hold more audio than the buffer it is given (the probe:
+//! less than one chunk).
 
+use std::ffi::CString;
 use std::ops::Range;
 use std::path::Path;
+use std::ptr::NonNull;
 
 use tracing::{debug, warn};
+use whisper_rs::whisper_rs_sys as sys;
 use whisper_rs::{WhisperVadContext, WhisperVadContextParams, WhisperVadParams};
 
 use crate::audio::SAMPLE_RATE;
@@ -101,6 +110,125 @@ impl Vad {
             Kind::Silero(context) => silero_spans(context, audio),
             Kind::Energy(energy) => Ok(energy.speech_spans(audio)),
         }
+    }
+}
+
+/// Silero on a live stream: audio in as it arrives, a speech probability out per whole chunk
+/// of [`SpeechProbe::CHUNK`] samples, the model's state carried from call to call.
+pub struct SpeechProbe {
+    /// whisper.cpp's VAD context, owned: freed on drop, used by one thread at a time (`&mut`).
+    context: NonNull<sys::whisper_vad_context>,
+    /// Audio short of a whole chunk, kept for the next call (a zero-padded chunk would read a
+    /// cut as silence and disturb the state).
+    pending: Vec<f32>,
+}
+
+// SAFETY: the context is only touched through `&mut self`, never shared; whisper.cpp keeps no
+// thread-local state for it.
+unsafe impl Send for SpeechProbe {}
+
+impl std::fmt::Debug for SpeechProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeechProbe")
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl SpeechProbe {
+    /// Samples per probability: Silero's 32 ms window at 16 kHz.
+    pub const CHUNK: usize = 512;
+
+    /// Loads the Silero model at `path` (a few hundred kilobytes; one context per stream).
+    pub fn new(path: &Path) -> Result<SpeechProbe, VadError> {
+        whisper_rs::install_logging_hooks();
+        let shown = path.display().to_string();
+        let c_path = path
+            .to_str()
+            .and_then(|p| CString::new(p).ok())
+            .ok_or_else(|| VadError::ModelLoad(shown.clone()))?;
+        // SAFETY: plain value constructor.
+        let mut params = unsafe { sys::whisper_vad_default_context_params() };
+        params.n_threads = 1;
+        params.use_gpu = false;
+        // SAFETY: `c_path` is a valid NUL-terminated string for the call's duration.
+        let raw = unsafe { sys::whisper_vad_init_from_file_with_params(c_path.as_ptr(), params) };
+        let context = NonNull::new(raw).ok_or(VadError::ModelLoad(shown))?;
+        let mut probe = SpeechProbe {
+            context,
+            pending: Vec::with_capacity(Self::CHUNK),
+        };
+        // A new context's state is not cleared.
+        probe.reset();
+        Ok(probe)
+    }
+
+    /// Appends `audio` (16 kHz mono, finite) and returns the speech probability (0–1) of each
+    /// chunk it completed, in order.
+    pub fn push(&mut self, audio: &[f32]) -> Result<Vec<f32>, VadError> {
+        let mut probabilities = Vec::new();
+        let mut rest = audio;
+        if !self.pending.is_empty() {
+            let take = (Self::CHUNK - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() < Self::CHUNK {
+                return Ok(probabilities);
+            }
+            let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(Self::CHUNK));
+            probabilities.extend(self.detect(&chunk)?);
+        }
+        let whole = rest.len() - rest.len() % Self::CHUNK;
+        probabilities.extend(self.detect(&rest[..whole])?);
+        self.pending.extend_from_slice(&rest[whole..]);
+        Ok(probabilities)
+    }
+
+    /// Forgets the stream so far: the next audio is read as a new stream's.
+    pub fn reset(&mut self) {
+        self.pending.clear();
+        // SAFETY: the context is valid and exclusively ours.
+        unsafe { sys::whisper_vad_reset_state(self.context.as_ptr()) };
+    }
+
+    /// Probabilities of whole chunks of `audio`, the state carried on.
+    fn detect(&mut self, audio: &[f32]) -> Result<Vec<f32>, VadError> {
+        if audio.is_empty() {
+            return Ok(Vec::new());
+        }
+        let len = i32::try_from(audio.len()).map_err(|_| VadError::Detect)?;
+        let context = self.context.as_ptr();
+        // SAFETY: `audio` outlives the call and holds `len` samples; the context is ours.
+        if !unsafe { sys::whisper_vad_detect_speech_no_reset(context, audio.as_ptr(), len) } {
+            return Err(VadError::Detect);
+        }
+        // SAFETY: whisper.cpp keeps `n_probs` floats at `probs` until the next detection.
+        let probabilities = unsafe {
+            let n = usize::try_from(sys::whisper_vad_n_probs(context)).unwrap_or(0);
+            let data = sys::whisper_vad_probs(context);
+            if data.is_null() {
+                return Err(VadError::Detect);
+            }
+            std::slice::from_raw_parts(data, n)
+        };
+        Ok(probabilities
+            .iter()
+            .map(|p| {
+                if p.is_finite() {
+                    p.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                }
+            })
+            .collect())
+    }
+}
+
+impl Drop for SpeechProbe {
+    fn drop(&mut self) {
+        // SAFETY: the context came from `whisper_vad_init_from_file_with_params` and is freed
+        // once.
+        unsafe { sys::whisper_vad_free(self.context.as_ptr()) }
     }
 }
 
