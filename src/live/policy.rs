@@ -10,10 +10,16 @@
 //! - the hypothesis heard at least [`LiveConfig::settle_secs`] of audio after a unit ended
 //!   and Whisper was sure of each of its tokens ([`LiveConfig::settle_min_prob`]): such words
 //!   rarely change any more, so they need no second hypothesis, or
-//! - the speaker pauses (trailing silence of [`LiveConfig::pause_secs`]), or
+//! - the speaker pauses (trailing silence of [`LiveConfig::pause_secs`], or that long without
+//!   speech by the caller's speech detector, [`LivePolicy::observe_speech`]), or
 //! - the hypothesis read a whole window ([`LiveConfig::window_secs`]): all but its last second
 //!   is committed, so every window moves the stream forward, or
 //! - the stream ends.
+//!
+//! With a speech detector, sound that is not speech (applause, music, traffic) is a pause too,
+//! and while the buffer holds no speech no job is taken and the buffer is kept to a short
+//! lead-in. Without one (the caller
+//! never calls `observe_speech`), pauses are found by energy alone.
 //!
 //! Agreement and settling trust only a hypothesis whose new tokens have a mean log-probability
 //! of at least [`LiveConfig::min_logprob`]: on a buffer of a breath and a word's tail Whisper
@@ -59,7 +65,11 @@ pub struct LiveConfig {
     /// at most about two thirds of the time, so the step shrinks on a fast machine and grows
     /// under load.
     pub step_per_inference: f64,
-    /// Longest trailing silence that still counts as "mid-sentence"; longer commits everything.
+    /// Longest trailing silence (or, with a speech detector, stretch without speech) that
+    /// still counts as "mid-sentence"; longer commits everything. Default 0.9 s: with Silero,
+    /// 0.6 s also cut at a speaker's dramatic pauses ("my fellow Americans, | ask not"), and
+    /// tiny.en read the short phrases alone worse (live-vs-batch WER 0.06-0.08 against
+    /// 0.04, at the same final p95; docs/BENCHMARKS.md "Pauses heard by Silero").
     pub pause_secs: f64,
     /// Most audio one hypothesis reads: bounds the work per hypothesis whatever the lag (kept
     /// below Whisper's 30 s window).
@@ -104,6 +114,11 @@ pub struct LiveConfig {
     pub above_floor: f32,
     /// Silence kept before speech starts, so the first word is not clipped.
     pub lead_in_secs: f64,
+    /// Least probability from the speech detector ([`LivePolicy::observe_speech`]) at which a
+    /// chunk starts speech; speech goes on until a chunk falls
+    /// [`SPEECH_HYSTERESIS`] below it (Silero's own rule, and its default 0.5). Above 1 no
+    /// chunk could ever be speech: callers then run no detector ([`Self::wants_detector`]).
+    pub speech_prob: f64,
 }
 
 impl Default for LiveConfig {
@@ -112,7 +127,7 @@ impl Default for LiveConfig {
             step_secs: 1.0,
             min_step_secs: 0.5,
             step_per_inference: 1.5,
-            pause_secs: 0.6,
+            pause_secs: 0.9,
             window_secs: 10.0,
             settle_secs: 0.8,
             settle_min_prob: 0.9,
@@ -124,11 +139,18 @@ impl Default for LiveConfig {
             speech_rms: 0.01,
             above_floor: 3.0,
             lead_in_secs: 0.3,
+            speech_prob: 0.5,
         }
     }
 }
 
 impl LiveConfig {
+    /// Whether a speech detector can tell this policy anything (`speech_prob` at most 1); for
+    /// `scripts/bench-live` to measure energy alone in the same binary.
+    pub fn wants_detector(&self) -> bool {
+        self.speech_prob <= 1.0
+    }
+
     /// The defaults with `key=value` overrides (comma-separated; keys are the field names,
     /// `inf` is infinity), so `scripts/bench-live` can try a lever without a rebuild. Unknown
     /// keys and unreadable values are an error naming them.
@@ -158,6 +180,7 @@ impl LiveConfig {
                 "cut_secs" => &mut self.cut_secs,
                 "min_commit_secs" => &mut self.min_commit_secs,
                 "max_buffer_secs" => &mut self.max_buffer_secs,
+                "speech_prob" => &mut self.speech_prob,
                 other => return Err(format!("unknown live tuning key `{other}`")),
             };
             *field = number;
@@ -243,7 +266,24 @@ pub struct LivePolicy {
     inference_secs: Option<f64>,
     /// Audio shed because the stream fell more than `max_buffer_secs` behind.
     shed: u64,
+    /// What the caller's speech detector has heard; `None` while it has reported nothing (no
+    /// detector: pauses are found by energy alone).
+    heard: Option<Heard>,
 }
+
+/// The speech detector's reading of the stream so far ([`LivePolicy::observe_speech`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Heard {
+    /// Samples it has read, from the stream's start.
+    read: u64,
+    /// Sample where the last speech it heard ends (0: none yet).
+    speech_end: u64,
+    /// Whether its last chunk was speech (speech ends only below the lower threshold).
+    speaking: bool,
+}
+
+/// How far below [`LiveConfig::speech_prob`] a chunk's probability must fall to end speech.
+pub const SPEECH_HYSTERESIS: f64 = 0.15;
 
 const FRAME: usize = (SAMPLE_RATE as usize) * 30 / 1000;
 /// Committed words kept as the prompt (Whisper reads at most 224 prompt tokens).
@@ -314,7 +354,63 @@ impl LivePolicy {
             prompt: VecDeque::new(),
             inference_secs: None,
             shed: 0,
+            heard: None,
         }
+    }
+
+    /// Takes the speech detector's probability for each chunk of `chunk` samples that it read
+    /// since the last call (chunks follow each other from the stream's first sample). From
+    /// the first call on, a stretch without speech is a pause however loud it is, and a buffer
+    /// without speech asks for no job.
+    pub fn observe_speech(&mut self, probabilities: &[f32], chunk: usize) {
+        let start = self.config.speech_prob;
+        let end = start - SPEECH_HYSTERESIS;
+        let heard = self.heard.get_or_insert_with(Heard::default);
+        for &p in probabilities {
+            heard.read += chunk as u64;
+            let p = f64::from(p);
+            heard.speaking = if heard.speaking { p >= end } else { p >= start };
+            if heard.speaking {
+                heard.speech_end = heard.read;
+            }
+        }
+        if !self.speech_buffered() && !self.in_flight {
+            self.skip_non_speech();
+        }
+    }
+
+    /// The caller's speech detector stopped (it failed): pauses are found by energy alone
+    /// again, and a buffer is transcribed whenever it holds sound.
+    pub fn forget_speech(&mut self) {
+        self.heard = None;
+    }
+
+    /// Whether the buffer may hold speech: it holds sound and, with a speech detector, the
+    /// detector heard speech in it (audio it has not read yet waits for it).
+    fn speech_buffered(&self) -> bool {
+        self.heard_sound
+            && self
+                .heard
+                .is_none_or(|h| h.speech_end > samples(self.buffer_start))
+    }
+
+    /// Keeps only a short lead-in before the audio the detector has not read yet: what it has
+    /// read holds no speech and needs no hypothesis.
+    fn skip_non_speech(&mut self) {
+        let Some(heard) = self.heard else { return };
+        let keep_from = secs(heard.read) - self.config.lead_in_secs;
+        if keep_from > self.buffer_start {
+            self.drop_until(keep_from);
+            self.previous.clear();
+        }
+        self.covered = self.covered.max(heard.read.min(self.received));
+    }
+
+    /// Samples since the speech ended: trailing silence, or, with a speech detector, audio it
+    /// heard no speech in, whichever is longer.
+    fn quiet(&self) -> u64 {
+        let detected = self.heard.map_or(0, |h| h.read - h.speech_end);
+        self.trailing_silence.max(detected)
     }
 
     /// Appends 16 kHz mono audio.
@@ -425,15 +521,17 @@ impl LivePolicy {
         secs(self.received)
     }
 
-    /// Whether the uncommitted buffer holds sound (speech, or anything above the background):
-    /// with [`silence_secs`](Self::silence_secs), what a caller reporting turns needs.
+    /// Whether the uncommitted buffer holds sound (anything above the background; with a
+    /// speech detector, speech): with [`silence_secs`](Self::silence_secs), what a caller
+    /// reporting turns needs.
     pub fn hearing(&self) -> bool {
-        self.heard_sound
+        self.speech_buffered()
     }
 
-    /// Seconds of silence at the end of the audio received so far.
+    /// Seconds since the speech ended: trailing silence, or, with a speech detector, audio it
+    /// heard no speech in, whichever is longer.
     pub fn silence_secs(&self) -> f64 {
-        secs(self.trailing_silence)
+        secs(self.quiet())
     }
 
     /// Seconds of audio waiting in the uncommitted buffer (bounded by commits, not by `push`).
@@ -453,12 +551,12 @@ impl LivePolicy {
 
     /// The next hypothesis to compute, if one is due and none is out.
     pub fn take_job(&mut self) -> Option<LiveJob> {
-        if self.in_flight || !self.heard_sound {
+        if self.in_flight || !self.speech_buffered() {
             return None;
         }
         // More than a window waiting: catch up window by window, without waiting for a step.
         let backlog = self.buffer.len() as u64 > samples(self.config.window_secs);
-        let paused = self.trailing_silence >= samples(self.config.pause_secs);
+        let paused = self.quiet() >= samples(self.config.pause_secs);
         let due = self.received - self.taken_at >= samples(self.step_secs());
         if !(due || backlog || (paused && self.taken_at < self.received)) {
             return None;
@@ -468,7 +566,7 @@ impl LivePolicy {
 
     /// The last job of a stream: whatever is left, committed in full. None when nothing is left.
     pub fn finish(&mut self) -> Option<LiveJob> {
-        if self.in_flight || !self.heard_sound || self.buffer.is_empty() {
+        if self.in_flight || !self.speech_buffered() || self.buffer.is_empty() {
             return None;
         }
         Some(self.job(true))
@@ -948,6 +1046,15 @@ mod tests {
         vec![0.0; (secs * SAMPLE_RATE as f64) as usize]
     }
 
+    /// The default pause (see `LiveConfig::pause_secs`).
+    const PAUSE: f64 = 0.9;
+
+    /// Silence a little longer than the default pause.
+    fn pause() -> Vec<f32> {
+        assert_eq!(LiveConfig::default().pause_secs, PAUSE);
+        silence(PAUSE + 0.1)
+    }
+
     fn seg(start: f64, end: f64, text: &str) -> Segment {
         Segment::new(start, end, text)
     }
@@ -991,12 +1098,121 @@ mod tests {
             matches!(&out[0], LiveOutput::Commit(c) if c[0].text == "hello there"),
             "{out:?}"
         );
-        p.push(&silence(0.7));
+        p.push(&pause());
         let j3 = p.take_job().unwrap();
         assert!(
             j3.span.is_final,
             "a pause still commits whatever the length"
         );
+    }
+
+    /// Loud audio (a tone) with the detector's verdict on it: `speech` seconds of speech
+    /// then `noise` seconds of something else, pushed and observed in 32 ms chunks.
+    fn hear(p: &mut LivePolicy, speech: f64, noise: f64) {
+        const CHUNK: usize = 512;
+        let chunks = |secs: f64| (secs * SAMPLE_RATE as f64 / CHUNK as f64).round() as usize;
+        let audio = tone(CHUNK as f64 / SAMPLE_RATE as f64);
+        for n in 0..chunks(speech) + chunks(noise) {
+            p.push(&audio);
+            let prob = if n < chunks(speech) { 0.9 } else { 0.05 };
+            p.observe_speech(&[prob], CHUNK);
+        }
+    }
+
+    #[test]
+    fn loud_audio_without_speech_is_a_pause() {
+        let mut p = policy(|_| {});
+        hear(&mut p, 2.0, 0.0);
+        let job = p.take_job().expect("speech makes a job");
+        p.on_result(job.span, vec![]);
+        hear(&mut p, 0.0, PAUSE - 0.2);
+        assert!(
+            !p.take_job().is_some_and(|j| j.span.is_final),
+            "less than a pause"
+        );
+        p.abandon();
+        hear(&mut p, 0.0, 0.3);
+        assert!(
+            p.silence_secs() >= PAUSE,
+            "applause is no speech: {}",
+            p.silence_secs()
+        );
+        let job = p.take_job().expect("a pause makes a job at once");
+        assert!(
+            job.span.is_final && job.span.samples == p.buffer.len(),
+            "loud non-speech ends the sentence: {:?}",
+            job.span
+        );
+    }
+
+    #[test]
+    fn a_buffer_of_loud_non_speech_asks_for_no_job_and_stays_small() {
+        let mut p = policy(|_| {});
+        hear(&mut p, 1.2, 0.0);
+        let job = p.take_job().unwrap();
+        p.on_result(job.span, vec![seg(0.0, 0.9, "Thank you.")]);
+        hear(&mut p, 0.0, PAUSE + 0.1);
+        let job = p.take_job().expect("the pause's job");
+        let out = p.on_result(job.span, vec![seg(0.0, 0.9, "Thank you.")]);
+        assert!(matches!(&out[0], LiveOutput::Commit(_)), "{out:?}");
+        for _ in 0..50 {
+            hear(&mut p, 0.0, 0.2);
+            assert!(
+                p.take_job().is_none(),
+                "ten seconds of applause ask for nothing"
+            );
+        }
+        assert!(!p.hearing());
+        assert!(
+            p.buffered_secs() <= 0.4,
+            "only a lead-in is kept: {}",
+            p.buffered_secs()
+        );
+        assert!(
+            p.lag_secs() < 0.1,
+            "non-speech is never lag: {}",
+            p.lag_secs()
+        );
+        let speech_starts = p.received_secs();
+        hear(&mut p, 1.2, 0.0);
+        assert!(p.hearing());
+        let job = p.take_job().expect("speech again makes a job");
+        let lead_in = LiveConfig::default().lead_in_secs;
+        assert!(
+            (job.span.offset - (speech_starts - lead_in)).abs() < 0.05,
+            "the job starts a lead-in before the speech: {:?}",
+            job.span
+        );
+        assert!(p.finish().is_none(), "one job in flight");
+    }
+
+    #[test]
+    fn without_a_detector_loud_audio_is_sound_and_a_lost_detector_falls_back() {
+        let mut p = policy(|_| {});
+        p.push(&tone(3.0));
+        assert!(p.hearing() && p.silence_secs() == 0.0);
+        let job = p.take_job().expect("energy alone makes jobs");
+        p.abandon();
+        assert!(!job.span.is_final);
+        hear(&mut p, 0.0, 1.0);
+        assert!(!p.hearing(), "the detector heard no speech at all");
+        p.forget_speech();
+        p.push(&tone(1.0));
+        assert!(p.hearing(), "without the detector, sound is heard again");
+        assert!(p.take_job().is_some());
+    }
+
+    #[test]
+    fn a_dip_in_the_speech_probability_does_not_end_speech() {
+        let mut p = policy(|_| {});
+        hear(&mut p, 1.0, 0.0);
+        let chunk = tone(512.0 / SAMPLE_RATE as f64);
+        for _ in 0..40 {
+            p.push(&chunk);
+            // Between the two thresholds: speech goes on.
+            p.observe_speech(&[0.4], 512);
+        }
+        assert!(p.silence_secs() < 0.05, "{}", p.silence_secs());
     }
 
     #[test]
@@ -1084,7 +1300,7 @@ mod tests {
         let mut p = LivePolicy::new(LiveConfig::default());
         p.push(&silence(5.0));
         p.push(&tone(1.0));
-        p.push(&silence(0.7));
+        p.push(&pause());
         let job = p.take_job().unwrap();
         assert!(job.span.is_final, "a pause makes the job final");
         let out = p.on_result(job.span, vec![seg(0.3, 1.3, "one")]);
@@ -1136,7 +1352,7 @@ mod tests {
         };
         p.push(&hiss(2.0));
         p.push(&tone(1.0));
-        p.push(&hiss(0.7));
+        p.push(&hiss(PAUSE + 0.1));
         let job = p.take_job().expect("sound then a pause");
         assert!(
             job.span.is_final,
@@ -1312,7 +1528,7 @@ mod tests {
 
     #[test]
     fn a_pause_makes_a_job_at_once_without_waiting_for_the_step() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = policy(|c| c.pause_secs = 0.6);
         p.push(&tone(1.0));
         let job = p.take_job().unwrap();
         p.on_result(job.span, vec![seg(0.0, 1.0, "one")]);
@@ -1495,7 +1711,7 @@ mod tests {
     fn committed_at_a_pause(secs: f64, words: &[(&str, f64, f64)]) -> LivePolicy {
         let mut p = agreement_only(|_| {});
         p.push(&tone(secs));
-        p.push(&silence(0.7));
+        p.push(&pause());
         let job = p.take_job().unwrap();
         assert!(job.span.is_final);
         p.on_result(job.span, vec![word_seg(words)]);
@@ -1747,7 +1963,7 @@ mod tests {
         let mut p = committed_at_a_pause(3.0, &said);
         // The next hypothesis hears the phrase again, timed after the committed end.
         p.push(&tone(2.0));
-        p.push(&silence(0.7));
+        p.push(&pause());
         let j2 = p.take_job().unwrap();
         let again: Vec<(&str, f64, f64)> = said
             .iter()
