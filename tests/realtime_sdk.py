@@ -2,22 +2,22 @@
 
 Run by tests/realtime_sdk.rs against a real server (tiny.en, API key required):
 
-    python3 tests/realtime_sdk.py URL KEY CORPUS_DIR [turns|models|busy]
+    python3 tests/realtime_sdk.py URL KEY CORPUS_DIR [turns|models|busy|music]
 
 `turns` (the default): keys, bad input, a committed turn, server VAD. `models` (a server serving
 tiny.en and base-q5_1): `session.update` chooses the model, an unknown one is an `error` naming
 the served ones. `busy` (a server whose live capacity takes one session once one is measured):
 a session's first audio beyond the capacity gets an `error` `server_busy` and the close.
+`music` (the server's Silero model in use): server VAD's turns cover a speech between music,
+not the music.
 
 Every protocol check asserts here; the transcripts are printed as one JSON object on the last
 line so the Rust side can score them against the corpus references.
 """
 
-import array
 import asyncio
 import base64
 import json
-import math
 import subprocess
 import sys
 import time
@@ -137,16 +137,20 @@ async def bad_input_then_a_committed_turn():
         await expect_error(conn, "input_audio_buffer_commit_empty", "e-empty")
         await conn.input_audio_buffer.append(audio=b64(bytes(61 * 48000)), event_id="e-big")
         await expect_error(conn, "input_audio_buffer_append_too_large", "e-big")
-        # A loud tone is sound the buffer must keep: 40 s fit, 80 s do not.
-        period = array.array("h", (int(8000 * math.sin(2 * math.pi * i / 48)) for i in range(48)))
-        tone = period.tobytes() * (40 * 24000 // 48)  # 500 Hz
-        await conn.input_audio_buffer.append(audio=b64(tone))
-        await conn.input_audio_buffer.append(audio=b64(tone), event_id="e-full")
-        await expect_error(conn, "input_audio_buffer_full", "e-full")
+        # Speech is what the buffer must keep (sound that is not speech is not kept): 44 s
+        # fit, 88 s do not, even after a hypothesis or two has committed a window's words.
+        speech = pcm24("en_jfk.wav") * 4
+        await conn.input_audio_buffer.append(audio=b64(speech))
+        await conn.input_audio_buffer.append(audio=b64(speech), event_id="e-full")
+        full = await recv(conn)
+        while full.type == "conversation.item.input_audio_transcription.delta":
+            full = await recv(conn)  # the first 44 s are being transcribed meanwhile
+        assert full.type == "error" and full.error.code == "input_audio_buffer_full", full
+        assert full.error.event_id == "e-full", full
         await conn.input_audio_buffer.clear(event_id="e-clear")
         cleared = await recv(conn)
         while cleared.type == "conversation.item.input_audio_transcription.delta":
-            cleared = await recv(conn)  # the tone's hypothesis may have been under way
+            cleared = await recv(conn)  # the speech's hypothesis may have been under way
         assert cleared.type == "input_audio_buffer.cleared", cleared
 
         audio = pcm24("en_harvard_birch_canoe.wav")
@@ -290,6 +294,51 @@ async def models_are_chosen_per_session():
     return {"zh": zh, "en": en}
 
 
+async def server_vad_hears_speech_not_music():
+    """Music, a speech, more music, appended at real time: server VAD's turns must start within
+    the speech and end while the music after it still plays (the music is loud: a level
+    detector would take it all for speech)."""
+    music = pcm24("music_rodio_music.opus")[: 2 * 24000 * 3]
+    speech = pcm24("en_jfk.wav")
+    audio = music + speech + music + bytes(2 * 24000 * 3 // 2)
+    speech_ms = (len(music) // 48, (len(music) + len(speech)) // 48)
+    turns, texts = [], []
+    async with connect() as conn:
+        await expect(conn, "session.created")
+        vad = {"type": "server_vad", "silence_duration_ms": 500}
+        await conn.session.update(session=session(vad))
+        await expect(conn, "session.updated")
+
+        async def read():
+            while True:
+                event = await recv(conn)
+                assert event.type != "error", event
+                if event.type == "input_audio_buffer.speech_started":
+                    turns.append([event.audio_start_ms, None])
+                elif event.type == "input_audio_buffer.speech_stopped":
+                    turns[-1][1] = event.audio_end_ms
+                elif event.type == "conversation.item.input_audio_transcription.completed":
+                    texts.append(event.transcript)
+
+        reader = asyncio.create_task(read())
+        start = time.monotonic()
+        for n, i in enumerate(range(0, len(audio), PIECE)):
+            await asyncio.sleep(max(0.0, start + n * 0.1 - time.monotonic()))
+            await conn.input_audio_buffer.append(audio=b64(audio[i : i + PIECE]))
+        deadline = time.monotonic() + WAIT
+        while not (turns and len(texts) == len(turns) and turns[-1][1] is not None):
+            assert not reader.done(), reader.exception()
+            assert time.monotonic() < deadline, (turns, texts)
+            await asyncio.sleep(0.1)
+        reader.cancel()
+    print(f"speech at {speech_ms} ms; turns {turns}", file=sys.stderr)
+    lead_in_ms = 500
+    for begin, end in turns:
+        assert speech_ms[0] - lead_in_ms <= begin < speech_ms[1], ("a turn starts in the music", turns, speech_ms)
+    assert turns[-1][1] < speech_ms[1] + 2000, ("the last turn runs on into the music", turns, speech_ms)
+    return " ".join(t for t in texts if t)
+
+
 async def sessions_beyond_the_live_capacity_are_refused():
     audio = pcm24("en_harvard_birch_canoe.wav")
     async with connect() as held:
@@ -325,6 +374,9 @@ async def main():
         return
     if MODE == "busy":
         print(json.dumps(await sessions_beyond_the_live_capacity_are_refused()))
+        return
+    if MODE == "music":
+        print(json.dumps({"speech": await server_vad_hears_speech_not_music()}))
         return
     await wrong_keys_are_refused()
     committed = await bad_input_then_a_committed_turn()

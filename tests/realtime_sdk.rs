@@ -83,6 +83,20 @@ async fn a_session_beyond_the_live_capacity_is_refused_busy() {
     server.shutdown().await;
 }
 
+/// Server VAD hears speech, not sound: between loud music, the turns start within the speech
+/// and end while the music after it plays (the server's Silero model at work; by level alone
+/// the music would be one long turn), and the speech is transcribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_vad_turns_cover_the_speech_between_music() {
+    let server = TestServer::start_with_pool(TINY.clone(), |c| c.api_keys = vec![KEY.into()]).await;
+    let texts = common::run_python("realtime_sdk.py", sdk_args(&server, "music"), "openai").await;
+    eprintln!("transcripts: {texts}");
+    let speech = texts["speech"].as_str().unwrap();
+    let wer = earshot::eval::wer(&common::reference("en_jfk.wav"), speech);
+    assert!(wer <= 0.3, "speech between music: WER {wer} for {speech:?}");
+    server.shutdown().await;
+}
+
 fn sdk_args(server: &TestServer, mode: &str) -> Vec<String> {
     vec![
         server.http_url(),

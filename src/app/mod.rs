@@ -3,13 +3,15 @@
 //! built from the [`ServerConfig`] — for one node ([`AppState::new`]), or for a node of a
 //! cluster ([`AppState::clustered`]: registry and queue on NATS, see `crate::cluster`).
 //!
-//! [`threads`] is what every live transport asks for a hypothesis' thread count.
+//! [`threads`] is what every live transport asks for a hypothesis' thread count, and
+//! [`speech`] what it feeds its audio through, so that its policy hears where speech is.
 //!
 //! This is what the WebSocket sessions (`ws`) and the HTTP API (`http`) are written against, so
 //! both can be built and tested without the composition root (`server`). It must not know
 //! about axum, routes or sockets, and it must not import `ws`, `http` or `server`.
 
 pub mod config;
+pub mod speech;
 pub mod threads;
 
 use std::path::PathBuf;

@@ -1,11 +1,12 @@
 //! One Realtime transcription session: the socket-driving shell around the live engine.
 //!
-//! Appended audio is decoded (PCM16 at 24 kHz), resampled to 16 kHz and fed to a
-//! [`LivePolicy`], which decides when Whisper looks again; at most one hypothesis per session
+//! Appended audio is decoded (PCM16 at 24 kHz), resampled to 16 kHz and fed, through the
+//! speech detector ([`SpeechPolicy`]), to a [`LivePolicy`], which decides when Whisper looks
+//! again; at most one hypothesis per session
 //! is in the pool at a time, so a busy pool makes the session lag, never queue. Text the policy
 //! commits becomes `…transcription.delta` events of the current item (never revised, so the
-//! deltas of an item add up to its transcript); the end of a turn — the policy's own silence
-//! detector with server VAD, `input_audio_buffer.commit` always — sends the item's last
+//! deltas of an item add up to its transcript); the end of a turn — the policy's pause (no
+//! speech, or silence) with server VAD, `input_audio_buffer.commit` always — sends the item's last
 //! hypothesis through Whisper and then `…transcription.completed`.
 //!
 //! This module must not parse or shape events itself (see [`super::event`]), must not decide
@@ -22,6 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::event::{
     self, ClientEvent, ClientKind, ErrorBody, EventError, Models, ServerEvent, Settings, Usage,
 };
+use crate::app::speech::SpeechPolicy;
 use crate::app::threads::StreamThreads;
 use crate::app::AppState;
 use crate::audio::decode::{PcmDecoder, PcmFormat};
@@ -117,8 +119,8 @@ struct Session {
     pcm: PcmDecoder,
     /// 24 kHz → 16 kHz.
     resampler: Resampler,
-    /// The live commit policy over the audio not yet committed.
-    policy: LivePolicy,
+    /// The live commit policy over the audio not yet committed, behind the speech detector.
+    policy: SpeechPolicy,
     /// Threads per hypothesis: the configured count, or one while that is cheaper.
     threads: StreamThreads,
     /// Session seconds before `policy`'s timeline zero (audio of buffers cleared earlier).
@@ -168,6 +170,8 @@ impl Session {
         let settings = Settings::new(id, model, served);
         let options = options_for(&state, &settings);
         let threads = options.threads;
+        let policy = LivePolicy::new(LiveConfig::default());
+        let policy = SpeechPolicy::new(policy, state.vad_model.as_deref());
         Session {
             state,
             out,
@@ -177,7 +181,7 @@ impl Session {
             items: 0,
             pcm: pcm_decoder(),
             resampler: resampler(),
-            policy: LivePolicy::new(LiveConfig::default()),
+            policy,
             threads: StreamThreads::new(threads),
             base_secs: 0.0,
             pending: None,
@@ -414,7 +418,7 @@ impl Session {
             self.complete(item).await?;
         }
         self.base_secs = self.now();
-        self.policy = LivePolicy::new(LiveConfig::default());
+        self.policy.restart(LivePolicy::new(LiveConfig::default()));
         self.resampler = resampler();
         self.pcm = pcm_decoder();
         self.appended = false;

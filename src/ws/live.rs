@@ -1,8 +1,9 @@
 //! Live streams: `stream_start`, binary audio frames, `stream_end`.
 //!
 //! Each stream runs as one task per connection: audio is decoded (raw PCM inline, containers
-//! such as WebM/Ogg on a blocking thread through a byte feed), resampled to 16 kHz and handed to
-//! the [`LivePolicy`](crate::live::LivePolicy), which decides when Whisper should look again.
+//! such as WebM/Ogg on a blocking thread through a byte feed), resampled to 16 kHz and handed,
+//! through the speech detector ([`SpeechPolicy`]), to the [`LivePolicy`], which decides when
+//! Whisper should look again.
 //! At most one job per stream is in the pool at a time, so a busy pool makes a stream lag —
 //! reported with `stream_lag` — but never grows a queue.
 //!
@@ -29,6 +30,7 @@ use axum::extract::ws::{CloseFrame, Message};
 
 use super::follow::segment_msg;
 use super::{close, Connection, Outbound};
+use crate::app::speech::SpeechPolicy;
 use crate::app::threads::StreamThreads;
 use crate::app::{AppState, StreamHandle};
 use crate::audio::decode::{
@@ -422,7 +424,9 @@ impl Runner {
         };
         let started = Instant::now();
         let mut link = Some(link);
-        let mut policy = LivePolicy::new(tuned_config());
+        let config = tuned_config();
+        let vad = (self.state.vad_model.as_deref()).filter(|_| config.wants_detector());
+        let mut policy = SpeechPolicy::new(LivePolicy::new(config), vad);
         let mut pending: Option<Pending> = None;
         let mut committed: Vec<Segment> = Vec::new();
         let mut at = Progress::default();
@@ -512,7 +516,7 @@ impl Runner {
         &self,
         at: &mut Progress,
         decoder: &mut InputDecoder,
-        policy: &mut LivePolicy,
+        policy: &mut SpeechPolicy,
     ) -> Result<(), DecodeError> {
         match self.state.streams.detach(self.task_id) {
             Ok(deadline) => {
@@ -581,7 +585,7 @@ impl Runner {
     async fn feed(
         &self,
         decoder: &mut InputDecoder,
-        policy: &mut LivePolicy,
+        policy: &mut SpeechPolicy,
         bytes: Bytes,
     ) -> Result<(), DecodeError> {
         match decoder {
@@ -601,7 +605,7 @@ impl Runner {
         Ok(())
     }
 
-    fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
+    fn submit(&self, job: LiveJob, policy: &mut SpeechPolicy) -> Option<Pending> {
         // `job.prompt` is not passed: tiny.en primed with the committed text fell into
         // repetition loops (docs/BENCHMARKS.md, "Live latency").
         let mut options = self.options.clone();
@@ -634,7 +638,7 @@ impl Runner {
         &self,
         event: Option<JobEvent>,
         pending: &mut Option<Pending>,
-        policy: &mut LivePolicy,
+        policy: &mut SpeechPolicy,
         committed: &mut Vec<Segment>,
         link: Option<&Link>,
     ) {
@@ -727,7 +731,7 @@ impl Runner {
         }
     }
 
-    fn report_lag(&self, policy: &LivePolicy, last: &mut Instant, link: Option<&Link>) {
+    fn report_lag(&self, policy: &SpeechPolicy, last: &mut Instant, link: Option<&Link>) {
         let lag = policy.lag_secs();
         crate::metrics::live_lag(lag);
         let Some(link) = link else { return };
@@ -786,7 +790,10 @@ impl Runner {
 
 /// Ends the input side: flushes PCM leftovers, or closes the container feed.
 /// Returns whether the decoder is done too (PCM is; a container thread still drains).
-fn finish_input(decoder: &mut InputDecoder, policy: &mut LivePolicy) -> Result<bool, DecodeError> {
+fn finish_input(
+    decoder: &mut InputDecoder,
+    policy: &mut SpeechPolicy,
+) -> Result<bool, DecodeError> {
     match decoder {
         InputDecoder::Pcm(_, res) => {
             policy.push(&guarded_resample(res, None)?);
@@ -803,7 +810,7 @@ fn finish_input(decoder: &mut InputDecoder, policy: &mut LivePolicy) -> Result<b
 fn end_input(
     at: &mut Progress,
     decoder: &mut InputDecoder,
-    policy: &mut LivePolicy,
+    policy: &mut SpeechPolicy,
 ) -> Result<(), DecodeError> {
     at.input_done = true;
     at.decoder_done = finish_input(decoder, policy)?;
@@ -815,7 +822,7 @@ fn end_input(
 fn interrupt(
     at: &mut Progress,
     decoder: &mut InputDecoder,
-    policy: &mut LivePolicy,
+    policy: &mut SpeechPolicy,
 ) -> Result<(), DecodeError> {
     at.interrupted = true;
     end_input(at, decoder, policy)

@@ -195,7 +195,8 @@ impl Conn {
                 let max = self.state.config.wyoming_max_audio.as_secs_f64();
                 let options = self.options();
                 // The format first: a malformed audio-start is told so even on a full server.
-                let utterance = Utterance::start(format, options, max, None)?;
+                let vad = self.state.vad_model.as_deref();
+                let utterance = Utterance::start(format, options, max, vad)?;
                 let live = start_live(&self.state, &self.model).await?;
                 self.utterance = Some(utterance.on(live));
                 let language = self.language.clone();

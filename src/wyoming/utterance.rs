@@ -1,16 +1,18 @@
 //! One `audio-start` … `audio-stop` of a Wyoming connection, on the live engine: PCM is
-//! decoded and resampled to 16 kHz mono as it arrives, the [`LivePolicy`] decides when Whisper
-//! looks again, and committed segments come out as transcript chunks whose concatenation is
+//! decoded and resampled to 16 kHz mono as it arrives, the [`LivePolicy`] (behind the speech
+//! detector, [`SpeechPolicy`]) decides when Whisper looks again, and committed segments come out as transcript chunks whose concatenation is
 //! the final transcript.
 //!
 //! At most one job per utterance is in the pool at a time; a full pool makes the utterance
 //! wait (the next tick tries again), never queue. This module must not read or write the
 //! socket (the connection does) and must not decide what is final (the policy does).
 
+use crate::app::speech::SpeechPolicy;
 use crate::app::threads::StreamThreads;
 use crate::audio::decode::{PcmDecoder, PcmFormat};
 use crate::audio::guarded_resample;
 use crate::audio::resample::Resampler;
+use std::path::Path;
 use std::time::Instant;
 
 use crate::inference::engine::Options;
@@ -44,8 +46,8 @@ pub struct Utterance {
     pcm: PcmDecoder,
     /// Mono at the client's rate to 16 kHz, leftovers kept between chunks.
     resampler: Resampler,
-    /// When Whisper should look again and what is final.
-    policy: LivePolicy,
+    /// When Whisper should look again and what is final, behind the speech detector.
+    policy: SpeechPolicy,
     /// Threads per hypothesis: the configured count, or one while that is cheaper.
     threads: StreamThreads,
     /// The hypothesis in the pool, if any.
@@ -90,11 +92,12 @@ impl Utterance {
     }
 
     /// Starts an utterance in `format`; only 16-bit PCM at a rate the resampler takes.
+    /// `speech_model` is the server's Silero model, for the policy to hear pauses by.
     pub fn start(
         format: AudioFormat,
         options: Options,
         max_secs: f64,
-        live: Option<Live>,
+        speech_model: Option<&Path>,
     ) -> Result<Utterance, Refusal> {
         let unsupported = || {
             Refusal::fatal(
@@ -108,11 +111,11 @@ impl Utterance {
         let pcm = PcmDecoder::new(PcmFormat::S16Le, format.channels).map_err(|_| unsupported())?;
         let resampler = Resampler::new(format.rate).map_err(|_| unsupported())?;
         Ok(Utterance {
-            live,
+            live: None,
             format,
             pcm,
             resampler,
-            policy: LivePolicy::new(LiveConfig::default()),
+            policy: SpeechPolicy::new(LivePolicy::new(LiveConfig::default()), speech_model),
             threads: StreamThreads::new(options.threads),
             pending: None,
             options,
