@@ -21,7 +21,9 @@ the same server (the baseline: some words are slow to settle whatever the load).
 then also gives the final p95 of the words before and under the load, and how long after the
 load ended the stream was back to normal (recovery: from the first word after which every run
 of RECOVERY_WORDS words is final, at the median, no more than RECOVERY_SLACK later than the
-same words in the baseline run, itself included; "never" when the input ended first).
+same words in the baseline run, itself included; "never" when the input ended first). The
+words of the input's last RECOVERY_TAIL_SECS are left out of it: the batch transcript may place
+several at the input's very end, and their latency swings by seconds between any two runs.
 
 Tune on `tune`, report on `report` and `jfk146` (the inputs share no audio but the first 40 s of
 the inaugural, which is in `tune` and `jfk146`).
@@ -66,6 +68,8 @@ INPUTS = {
 FRAME_MS = 50
 RECOVERY_WORDS = 5
 RECOVERY_SLACK = 0.5
+# Words this close to the input's end are left out of recovery (see the module docs).
+RECOVERY_TAIL_SECS = 2.0
 
 
 def run(cmd, **kw):
@@ -205,8 +209,9 @@ def measure(ref, events, hog=None, baseline=None):
         result["final_normal"] = normal
         result["final_loaded"] = [f for end, _, f in rows if start <= end <= until]
         quiet = dict(zip(baseline["ref_index"], baseline["final"]))
+        last = max(end for _, end in ref)
         after = [(end, f - quiet[i]) for (i, _), (end, _, f) in zip(pairs, rows)
-                 if end > until and i in quiet]
+                 if until < end < last - RECOVERY_TAIL_SECS and i in quiet]
         result["recovery"] = recovery(after, until)
     return result
 
