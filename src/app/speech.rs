@@ -66,11 +66,6 @@ impl SpeechPolicy {
             probe.reset();
         }
     }
-
-    /// Whether Silero is in use.
-    pub fn is_detecting(&self) -> bool {
-        self.probe.is_some()
-    }
 }
 
 impl Deref for SpeechPolicy {

@@ -80,16 +80,11 @@ impl Vad {
 
     fn silero(path: &Path) -> Result<Vad, VadError> {
         whisper_rs::install_logging_hooks();
-        let shown = path.display().to_string();
-        let path_str = path
-            .to_str()
-            .filter(|p| !p.contains('\0'))
-            .ok_or_else(|| VadError::ModelLoad(shown.clone()))?;
+        let path_str = model_path(path)?;
         let mut params = WhisperVadContextParams::new();
         params.set_n_threads(1);
         params.set_use_gpu(false);
-        let context =
-            WhisperVadContext::new(path_str, params).map_err(|_| VadError::ModelLoad(shown))?;
+        let context = WhisperVadContext::new(path_str, params).map_err(|_| load_error(path))?;
         debug!(path = %path.display(), "Silero VAD loaded");
         Ok(Vad {
             kind: Kind::Silero(context),
@@ -142,18 +137,14 @@ impl SpeechProbe {
     /// Loads the Silero model at `path` (a few hundred kilobytes; one context per stream).
     pub fn new(path: &Path) -> Result<SpeechProbe, VadError> {
         whisper_rs::install_logging_hooks();
-        let shown = path.display().to_string();
-        let c_path = path
-            .to_str()
-            .and_then(|p| CString::new(p).ok())
-            .ok_or_else(|| VadError::ModelLoad(shown.clone()))?;
+        let c_path = CString::new(model_path(path)?).map_err(|_| load_error(path))?;
         // SAFETY: plain value constructor.
         let mut params = unsafe { sys::whisper_vad_default_context_params() };
         params.n_threads = 1;
         params.use_gpu = false;
         // SAFETY: `c_path` is a valid NUL-terminated string for the call's duration.
         let raw = unsafe { sys::whisper_vad_init_from_file_with_params(c_path.as_ptr(), params) };
-        let context = NonNull::new(raw).ok_or(VadError::ModelLoad(shown))?;
+        let context = NonNull::new(raw).ok_or_else(|| load_error(path))?;
         let mut probe = SpeechProbe {
             context,
             pending: Vec::with_capacity(Self::CHUNK),
@@ -230,6 +221,17 @@ impl Drop for SpeechProbe {
         // once.
         unsafe { sys::whisper_vad_free(self.context.as_ptr()) }
     }
+}
+
+/// `path` as whisper.cpp takes it: UTF-8 without NUL bytes.
+fn model_path(path: &Path) -> Result<&str, VadError> {
+    path.to_str()
+        .filter(|p| !p.contains('\0'))
+        .ok_or_else(|| load_error(path))
+}
+
+fn load_error(path: &Path) -> VadError {
+    VadError::ModelLoad(path.display().to_string())
 }
 
 fn silero_spans(

@@ -18,8 +18,8 @@
 //!
 //! With a speech detector, sound that is not speech (applause, music, traffic) is a pause too,
 //! and while the buffer holds no speech no job is taken and the buffer is kept to a short
-//! lead-in. Without one (the caller
-//! never calls `observe_speech`), pauses are found by energy alone.
+//! lead-in. Without one (the caller never calls `observe_speech`), pauses are found by energy
+//! alone.
 //!
 //! Agreement and settling trust only a hypothesis whose new tokens have a mean log-probability
 //! of at least [`LiveConfig::min_logprob`]: on a buffer of a breath and a word's tail Whisper
