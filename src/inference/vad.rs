@@ -166,8 +166,12 @@ impl SpeechProbe {
             if self.pending.len() < Self::CHUNK {
                 return Ok(probabilities);
             }
-            let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(Self::CHUNK));
-            probabilities.extend(self.detect(&chunk)?);
+            // Detected from its own buffer, which is then kept (cleared) for the next part.
+            let mut chunk = std::mem::take(&mut self.pending);
+            let detected = self.detect(&chunk);
+            chunk.clear();
+            self.pending = chunk;
+            probabilities.extend(detected?);
         }
         let whole = rest.len() - rest.len() % Self::CHUNK;
         probabilities.extend(self.detect(&rest[..whole])?);

@@ -2,12 +2,12 @@
 //!
 //! Appended audio is decoded (PCM16 at 24 kHz), resampled to 16 kHz and fed, through the
 //! speech detector ([`SpeechPolicy`]), to a [`LivePolicy`], which decides when Whisper looks
-//! again; at most one hypothesis per session
-//! is in the pool at a time, so a busy pool makes the session lag, never queue. Text the policy
-//! commits becomes `…transcription.delta` events of the current item (never revised, so the
-//! deltas of an item add up to its transcript); the end of a turn — the policy's pause (no
-//! speech, or silence) with server VAD, `input_audio_buffer.commit` always — sends the item's last
-//! hypothesis through Whisper and then `…transcription.completed`.
+//! again; at most one hypothesis per session is in the pool at a time, so a busy pool makes the
+//! session lag, never queue. Text the policy commits becomes `…transcription.delta` events of
+//! the current item (never revised, so the deltas of an item add up to its transcript); the end
+//! of a turn — the policy's pause (no speech, or silence) with server VAD,
+//! `input_audio_buffer.commit` always — sends the item's last hypothesis through Whisper and
+//! then `…transcription.completed`.
 //!
 //! This module must not parse or shape events itself (see [`super::event`]), must not decide
 //! what text is final (the policy does), and must not hold more than [`MAX_BUFFER_SECS`] of

@@ -425,7 +425,11 @@ impl Runner {
         let started = Instant::now();
         let mut link = Some(link);
         let config = tuned_config();
-        let vad = (self.state.vad_model.as_deref()).filter(|_| config.wants_detector());
+        let vad = self
+            .state
+            .vad_model
+            .as_deref()
+            .filter(|_| config.wants_detector());
         let mut policy = SpeechPolicy::new(LivePolicy::new(config), vad);
         let mut pending: Option<Pending> = None;
         let mut committed: Vec<Segment> = Vec::new();
@@ -605,7 +609,7 @@ impl Runner {
         Ok(())
     }
 
-    fn submit(&self, job: LiveJob, policy: &mut SpeechPolicy) -> Option<Pending> {
+    fn submit(&self, job: LiveJob, policy: &mut LivePolicy) -> Option<Pending> {
         // `job.prompt` is not passed: tiny.en primed with the committed text fell into
         // repetition loops (docs/BENCHMARKS.md, "Live latency").
         let mut options = self.options.clone();
@@ -638,7 +642,7 @@ impl Runner {
         &self,
         event: Option<JobEvent>,
         pending: &mut Option<Pending>,
-        policy: &mut SpeechPolicy,
+        policy: &mut LivePolicy,
         committed: &mut Vec<Segment>,
         link: Option<&Link>,
     ) {
@@ -731,7 +735,7 @@ impl Runner {
         }
     }
 
-    fn report_lag(&self, policy: &SpeechPolicy, last: &mut Instant, link: Option<&Link>) {
+    fn report_lag(&self, policy: &LivePolicy, last: &mut Instant, link: Option<&Link>) {
         let lag = policy.lag_secs();
         crate::metrics::live_lag(lag);
         let Some(link) = link else { return };
