@@ -6,7 +6,11 @@ Run through scripts/bench-live (it builds the release binary). For each input:
      concatenated without pauses (clips trimmed of leading and trailing silence), `jfk146` is
      en_JFK_inaugural_146s.ogg as it is;
   2. transcribes it in batch (`earshot transcribe --format verbose_json`, the batch path) for the
-     reference text and each word's end time;
+     reference text, and takes each word's end time from whisper-cli 1.9.3's DTW alignment
+     (`-dtw tiny.en`, matched to the batch words by edit distance; words it does not line up
+     with are left out of the latencies). Whisper's token timestamps, which the batch transcript
+     carries, drift by seconds over applause and at the audio's end (`report`: "Finally" 2.4 s
+     early, its last ten words all at 63.99 s); `--word-times batch` still measures with them;
   3. streams it to a fresh release server at real time in 50 ms PCM frames over the live
      WebSocket protocol (docs/PROTOCOL.md §9), recording when each word is first shown (in a
      `transcript_partial` or a `transcript_segment`, at the same position with the same text as
@@ -53,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_server import free_port, live_stream, norm_words, percentile, stop  # noqa: E402
+from peer import whisper_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -110,6 +115,36 @@ def batch_words(binary, models, wav):
     for w in json.loads(out.stdout).get("words", []):
         words += [(n, w["end"]) for n in norm_words(w["word"])]
     return words
+
+
+def dtw_words(cli, models, wav, threads):
+    """(word, end) from whisper-cli's DTW token times (`-dtw tiny.en`, cross-attention aligned;
+    whisper.cpp gives each token the time the alignment leaves it, i.e. its end). A word ends
+    with its last token that holds a letter or digit: punctuation lasts into the pause after."""
+    with tempfile.TemporaryDirectory() as d:
+        run([str(cli), "-m", str(Path(models) / "ggml-tiny.en.bin"), "-f", str(wav),
+             "-t", str(threads), "-dtw", "tiny.en", "-nfa", "-ojf", "-of", f"{d}/out", "-np"])
+        doc = json.loads(Path(f"{d}/out.json").read_text())
+    words = []  # [text, end]
+    for segment in doc["transcription"]:
+        for token in segment["tokens"]:
+            text = token["text"]
+            if token.get("t_dtw", -1) < 0 or text.startswith("[_") or not norm_words(text):
+                continue
+            if text.startswith(" ") or not words:
+                words.append([text, 0.0])
+            else:
+                words[-1][0] += text
+            words[-1][1] = token["t_dtw"] / 100
+    return [(n, end) for text, end in words for n in norm_words(text)]
+
+
+def timed(batch, dtw):
+    """The batch words with the DTW end of the word each lines up with (by edit distance);
+    None where none does."""
+    _, pairs = align([w for w, _ in batch], [w for w, _ in dtw])
+    ends = {i: dtw[j][1] for i, j in pairs}
+    return [(w, ends.get(i)) for i, (w, _) in enumerate(batch)]
 
 
 
@@ -194,7 +229,9 @@ def measure(ref, events, hog=None, baseline=None):
     load/recovery figures against `baseline` (a quiet run's measure)."""
     live = live_words(events)
     edits, pairs = align([w for w, _ in ref], [w for w, _, _ in live])
-    rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs]
+    rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs
+            if ref[i][1] is not None]
+    pairs = [(i, j) for i, j in pairs if ref[i][1] is not None]
     result = {
         "words": len(ref), "matched": len(pairs), "wer": edits / max(1, len(ref)),
         "shown": [s for _, s, _ in rows], "final": [f for _, _, f in rows],
@@ -209,7 +246,7 @@ def measure(ref, events, hog=None, baseline=None):
         result["final_normal"] = normal
         result["final_loaded"] = [f for end, _, f in rows if start <= end <= until]
         quiet = dict(zip(baseline["ref_index"], baseline["final"]))
-        last = max(end for _, end in ref)
+        last = max(end for _, end in ref if end is not None)
         after = [(end, f - quiet[i]) for (i, _), (end, _, f) in zip(pairs, rows)
                  if until < end < last - RECOVERY_TAIL_SECS and i in quiet]
         result["recovery"] = recovery(after, until)
@@ -253,7 +290,10 @@ async def bench(args):
             with wave.open(str(wav)) as w:
                 pcm = w.readframes(w.getnframes())
             secs = len(pcm) / 32000
-            ref = batch_words(args.binary, args.models, wav)
+            batch = batch_words(args.binary, args.models, wav)
+            ref = batch
+            if args.word_times == "dtw":
+                ref = timed(batch, dtw_words(args.whisper_cli, args.models, wav, args.threads))
             data = work / f"data-{name}"
             port = free_port()
             proc = start_server(args.binary, args.models, data, port, args.threads, extra,
@@ -282,6 +322,9 @@ async def bench(args):
                         stop_hogs(loads)
                     m = measure(ref, events, window, baseline)
                     m["lags"] = len(lags)
+                    if ref is not batch:
+                        old = measure(batch, events)
+                        m["batch_times"] = {k: old[k] for k in ("shown", "final", "ends")}
                     runs.append(m)
                     print(f"{name}: {summary(m)}", file=sys.stderr)
             finally:
@@ -293,7 +336,12 @@ async def bench(args):
 
 
 def summary(m):
-    s = (f"shown p50 {percentile(m['shown'], 50):.2f} p95 {percentile(m['shown'], 95):.2f} s, "
+    s = ""
+    if "batch_times" in m:
+        old = m["batch_times"]
+        s = (f"[batch token times: shown p95 {percentile(old['shown'], 95):.2f}, final p50 "
+             f"{percentile(old['final'], 50):.2f} p95 {percentile(old['final'], 95):.2f} s] ")
+    s += (f"shown p50 {percentile(m['shown'], 50):.2f} p95 {percentile(m['shown'], 95):.2f} s, "
          f"final p50 {percentile(m['final'], 50):.2f} p95 {percentile(m['final'], 95):.2f} s, "
          f"WER {m['wer']:.3f} ({m['matched']}/{m['words']} matched), lag msgs {m['lags']}")
     if "recovery" in m:
@@ -341,8 +389,16 @@ def main():
     ap.add_argument("--server-arg", action="append", help="extra `earshot serve` argument")
     ap.add_argument("--tuning", help="live policy overrides for the server, e.g. "
                     "'min_step_secs=0.4,settle_secs=0.6' (EARSHOT_LIVE_TUNING, LiveConfig fields)")
+    ap.add_argument("--word-times", choices=["dtw", "batch"], default="dtw",
+                    help="where word end times come from: whisper-cli's DTW alignment (default) "
+                    "or the batch transcript's token times (before 2026-12-04 23:30 UTC)")
+    ap.add_argument("--whisper-cli", help="whisper-cli 1.9.3 for --word-times dtw (default: "
+                    "built once into $BENCH_SCRATCH/peer-bin, /tmp/earshot-bench-live)")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
+    if args.word_times == "dtw" and not args.whisper_cli:
+        scratch = Path(os.environ.get("BENCH_SCRATCH", "/tmp/earshot-bench-live"))
+        args.whisper_cli = whisper_cli(scratch / "peer-bin")
     results = asyncio.run(bench(args))
     print(table(results, args.hog))
     if args.json:
