@@ -26,8 +26,9 @@ then also gives the final p95 of the words before and under the load, and how lo
 load ended the stream was back to normal (recovery: from the first word after which every run
 of RECOVERY_WORDS words is final, at the median, no more than RECOVERY_SLACK later than the
 same words in the baseline run, itself included; "never" when the input ended first). The
-words of the input's last RECOVERY_TAIL_SECS are left out of it: the batch transcript may place
-several at the input's very end, and their latency swings by seconds between any two runs.
+words of the input's last RECOVERY_TAIL_SECS are left out of it: the batch transcript's token
+times may place several at the input's very end, and their latency swings by seconds between
+any two runs (kept with the DTW times too, so that recovery reads the same on both rulers).
 
 Tune on `tune`, report on `report` and `jfk146` (the inputs share no audio but the first 40 s of
 the inaugural, which is in `tune` and `jfk146`).
@@ -229,9 +230,8 @@ def measure(ref, events, hog=None, baseline=None):
     load/recovery figures against `baseline` (a quiet run's measure)."""
     live = live_words(events)
     edits, pairs = align([w for w, _ in ref], [w for w, _, _ in live])
-    rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs
-            if ref[i][1] is not None]
     pairs = [(i, j) for i, j in pairs if ref[i][1] is not None]
+    rows = [(ref[i][1], live[j][1] - ref[i][1], live[j][2] - ref[i][1]) for i, j in pairs]
     result = {
         "words": len(ref), "matched": len(pairs), "wer": edits / max(1, len(ref)),
         "shown": [s for _, s, _ in rows], "final": [f for _, _, f in rows],
