@@ -66,10 +66,12 @@ pub struct LiveConfig {
     /// under load.
     pub step_per_inference: f64,
     /// Longest trailing silence (or, with a speech detector, stretch without speech) that
-    /// still counts as "mid-sentence"; longer commits everything. Default 0.9 s: with Silero,
+    /// still counts as "mid-sentence"; longer commits everything. Default 0.75 s: with Silero,
     /// 0.6 s also cut at a speaker's dramatic pauses ("my fellow Americans, | ask not"), and
     /// tiny.en read the short phrases alone worse (live-vs-batch WER 0.06-0.08 against
-    /// 0.04, at the same final p95; docs/BENCHMARKS.md "Pauses heard by Silero").
+    /// 0.04); 0.75 s made sentences' last words final sooner than 0.9 s (final p95 1.60
+    /// against 1.73 s on `report`) at no worse a WER (docs/BENCHMARKS.md "Pauses heard by
+    /// Silero", "Word times from the alignment").
     pub pause_secs: f64,
     /// Most audio one hypothesis reads: bounds the work per hypothesis whatever the lag (kept
     /// below Whisper's 30 s window).
@@ -127,7 +129,7 @@ impl Default for LiveConfig {
             step_secs: 1.0,
             min_step_secs: 0.5,
             step_per_inference: 1.5,
-            pause_secs: 0.9,
+            pause_secs: 0.75,
             window_secs: 10.0,
             settle_secs: 0.8,
             settle_min_prob: 0.9,
@@ -1047,7 +1049,7 @@ mod tests {
     }
 
     /// The default pause (see `LiveConfig::pause_secs`).
-    const PAUSE: f64 = 0.9;
+    const PAUSE: f64 = 0.75;
 
     /// Silence a little longer than the default pause.
     fn pause() -> Vec<f32> {
