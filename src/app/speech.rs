@@ -28,9 +28,10 @@ pub struct SpeechPolicy {
 }
 
 impl SpeechPolicy {
-    /// `policy` behind Silero from `model` (the server's VAD model), when there is one and it
-    /// loads (a few milliseconds).
+    /// `policy` behind Silero from `model` (the server's VAD model), when there is one, it
+    /// loads (a few milliseconds) and the policy can use it ([`LivePolicy::wants_detector`]).
     pub fn new(policy: LivePolicy, model: Option<&Path>) -> Self {
+        let model = model.filter(|_| policy.wants_detector());
         let probe = model.and_then(|path| match SpeechProbe::new(path) {
             Ok(probe) => Some(probe),
             Err(err) => {

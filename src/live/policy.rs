@@ -360,6 +360,11 @@ impl LivePolicy {
         }
     }
 
+    /// Whether a speech detector can tell this policy anything ([`LiveConfig::wants_detector`]).
+    pub fn wants_detector(&self) -> bool {
+        self.config.wants_detector()
+    }
+
     /// Takes the speech detector's probability for each chunk of `chunk` samples that it read
     /// since the last call (chunks follow each other from the stream's first sample). From
     /// the first call on, a stretch without speech is a pause however loud it is, and a buffer

@@ -424,13 +424,8 @@ impl Runner {
         };
         let started = Instant::now();
         let mut link = Some(link);
-        let config = tuned_config();
-        let vad = self
-            .state
-            .vad_model
-            .as_deref()
-            .filter(|_| config.wants_detector());
-        let mut policy = SpeechPolicy::new(LivePolicy::new(config), vad);
+        let policy = LivePolicy::new(tuned_config());
+        let mut policy = SpeechPolicy::new(policy, self.state.vad_model.as_deref());
         let mut pending: Option<Pending> = None;
         let mut committed: Vec<Segment> = Vec::new();
         let mut at = Progress::default();
