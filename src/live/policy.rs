@@ -36,9 +36,10 @@
 //! (except by a finished sentence: Whisper's last word ends before its sound does), or at the
 //! end of the last committed word once the buffer is longer than [`LiveConfig::cut_secs`]. A
 //! later hypothesis re-reads the committed words whose audio is still buffered: they are
-//! recognised by their text (edit distance) where it lines up, else by their time, and skipped; a committed unit never starts before the committed text ends
-//! (Whisper's word times move between hypotheses). The committed text whose audio is gone is
-//! offered as the next job's prompt ([`LiveJob::prompt`]; the socket shell does not pass it to
+//! recognised by their text (edit distance) where it lines up, else by their time, and
+//! skipped; a committed unit never starts before the committed text ends (Whisper's word times
+//! move between hypotheses). The committed text whose audio is gone is offered as the next
+//! job's prompt ([`LiveJob::prompt`]; the socket shell does not pass it to
 //! tiny.en, which looped with it). Memory per stream is bounded by
 //! [`LiveConfig::max_buffer_secs`]: a stream that falls that far behind sheds its oldest
 //! audio. Only one hypothesis per stream is in flight at a time; audio that arrives meanwhile
