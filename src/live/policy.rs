@@ -34,16 +34,17 @@
 //! without waiting for a step and commit as they go (catching up sheds the agreement
 //! hypotheses). Audio is dropped from the buffer once a whole Whisper segment is committed
 //! (except by a finished sentence: Whisper's last word ends before its sound does), or at the
-//! end of the last committed word once the buffer is longer than [`LiveConfig::cut_secs`]. A
-//! later hypothesis re-reads the committed words whose audio is still buffered: they are
-//! recognised by their text (edit distance) where it lines up, else by their time, and
-//! skipped; a committed unit never starts before the committed text ends (Whisper's word times
-//! move between hypotheses). The committed text whose audio is gone is offered as the next
-//! job's prompt ([`LiveJob::prompt`]; the socket shell does not pass it to
-//! tiny.en, which looped with it). Memory per stream is bounded by
-//! [`LiveConfig::max_buffer_secs`]: a stream that falls that far behind sheds its oldest
-//! audio. Only one hypothesis per stream is in flight at a time; audio that arrives meanwhile
-//! waits in the buffer (nothing queues up). A job lends the buffer as a [`SharedAudio`]
+//! end of the last committed word once the buffer is longer than [`LiveConfig::cut_secs`];
+//! either cut keeps [`LiveConfig::context_secs`] of committed words before the rest, so
+//! Whisper reads the next words after what came before them. A later hypothesis re-reads the
+//! committed words whose audio is still buffered: they are recognised by their text (edit
+//! distance) where it lines up, else by their time, and skipped; a committed unit never starts
+//! before the committed text ends (Whisper's word times move between hypotheses). The
+//! committed text whose audio is gone is offered as the next job's prompt ([`LiveJob::prompt`];
+//! the socket shell does not pass it to tiny.en, which looped with it). Memory per stream is
+//! bounded by [`LiveConfig::max_buffer_secs`]: a stream that falls that far behind sheds its
+//! oldest audio. Only one hypothesis per stream is in flight at a time; audio that arrives
+//! meanwhile waits in the buffer (nothing queues up). A job lends the buffer as a [`SharedAudio`]
 //! snapshot; its result is matched to the [`JobSpan`] it covered. This module must not block,
 //! spawn or talk to Whisper itself, and must not copy the buffer for a job, or read the
 //! environment ([`LiveConfig::with_overrides`] parses the benchmark overrides the socket shell
@@ -115,6 +116,15 @@ pub struct LiveConfig {
     /// from 1.62 to 1.43–1.46 s per run on `report` and from 1.69 to 1.30–1.41 s on `jfk146`
     /// at the same WER (docs/BENCHMARKS.md "Finished sentences").
     pub sentence_gap_secs: f64,
+    /// Committed audio kept before the uncommitted words where the buffer is cut (at a
+    /// segment's end, or at the last committed word of a long buffer), so Whisper reads them
+    /// after what was said before them rather than from a cold start; the kept words are
+    /// recognised when re-read. 0 cuts right at the committed text's end. Default 2 s: on
+    /// `scripts/bench-live` it took live-vs-batch WER from 0.071 to 0.056 on `report` and from
+    /// 0.067 to 0.045 on `jfk146` with final p95 still under 1.5 s; 3 s read a little better
+    /// (0.051, 0.038) but made `jfk146`'s slow words slower (final p95 1.58 s), 5 s was no
+    /// better (docs/BENCHMARKS.md "Committed words kept before the rest").
+    pub context_secs: f64,
     /// Least audio a hypothesis must have read for agreement or settling to commit from it
     /// (the last job of a stream or a pause commits regardless): on a buffer of a fraction of
     /// a second Whisper guesses, and two guesses may agree.
@@ -151,6 +161,7 @@ impl Default for LiveConfig {
             cut_secs: 10.0,
             min_commit_secs: 0.0,
             sentence_gap_secs: 0.5,
+            context_secs: 2.0,
             max_buffer_secs: 30.0,
             speech_rms: 0.01,
             above_floor: 3.0,
@@ -196,6 +207,7 @@ impl LiveConfig {
                 "cut_secs" => &mut self.cut_secs,
                 "min_commit_secs" => &mut self.min_commit_secs,
                 "sentence_gap_secs" => &mut self.sentence_gap_secs,
+                "context_secs" => &mut self.context_secs,
                 "max_buffer_secs" => &mut self.max_buffer_secs,
                 "speech_prob" => &mut self.speech_prob,
                 other => return Err(format!("unknown live tuning key `{other}`")),
@@ -277,9 +289,10 @@ pub struct LivePolicy {
     heard_sound: bool,
     /// Recent frame levels (about 5 s); their minimum is the background level.
     recent_levels: VecDeque<f32>,
-    /// Committed words whose audio is still buffered, with their end (timeline seconds); they
-    /// join the prompt once their audio is dropped.
-    unprompted: VecDeque<(String, f64)>,
+    /// Committed words whose audio is still buffered, to recognise them when re-read and to
+    /// cut between them ([`LiveConfig::context_secs`]); they join the prompt once their audio
+    /// is dropped.
+    unprompted: VecDeque<Committed>,
     /// The last committed words whose audio is gone: the next job's prompt.
     prompt: VecDeque<String>,
     /// Recent inference time per hypothesis (seconds, smoothed); paces the step.
@@ -730,7 +743,7 @@ impl LivePolicy {
     /// opening closest to them by edit distance (ties broken by time), if it differs from them
     /// by at most a third of their words; `None` when there are none or nothing lines up.
     fn restated(&self, units: &[Unit]) -> Option<usize> {
-        let committed: Vec<String> = self.unprompted.iter().map(|(w, _)| normalise(w)).collect();
+        let committed: Vec<String> = self.unprompted.iter().map(|w| normalise(&w.text)).collect();
         let opening: Vec<String> = units
             .iter()
             .take(committed.len() + RESTATE_EXTRA)
@@ -781,16 +794,37 @@ impl LivePolicy {
         hyp: &[Segment],
         at_segment: bool,
     ) -> Option<f64> {
-        if let Some(cut) = segment_cut(committed, rest, hyp).filter(|_| at_segment) {
+        let segment = segment_cut(committed, rest, hyp).filter(|_| at_segment);
+        if let Some(cut) = segment.and_then(|cut| self.keeping_context(cut)) {
             return Some(cut);
         }
         let long = self.buffer.len() as u64 > samples(self.config.cut_secs);
         let last = committed.last().filter(|_| long)?;
-        Some(match rest.first() {
+        let cut = match rest.first() {
             // Halfway into the gap, if there is one: word times are approximate.
             Some(next) if next.start > last.end => (last.end + next.start) / 2.0,
             _ => last.end,
-        })
+        };
+        self.keeping_context(cut).or(Some(cut))
+    }
+
+    /// `cut` moved back so that the buffer keeps [`LiveConfig::context_secs`] of committed
+    /// words before it: halfway between two committed words, the later of which starts at
+    /// least that long before `cut`. `None` when no committed word is that far back. A stream
+    /// further behind than that keeps none: catching up comes first.
+    fn keeping_context(&self, cut: f64) -> Option<f64> {
+        let behind = self.lag_secs() > self.config.context_secs;
+        if self.config.context_secs <= 0.0 || behind {
+            return Some(cut);
+        }
+        let limit = cut - self.config.context_secs;
+        self.unprompted
+            .iter()
+            .zip(self.unprompted.iter().skip(1))
+            .filter(|(_, next)| next.start <= limit)
+            .map(|(word, next)| (word.end + next.start.max(word.end)) / 2.0)
+            .next_back()
+            .filter(|&t| t > self.buffer_start)
     }
 
     /// Keeps the last committed words for [`new_units`](Self::new_units) and the prompt.
@@ -799,8 +833,11 @@ impl LivePolicy {
             .extend(committed.iter().map(|u| normalise(&u.text)));
         let extra = self.recent_words.len().saturating_sub(REPEAT_WORDS);
         self.recent_words.drain(..extra);
-        self.unprompted
-            .extend(committed.iter().map(|u| (u.text.clone(), u.end)));
+        self.unprompted.extend(committed.iter().map(|u| Committed {
+            text: u.text.clone(),
+            start: u.start,
+            end: u.end,
+        }));
     }
 
     /// How many leading units (all but the last) the previous hypothesis agreed on. Agreement
@@ -836,13 +873,13 @@ impl LivePolicy {
         while self
             .unprompted
             .front()
-            .is_some_and(|(_, end)| *end <= self.buffer_start + 0.05)
+            .is_some_and(|w| w.end <= self.buffer_start + 0.05)
         {
-            if let Some((word, _)) = self.unprompted.pop_front() {
+            if let Some(word) = self.unprompted.pop_front() {
                 if self.prompt.len() == PROMPT_WORDS {
                     self.prompt.pop_front();
                 }
-                self.prompt.push_back(word);
+                self.prompt.push_back(word.text);
             }
         }
         let threshold = self.threshold();
@@ -856,6 +893,18 @@ impl LivePolicy {
             self.trim_silence();
         }
     }
+}
+
+/// A committed word whose audio is still in the buffer.
+#[derive(Debug, Clone)]
+struct Committed {
+    /// As committed, compared normalised with the opening of later hypotheses.
+    text: String,
+    /// Timeline seconds, as committed.
+    start: f64,
+    /// Timeline seconds, as committed: the word leaves the buffer's books when the buffer
+    /// starts after it.
+    end: f64,
 }
 
 /// A piece of a hypothesis that agreement compares: a word, or a whole segment when Whisper
@@ -1335,7 +1384,7 @@ mod tests {
 
     #[test]
     fn agreement_on_complete_segments_commits_them_and_drops_their_audio() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = policy(|c| c.context_secs = 0.0);
         p.push(&tone(3.0));
         let j1 = p.take_job().unwrap();
         p.on_result(
@@ -1446,7 +1495,8 @@ mod tests {
 
     #[test]
     fn a_whole_window_moves_the_buffer_on_even_mid_segment() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        // Without context kept before the cut (its own test: a_segment_cut_keeps_…).
+        let mut p = policy(|c| c.context_secs = 0.0);
         p.push(&tone(12.0));
         let j1 = p.take_job().unwrap();
         assert_eq!(j1.audio.len() as u64, samples(10.0));
@@ -1653,7 +1703,7 @@ mod tests {
 
     #[test]
     fn committed_words_whose_audio_is_gone_prime_the_next_job() {
-        let mut p = LivePolicy::new(LiveConfig::default());
+        let mut p = policy(|c| c.context_secs = 0.0);
         p.push(&tone(3.0));
         let j1 = p.take_job().unwrap();
         assert_eq!(j1.prompt, None);
@@ -1947,6 +1997,57 @@ mod tests {
         assert_eq!(segments[0].text, committed);
         let text = partial.to_string();
         assert_eq!(out[1], LiveOutput::Partial { text, revision });
+    }
+
+    /// Six one-second words ("one" to "six.", a segment) and "seven" after them, as read by a
+    /// job at `offset` (Whisper's times are relative to the job's audio).
+    fn six_then_seven(offset: f64) -> Vec<Segment> {
+        let words = ["one", "two", "three", "four", "five", "six."];
+        let first: Vec<(&str, f64, f64)> = (0..6)
+            .map(|i| (words[i], i as f64 + 0.2 - offset, i as f64 + 0.9 - offset))
+            .filter(|w| w.1 >= 0.0)
+            .collect();
+        vec![
+            word_seg(&first),
+            word_seg(&[("seven", 6.2 - offset, 6.9 - offset)]),
+        ]
+    }
+
+    #[test]
+    fn a_segment_cut_keeps_committed_words_before_the_rest_and_skips_them_when_re_read() {
+        let mut p = agreement_only(|c| c.context_secs = 3.0);
+        p.push(&tone(7.0));
+        let j1 = p.job(false);
+        p.on_result(j1.span, six_then_seven(0.0));
+        p.push(&tone(0.5));
+        let j2 = p.job(false);
+        let out = p.on_result(j2.span, six_then_seven(0.0));
+        assert_commit_then_partial(&out, "one two three four five six.", "seven", 2);
+        // Cut halfway between "two" and "three" (which starts 3.8 s before the segment's end),
+        // not at the segment's end (6.0 s).
+        assert!((p.buffer_start - 2.05).abs() < 1e-3, "{}", p.buffer_start);
+        p.push(&tone(0.5));
+        let j3 = p.job(false);
+        assert!((j3.span.offset - 2.05).abs() < 1e-3);
+        let mut hyp = six_then_seven(j3.span.offset);
+        hyp.push(word_seg(&[("eight", 7.2 - 2.05, 7.9 - 2.05)]));
+        let out = p.on_result(j3.span, hyp);
+        let LiveOutput::Commit(segments) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            segments[0].text, "seven",
+            "the committed words are not repeated"
+        );
+
+        let mut p = agreement_only(|c| c.context_secs = 0.0);
+        p.push(&tone(7.0));
+        let j1 = p.job(false);
+        p.on_result(j1.span, six_then_seven(0.0));
+        p.push(&tone(0.5));
+        let j2 = p.job(false);
+        p.on_result(j2.span, six_then_seven(0.0));
+        assert!((p.buffer_start - 5.9).abs() < 1e-3, "{}", p.buffer_start);
     }
 
     /// Words of "ask not what your country", as two hypotheses place them.
