@@ -120,10 +120,10 @@ pub struct LiveConfig {
     /// segment's end, or at the last committed word of a long buffer), so Whisper reads them
     /// after what was said before them rather than from a cold start; the kept words are
     /// recognised when re-read. 0 cuts right at the committed text's end. Default 2 s: on
-    /// `scripts/bench-live` it took live-vs-batch WER from 0.071 to 0.056 on `report` and from
-    /// 0.067 to 0.045 on `jfk146` with final p95 still under 1.5 s; 3 s read a little better
-    /// (0.051, 0.038) but made `jfk146`'s slow words slower (final p95 1.58 s), 5 s was no
-    /// better (docs/BENCHMARKS.md "Committed words kept before the rest").
+    /// `scripts/bench-live` it took live-vs-batch WER from 0.071 to 0.046 on `report` and from
+    /// 0.067 to 0.047 on `jfk146` (five runs) with final p95 at 1.5 s or under; 3 s read
+    /// `jfk146` a little better (0.038) but made its slow words slower (final p95 1.58 s), 5 s
+    /// was no better (docs/BENCHMARKS.md "Committed words kept before the rest").
     pub context_secs: f64,
     /// Least audio a hypothesis must have read for agreement or settling to commit from it
     /// (the last job of a stream or a pause commits regardless): on a buffer of a fraction of
@@ -782,8 +782,9 @@ impl LivePolicy {
     }
 
     /// Where to cut the audio after a commit: the end of the hypothesis segment it completed
-    /// (if `at_segment`), or, in a long buffer, the end of its last word. Not at the segment
-    /// after a finished sentence ([`sentence_heard`](Self::sentence_heard)): Whisper ends its
+    /// (if `at_segment`), or, in a long buffer, the end of its last word; either moved back to
+    /// keep some committed words before the rest ([`keeping_context`](Self::keeping_context)).
+    /// Not at the segment after a finished sentence ([`sentence_heard`](Self::sentence_heard)): Whisper ends its
     /// last word before the sound does, and the tail left in the buffer was read as words ("As
     /// k av as" for "world | ask of us"), while a buffer of applause alone was read as "Thank
     /// you."; the committed words are recognised when re-read instead.
