@@ -2014,18 +2014,25 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn a_segment_cut_keeps_committed_words_before_the_rest_and_skips_them_when_re_read() {
-        let mut p = agreement_only(|c| c.context_secs = 3.0);
+    /// A policy keeping `context_secs` that has read [`six_then_seven`] twice (so agreed on
+    /// the six), with what the second reading made it say.
+    fn six_read_twice(context_secs: f64) -> (LivePolicy, Vec<LiveOutput>) {
+        let mut p = agreement_only(|c| c.context_secs = context_secs);
         p.push(&tone(7.0));
         let j1 = p.job(false);
         p.on_result(j1.span, six_then_seven(0.0));
         p.push(&tone(0.5));
         let j2 = p.job(false);
         let out = p.on_result(j2.span, six_then_seven(0.0));
+        (p, out)
+    }
+
+    #[test]
+    fn a_segment_cut_keeps_committed_words_before_the_rest_and_skips_them_when_re_read() {
+        let (mut p, out) = six_read_twice(3.0);
         assert_commit_then_partial(&out, "one two three four five six.", "seven", 2);
-        // Cut halfway between "two" and "three" (which starts 3.8 s before the segment's end),
-        // not at the segment's end (6.0 s).
+        // Cut halfway between "two" and "three" (which starts 3.7 s before the segment's end),
+        // not at the segment's end (5.9 s).
         assert!((p.buffer_start - 2.05).abs() < 1e-3, "{}", p.buffer_start);
         p.push(&tone(0.5));
         let j3 = p.job(false);
@@ -2041,13 +2048,7 @@ mod tests {
             "the committed words are not repeated"
         );
 
-        let mut p = agreement_only(|c| c.context_secs = 0.0);
-        p.push(&tone(7.0));
-        let j1 = p.job(false);
-        p.on_result(j1.span, six_then_seven(0.0));
-        p.push(&tone(0.5));
-        let j2 = p.job(false);
-        p.on_result(j2.span, six_then_seven(0.0));
+        let (p, _) = six_read_twice(0.0);
         assert!((p.buffer_start - 5.9).abs() < 1e-3, "{}", p.buffer_start);
     }
 
