@@ -784,10 +784,10 @@ impl LivePolicy {
     /// Where to cut the audio after a commit: the end of the hypothesis segment it completed
     /// (if `at_segment`), or, in a long buffer, the end of its last word; either moved back to
     /// keep some committed words before the rest ([`keeping_context`](Self::keeping_context)).
-    /// Not at the segment after a finished sentence ([`sentence_heard`](Self::sentence_heard)): Whisper ends its
-    /// last word before the sound does, and the tail left in the buffer was read as words ("As
-    /// k av as" for "world | ask of us"), while a buffer of applause alone was read as "Thank
-    /// you."; the committed words are recognised when re-read instead.
+    /// Not at the segment after a finished sentence ([`sentence_heard`](Self::sentence_heard)):
+    /// Whisper ends its last word before the sound does, and the tail left in the buffer was
+    /// read as words ("As k av as" for "world | ask of us"), while a buffer of applause alone
+    /// was read as "Thank you."; the committed words are recognised when re-read instead.
     fn cut_after(
         &self,
         committed: &[Unit],
@@ -801,11 +801,9 @@ impl LivePolicy {
         }
         let long = self.buffer.len() as u64 > samples(self.config.cut_secs);
         let last = committed.last().filter(|_| long)?;
-        let cut = match rest.first() {
-            // Halfway into the gap, if there is one: word times are approximate.
-            Some(next) if next.start > last.end => (last.end + next.start) / 2.0,
-            _ => last.end,
-        };
+        let cut = rest
+            .first()
+            .map_or(last.end, |next| between(last.end, next.start));
         self.keeping_context(cut).or(Some(cut))
     }
 
@@ -823,7 +821,7 @@ impl LivePolicy {
             .iter()
             .zip(self.unprompted.iter().skip(1))
             .filter(|(_, next)| next.start <= limit)
-            .map(|(word, next)| (word.end + next.start.max(word.end)) / 2.0)
+            .map(|(word, next)| between(word.end, next.start))
             .next_back()
             .filter(|&t| t > self.buffer_start)
     }
@@ -1114,6 +1112,12 @@ fn segments_of(units: &[Unit], hyp: &[Segment]) -> Vec<Segment> {
         }
     }
     out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Where to cut between a word ending at `end` and the next starting at `next_start`: halfway
+/// into the gap, if there is one (word times are approximate), else at the end.
+fn between(end: f64, next_start: f64) -> f64 {
+    (end + next_start.max(end)) / 2.0
 }
 
 /// Where to cut the audio after a commit: the end of the last hypothesis segment the commit
