@@ -292,7 +292,7 @@ pub struct LivePolicy {
     /// Committed words whose audio is still buffered, to recognise them when re-read and to
     /// cut between them ([`LiveConfig::context_secs`]); they join the prompt once their audio
     /// is dropped.
-    unprompted: VecDeque<Committed>,
+    unprompted: VecDeque<Unit>,
     /// The last committed words whose audio is gone: the next job's prompt.
     prompt: VecDeque<String>,
     /// Recent inference time per hypothesis (seconds, smoothed); paces the step.
@@ -832,11 +832,7 @@ impl LivePolicy {
             .extend(committed.iter().map(|u| normalise(&u.text)));
         let extra = self.recent_words.len().saturating_sub(REPEAT_WORDS);
         self.recent_words.drain(..extra);
-        self.unprompted.extend(committed.iter().map(|u| Committed {
-            text: u.text.clone(),
-            start: u.start,
-            end: u.end,
-        }));
+        self.unprompted.extend(committed.iter().cloned());
     }
 
     /// How many leading units (all but the last) the previous hypothesis agreed on. Agreement
@@ -892,18 +888,6 @@ impl LivePolicy {
             self.trim_silence();
         }
     }
-}
-
-/// A committed word whose audio is still in the buffer.
-#[derive(Debug, Clone)]
-struct Committed {
-    /// As committed, compared normalised with the opening of later hypotheses.
-    text: String,
-    /// Timeline seconds, as committed.
-    start: f64,
-    /// Timeline seconds, as committed: the word leaves the buffer's books when the buffer
-    /// starts after it.
-    end: f64,
 }
 
 /// A piece of a hypothesis that agreement compares: a word, or a whole segment when Whisper
